@@ -1,0 +1,150 @@
+"""Robust loading of images and ground-truth masks into NumPy arrays.
+
+Every image comes back as RGB uint8 with shape (H, W, 3), whatever its file mode:
+
+- alpha is dropped (the stored colour is kept), which is what ``Image.convert("RGB")``
+  does and so what reference CLIP pipelines see;
+- 16-bit and 32-bit grayscale is scaled to 8 bit (65535 -> 255), not clipped;
+- the EXIF orientation tag is applied, so arrays are upright as a viewer shows them.
+
+Failures of any kind raise :class:`ImageLoadError`, whose one-line message names the path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zsad.errors import ZsadError
+
+StrPath = str | os.PathLike[str]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_UINT16_MAX = 65535
+
+
+class ImageLoadError(ZsadError):
+    """An image or mask file that cannot be read; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: StrPath, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = " ".join(reason.split())
+        super().__init__(f"{self.path}: cannot read image ({self.reason})")
+
+    def __reduce__(self) -> tuple[type[ImageLoadError], tuple[Path, str]]:
+        """Pickle by (path, reason) so the error survives a trip out of a worker process."""
+        return (type(self), (self.path, self.reason))
+
+
+def is_image_file(path: StrPath) -> bool:
+    """Return True when the file name ends in one of IMAGE_EXTENSIONS (any case)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_image(path: StrPath) -> np.ndarray:
+    """Load an image file as an upright RGB uint8 array of shape (H, W, 3)."""
+    image = _open_upright(path)
+    try:
+        return _to_rgb(image)
+    except ValueError as exc:
+        raise ImageLoadError(path, f"unsupported colour mode {image.mode}: {exc}") from exc
+
+
+def load_mask(path: StrPath, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Load a ground-truth mask as bool (H, W), True where > 0; ``size`` is (height, width)."""
+    mask = _mask_values(_open_upright(path), path) > 0
+    if size is None or mask.shape == tuple(size):
+        return mask
+    height, width = size
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (width, height), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized) > 0
+
+
+def _open_upright(path: StrPath) -> Image.Image:
+    """Open, fully decode and EXIF-rotate an image, mapping every failure to ImageLoadError."""
+    file = Path(path)
+    _check_is_readable_file(file)
+    try:
+        with Image.open(file) as image:
+            # load() inside the try: Image.open only parses the header, so a truncated
+            # or corrupt body would otherwise fail much later, far from the path.
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            file, f"too many pixels, refused as a decompression bomb: {exc}"
+        ) from exc
+    except PermissionError as exc:
+        raise ImageLoadError(file, "permission denied") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(file, "not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(file, f"corrupt or truncated file: {exc}") from exc
+
+
+def _check_is_readable_file(file: Path) -> None:
+    """Raise ImageLoadError with a specific reason for paths that are not non-empty files."""
+    if not file.exists():
+        raise ImageLoadError(file, "no such file")
+    if file.is_dir():
+        raise ImageLoadError(file, "is a directory")
+    if file.stat().st_size == 0:
+        raise ImageLoadError(file, "file is empty")
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert a decoded PIL image of any mode to an RGB uint8 array."""
+    if image.mode.startswith(("I", "F")):
+        gray = _scale_to_uint8(np.asarray(image), image.mode)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(_drop_alpha(image).convert("RGB"), dtype=np.uint8).copy()
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Map high-bit-depth grayscale onto 0..255 without clipping."""
+    if mode.startswith("I;16") or (mode == "I" and _fits_uint16(values)):
+        # Integer rounding of v * 255 / 65535 so that 65535 -> 255 and 257 * k -> k.
+        scaled = (values.astype(np.uint32) * 255 + _UINT16_MAX // 2) // _UINT16_MAX
+        return scaled.astype(np.uint8)
+    return _stretch_to_uint8(values.astype(np.float64))
+
+
+def _fits_uint16(values: np.ndarray) -> bool:
+    """Return True when 32-bit integer data holds 16-bit samples (as 16-bit PNGs decode)."""
+    return values.size == 0 or (values.min() >= 0 and values.max() <= _UINT16_MAX)
+
+
+def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale float or wide-range data: [0, 1] data as is, anything else by its own range."""
+    finite = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if low >= 0.0 and high <= 1.0:
+        low, high = 0.0, 1.0
+    span = high - low if high > low else 1.0
+    return np.round((finite - low) / span * 255.0).astype(np.uint8)
+
+
+def _mask_values(image: Image.Image, path: StrPath) -> np.ndarray:
+    """Return a single-channel array whose non-zero entries mark anomalous pixels."""
+    if image.mode in {"1", "L"} or image.mode.startswith(("I", "F")):
+        # Thresholding the raw values keeps 16-bit masks that store 1 for anomalous intact.
+        return np.asarray(image)
+    try:
+        return np.asarray(_drop_alpha(image).convert("L"))
+    except ValueError as exc:
+        raise ImageLoadError(path, f"unsupported colour mode {image.mode}: {exc}") from exc
+
+
+def _drop_alpha(image: Image.Image) -> Image.Image:
+    """Return the image without its alpha channel, keeping the stored colour."""
+    # Going through RGBA stops palette transparency from triggering PIL warnings.
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return image.convert("RGBA").convert("RGB")
+    return image

@@ -1,0 +1,192 @@
+"""The dual-path CLIP image encoder: residual-stream taps, the CLS embedding, and CSA+LHW tokens."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zsad.errors import ZsadError
+
+OUTPUTS = ("cls", "taps", "local")
+
+
+class EncoderOutputs(NamedTuple):
+    """What one forward pass returns; an output that was not asked for is None."""
+
+    cls: torch.Tensor | None  # (B, D_embed), L2-normalised CLIP image embedding
+    taps: torch.Tensor | None  # (B, n_taps, 1+P, C), raw residual stream after the tapped blocks
+    local: torch.Tensor | None  # (B, P, D_embed), L2-normalised CSA+LHW tokens in the joint space
+
+
+def default_taps(n_layers: int) -> tuple[int, ...]:
+    """0-based blocks at the quarter points: (5, 11, 17, 23) for a 24-block ViT-L."""
+    return tuple(n_layers * k // 4 - 1 for k in range(1, 5))
+
+
+def default_csa_layers(n_layers: int) -> tuple[int, ...]:
+    """0-based CSA blocks: HeadCLIP's 5..19 for 24 blocks, scaled proportionally otherwise."""
+    first = math.floor(5 * n_layers / 24 + 0.5)
+    last = math.floor(19 * n_layers / 24 + 0.5)
+    return tuple(range(first, last + 1))
+
+
+def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize a (1+g*g, C) positional embedding to a new grid: bicubic, align_corners=False."""
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    old = math.isqrt(patch_pos.shape[0])
+    if old * old != patch_pos.shape[0]:
+        raise ZsadError(
+            f"positional embedding of {patch_pos.shape[0]} patches is not a square grid"
+        )
+    if old == grid:
+        return pos.clone()
+    patch_pos = patch_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(pos.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+class DualPathEncoder(nn.Module):
+    """CLIP ViT image tower with a fixed input size that returns taps, CLS and CSA+LHW tokens."""
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        *,
+        image_size: int = 518,
+        taps: Sequence[int] | None = None,
+        csa_layers: Sequence[int] | None = None,
+        outputs: Iterable[str] = OUTPUTS,
+    ) -> None:
+        super().__init__()
+        visual = clip_model.visual
+        _check_supported(visual)
+        self.blocks = visual.transformer.resblocks
+        n_layers = len(self.blocks)
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+        self.patch_size = visual.conv1.kernel_size[0]
+        if image_size % self.patch_size:
+            raise ZsadError(
+                f"--image-size {image_size}: must be a multiple of the patch size {self.patch_size}"
+            )
+        self.image_size = image_size
+        self.grid = image_size // self.patch_size
+        self.outputs = tuple(o for o in OUTPUTS if o in set(outputs))
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown or not self.outputs:
+            raise ZsadError(f"outputs {sorted(unknown) or '[]'}: choose from {', '.join(OUTPUTS)}")
+        self.taps = tuple(taps) if taps is not None else default_taps(n_layers)
+        self.csa_layers = (
+            tuple(csa_layers) if csa_layers is not None else default_csa_layers(n_layers)
+        )
+        for name, layers in (("taps", self.taps), ("csa_layers", self.csa_layers)):
+            bad = [i for i in layers if not 0 <= i < n_layers]
+            if bad or not layers:
+                raise ZsadError(
+                    f"{name} {list(layers)}: need 0-based block indices in 0..{n_layers - 1}"
+                )
+
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.ln_pre = visual.ln_pre
+        self.ln_post = visual.ln_post
+        self.proj = visual.proj
+        self.n_heads = self.blocks[0].attn.num_heads
+        pos = resize_positional_embedding(visual.positional_embedding.detach(), self.grid)
+        self.register_buffer("positional_embedding", pos, persistent=True)
+        # LHW: one scalar per CSA block and head; 1.0 leaves CSA as published.
+        self.head_weights = nn.Parameter(torch.ones(len(self.csa_layers), self.n_heads))
+        last_needed = n_layers - 1 if "cls" in self.outputs else -1
+        if "taps" in self.outputs:
+            last_needed = max(last_needed, *self.taps)
+        if "local" in self.outputs:
+            last_needed = max(last_needed, *self.csa_layers)
+        self.n_run = last_needed + 1
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per image (grid squared)."""
+        return self.grid * self.grid
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutputs:
+        """Encode normalised pixels (B, 3, S, S) with S the build-time image size."""
+        x = self._embed(pixels)
+        want_taps = "taps" in self.outputs
+        want_local = "local" in self.outputs
+        tapped: list[torch.Tensor] = []
+        local: torch.Tensor | None = None
+        csa_index = {layer: j for j, layer in enumerate(self.csa_layers)}
+        for i in range(self.n_run):
+            block = self.blocks[i]
+            if want_local and i in csa_index:
+                contribution = self._csa(block, x, self.head_weights[csa_index[i]])
+                # Out-of-place on purpose: an in-place add aliased every layer in one public code.
+                local = contribution if local is None else local + contribution
+            x = self._run_block(block, x)
+            if want_taps and i in self.taps:
+                tapped.append(x)
+        return EncoderOutputs(
+            cls=self._project(x[:, 0]) if "cls" in self.outputs else None,
+            taps=torch.stack(tapped, dim=1) if want_taps else None,
+            local=self._project(local[:, 1:]) if want_local else None,
+        )
+
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            raise ZsadError(
+                f"input of size {tuple(pixels.shape[-2:])}: this encoder was built for "
+                f"{self.image_size}x{self.image_size}"
+            )
+        x = self.conv1(pixels)
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_first:
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    def _csa(self, block: nn.Module, x: torch.Tensor, head_weights: torch.Tensor) -> torch.Tensor:
+        """CSA: softmax(V Vᵀ/sqrt(d)) V with the block's own weights, each head scaled."""
+        attn = block.attn
+        width = x.shape[-1]
+        w_v = attn.in_proj_weight[2 * width :]
+        b_v = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
+        batch, tokens, _ = x.shape
+        v = F.linear(block.ln_1(x), w_v, b_v)
+        v = v.reshape(batch, tokens, self.n_heads, width // self.n_heads).transpose(1, 2)
+        heads = F.scaled_dot_product_attention(v, v, v)
+        heads = heads * head_weights.to(heads.dtype).view(1, -1, 1, 1)
+        merged = heads.transpose(1, 2).reshape(batch, tokens, width)
+        return block.ls_1(attn.out_proj(merged))
+
+    def _project(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.ln_post(tokens)
+        if self.proj is not None:
+            out = out @ self.proj
+        return F.normalize(out, dim=-1)
+
+
+def _check_supported(visual: nn.Module) -> None:
+    needed = ("conv1", "class_embedding", "positional_embedding", "transformer", "ln_post")
+    if not all(hasattr(visual, name) for name in needed):
+        raise ZsadError(f"{type(visual).__name__}: only open_clip ViT image towers are supported")
+    if (
+        getattr(visual, "attn_pool", None) is not None
+        or getattr(visual, "pool_type", "tok") != "tok"
+    ):
+        raise ZsadError("this ViT pools without a class token; zsad needs CLS-token CLIP models")
+    if getattr(visual, "final_ln_after_pool", False):
+        raise ZsadError("this ViT applies ln_post after pooling; not supported")
+    block = visual.transformer.resblocks[0]
+    if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+        raise ZsadError(
+            f"{type(block).__name__}: only standard open_clip attention blocks are supported"
+        )
