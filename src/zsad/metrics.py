@@ -7,9 +7,12 @@ the given labels returns ``float("nan")`` instead of raising:
 - no normal sample/pixel: AUROC and AUPRO are NaN (AP, F1-max and IoU-max are 1.0).
 
 Pixel metrics are exact (no threshold binning): every distinct score is a threshold, as in
-scikit-learn. They come from one in-place sort of all pooled pixels followed by a chunked sweep
-that only keeps running counts, so memory is about 8 bytes per pixel on top of the inputs and
-never grows with the number of thresholds or connected components.
+scikit-learn. They come from one sort of all pooled pixels followed by a chunked sweep that only
+keeps running counts, so memory never grows with the number of thresholds or connected components.
+Scores that are exactly float32 (float16/float32 maps, small integers) are packed with their region
+id into one uint64 key sorted in place: about 8 bytes per pixel on top of the inputs (500 maps of
+518x518: ~20 s on 2 cores, +1.2 GiB). Other scores (e.g. float64 maps) take an argsort path,
+about 2.5x slower and 12 bytes per pixel plus a float64 copy of non-float64 maps.
 
 AUPRO follows the MVTec AD evaluation code: ground-truth regions are the connected components of
 each mask found by ``scipy.ndimage.label`` with a 3x3 ones structure (8-connectivity; regions never

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import open_clip
@@ -55,10 +56,16 @@ def load_clip(
 
 
 def _random_model(model_name: str, seed: int) -> open_clip.CLIP:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(model_name, pretrained=None, device="cpu")
-    return model
+    # open_clip warns on the root logger about random init; here it is always intended.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return open_clip.create_model(model_name, pretrained=None, device="cpu")
+    finally:
+        root.setLevel(level)
 
 
 def _pretrained_model(model_name: str, tag: str) -> open_clip.CLIP:

@@ -90,9 +90,11 @@ def bgmps(
 ) -> BGMPSResult:
     """Fuse expert maps (E, N, P) by Bayesian-mixture prototype selection (STAPS section 3.3).
 
-    Defaults: dim=16 low-order coefficients describe ~12 experts compactly; n_components=4 is
-    an upper bound (capped at E) that the Dirichlet-process prior prunes; top_percent=1.0
-    measures evidence on the top 1 % of all N*P values, the scale of real defects.
+    Defaults: dim=16 lowest-order coefficients (for the DCT, the coarse image-to-image profile
+    of the flattened maps) tell map shapes apart while staying small next to N*P; for the SVD
+    it is capped at E. n_components=4 is an upper bound (capped at E) that the
+    Dirichlet-process prior prunes. top_percent=1.0 measures evidence on the top 1 % of all
+    N*P values, the scale of real defects.
     """
     maps = np.asarray(expert_maps)
     if maps.ndim != 3 or min(maps.shape) < 1:
@@ -125,11 +127,9 @@ def bgmps(
     norms = np.linalg.norm(members, axis=1) * np.linalg.norm(centroid)
     cosine = np.divide(members @ centroid, norms, out=np.zeros(selected.size), where=norms > 0)
     weights = np.maximum(cosine, 0.0)
-    weights = (
-        weights / weights.sum()
-        if weights.sum() > 0
-        else np.full(selected.size, 1.0 / selected.size)
-    )
+    # All experts orthogonal to (or constant against) their centroid: no preference, fuse evenly.
+    total = weights.sum()
+    weights = weights / total if total > 0 else np.full(selected.size, 1.0 / selected.size)
     fused = np.tensordot(weights, flat[selected], axes=1).reshape(maps.shape[1:])
     return BGMPSResult(
         fused=fused.astype(np.float32),

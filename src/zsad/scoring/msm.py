@@ -92,7 +92,7 @@ def mutual_scores(
     topmin_max: float = 0.3,
     *,
     bank: ArrayLike | None = None,
-    memory_budget_mb: float = 256.0,
+    memory_budget_mb: float = 64.0,
     device: str = "auto",
     half: bool = True,
 ) -> np.ndarray:
@@ -106,7 +106,7 @@ def mutual_scores(
     ``memory_budget_mb`` bounds the temporary buffers (not the N x P x K float32 table).
     ``device``: "auto" (CuPy if it finds a CUDA device, else NumPy), "cpu" or "gpu". On the GPU,
     ``half`` casts features to float16: cuBLAS accumulates in float32 but the cosine tile is
-    stored in float16 (spacing 2^-11 near 1, so d^2 is good to ~1e-3 absolute); ``half=False``
+    stored in float16 (spacing 2^-11 below 1, so d^2 is good to ~5e-4 absolute); ``half=False``
     keeps float32 throughout. Returns (N, P) float32.
     """
     query = _check_features(features, "features")

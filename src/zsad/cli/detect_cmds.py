@@ -1,0 +1,280 @@
+"""Detection commands: infer (score a set of images), eval (metrics on a dataset), demo."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from zsad.cli.common import (
+    BatchOpt,
+    DeviceOpt,
+    ImageSizeOpt,
+    ModelOpt,
+    PretrainedOpt,
+    ProgressOpt,
+    SeedOpt,
+    WeightsOpt,
+    torch_backend,
+    write_json,
+)
+from zsad.cli.scoring_options import with_scoring_options
+from zsad.errors import ZsadError
+from zsad.scoring.pipeline import SetScoringConfig
+
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")]
+OverlaysOpt = Annotated[
+    bool, typer.Option("--overlays/--no-overlays", help="Write heatmap overlay PNGs.")
+]
+SET_OUTPUTS = ("cls", "taps")
+
+
+def _score_paths(
+    paths: list[Path],
+    backend: Any,
+    scoring: SetScoringConfig,
+    batch_size: int,
+    progress: bool,
+) -> tuple[Any, Any, dict[str, float]]:
+    """Encode then score a set of files; returns (encoded, scores, seconds per stage)."""
+    from zsad.runtime.encode import encode_paths
+    from zsad.scoring.pipeline import score_set
+
+    start = time.perf_counter()
+    encoded = encode_paths(backend, paths, batch_size=batch_size, progress=progress)
+    encoded_at = time.perf_counter()
+    if len(encoded.paths) < 2:
+        raise ZsadError(
+            f"{len(encoded.paths)} readable image(s) of {len(paths)}: "
+            "mutual scoring needs at least 2"
+        )
+    scores = score_set(encoded.outputs["taps"], encoded.outputs["cls"], scoring, progress=progress)
+    timing = {
+        "encode_s": round(encoded_at - start, 3),
+        "score_s": round(time.perf_counter() - encoded_at, 3),
+    }
+    return encoded, scores, timing
+
+
+@with_scoring_options
+def infer(
+    images: Annotated[
+        list[str],
+        typer.Argument(help="Images to score together: folders, globs, files or .txt lists."),
+    ],
+    out: OutOpt = Path("zsad-out"),
+    model: ModelOpt = "ViT-L-14-336",
+    weights: WeightsOpt = None,
+    pretrained: PretrainedOpt = "openai",
+    image_size: ImageSizeOpt = 518,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 8,
+    overlays: OverlaysOpt = True,
+    seed: SeedOpt = 0,
+    progress: ProgressOpt = True,
+    *,
+    scoring: SetScoringConfig,
+) -> None:
+    """Score a set of unlabeled images against each other (training-free, zero-shot).
+
+    Writes OUT/results.jsonl (one line per image: path, score, map, overlay, error),
+    OUT/maps/*.npy (float16 pixel maps at the encoder size), OUT/overlays/*.png and
+    OUT/summary.json. Unreadable files are reported and skipped.
+    """
+    from zsad.data.datasets import read_folder
+    from zsad.runtime.results import image_records, write_jsonl
+
+    paths = [s.path for s in read_folder(images)]
+    backend = torch_backend(model, weights, pretrained, image_size, SET_OUTPUTS, device)
+    encoded, scores, timing = _score_paths(paths, backend, scoring, batch_size, progress)
+    for _, message in encoded.failures:
+        typer.echo(f"zsad: skipped {message}", err=True)
+    records = image_records(
+        out,
+        paths,
+        encoded.paths,
+        scores.image_scores,
+        scores.patch_maps,
+        encoded.failures,
+        map_size=image_size,
+        overlays=overlays,
+        progress=progress,
+    )
+    write_jsonl(out / "results.jsonl", records)
+    scored = sorted((r for r in records if r["score"] is not None), key=lambda r: -r["score"])
+    summary = {
+        "images": len(paths),
+        "scored": len(encoded.paths),
+        "failed": len(encoded.failures),
+        "model": model,
+        "backend": backend.name,
+        "image_size": image_size,
+        "scoring": asdict(scoring),
+        "timing": timing,
+        "most_anomalous": [{"path": r["path"], "score": r["score"]} for r in scored[:10]],
+        "info": {k: v for k, v in scores.info.items() if k != "order"},
+    }
+    write_json(out / "summary.json", summary)
+    typer.echo(f"scored {len(encoded.paths)} of {len(paths)} images -> {out / 'results.jsonl'}")
+
+
+def _category_metrics(
+    samples: list[Any], encoded: Any, scores: Any, image_size: int
+) -> dict[str, dict[str, float]]:
+    from zsad.data.images import load_mask
+    from zsad.metrics import image_metrics, pixel_metrics
+    from zsad.scoring.maps import upsample_maps
+
+    by_path = {s.path: s for s in samples}
+    kept = [by_path[p] for p in encoded.paths]
+    labels = np.array([s.label for s in kept])
+    result = {"image": image_metrics(labels, scores.image_scores)}
+    masks = np.zeros((len(kept), image_size, image_size), dtype=bool)
+    for i, sample in enumerate(kept):
+        if sample.label == 1 and sample.mask_path is not None:
+            masks[i] = load_mask(sample.mask_path, size=(image_size, image_size))
+    maps = upsample_maps(scores.patch_maps, image_size)
+    result["pixel"] = pixel_metrics(masks, maps)
+    return result
+
+
+def _mean_metrics(per_category: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    levels: dict[str, dict[str, float]] = {}
+    for level in ("image", "pixel"):
+        keys = next(iter(per_category.values()))[level].keys()
+        levels[level] = {
+            key: float(np.nanmean([m[level][key] for m in per_category.values()])) for key in keys
+        }
+    return levels
+
+
+def _markdown(per_category: dict[str, Any], mean: dict[str, Any]) -> str:
+    rows = {**per_category, "**mean**": mean}
+    image_keys = list(mean["image"])
+    pixel_keys = list(mean["pixel"])
+    header = ["category"] + [f"image {k}" for k in image_keys] + [f"pixel {k}" for k in pixel_keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in rows.items():
+        cells = [f"{100 * m['image'][k]:.1f}" for k in image_keys]
+        cells += [f"{100 * m['pixel'][k]:.1f}" for k in pixel_keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@with_scoring_options
+def evaluate(
+    root: Annotated[Path, typer.Argument(help="Dataset root (MVTec layout: CATEGORY/test/...).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset layout: mvtec.")] = "mvtec",
+    categories: Annotated[
+        str | None, typer.Option("--categories", help="Comma-separated categories (default: all).")
+    ] = None,
+    out: OutOpt = Path("zsad-eval"),
+    model: ModelOpt = "ViT-L-14-336",
+    weights: WeightsOpt = None,
+    pretrained: PretrainedOpt = "openai",
+    image_size: ImageSizeOpt = 518,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 8,
+    overlays: OverlaysOpt = False,
+    seed: SeedOpt = 0,
+    progress: ProgressOpt = True,
+    *,
+    scoring: SetScoringConfig,
+) -> None:
+    """Evaluate on a labelled dataset: per-category and mean image/pixel metrics.
+
+    Each category's test images are scored as one unlabeled set (zero-shot). Writes
+    OUT/metrics.json, OUT/metrics.md and OUT/CATEGORY/results.jsonl (+ maps, overlays).
+    """
+    if dataset != "mvtec":
+        raise ZsadError(f"--dataset {dataset!r}: supported layouts: mvtec")
+    backend = torch_backend(model, weights, pretrained, image_size, SET_OUTPUTS, device)
+    names = categories.split(",") if categories else None
+    run_eval(root, names, out, backend, scoring, batch_size, overlays, progress)
+
+
+def run_eval(
+    root: Path,
+    categories: list[str] | None,
+    out: Path,
+    backend: Any,
+    scoring: SetScoringConfig,
+    batch_size: int,
+    overlays: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """Score each MVTec-layout category as one set and write metrics.json/metrics.md."""
+    from zsad.data.datasets import read_mvtec
+    from zsad.runtime.results import image_records, write_jsonl
+
+    samples = read_mvtec(root, categories)
+    image_size = backend.image_size
+    per_category: dict[str, Any] = {}
+    timing: dict[str, Any] = {}
+    for category in sorted({s.category for s in samples}):
+        subset = [s for s in samples if s.category == category]
+        paths = [s.path for s in subset]
+        encoded, scores, timing[category] = _score_paths(
+            paths, backend, scoring, batch_size, progress
+        )
+        for _, message in encoded.failures:
+            typer.echo(f"zsad: skipped {message}", err=True)
+        per_category[category] = _category_metrics(subset, encoded, scores, image_size)
+        records = image_records(
+            out / category,
+            paths,
+            encoded.paths,
+            scores.image_scores,
+            scores.patch_maps,
+            encoded.failures,
+            map_size=image_size,
+            overlays=overlays,
+        )
+        write_jsonl(out / category / "results.jsonl", records)
+        auroc = per_category[category]["image"]["auroc"]
+        typer.echo(f"{category}: image AUROC {100 * auroc:.1f}", err=True)
+    mean = _mean_metrics(per_category)
+    payload = {
+        "categories": per_category,
+        "mean": mean,
+        "backend": backend.name,
+        "image_size": image_size,
+        "scoring": asdict(scoring),
+        "timing": timing,
+    }
+    write_json(out / "metrics.json", payload)
+    table = _markdown(per_category, mean)
+    (out / "metrics.md").write_text(table)
+    typer.echo(table)
+    return payload
+
+
+def demo(
+    out: OutOpt = Path("zsad-demo"),
+    image_size: ImageSizeOpt = 224,
+    seed: SeedOpt = 0,
+) -> None:
+    """Generate a small synthetic defect dataset and evaluate STAPS on it with zsad-tiny.
+
+    Nothing is downloaded: the encoder is the seeded random 'zsad-tiny' model. Look at
+    OUT/eval/CATEGORY/overlays/*.png for the heatmaps and OUT/eval/metrics.md for the table.
+    """
+    from zsad.data.synthetic import make_dataset
+
+    data = out / "data"
+    written = make_dataset(data, seed=seed)
+    typer.echo(f"generated {', '.join(written)} in {data}", err=True)
+    backend = torch_backend("zsad-tiny", None, "random", image_size, SET_OUTPUTS, "auto")
+    scoring = SetScoringConfig(seed=seed)
+    run_eval(data, None, out / "eval", backend, scoring, 8, True, True)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach these commands to the app."""
+    app.command("infer")(infer)
+    app.command("eval")(evaluate)
+    app.command("demo")(demo)

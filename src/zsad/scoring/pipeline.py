@@ -1,0 +1,137 @@
+"""Score a set of unlabeled images from their encoder outputs: MuSc, or STAPS (BGMPS + STAS)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from zsad.scoring.bgmps import bgmps
+from zsad.scoring.lnamd import lnamd
+from zsad.scoring.maps import patch_grid
+from zsad.scoring.msm import mutual_scores
+from zsad.scoring.stas import pseudo_temporal_order, rscin, stas
+
+METHODS = ("staps", "musc")
+# STAS's pseudo-temporal axis: a seeded shuffle of the set, or the input order when the images
+# really arrived in that order (a production line).
+ORDERS = ("shuffle", "input")
+
+
+def _default(fn: Callable[..., Any], name: str) -> Any:
+    """The default of a scoring function's argument, so each default is written once."""
+    return inspect.signature(fn).parameters[name].default
+
+
+@dataclass(frozen=True)
+class SetScoringConfig:
+    """Every choice of the training-free path; the STAPS-only ones are ignored by 'musc'."""
+
+    method: str = "staps"
+    r_list: tuple[int, ...] = (1, 3, 5)
+    topmin_max: float = _default(mutual_scores, "topmin_max")
+    memory_budget_mb: float = _default(mutual_scores, "memory_budget_mb")
+    device: str = _default(mutual_scores, "device")
+    rscin_k: tuple[int, ...] = _default(rscin, "k_list")
+    use_stas: bool = True
+    window: int = _default(stas, "window")
+    gamma: float = _default(stas, "gamma")
+    alpha: float = _default(stas, "alpha")
+    stas_k: tuple[int, ...] = _default(stas, "k_list")
+    beta: float = _default(stas, "beta")
+    use_bgmps: bool = True
+    embed: str = _default(bgmps, "embed")
+    cluster: str = _default(bgmps, "cluster")
+    dim: int = _default(bgmps, "dim")
+    n_components: int = _default(bgmps, "n_components")
+    top_percent: float = _default(bgmps, "top_percent")
+    order: str = "shuffle"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+
+
+@dataclass
+class SetScores:
+    """Per-image scores (higher = more anomalous) and patch-grid maps, in input order."""
+
+    image_scores: np.ndarray  # (N,)
+    patch_maps: np.ndarray  # (N, g, g)
+    raw_image_scores: np.ndarray  # (N,) max of each map, before RsCIN/STAS
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def expert_maps(
+    taps: np.ndarray, config: SetScoringConfig, *, progress: bool = False
+) -> np.ndarray:
+    """One MSM map per (tap, r): taps (N, T, 1+P, C) -> (T * len(r_list), N, P) float32."""
+    n_images, n_taps, tokens, _ = taps.shape
+    if n_images < 2:
+        raise ValueError(f"mutual scoring needs at least 2 images, got {n_images}")
+    experts = np.empty((n_taps * len(config.r_list), n_images, tokens - 1), np.float32)
+    jobs = [(t, r) for t in range(n_taps) for r in config.r_list]
+    for e, (t, r) in enumerate(
+        tqdm(jobs, desc="scoring", unit="map", disable=not progress, leave=False)
+    ):
+        features = lnamd(taps[:, t], r)
+        experts[e] = mutual_scores(
+            features,
+            config.topmin_max,
+            memory_budget_mb=config.memory_budget_mb,
+            device=config.device,
+        )
+    return experts
+
+
+def score_set(
+    taps: np.ndarray, cls: np.ndarray, config: SetScoringConfig, *, progress: bool = False
+) -> SetScores:
+    """Score N images against each other: maps from MSM experts, image scores refined by CLS."""
+    experts = expert_maps(taps, config, progress=progress)
+    info: dict[str, Any] = {"method": config.method, "n_experts": int(experts.shape[0])}
+    if config.method == "staps" and config.use_bgmps:
+        fused = bgmps(
+            experts,
+            embed=config.embed,
+            cluster=config.cluster,
+            dim=config.dim,
+            n_components=config.n_components,
+            top_percent=config.top_percent,
+            seed=config.seed,
+        )
+        maps = fused.fused
+        info["bgmps"] = {
+            "selected": fused.selected.tolist(),
+            "weights": [round(float(w), 6) for w in fused.weights],
+        }
+    else:
+        maps = experts.mean(axis=0)
+    raw = maps.max(axis=1)
+    if config.method == "staps" and config.use_stas:
+        order = (
+            pseudo_temporal_order(len(raw), config.seed)
+            if config.order == "shuffle"
+            else np.arange(len(raw))
+        )
+        scores = stas(
+            raw,
+            cls,
+            order,
+            window=config.window,
+            gamma=config.gamma,
+            alpha=config.alpha,
+            k_list=config.stas_k,
+            beta=config.beta,
+        )
+        info["order"] = order.tolist()
+    else:
+        scores = rscin(raw, cls, config.rscin_k)
+    return SetScores(np.asarray(scores, np.float64), patch_grid(maps), raw, info)
