@@ -105,6 +105,30 @@ def test_gpu_request_without_cupy_is_a_clear_error():
         mutual_scores(_unit(np.ones((2, 4, 3))), device="gpu")
 
 
+class _NumpyInDisguise:
+    """Stands in for CuPy: NumPy behind a module that is not ``numpy`` takes the GPU branches."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize(("half", "tolerance"), [(True, 2e-3), (False, 1e-5)])
+def test_gpu_code_path_on_numpy(monkeypatch, half, tolerance):
+    monkeypatch.setattr("zsad.scoring.msm.array_module", lambda device: _NumpyInDisguise())
+    features = _unit(np.random.default_rng(8).normal(size=(6, 13, 8)))
+    bank = _unit(np.random.default_rng(9).normal(size=(3, 13, 8)))
+    for budget_bytes in (5 * 13 * 2, 256 * MB):
+        for kwargs, expected in (
+            ({}, _brute_force(features)),
+            ({"bank": bank}, _brute_force(features, bank=bank)),
+        ):
+            scores = mutual_scores(
+                features, memory_budget_mb=budget_bytes / MB, half=half, **kwargs
+            )
+            assert isinstance(scores, np.ndarray) and scores.dtype == np.float32
+            np.testing.assert_allclose(scores, expected, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("half", [True, False])
 def test_gpu_matches_cpu(half):

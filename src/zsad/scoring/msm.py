@@ -66,11 +66,16 @@ def _nearest_cosines(xp: ModuleType, query: Any, ref: Any, symmetric: bool, budg
             cos = tile[: m * rows * ref_patches].reshape(m * rows, ref_patches)
             xp.matmul(query[a0:a1, lo:hi].reshape(m * rows, c), ref_t, out=cos)
             cos = cos.reshape(m, rows, ref_patches)
-            best[b, a0:a1, lo:hi] = cos.max(axis=2)
-            if symmetric:
-                # A running max: a tile may hold only some rows of image a.
-                seen = best[a0:a1, b]
-                xp.maximum(seen, cos.max(axis=1), out=seen)
+            # On the CPU, reducing image by image keeps each block cache-resident between its two
+            # passes; on the GPU one launch per tile is cheaper.
+            step = 1 if xp is np else m
+            for g0 in range(0, m, step):
+                block = cos[g0 : g0 + step]
+                best[b, a0 + g0 : a0 + g0 + step, lo:hi] = block.max(axis=2)
+                if symmetric:
+                    # A running max: a tile may hold only some rows of image a.
+                    seen = best[a0 + g0 : a0 + g0 + step, b]
+                    xp.maximum(seen, block.max(axis=1), out=seen)
     return best
 
 

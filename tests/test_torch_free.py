@@ -1,0 +1,41 @@
+"""The runtime, scoring, metrics and data packages work where torch cannot be imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "open_clip", "torchvision"}:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+
+    import numpy as np
+    import zsad.data, zsad.metrics, zsad.runtime.encode, zsad.runtime.results
+    from zsad.scoring.pipeline import SetScoringConfig, score_set
+
+    rng = np.random.default_rng(0)
+    taps = rng.standard_normal((6, 2, 1 + 16, 8)).astype(np.float32)
+    cls = rng.standard_normal((6, 4)).astype(np.float32)
+    scores = score_set(taps, cls, SetScoringConfig(r_list=(1, 3)))
+    assert scores.patch_maps.shape == (6, 4, 4)
+    assert not any(m.split(".")[0] == "torch" for m in sys.modules)
+    print("ok")
+    """
+)
+
+
+def test_runtime_and_scoring_import_and_run_without_torch() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
