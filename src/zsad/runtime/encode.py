@@ -35,12 +35,16 @@ def encode_paths(
     kept: list[Path] = []
     sizes: list[tuple[int, int]] = []
     failures: list[tuple[Path, str]] = []
-    chunks: dict[str, list[np.ndarray]] = {}
+    # Filled in place: at N = 200 ViT-L taps are 4.5 GB, so never hold a second copy.
+    outputs: dict[str, np.ndarray] = {}
     pending: list[np.ndarray] = []
 
     def flush() -> None:
+        start = len(kept) - len(pending)
         for name, value in backend.run(np.stack(pending)).items():
-            chunks.setdefault(name, []).append(value)
+            if name not in outputs:
+                outputs[name] = np.empty((len(paths), *value.shape[1:]), value.dtype)
+            outputs[name][start : start + len(value)] = value
         pending.clear()
 
     for path in tqdm(paths, desc="encoding", unit="img", disable=not progress, leave=False):
@@ -56,5 +60,5 @@ def encode_paths(
             flush()
     if pending:
         flush()
-    outputs = {name: np.concatenate(parts) for name, parts in chunks.items()}
+    outputs = {name: value[: len(kept)] for name, value in outputs.items()}
     return EncodedImages(kept, sizes, outputs, failures)

@@ -1,0 +1,115 @@
+"""The HeadCLIP calibration artifact: safetensors tensors + JSON metadata, readable without torch.
+
+It holds what zero-shot inference needs (the two final text embeddings and the learned head
+weights) plus the learned prompt tensors, and a SHA-256 over all of it so that a tampered or
+truncated file is rejected instead of giving wrong scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from zsad.errors import ZsadError
+
+FORMAT = "zsad-headclip/1"
+TEXT_EMBEDDINGS = "text_embeddings"
+HEAD_WEIGHTS = "head_weights"
+
+
+@dataclass(frozen=True)
+class HeadclipArtifact:
+    """Learned HeadCLIP state; text_embeddings rows are (normal, abnormal), L2-normalised."""
+
+    text_embeddings: np.ndarray  # (2, D_embed) float32
+    head_weights: np.ndarray  # (n_csa_layers, n_heads) float32
+    backbone: str
+    image_size: int
+    csa_layers: tuple[int, ...]
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # prompt tensors, for resuming
+
+
+def _digest(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
+        h.update(array.tobytes())
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def save_artifact(path: str | os.PathLike[str], artifact: HeadclipArtifact) -> str:
+    """Write the artifact atomically; returns its SHA-256."""
+    path = Path(path)
+    tensors = {
+        TEXT_EMBEDDINGS: np.asarray(artifact.text_embeddings, np.float32),
+        HEAD_WEIGHTS: np.asarray(artifact.head_weights, np.float32),
+        **{f"extra.{k}": np.asarray(v) for k, v in artifact.extra.items()},
+    }
+    meta = {
+        "format": FORMAT,
+        "backbone": artifact.backbone,
+        "image_size": str(artifact.image_size),
+        "csa_layers": ",".join(str(i) for i in artifact.csa_layers),
+        "hyperparameters": json.dumps(artifact.hyperparameters, sort_keys=True),
+    }
+    digest = _digest(tensors, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={**meta, "sha256": digest})
+    tmp.replace(path)
+    return digest
+
+
+def load_artifact(
+    path: str | os.PathLike[str],
+    *,
+    backbone: str | None = None,
+    image_size: int | None = None,
+) -> HeadclipArtifact:
+    """Read and verify an artifact; a mismatch with the expected backbone/size is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZsadError(f"--calibration {path}: no such file")
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            meta = json.loads(handle.read(header_len)).get("__metadata__", {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ZsadError(f"--calibration {path}: not a safetensors artifact ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise ZsadError(
+            f"--calibration {path}: not a zsad HeadCLIP artifact (format {meta.get('format')!r})"
+        )
+    stored = meta.pop("sha256", None)
+    if stored != _digest(tensors, meta):
+        raise ZsadError(f"--calibration {path}: checksum mismatch (file altered or corrupt)")
+    artifact = HeadclipArtifact(
+        text_embeddings=tensors.pop(TEXT_EMBEDDINGS),
+        head_weights=tensors.pop(HEAD_WEIGHTS),
+        backbone=meta["backbone"],
+        image_size=int(meta["image_size"]),
+        csa_layers=tuple(int(i) for i in meta["csa_layers"].split(",") if i),
+        hyperparameters=json.loads(meta["hyperparameters"]),
+        extra={k.removeprefix("extra."): v for k, v in tensors.items()},
+    )
+    if backbone is not None and backbone != artifact.backbone:
+        raise ZsadError(
+            f"--calibration {path}: made for backbone {artifact.backbone}, not {backbone}"
+        )
+    if image_size is not None and image_size != artifact.image_size:
+        raise ZsadError(
+            f"--calibration {path}: made for image size {artifact.image_size}, not {image_size}"
+        )
+    return artifact
