@@ -42,7 +42,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_command_explains_itself() -> None:
     top = zsad("--help")
     assert top.returncode == 0
-    commands = ["make-data", "models", "infer", "eval", "demo"]
+    commands = [
+        "make-data",
+        "models",
+        "infer",
+        "eval",
+        "demo",
+        "calibrate",
+        "export",
+        "build-engine",
+    ]
     for command in commands:
         assert command in top.stdout
         result = zsad(command, "--help")
@@ -101,7 +110,7 @@ def test_eval_writes_the_documented_metrics_file(dataset: Path, tmp_path: Path) 
     assert set(metrics["categories"]) == {"grid"}
     assert set(metrics["mean"]["image"]) == {"auroc", "ap", "f1_max"}
     assert set(metrics["mean"]["pixel"]) == {"auroc", "ap", "f1_max", "aupro", "iou_max"}
-    assert metrics["scoring"]["use_stas"] is False
+    assert metrics["settings"]["use_stas"] is False
     assert "| grid |" in (out / "metrics.md").read_text()
 
 

@@ -16,6 +16,8 @@ class MeanBackend:
     image_size = 28
     outputs = ("cls",)
     name = "mean"
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
 
     def __init__(self) -> None:
         self.batches: list[int] = []
@@ -42,3 +44,5 @@ def test_failures_are_skipped_and_outputs_stay_aligned(tmp_path: Path) -> None:
     means = encoded.outputs["cls"][:, 0]
     assert means.shape == (7,)
     assert np.all(np.diff(means) > 0)  # image i is brighter than image i-1, in input order
+    # The backend's own normalisation is applied: pixel value 0 -> (0 - 0.5) / 0.25.
+    assert means[0] == -2.0

@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent(
 
     import numpy as np
     import zsad.data, zsad.metrics, zsad.runtime.encode, zsad.runtime.results
+    import zsad.runtime.bundle, zsad.runtime.onnx_backend, zsad.runtime.tensorrt_backend
     from zsad.scoring.pipeline import SetScoringConfig, score_set
 
     rng = np.random.default_rng(0)

@@ -19,10 +19,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from zsad.cli import data_cmds, detect_cmds
+    from zsad.cli import calibrate_cmds, data_cmds, detect_cmds, export_cmds
 
+    calibrate_cmds.register(app)
     data_cmds.register(app)
     detect_cmds.register(app)
+    export_cmds.register(app)
 
 
 def main() -> None:

@@ -1,9 +1,8 @@
-"""Detection commands: infer (score a set of images), eval (metrics on a dataset), demo."""
+"""Detection commands: infer (score images), eval (metrics on a labelled dataset), demo."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,15 +11,26 @@ import typer
 
 from zsad.cli.common import (
     BatchOpt,
+    BundleOpt,
     DeviceOpt,
+    EngineOpt,
     ImageSizeOpt,
+    MaybeImageSizeOpt,
     ModelOpt,
     PretrainedOpt,
     ProgressOpt,
     SeedOpt,
     WeightsOpt,
-    torch_backend,
     write_json,
+)
+from zsad.cli.methods import (
+    CalibrationOpt,
+    EncoderChoice,
+    JasROpt,
+    MethodOpt,
+    MethodSetup,
+    TopKOpt,
+    setup_method,
 )
 from zsad.cli.scoring_options import with_scoring_options
 from zsad.errors import ZsadError
@@ -30,48 +40,45 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (created if m
 OverlaysOpt = Annotated[
     bool, typer.Option("--overlays/--no-overlays", help="Write heatmap overlay PNGs.")
 ]
-SET_OUTPUTS = ("cls", "taps")
 
 
 def _score_paths(
-    paths: list[Path],
-    backend: Any,
-    scoring: SetScoringConfig,
-    batch_size: int,
-    progress: bool,
-) -> tuple[Any, Any, dict[str, float]]:
-    """Encode then score a set of files; returns (encoded, scores, seconds per stage)."""
+    paths: list[Path], setup: MethodSetup, batch_size: int, progress: bool
+) -> tuple[Any, tuple[np.ndarray, np.ndarray, dict[str, Any]], dict[str, float]]:
+    """Encode then score files; returns (encoded, (scores, maps, info), seconds per stage)."""
     from zsad.runtime.encode import encode_paths
-    from zsad.scoring.pipeline import score_set
 
     start = time.perf_counter()
-    encoded = encode_paths(backend, paths, batch_size=batch_size, progress=progress)
+    encoded = encode_paths(setup.backend, paths, batch_size=batch_size, progress=progress)
+    for _, message in encoded.failures:
+        typer.echo(f"zsad: skipped {message}", err=True)
     encoded_at = time.perf_counter()
-    if len(encoded.paths) < 2:
-        raise ZsadError(
-            f"{len(encoded.paths)} readable image(s) of {len(paths)}: "
-            "mutual scoring needs at least 2"
-        )
-    scores = score_set(encoded.outputs["taps"], encoded.outputs["cls"], scoring, progress=progress)
+    scored = setup.score(encoded)
     timing = {
         "encode_s": round(encoded_at - start, 3),
         "score_s": round(time.perf_counter() - encoded_at, 3),
     }
-    return encoded, scores, timing
+    return encoded, scored, timing
 
 
 @with_scoring_options
 def infer(
     images: Annotated[
         list[str],
-        typer.Argument(help="Images to score together: folders, globs, files or .txt lists."),
+        typer.Argument(help="Images to score: folders, globs, files or .txt lists."),
     ],
     out: OutOpt = Path("zsad-out"),
+    method: MethodOpt = "staps",
     model: ModelOpt = "ViT-L-14-336",
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = "openai",
-    image_size: ImageSizeOpt = 518,
+    image_size: MaybeImageSizeOpt = None,
     device: DeviceOpt = "auto",
+    bundle: BundleOpt = None,
+    engine: EngineOpt = None,
+    calibration: CalibrationOpt = None,
+    jas_r: JasROpt = None,
+    top_k: TopKOpt = None,
     batch_size: BatchOpt = 8,
     overlays: OverlaysOpt = True,
     seed: SeedOpt = 0,
@@ -79,51 +86,59 @@ def infer(
     *,
     scoring: SetScoringConfig,
 ) -> None:
-    """Score a set of unlabeled images against each other (training-free, zero-shot).
+    """Score images for anomalies, zero-shot.
 
-    Writes OUT/results.jsonl (one line per image: path, score, map, overlay, error),
-    OUT/maps/*.npy (float16 pixel maps at the encoder size), OUT/overlays/*.png and
-    OUT/summary.json. Unreadable files are reported and skipped.
+    staps/musc score the images against each other (at least 2; 50-200 of one product is
+    typical); headclip scores each image on its own. Writes OUT/results.jsonl (one line per
+    image: path, score, map, overlay, error), OUT/maps/*.npy (float16 pixel maps at the encoder
+    size), OUT/overlays/*.png and OUT/summary.json. Unreadable files are reported and skipped.
     """
     from zsad.data.datasets import read_folder
     from zsad.runtime.results import image_records, write_jsonl
 
     paths = [s.path for s in read_folder(images)]
-    backend = torch_backend(model, weights, pretrained, image_size, SET_OUTPUTS, device)
-    encoded, scores, timing = _score_paths(paths, backend, scoring, batch_size, progress)
-    for _, message in encoded.failures:
-        typer.echo(f"zsad: skipped {message}", err=True)
+    choice = EncoderChoice(model, weights, pretrained, image_size, device, bundle, engine)
+    setup = setup_method(
+        method,
+        choice,
+        scoring,
+        calibration=calibration,
+        jas_r=jas_r,
+        top_k=top_k,
+        progress=progress,
+    )
+    encoded, (scores, maps, info), timing = _score_paths(paths, setup, batch_size, progress)
     records = image_records(
         out,
         paths,
         encoded.paths,
-        scores.image_scores,
-        scores.patch_maps,
+        scores,
+        maps,
         encoded.failures,
-        map_size=image_size,
+        map_size=setup.backend.image_size,
         overlays=overlays,
         progress=progress,
     )
     write_jsonl(out / "results.jsonl", records)
-    scored = sorted((r for r in records if r["score"] is not None), key=lambda r: -r["score"])
+    ranked = sorted((r for r in records if r["score"] is not None), key=lambda r: -r["score"])
     summary = {
         "images": len(paths),
         "scored": len(encoded.paths),
         "failed": len(encoded.failures),
-        "model": model,
-        "backend": backend.name,
-        "image_size": image_size,
-        "scoring": asdict(scoring),
+        "encoder": str(bundle or engine or model),
+        "backend": setup.backend.name,
+        "image_size": setup.backend.image_size,
+        "settings": setup.settings,
         "timing": timing,
-        "most_anomalous": [{"path": r["path"], "score": r["score"]} for r in scored[:10]],
-        "info": {k: v for k, v in scores.info.items() if k != "order"},
+        "most_anomalous": [{"path": r["path"], "score": r["score"]} for r in ranked[:10]],
+        "info": info,
     }
     write_json(out / "summary.json", summary)
     typer.echo(f"scored {len(encoded.paths)} of {len(paths)} images -> {out / 'results.jsonl'}")
 
 
 def _category_metrics(
-    samples: list[Any], encoded: Any, scores: Any, image_size: int
+    samples: list[Any], encoded: Any, scores: np.ndarray, maps: np.ndarray, size: int
 ) -> dict[str, dict[str, float]]:
     from zsad.data.images import load_mask
     from zsad.metrics import image_metrics, pixel_metrics
@@ -132,14 +147,12 @@ def _category_metrics(
     by_path = {s.path: s for s in samples}
     kept = [by_path[p] for p in encoded.paths]
     labels = np.array([s.label for s in kept])
-    result = {"image": image_metrics(labels, scores.image_scores)}
-    masks = np.zeros((len(kept), image_size, image_size), dtype=bool)
+    masks = np.zeros((len(kept), size, size), dtype=bool)
     for i, sample in enumerate(kept):
         if sample.label == 1 and sample.mask_path is not None:
-            masks[i] = load_mask(sample.mask_path, size=(image_size, image_size))
-    maps = upsample_maps(scores.patch_maps, image_size)
-    result["pixel"] = pixel_metrics(masks, maps)
-    return result
+            masks[i] = load_mask(sample.mask_path, size=(size, size))
+    pixel_maps = maps if maps.shape[-2:] == (size, size) else upsample_maps(maps, size)
+    return {"image": image_metrics(labels, scores), "pixel": pixel_metrics(masks, pixel_maps)}
 
 
 def _mean_metrics(per_category: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
@@ -173,11 +186,17 @@ def evaluate(
         str | None, typer.Option("--categories", help="Comma-separated categories (default: all).")
     ] = None,
     out: OutOpt = Path("zsad-eval"),
+    method: MethodOpt = "staps",
     model: ModelOpt = "ViT-L-14-336",
     weights: WeightsOpt = None,
     pretrained: PretrainedOpt = "openai",
-    image_size: ImageSizeOpt = 518,
+    image_size: MaybeImageSizeOpt = None,
     device: DeviceOpt = "auto",
+    bundle: BundleOpt = None,
+    engine: EngineOpt = None,
+    calibration: CalibrationOpt = None,
+    jas_r: JasROpt = None,
+    top_k: TopKOpt = None,
     batch_size: BatchOpt = 8,
     overlays: OverlaysOpt = False,
     seed: SeedOpt = 0,
@@ -187,51 +206,58 @@ def evaluate(
 ) -> None:
     """Evaluate on a labelled dataset: per-category and mean image/pixel metrics.
 
-    Each category's test images are scored as one unlabeled set (zero-shot). Writes
-    OUT/metrics.json, OUT/metrics.md and OUT/CATEGORY/results.jsonl (+ maps, overlays).
+    staps/musc score each category's test images as one unlabeled set (zero-shot); headclip
+    scores each image on its own. Writes OUT/metrics.json, OUT/metrics.md and
+    OUT/CATEGORY/results.jsonl (+ maps, overlays with --overlays).
     """
     if dataset != "mvtec":
         raise ZsadError(f"--dataset {dataset!r}: supported layouts: mvtec")
-    backend = torch_backend(model, weights, pretrained, image_size, SET_OUTPUTS, device)
+    choice = EncoderChoice(model, weights, pretrained, image_size, device, bundle, engine)
+    setup = setup_method(
+        method,
+        choice,
+        scoring,
+        calibration=calibration,
+        jas_r=jas_r,
+        top_k=top_k,
+        progress=progress,
+    )
     names = categories.split(",") if categories else None
-    run_eval(root, names, out, backend, scoring, batch_size, overlays, progress)
+    run_eval(root, names, out, setup, batch_size, overlays, progress)
 
 
 def run_eval(
     root: Path,
     categories: list[str] | None,
     out: Path,
-    backend: Any,
-    scoring: SetScoringConfig,
+    setup: MethodSetup,
     batch_size: int,
     overlays: bool,
     progress: bool,
 ) -> dict[str, Any]:
-    """Score each MVTec-layout category as one set and write metrics.json/metrics.md."""
+    """Score each MVTec-layout category and write metrics.json and metrics.md."""
     from zsad.data.datasets import read_mvtec
     from zsad.runtime.results import image_records, write_jsonl
 
     samples = read_mvtec(root, categories)
-    image_size = backend.image_size
+    size = setup.backend.image_size
     per_category: dict[str, Any] = {}
     timing: dict[str, Any] = {}
     for category in sorted({s.category for s in samples}):
         subset = [s for s in samples if s.category == category]
         paths = [s.path for s in subset]
-        encoded, scores, timing[category] = _score_paths(
-            paths, backend, scoring, batch_size, progress
+        encoded, (scores, maps, _), timing[category] = _score_paths(
+            paths, setup, batch_size, progress
         )
-        for _, message in encoded.failures:
-            typer.echo(f"zsad: skipped {message}", err=True)
-        per_category[category] = _category_metrics(subset, encoded, scores, image_size)
+        per_category[category] = _category_metrics(subset, encoded, scores, maps, size)
         records = image_records(
             out / category,
             paths,
             encoded.paths,
-            scores.image_scores,
-            scores.patch_maps,
+            scores,
+            maps,
             encoded.failures,
-            map_size=image_size,
+            map_size=size,
             overlays=overlays,
         )
         write_jsonl(out / category / "results.jsonl", records)
@@ -241,9 +267,9 @@ def run_eval(
     payload = {
         "categories": per_category,
         "mean": mean,
-        "backend": backend.name,
-        "image_size": image_size,
-        "scoring": asdict(scoring),
+        "backend": setup.backend.name,
+        "image_size": size,
+        "settings": setup.settings,
         "timing": timing,
     }
     write_json(out / "metrics.json", payload)
@@ -268,9 +294,9 @@ def demo(
     data = out / "data"
     written = make_dataset(data, seed=seed)
     typer.echo(f"generated {', '.join(written)} in {data}", err=True)
-    backend = torch_backend("zsad-tiny", None, "random", image_size, SET_OUTPUTS, "auto")
-    scoring = SetScoringConfig(seed=seed)
-    run_eval(data, None, out / "eval", backend, scoring, 8, True, True)
+    choice = EncoderChoice("zsad-tiny", None, "random", image_size, "auto", None, None)
+    setup = setup_method("staps", choice, SetScoringConfig(seed=seed), progress=True)
+    run_eval(data, None, out / "eval", setup, 8, True, True)
 
 
 def register(app: typer.Typer) -> None:

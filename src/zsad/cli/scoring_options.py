@@ -13,11 +13,10 @@ import typer
 from zsad.errors import ZsadError
 from zsad.scoring.pipeline import SetScoringConfig
 
-_PANEL = "Scoring (STAPS / MuSc)"
+_PANEL = "Training-free scoring (staps / musc)"
 
 # (config field, flag, help); bool fields become --x/--no-x switches.
 _OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("method", "--method", "staps (MuSc maps + BGMPS + STAS) or musc (mean maps + RsCIN)."),
     ("r_list", "--r-list", "LNAMD aggregation degrees r, comma-separated."),
     ("topmin_max", "--topmin", "MSM: fraction of the other images whose distances are averaged."),
     ("memory_budget_mb", "--memory-mb", "MSM: upper bound of each temporary buffer, in MB."),

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from zsad.model.encoder import DualPathEncoder
+from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 
 
 class TorchBackend:
@@ -18,6 +19,7 @@ class TorchBackend:
         self.encoder = encoder.to(self.device).eval()
         self.fp16 = fp16 and self.device.type == "cuda"
         self.image_size = encoder.image_size
+        self.mean, self.std = OPENAI_MEAN, OPENAI_STD
         self.outputs = encoder.outputs
         self.name = f"torch-{'fp16' if self.fp16 else 'fp32'}-{self.device.type}"
 

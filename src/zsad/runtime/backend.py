@@ -13,6 +13,8 @@ class EncoderBackend(Protocol):
     image_size: int
     outputs: tuple[str, ...]
     name: str
+    mean: tuple[float, float, float]  # the normalisation the encoder was trained with
+    std: tuple[float, float, float]
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Encode a float32 batch (B, 3, S, S) and return the outputs this backend was built for."""

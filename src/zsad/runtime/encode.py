@@ -55,7 +55,7 @@ def encode_paths(
             continue
         kept.append(Path(path))
         sizes.append(image.shape[:2])
-        pending.append(preprocess_image(image, backend.image_size))
+        pending.append(preprocess_image(image, backend.image_size, backend.mean, backend.std))
         if len(pending) == batch_size:
             flush()
     if pending:

@@ -1,0 +1,176 @@
+"""Deployment bundles: bundle.json plus the encoder files it lists, checked before use.
+
+A bundle directory holds ``encoder.onnx`` (FP32), ``encoder.fp16.onnx``, optionally an engine
+(``encoder.engine``) and, for HeadCLIP, ``calibration.safetensors``. ``bundle.json`` records what
+the runtime needs (image size, normalisation, outputs, method), the engine's TensorRT flavour,
+version and target GPUs, and a SHA-256 per file; a file is hashed again when it is opened, so a
+truncated copy or a file from another export is an error instead of wrong numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zsad.errors import ZsadError
+from zsad.runtime.backend import EncoderBackend
+
+BUNDLE_JSON = "bundle.json"
+FORMAT = "zsad-bundle/1"
+FP32_ONNX = "encoder.onnx"
+FP16_ONNX = "encoder.fp16.onnx"
+ENGINE_FILE = "encoder.engine"
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in 8 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """How the bundle's engine was built; the runtime refuses an engine that cannot load here."""
+
+    file: str
+    flavour: str  # "rtx" (tensorrt_rtx) or "trt" (tensorrt)
+    tensorrt_version: str
+    compute_capabilities: tuple[str, ...]  # e.g. ("7.5", "8.6")
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle.json; ``file(name)`` verifies and returns the path of a listed file."""
+
+    root: Path
+    method: str
+    backbone: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    outputs: tuple[str, ...]
+    engine: EngineInfo | None
+    calibration: str | None
+    meta: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str]) -> Bundle:
+        """Read ROOT/bundle.json and check that every listed file is present with its size."""
+        root = Path(root)
+        path = root / BUNDLE_JSON
+        if not path.is_file():
+            raise ZsadError(f"--bundle {root}: no {BUNDLE_JSON} (not a zsad export bundle)")
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ZsadError(f"{path}: unreadable bundle.json ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise ZsadError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        try:
+            bundle = cls._from_meta(root, meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ZsadError(f"{path}: malformed bundle.json ({type(exc).__name__}: {exc})") from exc
+        for name, entry in meta["files"].items():
+            target = root / name
+            if not target.is_file():
+                raise ZsadError(f"--bundle {root}: {name} is missing")
+            if target.stat().st_size != entry["bytes"]:
+                raise ZsadError(
+                    f"{target}: {target.stat().st_size} bytes, bundle.json lists {entry['bytes']} "
+                    "(truncated or replaced file)"
+                )
+        return bundle
+
+    @classmethod
+    def _from_meta(cls, root: Path, meta: dict[str, Any]) -> Bundle:
+        engine = meta.get("engine")
+        return cls(
+            root=root,
+            method=str(meta["method"]),
+            backbone=str(meta["backbone"]),
+            image_size=int(meta["image_size"]),
+            mean=tuple(float(v) for v in meta["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in meta["std"]),  # type: ignore[arg-type]
+            outputs=tuple(meta["outputs"]),
+            engine=None
+            if engine is None
+            else EngineInfo(
+                file=engine["file"],
+                flavour=engine["flavour"],
+                tensorrt_version=engine["tensorrt_version"],
+                compute_capabilities=tuple(engine["compute_capabilities"]),
+                min_batch=int(engine["batch"]["min"]),
+                opt_batch=int(engine["batch"]["opt"]),
+                max_batch=int(engine["batch"]["max"]),
+            ),
+            calibration=(meta.get("calibration") or {}).get("file"),
+            meta=meta,
+        )
+
+    def file(self, name: str) -> Path:
+        """Path of a listed file after checking its SHA-256 against bundle.json."""
+        entry = self.meta["files"].get(name)
+        if entry is None:
+            raise ZsadError(f"--bundle {self.root}: {name} is not part of this bundle")
+        path = self.root / name
+        if sha256_file(path) != entry["sha256"]:
+            raise ZsadError(
+                f"{path}: SHA-256 differs from bundle.json (file altered, corrupt or from another "
+                "export)"
+            )
+        return path
+
+
+def write_meta(root: Path, meta: dict[str, Any]) -> None:
+    """Write ROOT/bundle.json atomically (export and engine builds; the runtime only reads)."""
+    tmp = root / f".{BUNDLE_JSON}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(root / BUNDLE_JSON)
+
+
+def open_backend(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    image_size: int | None = None,
+) -> EncoderBackend:
+    """Open an encoder backend from a bundle directory, an ONNX file or an engine inside one.
+
+    ``.onnx`` runs on ONNX Runtime; ``.engine``/``.plan`` on the TensorRT flavour bundle.json
+    records. A bundle directory runs ONNX Runtime: the FP16 file on CUDA, the FP32 file on CPU.
+    ``image_size``, when given, must equal the bundle's.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ZsadError(f"{path}: no such file or directory")
+    bundle = Bundle.load(path if path.is_dir() else path.parent)
+    if image_size is not None and image_size != bundle.image_size:
+        raise ZsadError(
+            f"--image-size {image_size}: bundle {bundle.root} was exported for "
+            f"{bundle.image_size} px (the size is fixed at export)"
+        )
+    if path.suffix in ENGINE_SUFFIXES:
+        from zsad.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(bundle, path.name, device=device)
+    from zsad.runtime.onnx_backend import OnnxBackend, resolve_providers
+
+    if path.is_dir():
+        providers = resolve_providers(device)
+        name = FP16_ONNX if providers[0] == "CUDAExecutionProvider" else FP32_ONNX
+        return OnnxBackend(bundle, name, providers=providers)
+    if path.suffix == ".onnx":
+        return OnnxBackend(bundle, path.name, providers=resolve_providers(device))
+    raise ZsadError(f"{path}: expected a bundle directory, an .onnx file or an .engine/.plan file")

@@ -1,0 +1,236 @@
+"""The TensorRT backend for both flavours (TensorRT-RTX and full TensorRT), buffers via cuda-python.
+
+The two Python modules, ``tensorrt_rtx`` and ``tensorrt``, share the TensorRT 10 API, so one class
+runs either; bundle.json says which one built the engine. Device memory, copies and the stream
+go through the CUDA driver API of ``cuda-python`` (no torch, no pycuda).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from zsad.errors import ZsadError
+
+if TYPE_CHECKING:
+    from zsad.runtime.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """One TensorRT distribution: its module, the package that provides it and the zsad extra."""
+
+    key: str
+    module: str
+    package: str
+    extra: str
+    label: str
+
+
+FLAVOURS = {
+    "rtx": Flavour("rtx", "tensorrt_rtx", "tensorrt-rtx-cu12", "rtx", "TensorRT-RTX"),
+    "trt": Flavour("trt", "tensorrt", "tensorrt", "trt", "TensorRT"),
+}
+
+
+def import_tensorrt(flavour: str) -> Any:
+    """Import the flavour's module, or explain which package to install."""
+    if flavour not in FLAVOURS:
+        raise ZsadError(f"TensorRT flavour {flavour!r}: choose {', '.join(FLAVOURS)}")
+    spec = FLAVOURS[flavour]
+    try:
+        return __import__(spec.module)
+    except (ImportError, OSError) as exc:
+        raise ZsadError(
+            f"{spec.label} is not installed ({spec.module}: {exc}): pip install "
+            f"'zsad[{spec.extra}]' (package {spec.package})"
+        ) from exc
+
+
+def _driver() -> Any:
+    try:
+        from cuda.bindings import driver
+    except ImportError as exc:
+        raise ZsadError(
+            "cuda-python is not installed (TensorRT buffers need it): pip install 'zsad[rtx]'"
+        ) from exc
+    return driver
+
+
+def _check(result: tuple[Any, ...], what: str) -> Any:
+    """Unpack a cuda-python call's (error, value...) tuple, raising a ZsadError on failure."""
+    cu = _driver()
+    err, *values = result
+    if err != cu.CUresult.CUDA_SUCCESS:
+        _, text = cu.cuGetErrorString(err)
+        detail = text.decode() if isinstance(text, bytes) else str(err)
+        raise ZsadError(f"CUDA {what} failed: {detail}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _device_index(device: str) -> int:
+    if device in ("auto", "cuda"):
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise ZsadError(f"--device {device!r}: a TensorRT engine runs on cuda or cuda:N")
+
+
+def gpu_compute_capability(index: int = 0) -> tuple[str, str]:
+    """(compute capability like '8.6', GPU name) of CUDA device ``index``, via the driver API."""
+    cu = _driver()
+    try:
+        _check(cu.cuInit(0), "initialisation")
+    except ZsadError:
+        raise
+    except Exception as exc:  # cuda-python raises its own types when libcuda is missing
+        raise ZsadError(f"no NVIDIA driver found ({exc}); a TensorRT engine needs a GPU") from exc
+    device = _check(cu.cuDeviceGet(index), f"device {index}")
+    attr = cu.CUdevice_attribute
+    major = _check(
+        cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device), "query"
+    )
+    minor = _check(
+        cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device), "query"
+    )
+    name = _check(cu.cuDeviceGetName(128, device), "query")
+    name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
+    return f"{major}.{minor}", name
+
+
+class TensorRTBackend:
+    """Runs a bundle's serialized engine; implements zsad.runtime.backend.EncoderBackend."""
+
+    def __init__(self, bundle: Bundle, filename: str, *, device: str = "auto") -> None:
+        info = bundle.engine
+        if info is None or info.file != filename:
+            raise ZsadError(f"{bundle.root / filename}: not the engine listed in bundle.json")
+        if device == "cpu":
+            raise ZsadError(
+                "--device cpu: a TensorRT engine needs a GPU; use --bundle for ONNX Runtime"
+            )
+        trt = import_tensorrt(info.flavour)
+        label = FLAVOURS[info.flavour].label
+        if trt.__version__ != info.tensorrt_version:
+            raise ZsadError(
+                f"{bundle.root / filename}: built with {label} {info.tensorrt_version}, this "
+                f"machine has {trt.__version__}; engines only load on the version that built them "
+                "(rebuild with zsad export, or install the matching version)"
+            )
+        index = _device_index(device)
+        capability, gpu = gpu_compute_capability(index)
+        if capability not in info.compute_capabilities:
+            raise ZsadError(
+                f"{bundle.root / filename}: built for compute capability "
+                f"{', '.join(info.compute_capabilities)}; this GPU ({gpu}) is {capability} "
+                "(rebuild with zsad export --compute-capability "
+                f"{capability})"
+            )
+        blob = bundle.file(filename).read_bytes()
+        cu = _driver()
+        self._cu = cu
+        self._context = _check(
+            cu.cuDevicePrimaryCtxRetain(_check(cu.cuDeviceGet(index), "device")), "context"
+        )
+        _check(cu.cuCtxSetCurrent(self._context), "context")
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(blob)
+        if engine is None:
+            raise ZsadError(
+                f"{bundle.root / filename}: {label} {trt.__version__} could not deserialise the "
+                f"engine on {gpu} (compute {capability}); rebuild it for this GPU"
+            )
+        self._engine = engine
+        self._execution = engine.create_execution_context()
+        self._stream = _check(cu.cuStreamCreate(0), "stream creation")
+        self.bundle = bundle
+        self.image_size = bundle.image_size
+        self.mean = bundle.mean
+        self.std = bundle.std
+        self.outputs = bundle.outputs
+        self.max_batch = info.max_batch
+        self.name = f"{info.flavour}-engine-{gpu}"
+        self._input = next(
+            engine.get_tensor_name(i)
+            for i in range(engine.num_io_tensors)
+            if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT
+        )
+        self._dtypes = {
+            name: np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            for name in (self._input, *self.outputs)
+        }
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _check(self._cu.cuMemFree(ptr), "free")
+            ptr = int(_check(self._cu.cuMemAlloc(nbytes), f"allocation of {nbytes} bytes"))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Encode a float32 batch (B, 3, S, S), in chunks of the engine's largest batch."""
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, self.image_size, self.image_size):
+            raise ZsadError(
+                f"input of shape {pixels.shape}: this engine takes (B, 3, {self.image_size}, "
+                f"{self.image_size})"
+            )
+        parts = [
+            self._run_chunk(pixels[i : i + self.max_batch])
+            for i in range(0, len(pixels), self.max_batch)
+        ]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
+
+    def _run_chunk(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        cu, ctx = self._cu, self._execution
+        _check(cu.cuCtxSetCurrent(self._context), "context")
+        host_in = np.ascontiguousarray(pixels, dtype=self._dtypes[self._input])
+        if not ctx.set_input_shape(self._input, host_in.shape):
+            raise ZsadError(
+                f"batch of {len(host_in)}: outside the engine's profile (1..{self.max_batch})"
+            )
+        d_in = self._buffer(self._input, host_in.nbytes)
+        ctx.set_tensor_address(self._input, d_in)
+        _check(
+            cu.cuMemcpyHtoDAsync(d_in, host_in.ctypes.data, host_in.nbytes, self._stream),
+            "copy to GPU",
+        )
+        hosts = {}
+        for name in self.outputs:
+            host = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtypes[name])
+            ctx.set_tensor_address(name, self._buffer(name, host.nbytes))
+            hosts[name] = host
+        if not ctx.execute_async_v3(int(self._stream)):
+            raise ZsadError("TensorRT could not enqueue the engine")
+        for name, host in hosts.items():
+            _check(
+                cu.cuMemcpyDtoHAsync(
+                    host.ctypes.data, self._buffers[name][0], host.nbytes, self._stream
+                ),
+                "copy from GPU",
+            )
+        _check(cu.cuStreamSynchronize(self._stream), "synchronise")
+        return {name: host.astype(np.float32, copy=False) for name, host in hosts.items()}
+
+    def close(self) -> None:
+        """Free the device buffers and the stream (also done at garbage collection)."""
+        cu = getattr(self, "_cu", None)
+        if cu is None:
+            return
+        for ptr, _ in self._buffers.values():
+            cu.cuMemFree(ptr)
+        self._buffers.clear()
+        if getattr(self, "_stream", None) is not None:
+            cu.cuStreamDestroy(self._stream)
+            self._stream = None
+
+    def __del__(self) -> None:
+        # At interpreter shutdown cuda-python may already be torn down.
+        with contextlib.suppress(Exception):
+            self.close()
