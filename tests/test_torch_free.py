@@ -6,21 +6,15 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent(
+from test_runtime_bundle import BLOCKER, TORCH
+
+SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"torch", "open_clip", "torchvision"}:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
-
     import numpy as np
     import zsad.data, zsad.metrics, zsad.runtime.encode, zsad.runtime.results
     import zsad.runtime.bundle, zsad.runtime.onnx_backend, zsad.runtime.tensorrt_backend
+    from zsad.calibration.artifact import load_artifact
+    from zsad.scoring.headclip import score_headclip
     from zsad.scoring.pipeline import SetScoringConfig, score_set
 
     rng = np.random.default_rng(0)
@@ -28,6 +22,10 @@ SCRIPT = textwrap.dedent(
     cls = rng.standard_normal((6, 4)).astype(np.float32)
     scores = score_set(taps, cls, SetScoringConfig(r_list=(1, 3)))
     assert scores.patch_maps.shape == (6, 4, 4)
+    local = rng.random((6, 16, 4), np.float32)
+    text = rng.random((2, 4), np.float32)
+    joint, maps = score_headclip(cls, local, text, image_size=56)
+    assert joint.shape == (6,) and maps.shape == (6, 56, 56)
     assert not any(m.split(".")[0] == "torch" for m in sys.modules)
     print("ok")
     """
