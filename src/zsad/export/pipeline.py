@@ -56,14 +56,7 @@ def apply_calibration(encoder: DualPathEncoder, artifact_path: Path, backbone: s
             f"--calibration {artifact_path}: CSA layers {list(artifact.csa_layers)} differ from "
             f"the encoder's {list(encoder.csa_layers)}"
         )
-    weights = np.asarray(artifact.head_weights, np.float32)
-    if weights.shape != tuple(encoder.head_weights.shape):
-        raise ZsadError(
-            f"--calibration {artifact_path}: head weights of shape {weights.shape}, the encoder "
-            f"has {tuple(encoder.head_weights.shape)}"
-        )
-    with torch.no_grad():
-        encoder.head_weights.copy_(torch.from_numpy(weights))
+    encoder.load_head_weights(artifact.head_weights, f"--calibration {artifact_path}")
 
 
 def export_bundle(

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,6 +108,17 @@ class DualPathEncoder(nn.Module):
         if "local" in self.outputs:
             last_needed = max(last_needed, *self.csa_layers)
         self.n_run = last_needed + 1
+
+    def load_head_weights(self, weights: np.ndarray, source: str) -> None:
+        """Set the LHW from an array of shape (CSA layers, heads); `source` names it in errors."""
+        weights = np.asarray(weights, np.float32)
+        if weights.shape != tuple(self.head_weights.shape):
+            raise ZsadError(
+                f"{source}: head weights of shape {weights.shape} do not fit this model's "
+                f"{tuple(self.head_weights.shape)} (CSA layers x heads)"
+            )
+        with torch.no_grad():
+            self.head_weights.copy_(torch.from_numpy(weights))
 
     @property
     def num_patches(self) -> int:

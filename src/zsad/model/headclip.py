@@ -128,13 +128,7 @@ def encoder_from_artifact(clip_model: nn.Module, artifact: HeadclipArtifact) -> 
         csa_layers=artifact.csa_layers,
         outputs=HEADCLIP_OUTPUTS,
     )
-    if artifact.head_weights.shape != tuple(encoder.head_weights.shape):
-        raise ZsadError(
-            f"calibration artifact: head weights of shape {artifact.head_weights.shape} do not "
-            f"fit this model's {tuple(encoder.head_weights.shape)} (CSA layers x heads)"
-        )
-    with torch.no_grad():
-        encoder.head_weights.copy_(torch.from_numpy(np.asarray(artifact.head_weights)))
+    encoder.load_head_weights(artifact.head_weights, "calibration artifact")
     return encoder.requires_grad_(False).eval()
 
 
