@@ -19,8 +19,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from zsad.cli import calibrate_cmds, data_cmds, detect_cmds, export_cmds
+    from zsad.cli import bench_cmds, calibrate_cmds, data_cmds, detect_cmds, export_cmds
 
+    bench_cmds.register(app)
     calibrate_cmds.register(app)
     data_cmds.register(app)
     detect_cmds.register(app)

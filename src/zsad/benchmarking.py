@@ -1,0 +1,228 @@
+"""Measurement helpers for `zsad bench`: percentiles, FLOP counts, matmul peaks, MSM baselines.
+
+Torch is imported only where a GPU clock or a torch matmul is asked for, so the scoring
+benchmarks run on a station with only the runtime installed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What the FLOP count of a ViT image tower depends on."""
+
+    width: int
+    mlp_width: int
+    patch_size: int
+    grid: int
+    layers_run: int
+    csa_layers: int  # 0 when the local (CSA) path is not computed
+    embed_dim: int
+
+
+def encoder_shape(encoder: Any) -> EncoderShape:
+    """Read the shape of a DualPathEncoder (torch module) for `encoder_flops`."""
+    block = encoder.blocks[0]
+    return EncoderShape(
+        width=int(encoder.conv1.out_channels),
+        mlp_width=int(block.mlp.c_fc.out_features),
+        patch_size=int(encoder.patch_size),
+        grid=int(encoder.grid),
+        layers_run=int(encoder.n_run),
+        csa_layers=len(encoder.csa_layers) if "local" in encoder.outputs else 0,
+        embed_dim=int(encoder.proj.shape[1])
+        if encoder.proj is not None
+        else int(block.ln_1.weight.numel()),
+    )
+
+
+def encoder_flops(shape: EncoderShape) -> dict[str, float]:
+    """FLOPs per image (a multiply-add is 2): patch embedding, the blocks run, the CSA path."""
+    d, m, t = shape.width, shape.mlp_width, shape.grid**2 + 1
+    embed = 2.0 * (t - 1) * 3 * shape.patch_size**2 * d
+    # qkv + out projections, QK^T and AV, then the two MLP matmuls.
+    block = 2.0 * t * d * 3 * d + 2.0 * t * d * d + 4.0 * t * t * d + 4.0 * t * d * m
+    # CSA per layer: the V projection, V V^T and A V, the out projection; then ln_post + proj.
+    csa = shape.csa_layers * (4.0 * t * d * d + 4.0 * t * t * d)
+    if shape.csa_layers:
+        csa += 2.0 * t * d * shape.embed_dim
+    tower = embed + shape.layers_run * block
+    return {"tower": tower, "csa": csa, "total": tower + csa}
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean in milliseconds of a list of run times."""
+    ms = np.asarray(seconds, np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "p50_ms": round(float(p50), 3),
+        "p90_ms": round(float(p90), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "runs": len(seconds),
+    }
+
+
+def time_runs(
+    fn: Callable[[], Any], *, warmup: int, iters: int, min_seconds: float = 0.0
+) -> list[float]:
+    """Run `fn` warmup times untimed, then at least `iters` times and `min_seconds` in all."""
+    for _ in range(warmup):
+        fn()
+    seconds: list[float] = []
+    total = 0.0
+    while len(seconds) < iters or total < min_seconds:
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+        total += seconds[-1]
+    return seconds
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (MiB); CPU runs report this as peak memory."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def traced_peak(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(seconds, peak MiB of NumPy/Python allocations) of one call of `fn`."""
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return seconds, round(peak / 2**20, 1)
+
+
+def numpy_matmul_seconds(
+    rows: int, inner: int, cols: int, flops: float, *, max_calls: int = 1000
+) -> float:
+    """Seconds a plain float32 (rows, inner) @ (inner, cols) GEMM takes to do `flops`."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((rows, inner), dtype=np.float32)
+    b = rng.standard_normal((inner, cols), dtype=np.float32)
+    out = np.empty((rows, cols), np.float32)
+    np.matmul(a, b, out=out)  # warm-up: first-touch pages, BLAS thread start
+    per_call = 2.0 * rows * inner * cols
+    calls = int(min(max_calls, max(1, round(flops / per_call))))
+    start = time.perf_counter()
+    for _ in range(calls):
+        np.matmul(a, b, out=out)
+    return (time.perf_counter() - start) * flops / (per_call * calls)
+
+
+def matmul_peak_tflops(device: str, dtype: str = "float32", size: int = 2048) -> float:
+    """Measured square-GEMM throughput (TFLOP/s) on this device: NumPy on CPU, torch on CUDA."""
+    flops = 2.0 * size**3
+    if device == "cpu":
+        seconds = numpy_matmul_seconds(size, size, size, 5 * flops)
+        return round(5 * flops / seconds / 1e12, 4)
+    import torch
+
+    size = max(size, 8192)
+    flops = 2.0 * size**3
+    dt = {"float32": torch.float32, "float16": torch.float16}[dtype]
+    a = torch.randn(size, size, device=device, dtype=dt)
+    b = torch.randn(size, size, device=device, dtype=dt)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    iters = 20
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return round(flops * iters / (start.elapsed_time(end) / 1e3) / 1e12, 2)
+
+
+def unit_features(n: int, patches: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Random unit vectors (n, patches, channels) float32: MSM's cost does not depend on values."""
+    x = np.random.default_rng(seed).standard_normal((n, patches, channels), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def msm_flops(n_query: int, n_ref: int, patches: int, channels: int, symmetric: bool) -> float:
+    """Useful GEMM FLOPs of mutual scoring: each image pair once when symmetric, else every pair."""
+    pairs = n_query * (n_query - 1) / 2 if symmetric else n_query * n_ref
+    return 2.0 * pairs * patches * patches * channels
+
+
+def musc_baseline_mb(n: int, patches: int) -> float:
+    """Size (MiB) of the per-image float32 distance matrix the MuSc-style baseline allocates."""
+    return patches * (n - 1) * patches * 4 / 2**20
+
+
+def musc_baseline(features: np.ndarray, topmin_max: float = 0.3) -> np.ndarray:
+    """Mutual scores the way the public MuSc code computes them: a full FP32 cdist per image.
+
+    For each image, the distances from its P patches to all other images' patches stacked are
+    one P x (N-1)P float32 matrix; its per-image minimum and the mean of the k smallest follow.
+    """
+    n, p, c = features.shape
+    k = max(1, int((n - 1) * topmin_max))
+    flat = features.reshape(n * p, c)
+    sq = np.einsum("ij,ij->i", flat, flat)
+    scores = np.empty((n, p), np.float32)
+    for i in range(n):
+        others = np.concatenate([flat[: i * p], flat[(i + 1) * p :]])
+        d2 = sq[i * p : (i + 1) * p, None] + np.delete(sq, np.s_[i * p : (i + 1) * p])[None]
+        d2 -= 2.0 * (flat[i * p : (i + 1) * p] @ others.T)
+        dist = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
+        nearest = dist.reshape(p, n - 1, p).min(axis=2)
+        scores[i] = np.sort(nearest, axis=1)[:, :k].mean(axis=1)
+    return scores
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Machine, device and library versions to record beside every result."""
+    import importlib.metadata as md
+
+    versions: dict[str, str] = {"python": platform.python_version(), "numpy": np.__version__}
+    for dist in ("zsad", "torch", "onnxruntime", "cupy-cuda12x", "tensorrt", "tensorrt-rtx"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": _cpu_count(),
+        "device": device,
+        "versions": versions,
+    }
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A markdown table of the given columns of `rows` (missing values as '-')."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = ["-" if row.get(col) is None else str(row[col]) for col in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

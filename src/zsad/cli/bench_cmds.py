@@ -1,0 +1,518 @@
+"""`zsad bench`: encoder latency, scoring cost versus N and bank size, end-to-end pipeline."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from zsad import benchmarking as bm
+from zsad.cli.common import (
+    BundleOpt,
+    DeviceOpt,
+    ModelOpt,
+    SeedOpt,
+    WeightsOpt,
+    write_json,
+)
+from zsad.errors import ZsadError
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Benchmarks: each writes OUT/bench.json and OUT/bench.md. Random weights time like "
+    "real ones, so no download is needed.",
+    no_args_is_help=True,
+)
+
+BACKENDS = ("torch-fp32", "torch-fp16", "onnxruntime", "trt", "rtx")
+
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder for bench.json and bench.md.")]
+WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")]
+ItersOpt = Annotated[int, typer.Option("--iters", min=1, help="Timed runs, at least.")]
+MinTimeOpt = Annotated[
+    float,
+    typer.Option("--min-time", min=0.0, help="Keep timing until this many seconds are spent."),
+]
+BenchImageSizeOpt = Annotated[
+    int, typer.Option("--image-size", help="Encoder input size in pixels.")
+]
+BenchPretrainedOpt = Annotated[
+    str,
+    typer.Option(
+        "--pretrained", help="open_clip tag; 'random' (default) times exactly like real weights."
+    ),
+]
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ZsadError(f"{option} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise ZsadError(f"{option} {text!r}: expected positive integers")
+    return values
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if _cuda_available() else "cpu"
+    return device
+
+
+def _write(
+    out: Path,
+    command: str,
+    env: dict[str, Any],
+    config: dict[str, Any],
+    body: dict[str, Any],
+    md: str,
+) -> None:
+    write_json(
+        out / "bench.json", {"command": command, "environment": env, "config": config, **body}
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    header = (
+        f"# zsad bench {command}\n\nDevice: {env.get('gpu', env['processor'])} "
+        f"({env['cpu_count']} CPU cores); {versions}\n\n"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(header + md)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def _encoder_backend(
+    name: str,
+    model: str,
+    weights: Path | None,
+    pretrained: str,
+    image_size: int,
+    device: str,
+    bundle: Path | None,
+) -> tuple[Any, bm.EncoderShape | None]:
+    """The backend for one --backend name, and its shape when torch builds it (for FLOPs)."""
+    cuda = device.startswith("cuda")
+    if name in ("torch-fp16", "trt", "rtx") and not cuda:
+        raise ZsadError(f"{name} needs a CUDA GPU; this run is on {device}")
+    if name.startswith("torch"):
+        from zsad.model import DualPathEncoder, load_clip
+        from zsad.model.backend import TorchBackend
+
+        clip = load_clip(model, weights=weights, pretrained=pretrained)
+        encoder = DualPathEncoder(clip, image_size=image_size, outputs=("cls", "taps"))
+        backend = TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
+        return backend, bm.encoder_shape(encoder)
+    if bundle is None:
+        raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
+    from zsad.runtime.bundle import open_backend
+
+    path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
+    if name in ("trt", "rtx") and not path.exists():
+        raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
+    return open_backend(path, device=device, image_size=None), None
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return bm.peak_rss_mb()
+
+
+def encoder(
+    out: OutOpt,
+    model: ModelOpt = "ViT-L-14-336",
+    weights: WeightsOpt = None,
+    pretrained: BenchPretrainedOpt = "random",
+    bundle: BundleOpt = None,
+    backend: Annotated[
+        str, typer.Option("--backend", help=f"Comma-separated: {', '.join(BACKENDS)}.")
+    ] = "torch-fp32",
+    batch: Annotated[
+        str, typer.Option("--batch", help="Comma-separated batch sizes.")
+    ] = "1,4,8,16",
+    image_size: BenchImageSizeOpt = 518,
+    device: DeviceOpt = "auto",
+    warmup: WarmupOpt = 3,
+    iters: ItersOpt = 20,
+    min_time: MinTimeOpt = 2.0,
+) -> None:
+    """Encoder latency percentiles, images/s, peak memory and achieved TFLOP/s per backend/batch."""
+    names = [b.strip() for b in backend.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown:
+        raise ZsadError(f"--backend {','.join(unknown)}: choose from {', '.join(BACKENDS)}")
+    batches = _ints(batch, "--batch")
+    dev = _device(device)
+    env = bm.environment(dev)
+    peaks = {"float32": bm.matmul_peak_tflops(dev, "float32")}
+    if dev.startswith("cuda"):
+        peaks["float16"] = bm.matmul_peak_tflops(dev, "float16")
+    rows: list[dict[str, Any]] = []
+    unavailable: dict[str, str] = {}
+    for name in names:
+        try:
+            runner, shape = _encoder_backend(
+                name, model, weights, pretrained, image_size, dev, bundle
+            )
+        except ZsadError as exc:
+            unavailable[name] = str(exc)
+            typer.echo(f"{name}: unavailable: {exc}", err=True)
+            continue
+        flops = bm.encoder_flops(shape) if shape is not None else None
+        peak = peaks.get("float16" if name != "torch-fp32" and "float16" in peaks else "float32")
+        size = runner.image_size
+        for b in batches:
+            pixels = np.random.default_rng(0).standard_normal((b, 3, size, size), dtype=np.float32)
+            # run() returns host arrays, so each timed call includes the device sync.
+            seconds = bm.time_runs(
+                lambda p=pixels, r=runner: r.run(p),
+                warmup=warmup,
+                iters=iters,
+                min_seconds=min_time,
+            )
+            stats = bm.percentiles(seconds)
+            row: dict[str, Any] = {"backend": name, "runner": runner.name, "batch": b, **stats}
+            row["images_per_s"] = round(b / (stats["p50_ms"] / 1e3), 2)
+            row["peak_memory_mb"] = _peak_memory_mb(dev)
+            if flops is not None:
+                achieved = flops["total"] * b / (stats["p50_ms"] / 1e3) / 1e12
+                row["gflop_per_image"] = round(flops["total"] / 1e9, 3)
+                row["achieved_tflops"] = round(achieved, 4)
+                row["matmul_peak_tflops"] = peak
+                row["fraction_of_peak"] = round(achieved / peak, 3) if peak else None
+            typer.echo(f"{name} batch {b}: p50 {stats['p50_ms']} ms, {row['images_per_s']} img/s")
+            rows.append(row)
+    config = {
+        "model": None if bundle else model,
+        "bundle": str(bundle) if bundle else None,
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "batches": batches,
+        "warmup": warmup,
+        "iters": iters,
+        "min_time_s": min_time,
+        "clock": "perf_counter around run(), which returns host arrays (synchronised)",
+    }
+    body = {"matmul_peak_tflops": peaks, "rows": rows, "unavailable": unavailable}
+    cols = [
+        "backend",
+        "batch",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "images_per_s",
+        "peak_memory_mb",
+        "gflop_per_image",
+        "achieved_tflops",
+        "fraction_of_peak",
+    ]
+    md = bm.markdown_table(rows, cols)
+    md += "".join(f"\n- {k}: unavailable ({v})" for k, v in unavailable.items())
+    _write(out, "encoder", env, config, body, md)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _gpu_scoring_available() -> str | None:
+    """None when CuPy sees a CUDA device, else why the GPU path is skipped."""
+    from zsad.scoring._xp import array_module
+
+    try:
+        xp = array_module("gpu")
+    except Exception as exc:  # noqa: BLE001 - any failure means "no GPU path here"
+        return str(exc).splitlines()[0]
+    return None if xp is not np else "CuPy did not find a CUDA device"
+
+
+def _msm_row(
+    feats: np.ndarray,
+    bank: np.ndarray | None,
+    patches: int,
+    channels: int,
+    budget: float,
+    gpu: bool,
+) -> dict[str, Any]:
+    from zsad.scoring import mutual_scores
+
+    n = feats.shape[0]
+    symmetric = bank is None
+    flops = bm.msm_flops(n, 0 if bank is None else bank.shape[0], patches, channels, symmetric)
+    seconds, peak = bm.traced_peak(
+        lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="cpu")
+    )
+    rows = max(patches, int(budget * 2**20) // (patches * 4))
+    matmul = bm.numpy_matmul_seconds(rows, channels, patches, flops)
+    row: dict[str, Any] = {
+        "numpy_s": round(seconds, 4),
+        "numpy_s_per_image": round(seconds / n, 5),
+        "numpy_peak_mb": peak,
+        "gflop": round(flops / 1e9, 2),
+        "numpy_gflops": round(flops / seconds / 1e9, 1),
+        "matmul_same_flops_s": round(matmul, 4),
+        "fraction_of_matmul": round(matmul / seconds, 3),
+    }
+    if gpu:
+        mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="gpu")  # warm-up
+        start = time.perf_counter()
+        mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="gpu")
+        row["gpu_s"] = round(time.perf_counter() - start, 4)
+        row["gpu_vs_numpy"] = round(seconds / row["gpu_s"], 2)
+    return row
+
+
+def scoring(
+    out: OutOpt,
+    n: Annotated[str, typer.Option("--n", help="Comma-separated set sizes N.")] = "50,100,200",
+    bank: Annotated[
+        str | None,
+        typer.Option("--bank", help="Comma-separated bank sizes K (single-image scoring)."),
+    ] = None,
+    patches: Annotated[
+        int, typer.Option("--patches", min=1, help="Patches per image (1369 = ViT-L/14 at 518).")
+    ] = 1369,
+    channels: Annotated[
+        int, typer.Option("--channels", min=1, help="Feature channels (1024 = ViT-L).")
+    ] = 1024,
+    taps: Annotated[
+        int, typer.Option("--taps", min=0, help="Taps for the full score_set timing; 0 skips it.")
+    ] = 4,
+    memory_mb: Annotated[
+        float, typer.Option("--memory-mb", help="MSM tile budget (mutual_scores).")
+    ] = 64.0,
+    max_baseline_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-baseline-mb", help="Skip the MuSc-style baseline above this matrix size."
+        ),
+    ] = 2048.0,
+    seed: SeedOpt = 0,
+) -> None:
+    """MSM and full-set scoring time and peak memory versus N and bank size, beside baselines."""
+    ns = _ints(n, "--n")
+    banks = _ints(bank, "--bank") if bank else []
+    if min(ns) < 2:
+        raise ZsadError("--n: mutual scoring needs at least 2 images")
+    gpu_reason = _gpu_scoring_available()
+    env = bm.environment("cuda" if gpu_reason is None else "cpu")
+    rows: list[dict[str, Any]] = []
+    for size in ns:
+        feats = bm.unit_features(size, patches, channels, seed)
+        row: dict[str, Any] = {"mode": "set", "n": size, "bank": None}
+        row.update(_msm_row(feats, None, patches, channels, memory_mb, gpu_reason is None))
+        need = bm.musc_baseline_mb(size, patches)
+        row["baseline_matrix_mb"] = round(need, 1)
+        if need <= max_baseline_mb:
+            seconds, peak = bm.traced_peak(lambda f=feats: bm.musc_baseline(f))
+            row["baseline_s"] = round(seconds, 4)
+            row["baseline_peak_mb"] = peak
+            row["speedup_vs_baseline"] = round(seconds / row["numpy_s"], 2)
+            row["memory_vs_baseline"] = round(peak / max(row["numpy_peak_mb"], 1e-3), 2)
+        if taps:
+            row.update(_score_set_row(size, taps, patches, channels, memory_mb, seed))
+        typer.echo(f"N {size}: MSM {row['numpy_s']} s ({row['fraction_of_matmul']} of matmul)")
+        rows.append(row)
+    queries = bm.unit_features(min(ns), patches, channels, seed + 1)
+    for k in banks:
+        ref = bm.unit_features(k, patches, channels, seed + 2)
+        row = {"mode": "bank", "n": len(queries), "bank": k}
+        row.update(_msm_row(queries, ref, patches, channels, memory_mb, gpu_reason is None))
+        typer.echo(f"bank {k}: {row['numpy_s_per_image']} s / image")
+        rows.append(row)
+    config = {
+        "n": ns,
+        "bank": banks,
+        "patches": patches,
+        "channels": channels,
+        "taps": taps,
+        "memory_mb": memory_mb,
+        "max_baseline_mb": max_baseline_mb,
+        "seed": seed,
+        "baseline": "MuSc-style: full FP32 P x (N-1)P distance matrix per image, NumPy",
+    }
+    body = {"gpu": gpu_reason or "available", "rows": rows}
+    cols = [
+        "mode",
+        "n",
+        "bank",
+        "numpy_s",
+        "numpy_peak_mb",
+        "numpy_gflops",
+        "fraction_of_matmul",
+        "gpu_s",
+        "baseline_s",
+        "baseline_peak_mb",
+        "speedup_vs_baseline",
+        "score_set_s",
+    ]
+    _write(out, "scoring", env, config, body, bm.markdown_table(rows, cols))
+
+
+def _score_set_row(
+    n: int, taps: int, patches: int, channels: int, budget: float, seed: int
+) -> dict[str, Any]:
+    """Time the whole STAPS scoring (LNAMD, MSM per (tap, r), BGMPS, STAS) at this shape."""
+    from zsad.scoring.pipeline import SetScoringConfig, score_set
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.standard_normal((n, taps, patches + 1, channels), dtype=np.float32)
+    cls = rng.standard_normal((n, 512), dtype=np.float32)
+    config = SetScoringConfig(memory_budget_mb=budget, device="cpu", seed=seed)
+    seconds, peak = bm.traced_peak(lambda: score_set(tokens, cls, config))
+    return {"score_set_s": round(seconds, 4), "score_set_peak_mb": peak}
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _synthetic_paths(root: Path, count: int, size: int, seed: int) -> list[Path]:
+    from zsad.data.synthetic import make_dataset
+
+    make_dataset(
+        root, seed=seed, categories=["grid"], n_train=count, n_good=1, n_defect=0, size=size
+    )
+    return sorted((root / "grid" / "train" / "good").glob("*.png"))[:count]
+
+
+def _stages(backend: Any, paths: list[Path], batch: int, score: Any, out: Path) -> dict[str, float]:
+    """Per-stage seconds: decode, preprocess, encoder, scoring, writing."""
+    from zsad.data.images import load_image
+    from zsad.runtime.preprocess import preprocess_image
+    from zsad.runtime.results import image_records
+
+    t: dict[str, float] = {}
+    start = time.perf_counter()
+    images = [load_image(p) for p in paths]
+    t["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pixels = np.stack(
+        [preprocess_image(im, backend.image_size, backend.mean, backend.std) for im in images]
+    )
+    t["preprocess"] = time.perf_counter() - start
+    start = time.perf_counter()
+    parts = [backend.run(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    t["encoder"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, maps = score(outputs)
+    t["scoring"] = time.perf_counter() - start
+    start = time.perf_counter()
+    image_records(out, paths, paths, scores, maps, [], map_size=backend.image_size)
+    t["writing"] = time.perf_counter() - start
+    return {k: round(v, 4) for k, v in t.items()}
+
+
+def pipeline(
+    out: OutOpt,
+    model: ModelOpt = "ViT-L-14-336",
+    weights: WeightsOpt = None,
+    pretrained: BenchPretrainedOpt = "random",
+    image_size: BenchImageSizeOpt = 518,
+    device: DeviceOpt = "auto",
+    n: Annotated[int, typer.Option("--n", min=2, help="Images in the STAPS set.")] = 200,
+    headclip_n: Annotated[
+        int, typer.Option("--headclip-n", min=1, help="Images scored one by one with HeadCLIP.")
+    ] = 16,
+    headclip_batch: Annotated[
+        str, typer.Option("--headclip-batch", help="Comma-separated HeadCLIP batch sizes.")
+    ] = "1,8",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="STAPS encoder batch.")
+    ] = 8,
+    seed: SeedOpt = 0,
+) -> None:
+    """End-to-end images/s and per-stage time for staps at N and headclip at each batch size."""
+    from zsad.model import DualPathEncoder, load_clip
+    from zsad.model.backend import TorchBackend
+    from zsad.scoring import headclip as hc
+    from zsad.scoring.pipeline import SetScoringConfig, score_set
+
+    batches = _ints(headclip_batch, "--headclip-batch")
+    dev = _device(device)
+    env = bm.environment(dev)
+    clip = load_clip(model, weights=weights, pretrained=pretrained)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="zsad-bench-") as tmp:
+        paths = _synthetic_paths(Path(tmp) / "data", max(n, headclip_n), 256, seed)
+        staps = TorchBackend(
+            DualPathEncoder(clip, image_size=image_size, outputs=("cls", "taps")), device=dev
+        )
+        config = SetScoringConfig(seed=seed)
+
+        def score_staps(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            result = score_set(o["taps"], o["cls"], config)
+            return result.image_scores, result.patch_maps
+
+        stages = _stages(staps, paths[:n], batch_size, score_staps, Path(tmp) / "staps")
+        rows.append(_pipeline_row("staps", n, batch_size, stages))
+        local = DualPathEncoder(clip, image_size=image_size, outputs=("cls", "local"))
+        # Random prompts time exactly like calibrated ones.
+        text = np.random.default_rng(seed).standard_normal((2, int(clip.visual.output_dim)))
+        text = (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32)
+        head = TorchBackend(local, device=dev)
+
+        def score_head(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            return hc.score_headclip(o["cls"], o["local"], text, image_size=image_size)
+
+        for b in batches:
+            stages = _stages(head, paths[:headclip_n], b, score_head, Path(tmp) / f"headclip{b}")
+            rows.append(_pipeline_row("headclip", headclip_n, b, stages))
+    config_out = {
+        "model": model,
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "n": n,
+        "headclip_n": headclip_n,
+        "headclip_batch": batches,
+        "staps_batch": batch_size,
+    }
+    cols = [
+        "method",
+        "images",
+        "batch",
+        "images_per_s",
+        "total_s",
+        "decode",
+        "preprocess",
+        "encoder",
+        "scoring",
+        "writing",
+    ]
+    _write(out, "pipeline", env, config_out, {"rows": rows}, bm.markdown_table(rows, cols))
+
+
+def _pipeline_row(method: str, images: int, batch: int, stages: dict[str, float]) -> dict[str, Any]:
+    total = sum(stages.values())
+    typer.echo(f"{method} batch {batch}: {images / total:.2f} img/s")
+    return {
+        "method": method,
+        "images": images,
+        "batch": batch,
+        "images_per_s": round(images / total, 3),
+        "total_s": round(total, 4),
+        **stages,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the bench sub-commands to the app."""
+    bench_app.command("encoder")(encoder)
+    bench_app.command("scoring")(scoring)
+    bench_app.command("pipeline")(pipeline)
+    app.add_typer(bench_app, name="bench")
