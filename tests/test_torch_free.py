@@ -38,3 +38,13 @@ def test_runtime_and_scoring_import_and_run_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_pytorch_path_without_torch_names_the_extra_to_install(tmp_path) -> None:
+    from test_runtime_bundle import one_line_error, zsad
+
+    (tmp_path / "a.png").write_text("x")
+    result = zsad("infer", str(tmp_path), "--model", "zsad-tiny", block=TORCH)
+    one_line_error(result, "--model zsad-tiny", "zsad[export]", "--bundle")
+    result = zsad("export", "--model", "zsad-tiny", "--out", str(tmp_path / "b"), block=TORCH)
+    one_line_error(result, "zsad export", "zsad[export]")

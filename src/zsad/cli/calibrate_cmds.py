@@ -15,6 +15,7 @@ from zsad.cli.common import (
     ProgressOpt,
     SeedOpt,
     WeightsOpt,
+    require_torch,
 )
 from zsad.errors import ZsadError
 from zsad.scoring.headclip import JAS_RATIO, TOP_K_PERCENT
@@ -80,18 +81,14 @@ def calibrate(
     """
     if dataset != "mvtec":
         raise ZsadError(f"--dataset {dataset!r}: supported layouts: mvtec")
-    try:
-        import torch
+    require_torch("zsad calibrate")
+    import torch
 
-        from zsad.calibration.train import CalibrationConfig, build_model
-        from zsad.calibration.train import calibrate as train
-        from zsad.model.loading import load_clip
-    except ImportError as exc:
-        raise ZsadError(
-            f"calibrate needs the export extra ({exc.name} is missing): pip install 'zsad[export]'"
-        ) from exc
     from zsad.calibration.artifact import save_artifact
+    from zsad.calibration.train import CalibrationConfig, build_model
+    from zsad.calibration.train import calibrate as train
     from zsad.data.datasets import read_mvtec
+    from zsad.model.loading import load_clip
 
     config = CalibrationConfig(
         image_size=image_size,

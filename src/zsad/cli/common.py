@@ -71,6 +71,18 @@ ProgressOpt = Annotated[
 ]
 
 
+def require_torch(what: str, alternative: str = "") -> None:
+    """Fail with one line naming the export extra when torch or open_clip is not installed."""
+    try:
+        import open_clip  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ZsadError(
+            f"{what} needs the export extra ({exc.name} is missing): pip install 'zsad[export]'"
+            + alternative
+        ) from exc
+
+
 def torch_backend(
     model: str,
     weights: Path | None,
@@ -82,14 +94,10 @@ def torch_backend(
     taps: tuple[int, ...] | None = None,
 ) -> EncoderBackend:
     """Build the PyTorch reference backend; explains the missing extra when torch is absent."""
-    try:
-        from zsad.model import DualPathEncoder, load_clip
-        from zsad.model.backend import TorchBackend
-    except ImportError as exc:
-        raise ZsadError(
-            f"--model {model}: the PyTorch path needs the export extra ({exc.name} is missing): "
-            "pip install 'zsad[export]'"
-        ) from exc
+    require_torch(f"--model {model}", "; or run a bundle with --bundle")
+    from zsad.model import DualPathEncoder, load_clip
+    from zsad.model.backend import TorchBackend
+
     clip = load_clip(model, weights=weights, pretrained=pretrained)
     encoder = DualPathEncoder(clip, image_size=image_size, taps=taps, outputs=outputs)
     return TorchBackend(encoder, device=device)

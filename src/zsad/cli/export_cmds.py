@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from zsad.cli.common import ImageSizeOpt, ModelOpt, PretrainedOpt, WeightsOpt
+from zsad.cli.common import ImageSizeOpt, ModelOpt, PretrainedOpt, WeightsOpt, require_torch
 from zsad.errors import ZsadError
 
 ComputeCapabilityOpt = Annotated[
@@ -60,21 +60,16 @@ def export(
     Run it with `zsad infer --bundle OUT` (ONNX Runtime) or
     `zsad infer --engine OUT/encoder.engine` (TensorRT).
     """
+    require_torch("zsad export")
     from zsad.export.engine import parse_compute_capabilities
     from zsad.export.pipeline import METHOD_OUTPUTS, export_bundle
+    from zsad.model import DualPathEncoder, load_clip
 
     if method not in METHOD_OUTPUTS:
         raise ZsadError(f"--method {method!r}: choose {' or '.join(METHOD_OUTPUTS)}")
     targets = parse_compute_capabilities(compute_capability)
     if targets and engine != "rtx":
         raise ZsadError("--compute-capability: only used with --engine rtx")
-    try:
-        from zsad.model import DualPathEncoder, load_clip
-    except ImportError as exc:
-        raise ZsadError(
-            f"zsad export needs the export extra ({exc.name} is missing): "
-            "pip install 'zsad[export]'"
-        ) from exc
     clip = load_clip(model, weights=weights, pretrained=pretrained)
     encoder = DualPathEncoder(clip, image_size=image_size, outputs=METHOD_OUTPUTS[method])
     cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}

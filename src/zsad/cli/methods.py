@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from zsad.cli.common import make_backend
+from zsad.cli.common import make_backend, require_torch
 from zsad.errors import ZsadError
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages
@@ -181,14 +181,10 @@ def _headclip(
 
 
 def _headclip_torch_backend(encoder: EncoderChoice, artifact: Any) -> EncoderBackend:
-    try:
-        from zsad.model import load_clip
-        from zsad.model.backend import TorchBackend
-        from zsad.model.headclip import encoder_from_artifact
-    except ImportError as exc:
-        raise ZsadError(
-            f"--model {encoder.model}: the PyTorch path needs the export extra "
-            f"({exc.name} is missing): pip install 'zsad[export]', or use --bundle"
-        ) from exc
+    require_torch(f"--model {encoder.model}", "; or run a bundle with --bundle")
+    from zsad.model import load_clip
+    from zsad.model.backend import TorchBackend
+    from zsad.model.headclip import encoder_from_artifact
+
     clip = load_clip(encoder.model, weights=encoder.weights, pretrained=encoder.pretrained)
     return TorchBackend(encoder_from_artifact(clip, artifact), device=encoder.device)
