@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +27,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zsad-tiny STAPS bundle at the runtime tests' size, exported once for the session."""
+    from test_runtime_bundle import SIZE, zsad
+
+    out = tmp_path_factory.mktemp("bundle")
+    result = zsad(
+        "export", "--model", "zsad-tiny", "--method", "staps", "--image-size", str(SIZE),
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "parity fp16_vs_fp32" in result.stderr
+    return out

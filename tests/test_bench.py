@@ -1,27 +1,41 @@
-"""zsad bench: each command runs on CPU with tiny shapes and writes well-formed JSON."""
+"""zsad bench: each command runs on CPU with tiny shapes and writes well-formed JSON and PNGs."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from PIL import Image, ImageChops
 from typer.testing import CliRunner
 
+from zsad import bench_plots as bp
 from zsad import benchmarking as bm
+from zsad.cli import bench_cmds
 from zsad.cli.app import _register, app
 
 _register()
 runner = CliRunner()
 
 
-def _bench(tmp_path: Path, *args: str) -> dict:
+def _bench(tmp_path: Path, *args: str, plots: list[str]) -> dict:
     result = runner.invoke(app, ["bench", *args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "bench.md").read_text().startswith("# zsad bench")
+    md = (tmp_path / "bench.md").read_text()
+    assert md.startswith("# zsad bench")
     data = json.loads((tmp_path / "bench.json").read_text())
     assert {"command", "environment", "config", "rows"} <= set(data)
     assert "versions" in data["environment"]
+    assert data["plots"] == plots
+    for name in plots:
+        assert f"]({name})" in md
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG"
+            assert image.size == (bp.WIDTH, bp.HEIGHT)
+            # Title, frame, ticks, legend and at least one data colour, not a blank page.
+            assert len(image.convert("RGB").getcolors(bp.WIDTH * bp.HEIGHT)) > 10
     return data
 
 
@@ -39,6 +53,7 @@ def test_bench_scoring(tmp_path: Path) -> None:
         "8",
         "--taps",
         "1",
+        plots=["scoring_vs_n.png", "scoring_vs_bank.png"],
     )
     sets = [r for r in data["rows"] if r["mode"] == "set"]
     assert [r["n"] for r in sets] == [3, 4]
@@ -67,6 +82,7 @@ def test_bench_encoder_reports_unavailable_backends(tmp_path: Path) -> None:
         "2",
         "--min-time",
         "0",
+        plots=["latency.png", "throughput.png"],
     )
     assert [r["batch"] for r in data["rows"]] == [1, 2]
     row = data["rows"][0]
@@ -91,6 +107,7 @@ def test_bench_pipeline(tmp_path: Path) -> None:
         "2",
         "--headclip-batch",
         "1,2",
+        plots=["stages.png"],
     )
     assert [(r["method"], r["batch"]) for r in data["rows"]][1:] == [
         ("headclip", 1),
@@ -112,3 +129,65 @@ def test_musc_baseline_matches_mutual_scores() -> None:
 def test_vit_l_flops_from_config() -> None:
     shape = bm.EncoderShape(1024, 4096, 14, 37, 24, 0, 768)
     assert abs(bm.encoder_flops(shape)["total"] / 1e12 - 1.01) < 0.01
+
+
+def test_bench_encoder_counts_bundle_flops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = tmp_path / "bundle"
+    args = ["--model", "zsad-tiny", "--image-size", "56"]
+    result = runner.invoke(app, ["export", *args, "--method", "staps", "--out", str(bundle)])
+    assert result.exit_code == 0, result.output
+    data = _bench(
+        tmp_path / "bench",
+        "encoder",
+        *args,
+        "--bundle",
+        str(bundle),
+        "--backend",
+        "torch-fp32,onnxruntime",
+        "--batch",
+        "1",
+        "--device",
+        "cpu",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--min-time",
+        "0",
+        plots=["latency.png", "throughput.png"],
+    )
+    torch_row, ort_row = data["rows"]
+    assert ort_row["backend"] == "onnxruntime"
+    # The graph count adds only the CLS projection to what the config formula counts.
+    assert ort_row["gflop_per_image"] == pytest.approx(torch_row["gflop_per_image"], rel=1e-3)
+    assert ort_row["achieved_tflops"] > 0
+    assert "encoder.onnx graph" in data["flop_source"]["onnxruntime"]
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # a runtime-only install
+    flops, reason = bench_cmds._bundle_flops(bundle)
+    assert flops is None and "onnx package is not installed" in reason
+
+
+def _chart(path: Path, ys: list[float]) -> Image.Image:
+    series = {"a": list(zip([1, 2, 4], ys, strict=True)), "b": [(1, 1.0), (4, 2.0)]}
+    bp.line_chart(path, series, title="t", xlabel="x", ylabel="y", logx=True)
+    return Image.open(path).convert("RGB")
+
+
+def test_line_chart_draws_the_data(tmp_path: Path) -> None:
+    first = _chart(tmp_path / "1.png", [1.0, 3.0, 2.0])
+    same = _chart(tmp_path / "2.png", [1.0, 3.0, 2.0])
+    other = _chart(tmp_path / "3.png", [2.0, 1.0, 3.0])
+    assert ImageChops.difference(first, same).getbbox() is None
+    assert ImageChops.difference(first, other).getbbox() is not None
+    colours = {c for _, c in first.getcolors(bp.WIDTH * bp.HEIGHT)}
+    assert {bp.PALETTE[0], bp.PALETTE[1]} <= colours
+
+
+def test_stacked_bars_segments_scale_with_values(tmp_path: Path) -> None:
+    bp.stacked_bars(
+        tmp_path / "bars.png", {"run": {"small": 1.0, "large": 3.0}}, title="t", xlabel="ms"
+    )
+    counts = {c: n for n, c in Image.open(tmp_path / "bars.png").convert("RGB").getcolors(10**6)}
+    # The legend swatches are equal; the bars differ three-fold.
+    assert counts[bp.PALETTE[1]] > 2 * counts[bp.PALETTE[0]]

@@ -99,3 +99,34 @@ def test_method_and_calibration_mismatches_are_one_line_errors(
     one_line_error(wrong_size, "image size 56")
     stray = zsad("infer", image, "--calibration", str(artifact), "--model", "zsad-tiny")
     one_line_error(stray, "only used with --method headclip")
+
+
+def test_stream_scores_each_image_on_arrival_like_batch_infer(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from test_runtime_bundle import ENV
+
+    data, artifact = trained
+    images = sorted(str(p) for p in data.glob("fabric/test/*/*.png"))
+    headclip = ("--method", "headclip", "--calibration", str(artifact), *TINY)
+    batch = zsad("infer", *images, *headclip, "--out", str(tmp_path / "batch"), *COMMON)
+    assert batch.returncode == 0, batch.stderr
+    stream = subprocess.run(
+        [sys.executable, "-m", "zsad", "infer", "--stream", *headclip,
+         "--out", str(tmp_path / "stream"), "--no-overlays"],
+        input="\n".join(images) + "\n", capture_output=True, text=True, env=ENV,
+    )  # fmt: skip
+    assert stream.returncode == 0, stream.stderr
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "stream" / "results.jsonl").read_text().splitlines()
+    ]
+    assert [r["index"] for r in records] == list(range(len(images)))
+    assert {r["phase"] for r in records} == {"stream"}
+    reference = _scores(tmp_path / "batch")
+    np.testing.assert_allclose(
+        [r["score"] for r in records], [reference[r["path"]] for r in records], atol=1e-5
+    )

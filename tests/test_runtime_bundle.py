@@ -58,18 +58,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> N
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle")
-    result = zsad(
-        "export", "--model", "zsad-tiny", "--method", "staps", "--image-size", str(SIZE),
-        "--out", str(out),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "parity fp16_vs_fp32" in result.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("data")
     make_dataset(root, seed=0, categories=["grid"], n_train=1, n_good=4, n_defect=2, size=64)

@@ -13,15 +13,20 @@ SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     import numpy as np
     import zsad.data, zsad.metrics, zsad.runtime.encode, zsad.runtime.results
     import zsad.runtime.bundle, zsad.runtime.onnx_backend, zsad.runtime.tensorrt_backend
+    import zsad.runtime.station, zsad.calibration.thresholds, zsad.cli.station_cmds
     from zsad.calibration.artifact import load_artifact
     from zsad.scoring.headclip import score_headclip
     from zsad.scoring.pipeline import SetScoringConfig, score_set
+    from zsad.scoring.stream import RollingStaps
 
     rng = np.random.default_rng(0)
     taps = rng.standard_normal((6, 2, 1 + 16, 8)).astype(np.float32)
     cls = rng.standard_normal((6, 4)).astype(np.float32)
     scores = score_set(taps, cls, SetScoringConfig(r_list=(1, 3)))
     assert scores.patch_maps.shape == (6, 4, 4)
+    rolling = RollingStaps(SetScoringConfig(r_list=(1,)), bank=3)
+    streamed = [r for i in range(6) for r in rolling.add(taps[i], cls[i], i)]
+    assert [r.position for r in streamed] == list(range(6))
     local = rng.random((6, 16, 4), np.float32)
     text = rng.random((2, 4), np.float32)
     joint, maps = score_headclip(cls, local, text, image_size=56)

@@ -6,6 +6,7 @@ benchmarks run on a station with only the runtime installed.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -14,6 +15,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,46 @@ def encoder_flops(shape: EncoderShape) -> dict[str, float]:
         csa += 2.0 * t * d * shape.embed_dim
     tower = embed + shape.layers_run * block
     return {"tower": tower, "csa": csa, "total": tower + csa}
+
+
+def onnx_graph_flops(path: Path) -> float:
+    """FLOPs per image of an ONNX graph's Conv, MatMul and Gemm nodes (a multiply-add is 2).
+
+    Shapes come from ONNX shape inference with the batch fixed to 1. Needs the `onnx`
+    package (ImportError otherwise); ValueError when a shape cannot be inferred.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    # Shapes need no weight values; dropping them keeps a ViT-L graph from being copied twice.
+    for init in model.graph.initializer:
+        if len(init.dims) >= 2:
+            init.ClearField("raw_data")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    shapes: dict[str, list[int | None]] = {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
+        ]
+        for v in (*graph.value_info, *graph.input, *graph.output)
+    }
+    shapes.update({init.name: list(init.dims) for init in graph.initializer})
+    total = 0.0
+    for node in graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        a, b, out = (shapes.get(name) for name in (*node.input[:2], node.output[0]))
+        if not (a and b and out) or None in (*a, *b, *out):
+            raise ValueError(f"{node.op_type} node {node.name!r}: shape not inferred")
+        if node.op_type == "Conv":
+            inner = math.prod(b[1:])  # input channels per group x kernel area
+        elif node.op_type == "Gemm":
+            trans_a = any(att.name == "transA" and att.i for att in node.attribute)
+            inner = a[0] if trans_a else a[1]
+        else:
+            inner = a[-1]
+        total += 2.0 * math.prod(out) * inner
+    return total
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -203,7 +245,7 @@ def environment(device: str) -> dict[str, Any]:
             continue
     info: dict[str, Any] = {
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_name(),
         "cpu_count": _cpu_count(),
         "device": device,
         "versions": versions,
@@ -213,6 +255,17 @@ def environment(device: str) -> dict[str, Any]:
 
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _cpu_name() -> str:
+    # platform.processor() is empty on Linux; /proc/cpuinfo names the model.
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _cpu_count() -> int:

@@ -19,13 +19,23 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from zsad.cli import bench_cmds, calibrate_cmds, data_cmds, detect_cmds, export_cmds
+    from zsad.cli import (
+        bench_cmds,
+        bench_station,
+        calibrate_cmds,
+        data_cmds,
+        detect_cmds,
+        export_cmds,
+        station_cmds,
+    )
 
+    bench_station.register(bench_cmds.bench_app)
     bench_cmds.register(app)
     calibrate_cmds.register(app)
     data_cmds.register(app)
     detect_cmds.register(app)
     export_cmds.register(app)
+    station_cmds.register(app)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from zsad import bench_plots as bp
 from zsad import benchmarking as bm
 from zsad.cli.common import (
     BundleOpt,
@@ -17,20 +18,23 @@ from zsad.cli.common import (
     ModelOpt,
     SeedOpt,
     WeightsOpt,
-    write_json,
 )
 from zsad.errors import ZsadError
+from zsad.runtime.atomic import write_json
 
 bench_app = typer.Typer(
     name="bench",
-    help="Benchmarks: each writes OUT/bench.json and OUT/bench.md. Random weights time like "
-    "real ones, so no download is needed.",
+    help="Benchmarks: each writes OUT/bench.json, OUT/bench.md and PNG plots. Random weights "
+    "time like real ones, so no download is needed.",
     no_args_is_help=True,
 )
 
 BACKENDS = ("torch-fp32", "torch-fp16", "onnxruntime", "trt", "rtx")
+PIPELINE_STAGES = ("decode", "preprocess", "encoder", "scoring", "writing")
 
-OutOpt = Annotated[Path, typer.Option("--out", help="Folder for bench.json and bench.md.")]
+OutOpt = Annotated[
+    Path, typer.Option("--out", help="Folder for bench.json, bench.md and the PNG plots.")
+]
 WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")]
 ItersOpt = Annotated[int, typer.Option("--iters", min=1, help="Timed runs, at least.")]
 MinTimeOpt = Annotated[
@@ -79,9 +83,12 @@ def _write(
     config: dict[str, Any],
     body: dict[str, Any],
     md: str,
+    plots: list[Path],
 ) -> None:
+    names = [p.name for p in plots]
     write_json(
-        out / "bench.json", {"command": command, "environment": env, "config": config, **body}
+        out / "bench.json",
+        {"command": command, "environment": env, "config": config, **body, "plots": names},
     )
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     header = (
@@ -89,7 +96,8 @@ def _write(
         f"({env['cpu_count']} CPU cores); {versions}\n\n"
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(header + md)
+    links = "".join(f"\n![{Path(n).stem}]({n})\n" for n in names)
+    (out / "bench.md").write_text(header + md + links)
 
 
 # --------------------------------------------------------------------------- encoder
@@ -103,8 +111,8 @@ def _encoder_backend(
     image_size: int,
     device: str,
     bundle: Path | None,
-) -> tuple[Any, bm.EncoderShape | None]:
-    """The backend for one --backend name, and its shape when torch builds it (for FLOPs)."""
+) -> tuple[Any, float | None, str]:
+    """The backend for one --backend name, its FLOPs per image, and their source or absence."""
     cuda = device.startswith("cuda")
     if name in ("torch-fp16", "trt", "rtx") and not cuda:
         raise ZsadError(f"{name} needs a CUDA GPU; this run is on {device}")
@@ -115,7 +123,11 @@ def _encoder_backend(
         clip = load_clip(model, weights=weights, pretrained=pretrained)
         encoder = DualPathEncoder(clip, image_size=image_size, outputs=("cls", "taps"))
         backend = TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
-        return backend, bm.encoder_shape(encoder)
+        return (
+            backend,
+            bm.encoder_flops(bm.encoder_shape(encoder))["total"],
+            "FLOPs from the encoder config",
+        )
     if bundle is None:
         raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
     from zsad.runtime.bundle import open_backend
@@ -123,7 +135,20 @@ def _encoder_backend(
     path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
     if name in ("trt", "rtx") and not path.exists():
         raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
-    return open_backend(path, device=device, image_size=None), None
+    runner = open_backend(path, device=device, image_size=None)
+    return (runner, *_bundle_flops(bundle))
+
+
+def _bundle_flops(bundle: Path) -> tuple[float | None, str]:
+    """FLOPs per image from the bundle's FP32 ONNX graph: every bundle backend runs that math."""
+    from zsad.runtime.bundle import FP32_ONNX
+
+    try:
+        return bm.onnx_graph_flops(bundle / FP32_ONNX), f"FLOPs from the {FP32_ONNX} graph"
+    except ImportError:
+        return None, "flops unavailable: the onnx package is not installed (pip install onnx)"
+    except Exception as exc:  # noqa: BLE001 - a missing count must not stop the timing
+        return None, f"flops unavailable: {type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -165,16 +190,16 @@ def encoder(
         peaks["float16"] = bm.matmul_peak_tflops(dev, "float16")
     rows: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
+    flop_source: dict[str, str] = {}
     for name in names:
         try:
-            runner, shape = _encoder_backend(
+            runner, flops, flop_source[name] = _encoder_backend(
                 name, model, weights, pretrained, image_size, dev, bundle
             )
         except ZsadError as exc:
             unavailable[name] = str(exc)
             typer.echo(f"{name}: unavailable: {exc}", err=True)
             continue
-        flops = bm.encoder_flops(shape) if shape is not None else None
         peak = peaks.get("float16" if name != "torch-fp32" and "float16" in peaks else "float32")
         size = runner.image_size
         for b in batches:
@@ -188,18 +213,18 @@ def encoder(
             )
             stats = bm.percentiles(seconds)
             row: dict[str, Any] = {"backend": name, "runner": runner.name, "batch": b, **stats}
-            row["images_per_s"] = round(b / (stats["p50_ms"] / 1e3), 2)
+            row["images_per_s"] = float(f"{b / (stats['p50_ms'] / 1e3):.4g}")
             row["peak_memory_mb"] = _peak_memory_mb(dev)
             if flops is not None:
-                achieved = flops["total"] * b / (stats["p50_ms"] / 1e3) / 1e12
-                row["gflop_per_image"] = round(flops["total"] / 1e9, 3)
+                achieved = flops * b / (stats["p50_ms"] / 1e3) / 1e12
+                row["gflop_per_image"] = round(flops / 1e9, 3)
                 row["achieved_tflops"] = round(achieved, 4)
                 row["matmul_peak_tflops"] = peak
                 row["fraction_of_peak"] = round(achieved / peak, 3) if peak else None
             typer.echo(f"{name} batch {b}: p50 {stats['p50_ms']} ms, {row['images_per_s']} img/s")
             rows.append(row)
     config = {
-        "model": None if bundle else model,
+        "model": model if any(b.startswith("torch") for b in names) else None,
         "bundle": str(bundle) if bundle else None,
         "pretrained": pretrained,
         "image_size": image_size,
@@ -209,7 +234,12 @@ def encoder(
         "min_time_s": min_time,
         "clock": "perf_counter around run(), which returns host arrays (synchronised)",
     }
-    body = {"matmul_peak_tflops": peaks, "rows": rows, "unavailable": unavailable}
+    body = {
+        "matmul_peak_tflops": peaks,
+        "flop_source": flop_source,
+        "rows": rows,
+        "unavailable": unavailable,
+    }
     cols = [
         "backend",
         "batch",
@@ -223,8 +253,40 @@ def encoder(
         "fraction_of_peak",
     ]
     md = bm.markdown_table(rows, cols)
+    md += "".join(f"\n- {k}: {v}" for k, v in flop_source.items())
     md += "".join(f"\n- {k}: unavailable ({v})" for k, v in unavailable.items())
-    _write(out, "encoder", env, config, body, md)
+    _write(out, "encoder", env, config, body, md + "\n", _encoder_plots(out, rows))
+
+
+def _encoder_plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    if not rows:
+        return []
+    by_backend: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_backend.setdefault(row["backend"], []).append(row)
+
+    def series(key: str) -> dict[str, list[tuple[float, float]]]:
+        return {k: [(r["batch"], r[key]) for r in v] for k, v in by_backend.items()}
+
+    return [
+        bp.line_chart(
+            out / "latency.png",
+            series("p50_ms"),
+            title="Encoder latency (p50) vs batch",
+            xlabel="batch size",
+            ylabel="ms per batch",
+            logx=True,
+            logy=True,
+        ),
+        bp.line_chart(
+            out / "throughput.png",
+            series("images_per_s"),
+            title="Encoder throughput vs batch",
+            xlabel="batch size",
+            ylabel="images / s (at p50)",
+            logx=True,
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- scoring
@@ -361,7 +423,50 @@ def scoring(
         "speedup_vs_baseline",
         "score_set_s",
     ]
-    _write(out, "scoring", env, config, body, bm.markdown_table(rows, cols))
+    md = bm.markdown_table(rows, cols)
+    _write(out, "scoring", env, config, body, md, _scoring_plots(out, rows))
+
+
+def _scoring_plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    sets = [r for r in rows if r["mode"] == "set"]
+    banks = [r for r in rows if r["mode"] == "bank"]
+    labels = {
+        "numpy_s": "MSM, NumPy",
+        "gpu_s": "MSM, GPU",
+        "baseline_s": "MuSc-style baseline",
+        "score_set_s": "full score_set",
+    }
+    versus_n = {
+        label: [(r["n"], r[key]) for r in sets if r.get(key) is not None]
+        for key, label in labels.items()
+    }
+    plots = [
+        bp.line_chart(
+            out / "scoring_vs_n.png",
+            versus_n,
+            title="Scoring time vs set size N",
+            xlabel="N images",
+            ylabel="seconds",
+            logx=True,
+            logy=True,
+        )
+    ]
+    if banks:
+        versus_k = {
+            "MSM, NumPy": [(r["bank"], r["numpy_s_per_image"]) for r in banks],
+            "MSM, GPU": [(r["bank"], r["gpu_s"] / r["n"]) for r in banks if "gpu_s" in r],
+        }
+        plots.append(
+            bp.line_chart(
+                out / "scoring_vs_bank.png",
+                versus_k,
+                title="Single-image scoring time vs bank size K",
+                xlabel="bank size K",
+                ylabel="seconds per image",
+                logx=True,
+            )
+        )
+    return plots
 
 
 def _score_set_row(
@@ -482,19 +587,21 @@ def pipeline(
         "headclip_batch": batches,
         "staps_batch": batch_size,
     }
-    cols = [
-        "method",
-        "images",
-        "batch",
-        "images_per_s",
-        "total_s",
-        "decode",
-        "preprocess",
-        "encoder",
-        "scoring",
-        "writing",
-    ]
-    _write(out, "pipeline", env, config_out, {"rows": rows}, bm.markdown_table(rows, cols))
+    cols = ["method", "images", "batch", "images_per_s", "total_s", *PIPELINE_STAGES]
+    md = bm.markdown_table(rows, cols)
+    _write(out, "pipeline", env, config_out, {"rows": rows}, md, [_pipeline_plot(out, rows)])
+
+
+def _pipeline_plot(out: Path, rows: list[dict[str, Any]]) -> Path:
+    bars = {
+        f"{r['method']}, {r['images']} images, batch {r['batch']}": {
+            stage: r[stage] / r["images"] * 1e3 for stage in PIPELINE_STAGES
+        }
+        for r in rows
+    }
+    return bp.stacked_bars(
+        out / "stages.png", bars, title="End-to-end time per image by stage", xlabel="ms per image"
+    )
 
 
 def _pipeline_row(method: str, images: int, batch: int, stages: dict[str, float]) -> dict[str, Any]:

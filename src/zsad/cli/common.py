@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -137,11 +135,3 @@ def make_backend(
             f"this command needs {', '.join(outputs)}"
         )
     return backend
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically: a temporary file beside the target, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)

@@ -21,7 +21,6 @@ from zsad.cli.common import (
     ProgressOpt,
     SeedOpt,
     WeightsOpt,
-    write_json,
 )
 from zsad.cli.methods import (
     CalibrationOpt,
@@ -33,7 +32,9 @@ from zsad.cli.methods import (
     setup_method,
 )
 from zsad.cli.scoring_options import with_scoring_options
+from zsad.cli.station_cmds import BankOpt, ThresholdOpt
 from zsad.errors import ZsadError
+from zsad.runtime.atomic import write_json
 from zsad.scoring.pipeline import SetScoringConfig
 
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")]
@@ -64,9 +65,9 @@ def _score_paths(
 @with_scoring_options
 def infer(
     images: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(help="Images to score: folders, globs, files or .txt lists."),
-    ],
+    ] = None,
     out: OutOpt = Path("zsad-out"),
     method: MethodOpt = "staps",
     model: ModelOpt = "ViT-L-14-336",
@@ -83,6 +84,18 @@ def infer(
     overlays: OverlaysOpt = True,
     seed: SeedOpt = 0,
     progress: ProgressOpt = True,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Read image paths from stdin, one per line, and score each as it arrives, "
+            "like `zsad watch` (staps: rolling --bank, STAS off unless --stas, no BGMPS or "
+            "--order; headclip: one by one). OUT is resumed.",
+            rich_help_panel="Station",
+        ),
+    ] = False,
+    bank: BankOpt = 32,
+    threshold: ThresholdOpt = None,
     *,
     scoring: SetScoringConfig,
 ) -> None:
@@ -92,9 +105,32 @@ def infer(
     typical); headclip scores each image on its own. Writes OUT/results.jsonl (one line per
     image: path, score, map, overlay, error), OUT/maps/*.npy (float16 pixel maps at the encoder
     size), OUT/overlays/*.png and OUT/summary.json. Unreadable files are reported and skipped.
+    With --stream, paths come from stdin and results are appended as in `zsad watch`.
     """
     from zsad.data.datasets import read_folder
-    from zsad.runtime.results import image_records, write_jsonl
+
+    if stream:
+        if images:
+            raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
+        from zsad.cli.station_cmds import stream_paths
+
+        stream_paths(
+            EncoderChoice(model, weights, pretrained, image_size, device, bundle, engine),
+            method,
+            scoring,
+            bank=bank,
+            threshold=threshold,
+            calibration=calibration,
+            jas_r=jas_r,
+            top_k=top_k,
+            out=out,
+            overlays=overlays,
+        )
+        return
+    if not images:
+        raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
+    from zsad.runtime.atomic import write_jsonl
+    from zsad.runtime.results import image_records
 
     paths = [s.path for s in read_folder(images)]
     choice = EncoderChoice(model, weights, pretrained, image_size, device, bundle, engine)
@@ -237,7 +273,8 @@ def run_eval(
 ) -> dict[str, Any]:
     """Score each MVTec-layout category and write metrics.json and metrics.md."""
     from zsad.data.datasets import read_mvtec
-    from zsad.runtime.results import image_records, write_jsonl
+    from zsad.runtime.atomic import write_jsonl
+    from zsad.runtime.results import image_records
 
     samples = read_mvtec(root, categories)
     size = setup.backend.image_size

@@ -102,7 +102,7 @@ def setup_method(
     if calibration is not None:
         raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
     scoring = replace(scoring, method=method)
-    backend = _backend(encoder, SET_OUTPUTS)
+    backend = open_encoder(encoder, SET_OUTPUTS)
 
     def score(encoded: EncodedImages) -> Scored:
         from zsad.scoring.pipeline import score_set
@@ -120,7 +120,8 @@ def setup_method(
     return MethodSetup(backend, score, asdict(scoring))
 
 
-def _backend(encoder: EncoderChoice, outputs: tuple[str, ...]) -> EncoderBackend:
+def open_encoder(encoder: EncoderChoice, outputs: tuple[str, ...]) -> EncoderBackend:
+    """The backend for this encoder choice, computing ``outputs``."""
     return make_backend(
         encoder.model,
         encoder.weights,
@@ -133,9 +134,14 @@ def _backend(encoder: EncoderChoice, outputs: tuple[str, ...]) -> EncoderBackend
     )
 
 
-def _headclip(
+# (cls (N, D), local (N, P, D)) -> (image scores (N,), pixel maps (N, S, S))
+HeadclipScore = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def headclip_scoring(
     encoder: EncoderChoice, calibration: Path | None, jas_r: float | None, top_k: float | None
-) -> MethodSetup:
+) -> tuple[EncoderBackend, HeadclipScore, dict[str, Any]]:
+    """The HeadCLIP backend, its per-image scorer and the settings to record."""
     from zsad.calibration.artifact import load_artifact
 
     from_bundle = encoder.bundle is not None or encoder.engine is not None
@@ -144,7 +150,7 @@ def _headclip(
             raise ZsadError(
                 f"--calibration {calibration}: a headclip bundle carries its own calibration"
             )
-        backend = _backend(encoder, HEADCLIP_OUTPUTS)
+        backend = open_encoder(encoder, HEADCLIP_OUTPUTS)
         bundle = backend.bundle  # type: ignore[attr-defined]
         artifact = load_artifact(bundle.file(bundle.calibration))
     else:
@@ -159,14 +165,12 @@ def _headclip(
     r = hp["jas_r"] if jas_r is None else jas_r
     k = hp["top_k"] if top_k is None else top_k
 
-    def score(encoded: EncodedImages) -> Scored:
+    def score(cls: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from zsad.scoring.headclip import score_headclip
 
-        if not encoded.paths:
-            raise ZsadError("no readable images to score")
-        scores, maps = score_headclip(
-            encoded.outputs["cls"],
-            encoded.outputs["local"],
+        return score_headclip(
+            cls,
+            local,
             artifact.text_embeddings,
             image_size=backend.image_size,
             r=r,
@@ -174,9 +178,22 @@ def _headclip(
             temperature=hp["temperature"],
             sigma=hp["sigma"],
         )
-        return scores, maps, {"method": "headclip"}
 
     settings = {"method": "headclip", "jas_r": r, "top_k": k, "backbone": artifact.backbone}
+    return backend, score, settings
+
+
+def _headclip(
+    encoder: EncoderChoice, calibration: Path | None, jas_r: float | None, top_k: float | None
+) -> MethodSetup:
+    backend, score_images, settings = headclip_scoring(encoder, calibration, jas_r, top_k)
+
+    def score(encoded: EncodedImages) -> Scored:
+        if not encoded.paths:
+            raise ZsadError("no readable images to score")
+        scores, maps = score_images(encoded.outputs["cls"], encoded.outputs["local"])
+        return scores, maps, {"method": "headclip"}
+
     return MethodSetup(backend, score, settings)
 
 

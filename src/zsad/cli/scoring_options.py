@@ -41,8 +41,7 @@ _PREFIX = "scoring_"
 _DEFAULTS = {f.name: getattr(SetScoringConfig(), f.name) for f in fields(SetScoringConfig)}
 
 
-def _parameter(name: str, flag: str, help_text: str) -> inspect.Parameter:
-    default = _DEFAULTS[name]
+def _parameter(name: str, flag: str, help_text: str, default: Any) -> inspect.Parameter:
     if isinstance(default, bool):
         decls = [f"{flag}/--no-{flag[2:]}"]
         kind: type = bool
@@ -83,20 +82,33 @@ def build_config(values: dict[str, Any], seed: int) -> SetScoringConfig:
         raise ZsadError(f"scoring options: {exc}") from exc
 
 
-def with_scoring_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the scoring options to a command; it receives them as one `scoring` config argument."""
-    names = [name for name, _, _ in _OPTIONS]
+def scoring_options(
+    exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding the scoring options to a command, which receives them as one
+    `scoring` config argument; ``exclude`` ones keep their value from ``defaults``, else the
+    config's default, and ``defaults`` overrides the config's defaults."""
+    start = {**_DEFAULTS, **(defaults or {})}
+    options = [option for option in _OPTIONS if option[0] not in exclude]
+    names = [name for name, _, _ in options]
+    fixed = {name: start[name] for name, _, _ in _OPTIONS if name in exclude}
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> Any:
-        values = {name: kwargs.pop(_PREFIX + name) for name in names}
-        return command(**kwargs, scoring=build_config(values, kwargs.get("seed", 0)))
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {**fixed, **{name: kwargs.pop(_PREFIX + name) for name in names}}
+            return command(**kwargs, scoring=build_config(values, kwargs.get("seed", 0)))
 
-    own = [
-        p
-        for p in inspect.signature(command, eval_str=True).parameters.values()
-        if p.name != "scoring"
-    ]
-    extra = [_parameter(*option) for option in _OPTIONS]
-    wrapper.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
-    return wrapper
+        own = [
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.name != "scoring"
+        ]
+        extra = [_parameter(*option, start[option[0]]) for option in options]
+        wrapper.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+with_scoring_options = scoring_options()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from zsad.data.images import ImageLoadError, load_image
+from zsad.runtime.atomic import save_npy
 from zsad.runtime.overlay import save_overlay
 from zsad.scoring.maps import upsample_maps
 
@@ -20,18 +19,6 @@ from zsad.scoring.maps import upsample_maps
 def safe_stem(index: int, path: Path) -> str:
     """A unique, filesystem-safe name for the i-th image (stems repeat across defect folders)."""
     return f"{index:05d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', path.stem)[:80]}"
-
-
-def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Write one JSON object per line, atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def image_records(
@@ -61,7 +48,7 @@ def image_records(
             name = safe_stem(index, path)
             pixel_map = upsample_maps(patch_maps[i : i + 1], map_size)[0]
             map_file = out_dir / "maps" / f"{name}.npy"
-            _save_npy(map_file, pixel_map.astype(np.float16))
+            save_npy(map_file, pixel_map.astype(np.float16))
             record.update(score=float(scores[i]), map=str(map_file.relative_to(out_dir)))
             if overlays:
                 record["overlay"] = _write_overlay(out_dir, name, path, patch_maps[i], vmin, vmax)
@@ -81,11 +68,3 @@ def _write_overlay(
     overlay_file = out_dir / "overlays" / f"{name}.png"
     save_overlay(overlay_file, image, patch_map, vmin, vmax)
     return str(overlay_file.relative_to(out_dir))
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        np.save(handle, array)
-    tmp.replace(path)

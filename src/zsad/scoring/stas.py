@@ -33,20 +33,28 @@ def _minmax(scores: ArrayLike) -> np.ndarray:
     return (s - s.min()) / span
 
 
-def _semantic_affinity(cls: ArrayLike, n: int) -> np.ndarray:
+def _unit_rows(cls: ArrayLike, n: int) -> np.ndarray:
     x = np.asarray(cls, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != n:
         raise ValueError(f"cls must be (N, D) with N = {n} to match the scores, got {x.shape}")
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return np.clip(x @ x.T, 0.0, 1.0)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _propagate(s: np.ndarray, affinity: np.ndarray, k_list: Sequence[int]) -> np.ndarray:
-    """Average over k of the top-k row-normalised weighted mean of neighbour scores."""
+def propagate(
+    scores: np.ndarray, affinity: np.ndarray, k_list: Sequence[int], own: np.ndarray | None = None
+) -> np.ndarray:
+    """Average over k of each row's top-k affinity-weighted mean of ``scores``.
+
+    ``affinity`` (R, M) holds R rows over the M scored images; ``own`` (R,) is each row's own
+    score, kept by a row with no affinity at all (default: ``scores``, for R = M). Row
+    normalisation makes this commute with any affine map of the scores, so min-max normalised
+    scores and raw distances give the same ranking.
+    """
     if len(k_list) == 0:
         raise ValueError("k_list must not be empty")
-    n = s.size
-    refined = np.zeros(n)
+    own = scores if own is None else own
+    n = affinity.shape[1]
+    refined = np.zeros(affinity.shape[0])
     for k in k_list:
         if int(k) < 1:
             raise ValueError(f"every k in k_list must be >= 1, got {k}")
@@ -56,9 +64,37 @@ def _propagate(s: np.ndarray, affinity: np.ndarray, k_list: Sequence[int]) -> np
         total = weights.sum(axis=1)
         # A row with no affinity at all (e.g. an all-zero CLS vector) keeps its own score.
         has_weight = total > 0
-        mean = (weights * s[idx]).sum(axis=1) / np.where(has_weight, total, 1.0)
-        refined += np.where(has_weight, mean, s)
+        mean = (weights * scores[idx]).sum(axis=1) / np.where(has_weight, total, 1.0)
+        refined += np.where(has_weight, mean, own)
     return refined / len(k_list)
+
+
+def semantic_temporal_affinity(
+    cls: ArrayLike,
+    positions: np.ndarray,
+    rows: np.ndarray | None = None,
+    *,
+    window: int,
+    gamma: float,
+    alpha: float,
+) -> np.ndarray:
+    """alpha * S + (1 - alpha) * T of the images ``rows`` (default: all) against all, (R, M).
+
+    S = max(cos, 0) of the CLS embeddings; T = gamma^|t_i - t_j| within ``window`` steps of
+    the time steps ``positions``, else 0.
+    """
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    x = _unit_rows(cls, positions.size)
+    rows = slice(None) if rows is None else rows
+    semantic = np.clip(x[rows] @ x.T, 0.0, 1.0)
+    lag = np.abs(positions[rows][:, None] - positions[None, :])
+    temporal = np.where(lag <= window, gamma ** lag.astype(np.float64), 0.0)
+    return alpha * semantic + (1.0 - alpha) * temporal
 
 
 def _positions(order: ArrayLike | None, n: int) -> np.ndarray:
@@ -81,7 +117,8 @@ def pseudo_temporal_order(n: int, seed: int = 0) -> np.ndarray:
 def rscin(scores: ArrayLike, cls: ArrayLike, k_list: Sequence[int] = (1, 2, 3)) -> np.ndarray:
     """MuSc's RsCIN: propagate min-max normalised scores over top-k CLS cosine neighbours."""
     s = _minmax(scores)
-    return _propagate(s, _semantic_affinity(cls, s.size), k_list)
+    x = _unit_rows(cls, s.size)
+    return propagate(s, np.clip(x @ x.T, 0.0, 1.0), k_list)
 
 
 def stas(
@@ -107,26 +144,25 @@ def stas(
     """
     s = _minmax(scores)
     n = s.size
-    if window < 0:
-        raise ValueError(f"window must be >= 0, got {window}")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     positions = _positions(order, n)
-    lag = np.abs(positions[:, None] - positions[None, :])
-    temporal = np.where(lag <= window, gamma ** lag.astype(np.float64), 0.0)
-    affinity = alpha * _semantic_affinity(cls, n) + (1.0 - alpha) * temporal
-    refined = _propagate(s, affinity, k_list)
+    affinity = semantic_temporal_affinity(cls, positions, window=window, gamma=gamma, alpha=alpha)
+    refined = propagate(s, affinity, k_list)
 
     time_order = np.argsort(positions)
-    sequence = refined[time_order]
-    smoothed = np.empty(n)
-    smoothed[0] = sequence[0]
-    for t in range(1, n):
-        smoothed[t] = beta * smoothed[t - 1] + (1.0 - beta) * sequence[t]
     out = np.empty(n)
-    out[time_order] = smoothed
+    out[time_order] = ema(refined[time_order], beta)
+    return out
+
+
+def ema(sequence: np.ndarray, beta: float, previous: float | None = None) -> np.ndarray:
+    """Exponential moving average along a sequence: m_t = beta * m_(t-1) + (1 - beta) * x_t.
+
+    ``previous`` carries the average over from earlier images; None starts at the first value.
+    """
+    out = np.empty(len(sequence))
+    for t, value in enumerate(sequence):
+        previous = value if previous is None else beta * previous + (1.0 - beta) * value
+        out[t] = previous
     return out

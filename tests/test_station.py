@@ -1,0 +1,369 @@
+"""Station mode: a hot folder fed while the station runs, bad frames, kill -9 and restart,
+graceful stop, paths on stdin, thresholds, and rolling STAPS that ranks planted defects first."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_runtime_bundle import ENV, one_line_error, zsad
+from zsad.data.synthetic import render_sample
+from zsad.errors import ZsadError
+from zsad.runtime.bundle import open_backend
+from zsad.runtime.frames import HotFolder, Rejection
+from zsad.runtime.station import StapsScorer, Station, StationOptions
+from zsad.scoring.pipeline import SetScoringConfig
+from zsad.scoring.stream import RollingStaps
+
+
+def _png(path: Path, seed: int, defect: str | None = None) -> None:
+    image, _ = render_sample("wood", np.random.default_rng(seed), 64, defect)
+    tmp = path.with_name("." + path.name)
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _assert_each_once(out: Path, names: list[str]) -> list[dict]:
+    """Every name has exactly one scored record and the arrival indices are 0..n-1."""
+    scored = [r for r in _records(out) if r["index"] is not None]
+    counts = Counter(r["name"] for r in scored)
+    assert sorted(counts) == sorted(names), set(counts) ^ set(names)
+    assert set(counts.values()) == {1}, counts.most_common(3)
+    assert sorted(r["index"] for r in scored) == list(range(len(names)))
+    for r in scored:
+        assert (out / r["map"]).is_file() and np.isfinite(r["score"])
+    return scored
+
+
+def _station(bundle: Path, in_dir: Path, out: Path, **options) -> Station:
+    backend = open_backend(bundle, device="cpu")
+    scorer = StapsScorer(RollingStaps(SetScoringConfig(use_stas=False, device="cpu"), bank=4))
+    return Station(
+        backend,
+        scorer,
+        lambda done: HotFolder(in_dir, done, retry_s=options.pop("retry_s", 1.0), exclude=out),
+        StationOptions(out=out, poll_s=0.05, echo=lambda line: None, **options),
+    )
+
+
+def test_a_folder_fed_by_another_thread_with_bad_and_half_written_files(
+    bundle: Path, tmp_path: Path
+) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    good = [f"part_{i:02d}.png" for i in range(10)]
+
+    def feed() -> None:
+        for i, name in enumerate(good[:5]):
+            _png(in_dir / name, i)
+            time.sleep(0.05)
+        (in_dir / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        (in_dir / "empty.png").touch()
+        # Half a PNG, then the rest 0.6 s later: retried while it changes, never rejected.
+        _png(tmp_path / "whole.png", 99)
+        data = (tmp_path / "whole.png").read_bytes()
+        with open(in_dir / "slow.png", "wb") as handle:
+            handle.write(data[: len(data) // 2])
+            handle.flush()
+            time.sleep(0.6)
+            handle.write(data[len(data) // 2 :])
+        (in_dir / ".incoming.png").write_bytes(data)  # a dot-file is never a frame
+        for i, name in enumerate(good[5:], start=5):
+            _png(in_dir / name, i)
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    summary = _station(bundle, in_dir, out, idle_exit_s=2.5).run()
+    feeder.join()
+    _assert_each_once(out, good + ["slow.png"])
+    assert summary["state"] == "stopped" and summary["scored"] == 11 and summary["rejected"] == 2
+    rejected = {r["name"]: r for r in _records(out) if r["decision"] == "rejected"}
+    assert rejected.keys() == {"corrupt.png", "empty.png"}
+    assert "empty" in rejected["empty.png"]["error"]
+    for record in rejected.values():
+        moved = out / record["rejected_to"]
+        assert moved.is_file() and not (in_dir / record["name"]).exists()
+        reason = moved.with_name(moved.name + ".reason.txt").read_text()
+        assert record["name"] in reason and record["error"] in reason
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+
+
+def test_a_partial_last_line_is_cut_and_its_image_scored_again(
+    bundle: Path, tmp_path: Path
+) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    names = [f"{i:02d}.png" for i in range(7)]
+    for i, name in enumerate(names[:6]):
+        _png(in_dir / name, i)
+    _station(bundle, in_dir, out, idle_exit_s=0.2).run()
+    # A write cut short by a crash: the last record half on disk.
+    journal = out / "results.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:-1]) + lines[-1][:25])
+    _png(in_dir / names[6], 6)
+    _station(bundle, in_dir, out, idle_exit_s=0.2).run()
+    assert journal.read_bytes().endswith(b"\n")
+    _assert_each_once(out, names)
+
+
+def test_a_second_station_on_the_same_results_is_refused(bundle: Path, tmp_path: Path) -> None:
+    from zsad.runtime.journal import Journal
+
+    first = Journal(tmp_path / "results.jsonl")
+    try:
+        with pytest.raises(ZsadError, match="another zsad process"):
+            Journal(tmp_path / "results.jsonl")
+    finally:
+        first.close()
+    Journal(tmp_path / "results.jsonl").close()
+
+
+def _popen_watch(*args: str) -> subprocess.Popen[str]:
+    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", script, "watch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+
+
+def _wait_for_lines(journal: Path, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= count:
+            return
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    raise AssertionError(f"{journal} never reached {count} lines")
+
+
+def test_kill_9_mid_run_then_restart_scores_every_image_exactly_once(
+    bundle: Path, tmp_path: Path
+) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    names = [f"{i:03d}.png" for i in range(24)]
+    for i, name in enumerate(names):
+        _png(in_dir / name, i, "stain" if i in (9, 17) else None)
+    common = ["--bundle", str(bundle), "--out", str(out), "--bank", "4", "--poll-s", "0.05"]
+    # Killed twice: once just after warm-up, once mid-stream.
+    for lines in (5, 12):
+        run = _popen_watch(str(in_dir), *common)
+        _wait_for_lines(out / "results.jsonl", lines, run)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+    last = _popen_watch(str(in_dir), *common, "--exit-when-idle", "0.5")
+    _, stderr = last.communicate(timeout=300)
+    assert last.returncode == 0, stderr
+    assert "resumed at image" in stderr and "bank refilled with 4" in stderr
+    _assert_each_once(out, names)
+
+
+def test_sigterm_finishes_the_current_image_and_exits_0(bundle: Path, tmp_path: Path) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for i in range(40):
+        _png(in_dir / f"{i:03d}.png", i)
+    run = _popen_watch(str(in_dir), "--bundle", str(bundle), "--out", str(out), "--bank", "4")
+    _wait_for_lines(out / "results.jsonl", 6, run)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    assert "SIGTERM" in stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "stopped" and status["stopped_by"] == "signal"
+    assert (out / "results.jsonl").read_bytes().endswith(b"\n")
+    assert 6 <= len(_records(out)) < 40
+
+
+def test_infer_stream_reads_paths_from_stdin_and_resumes(bundle: Path, tmp_path: Path) -> None:
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.png")
+        _png(paths[-1], i)
+    listing = "\n".join(map(str, paths[:4] + [tmp_path / "missing.png"])) + "\n"
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "zsad", "infer", "--stream", "--bundle", str(bundle)]
+    args += ["--out", str(out), "--bank", "3", "--no-overlays"]
+    first = subprocess.run(args, input=listing, capture_output=True, text=True, env=ENV)
+    assert first.returncode == 0, first.stderr
+    rejected = [r for r in _records(out) if r["decision"] == "rejected"]
+    assert [r["error"] for r in rejected] == ["no such file"]
+    # The same list again plus two new paths: only the new ones are scored.
+    listing = "\n".join(map(str, paths)) + "\n"
+    again = subprocess.run(args, input=listing, capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert "2 scored" in again.stderr
+    _assert_each_once(out, [str(p) for p in paths])
+    assert all(p.exists() for p in paths)  # a path list is never moved
+
+
+def test_watch_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
+    one_line_error(zsad("watch", str(tmp_path / "nope"), "--out", str(tmp_path)), "not a folder")
+    result = zsad(
+        "watch", str(tmp_path), "--out", str(tmp_path / "o"), "--bundle", str(bundle),
+        "--method", "musc",
+    )  # fmt: skip
+    one_line_error(result, "--method 'musc'", "staps or headclip")
+
+
+def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
+    bundle: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(20):
+        _png(good / f"{i:02d}.png", 100 + i)
+    result = zsad("calibrate-threshold", str(good), "--bundle", str(copy), "--bank", "4",
+                  "--false-alarm-rate", "0.1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(result.stdout)
+    stored = json.loads((copy / "bundle.json").read_text())["thresholds"]["staps"]
+    assert stored["score"] == entry["score"] and stored["rule"] == "false-alarm-rate"
+    assert entry["good_flagged"] == 2 and stored["settings"]["bank"] == 4
+
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for i in range(8):
+        _png(in_dir / f"{i}.png", 200 + i, "crack" if i == 6 else None)
+    result = zsad("watch", str(in_dir), "--out", str(tmp_path / "out"), "--bundle", str(copy),
+                  "--bank", "4", "--exit-when-idle", "0.3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for record in _records(tmp_path / "out"):
+        assert record["threshold"] == entry["score"]
+        assert record["decision"] == ("NG" if record["score"] > entry["score"] else "OK")
+    # Another bank size: the threshold still applies, with a warning to recalibrate.
+    result = zsad("watch", str(in_dir), "--out", str(tmp_path / "out2"), "--bundle", str(copy),
+                  "--bank", "5", "--exit-when-idle", "0.3")  # fmt: skip
+    assert result.returncode == 0 and "recalibrate" in result.stderr and "bank" in result.stderr
+
+
+def test_f1_max_threshold_from_a_labelled_folder(bundle: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "val"
+    folder.mkdir()
+    rows = ["filename,label"]
+    for i in range(10):
+        defect = "crack" if i % 4 == 3 else None
+        _png(folder / f"{i}.png", 300 + i, defect)
+        rows.append(f"{i}.png,{int(defect is not None)}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = zsad("calibrate-threshold", str(folder), "--bundle", str(bundle), "--bank", "3",
+                  "--labels", str(tmp_path / "labels.csv"), "--dry-run")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(result.stdout)
+    assert entry["rule"] == "f1-max" and entry["defective"] == 2 and 0 < entry["f1"] <= 1
+    assert "thresholds" not in json.loads((bundle / "bundle.json").read_text())
+
+
+@pytest.mark.parametrize("category", ["wood", "fabric"])
+def test_rolling_staps_ranks_planted_defects_highest(category: str) -> None:
+    from zsad.cli.common import torch_backend
+    from zsad.cli.station_cmds import STREAM_DEFAULTS
+    from zsad.data.synthetic import DEFECT_TYPES
+    from zsad.runtime.preprocess import preprocess_image
+
+    backend = torch_backend("zsad-tiny", None, "random", 224, ("cls", "taps"), "cpu")
+    rolling = RollingStaps(SetScoringConfig(device="cpu", **STREAM_DEFAULTS), bank=8)
+    rng = np.random.default_rng(1)
+    defects = {14, 21, 29, 37}
+    results = []
+    for i in range(44):
+        kind = DEFECT_TYPES[category][i % len(DEFECT_TYPES[category])] if i in defects else None
+        image, _ = render_sample(category, rng, 128, kind)
+        outputs = backend.run(preprocess_image(image, 224, backend.mean, backend.std)[None])
+        results += rolling.add(outputs["taps"][0], outputs["cls"][0], i)
+    ranked = [r.position for r in sorted(results, key=lambda r: -r.score)]
+    assert set(ranked[:4]) == defects, ranked[:8]
+    assert [r.phase for r in results[:8]] == ["warm-up"] * 8 and results[8].phase == "stream"
+
+
+def test_the_hot_folder_offers_files_oldest_first_and_rejects_after_retries(
+    tmp_path: Path,
+) -> None:
+    for i, name in enumerate(["c.png", "a.png", "b.png"]):
+        _png(tmp_path / name, i)
+        os.utime(tmp_path / name, ns=(10**18 + i, 10**18 + i))
+    (tmp_path / "x.png.part").write_bytes(b"partial")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    done: set = set()
+    folder = HotFolder(tmp_path, done, retry_s=0.3)
+    order = []
+    while len(order) < 3:
+        item = folder.next()
+        assert item is None or not isinstance(item, Rejection)
+        if item is not None:
+            order.append(item.name)
+            done.add(item.key)
+    assert order == ["c.png", "a.png", "b.png"]
+    assert folder.next() is None  # bad.png: retried, not yet rejected
+    time.sleep(0.35)
+    rejection = folder.next()
+    assert isinstance(rejection, Rejection) and rejection.name == "bad.png"
+    assert "not a recognised image format" in rejection.reason
+    # The same name written again later is a new frame.
+    _png(tmp_path / "a.png", 7)
+    os.utime(tmp_path / "a.png", ns=(2 * 10**18, 2 * 10**18))
+    done.add(rejection.key)
+    assert folder.next().name == "a.png"
+
+
+def test_bench_station_reports_throughput_and_memory(bundle: Path, tmp_path: Path) -> None:
+    result = zsad("bench", "station", "--out", str(tmp_path), "--bundle", str(bundle),
+                  "--frames", "16", "--bank", "4", "--defect-every", "5")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["images"] == 16 and bench["config"]["backend"] == "onnxruntime-fp32-cpu"
+    assert bench["images_per_s"] > 0 and bench["samples"]
+    assert set(bench["stages_stream"]) >= {"encode_ms", "score_ms", "write_ms"}
+    assert bench["bank"]["bank"] == 4 and 0 <= bench["image_auroc"] <= 1
+    assert "| images | images/s |" in (tmp_path / "bench.md").read_text()
+
+
+def test_a_rejection_recorded_before_a_crash_is_moved_on_restart(
+    bundle: Path, tmp_path: Path
+) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out.mkdir()
+    bad = in_dir / "bad.png"
+    bad.write_bytes(b"junk")
+    stat = bad.stat()
+    # The journal line was written, then the process died before moving the file.
+    record = {
+        "index": None,
+        "path": str(bad),
+        "name": "bad.png",
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "score": None,
+        "decision": "rejected",
+        "error": "not a recognised image format",
+        "rejected_to": "rejected/1_bad.png",
+    }
+    (out / "results.jsonl").write_text(json.dumps(record) + "\n")
+    _station(bundle, in_dir, out, idle_exit_s=0.2).run()
+    assert not bad.exists() and (out / "rejected" / "1_bad.png").read_bytes() == b"junk"
+    assert "not a recognised" in (out / "rejected" / "1_bad.png.reason.txt").read_text()
+    assert len(_records(out)) == 1
