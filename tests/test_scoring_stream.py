@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,3 +130,21 @@ def test_flush_scores_a_short_stream_and_refuses_a_single_image() -> None:
         lone.flush()
     with pytest.raises(ValueError, match="at least 2"):
         RollingStaps(SetScoringConfig(), bank=1)
+
+
+@pytest.mark.gpu
+def test_a_bank_on_the_gpu_gives_the_cpu_scores() -> None:
+    cupy = pytest.importorskip("cupy")
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        n_devices = 0
+    if n_devices < 1:
+        pytest.skip("no CUDA device")
+    images = _stream(14)
+    config = SetScoringConfig(r_list=(1, 3), use_stas=True)
+    cpu = _run(RollingStaps(replace(config, device="cpu"), bank=4), images)
+    rolling = RollingStaps(replace(config, device="gpu"), bank=4)
+    gpu = _run(rolling, images)
+    assert isinstance(rolling._features, cupy.ndarray) and rolling._features.dtype == np.float16
+    np.testing.assert_allclose([r.score for r in gpu], [r.score for r in cpu], atol=2e-3)
