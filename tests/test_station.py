@@ -367,3 +367,24 @@ def test_a_rejection_recorded_before_a_crash_is_moved_on_restart(
     assert not bad.exists() and (out / "rejected" / "1_bad.png").read_bytes() == b"junk"
     assert "not a recognised" in (out / "rejected" / "1_bad.png.reason.txt").read_text()
     assert len(_records(out)) == 1
+
+
+def test_an_unwritable_output_is_a_one_line_error_and_resumable(
+    bundle: Path, tmp_path: Path
+) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out.mkdir()
+    for i in range(3):
+        _png(in_dir / f"{i}.png", i)
+    (out / "maps").write_text("a file where the maps folder should be")
+    args = [str(in_dir), "--out", str(out), "--bundle", str(bundle), "--bank", "2"]
+    failed = zsad("watch", *args, "--exit-when-idle", "0.2")
+    assert failed.returncode == 2, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("zsad: error: ") and "maps" in last and "restart to resume" in last
+    assert not (out / "results.jsonl").read_text()
+    (out / "maps").unlink()
+    result = zsad("watch", *args, "--exit-when-idle", "0.2")
+    assert result.returncode == 0, result.stderr
+    _assert_each_once(out, ["0.png", "1.png", "2.png"])

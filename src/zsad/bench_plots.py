@@ -85,9 +85,9 @@ class _Axis:
             if zero:
                 lo = min(lo, 0.0)
             else:
-                # Keep end points off the frame.
+                # Keep end points off the frame, without inventing negative counts or times.
                 pad = 0.05 * (hi - lo) or 0.5 * abs(hi) or 1.0
-                lo, hi = lo - pad, hi + pad
+                lo, hi = (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
             hi = hi if hi > lo else lo + 1.0
             step = _nice_step((hi - lo) / 5)
             lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from zsad.data.images import ImageLoadError, load_image
+from zsad.errors import ZsadError
 from zsad.runtime.atomic import save_npy, write_json
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.frames import FileVersion, Frame, FrameKey, Rejection
@@ -274,6 +275,12 @@ class Station:
         self.journal = Journal(self.out / RESULTS)
         try:
             return self._run()
+        except OSError as exc:
+            # A full disk or a broken mount: the journal is still whole, so say so and stop.
+            raise ZsadError(
+                f"{exc.filename or self.out}: {exc.strerror or exc}; every result written so far "
+                "is intact, fix this and restart to resume"
+            ) from exc
         finally:
             self.journal.close()
 
