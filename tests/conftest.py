@@ -42,3 +42,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, result.stderr
     assert "parity fp16_vs_fp32" in result.stderr
     return out
+
+
+@pytest.fixture
+def cupy_device():
+    """CuPy with a visible CUDA device, or skip (for the GPU-marked scoring tests)."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # a missing or broken driver means no device
+        n_devices = 0
+    if n_devices < 1:
+        pytest.skip("no CUDA device")
+    return cupy

@@ -131,14 +131,7 @@ def test_gpu_code_path_on_numpy(monkeypatch, half, tolerance):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("half", [True, False])
-def test_gpu_matches_cpu(half):
-    cupy = pytest.importorskip("cupy")
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        n_devices = 0
-    if n_devices < 1:
-        pytest.skip("no CUDA device")
+def test_gpu_matches_cpu(half, cupy_device):
     rng = np.random.default_rng(11)
     features = _unit(rng.normal(size=(12, 1369, 64)))
     bank = _unit(rng.normal(size=(5, 1369, 64)))

@@ -133,14 +133,8 @@ def test_flush_scores_a_short_stream_and_refuses_a_single_image() -> None:
 
 
 @pytest.mark.gpu
-def test_a_bank_on_the_gpu_gives_the_cpu_scores() -> None:
-    cupy = pytest.importorskip("cupy")
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        n_devices = 0
-    if n_devices < 1:
-        pytest.skip("no CUDA device")
+def test_a_bank_on_the_gpu_gives_the_cpu_scores(cupy_device) -> None:
+    cupy = cupy_device
     images = _stream(14)
     config = SetScoringConfig(r_list=(1, 3), use_stas=True)
     cpu = _run(RollingStaps(replace(config, device="cpu"), bank=4), images)

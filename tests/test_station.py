@@ -388,3 +388,13 @@ def test_an_unwritable_output_is_a_one_line_error_and_resumable(
     result = zsad("watch", *args, "--exit-when-idle", "0.2")
     assert result.returncode == 0, result.stderr
     _assert_each_once(out, ["0.png", "1.png", "2.png"])
+
+
+def test_calibrate_threshold_without_readable_images_says_so(bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty.png").touch()
+    (tmp_path / "text.png").write_text("hello")
+    result = zsad("calibrate-threshold", str(tmp_path), "--bundle", str(bundle))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "zsad: error: calibrate-threshold: none of the 2 image(s) could be read"
+    assert any("empty.png" in line and "file is empty" in line for line in lines[:-1])

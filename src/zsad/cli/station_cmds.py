@@ -454,6 +454,8 @@ def score_sequence(
         for result in scorer.add(backend.run(pixels[None]), len(kept)):
             scores[result.position] = result.score
         kept.append(path)
+    if not kept:
+        raise ZsadError(f"calibrate-threshold: none of the {len(paths)} image(s) could be read")
     try:
         for result in scorer.flush():
             scores[result.position] = result.score

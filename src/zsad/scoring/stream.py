@@ -117,14 +117,15 @@ class RollingStaps:
 
     # ------------------------------------------------------------------ internals
 
-    def _lnamd(self, taps: np.ndarray) -> np.ndarray:
-        """(T, 1+P, C) tokens -> (E, P, C) unit features, experts ordered (tap, r) as in batch."""
-        return np.stack(
-            [lnamd(taps[None, t], r)[0] for t in range(taps.shape[0]) for r in self.config.r_list]
-        )
+    def _lnamd(self, taps: np.ndarray) -> list[np.ndarray]:
+        """(T, 1+P, C) tokens -> E unit features (P, C), experts ordered (tap, r) as in batch."""
+        # A list, not a stacked array: each expert is copied once, straight into the ring.
+        return [
+            lnamd(taps[None, t], r)[0] for t in range(taps.shape[0]) for r in self.config.r_list
+        ]
 
-    def _allocate(self, features: np.ndarray, cls: np.ndarray) -> None:
-        n_experts, patches, channels = features.shape
+    def _allocate(self, features: list[np.ndarray], cls: np.ndarray) -> None:
+        n_experts, (patches, channels) = len(features), features[0].shape
         k = self.bank
         self._features = self.xp.empty((n_experts, k, patches, channels), self._dtype)
         self._cls = np.zeros((k, cls.shape[-1]), np.float64)
@@ -133,7 +134,7 @@ class RollingStaps:
 
     def _push(
         self,
-        features: np.ndarray,
+        features: list[np.ndarray],
         cls: np.ndarray,
         position: int,
         raw_score: float = 0.0,
@@ -141,7 +142,8 @@ class RollingStaps:
         if self._features is None:
             self._allocate(features, cls)
         slot = self._next
-        self._features[:, slot] = self.xp.asarray(features, dtype=self._dtype)
+        for expert, values in enumerate(features):
+            self._features[expert, slot] = self.xp.asarray(values, dtype=self._dtype)
         self._cls[slot] = np.asarray(cls, np.float64).reshape(-1)
         self._raw[slot] = raw_score
         self._positions[slot] = position
@@ -198,8 +200,10 @@ class RollingStaps:
             for i in range(n)
         ]
 
-    def _score_one(self, features: np.ndarray, cls: np.ndarray, position: int) -> StreamResult:
-        experts = [self._msm(features[e], e) for e in range(features.shape[0])]
+    def _score_one(
+        self, features: list[np.ndarray], cls: np.ndarray, position: int
+    ) -> StreamResult:
+        experts = [self._msm(values, e) for e, values in enumerate(features)]
         fused = np.mean(experts, axis=0).astype(np.float32)
         raw = float(fused.max())
         n = self._fill
