@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def test_layernorm_is_joint_over_channels_and_positions():
 
 def test_box_mean_border_counts_zero_padding():
     x = np.arange(1, 1 + 3 * 3 * 2, dtype=np.float32).reshape(3, 3, 2)
-    out = _box_mean(x, 3)
+    out = _box_mean(np, x[None], 3)[0]
     corner = (x[0, 0] + x[0, 1] + x[1, 0] + x[1, 1]) / 9
     edge = x[0:2, :].sum(axis=(0, 1)) / 9
     np.testing.assert_allclose(out[0, 0], corner, rtol=1e-6)
@@ -90,3 +92,26 @@ def test_input_left_untouched():
 def test_rejects_bad_arguments(shape, r, grid):
     with pytest.raises(ValueError):
         lnamd(np.zeros(shape, dtype=np.float32), r, grid)
+
+
+@pytest.mark.parametrize("r", [1, 5])
+def test_gpu_code_path_on_numpy(monkeypatch, numpy_as_gpu, r):
+    """The GPU branch (chunks of images per launch) gives the CPU branch's features."""
+    tokens = np.random.default_rng(r).normal(size=(5, 1 + 12, 6)).astype(np.float32)
+    expected = lnamd(tokens, r, grid=(3, 4))
+    # The package exports the function under the module's name, so patch the module object.
+    module = sys.modules["zsad.scoring.lnamd"]
+    monkeypatch.setattr(module, "module_of", lambda array: numpy_as_gpu)
+    # Two images per chunk, so the last chunk is a partial one.
+    monkeypatch.setattr(module, "_GPU_CHUNK_BYTES", 2 * 12 * 6 * 4)
+    np.testing.assert_allclose(lnamd(tokens, r, grid=(3, 4)), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_features_stay_on_the_gpu_and_match(cupy_device):
+    cupy = cupy_device
+    tokens = np.random.default_rng(3).normal(size=(9, 1 + 1369, 64)).astype(np.float32)
+    for r in (1, 3, 5):
+        out = lnamd(cupy.asarray(tokens), r)
+        assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
+        np.testing.assert_allclose(out.get(), lnamd(tokens, r), atol=1e-5)

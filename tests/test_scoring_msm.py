@@ -105,16 +105,9 @@ def test_gpu_request_without_cupy_is_a_clear_error():
         mutual_scores(_unit(np.ones((2, 4, 3))), device="gpu")
 
 
-class _NumpyInDisguise:
-    """Stands in for CuPy: NumPy behind a module that is not ``numpy`` takes the GPU branches."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-
 @pytest.mark.parametrize(("half", "tolerance"), [(True, 2e-3), (False, 1e-5)])
-def test_gpu_code_path_on_numpy(monkeypatch, half, tolerance):
-    monkeypatch.setattr("zsad.scoring.msm.array_module", lambda device: _NumpyInDisguise())
+def test_gpu_code_path_on_numpy(monkeypatch, numpy_as_gpu, half, tolerance):
+    monkeypatch.setattr("zsad.scoring.msm.array_module", lambda device: numpy_as_gpu)
     features = _unit(np.random.default_rng(8).normal(size=(6, 13, 8)))
     bank = _unit(np.random.default_rng(9).normal(size=(3, 13, 8)))
     for budget_bytes in (5 * 13 * 2, 256 * MB):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -85,3 +88,31 @@ def test_fewer_than_two_images_is_rejected() -> None:
     taps = np.zeros((1, 4, 17, 8), np.float32)
     with pytest.raises(ValueError, match="at least 2"):
         score_set(taps, np.ones((1, 4), np.float32), SetScoringConfig())
+
+
+def test_gpu_code_path_on_numpy_gives_the_cpu_maps(
+    encoded_categories: dict[str, tuple], monkeypatch: pytest.MonkeyPatch, numpy_as_gpu
+) -> None:
+    """Taps moved to the scoring device once, LNAMD in chunks, MSM in float16: same maps."""
+    encoded, _, _ = encoded_categories["wood"]
+    taps, cls = encoded.outputs["taps"], encoded.outputs["cls"]
+    config = SetScoringConfig(method="musc")
+    cpu = score_set(taps, cls, replace(config, device="cpu"))
+    monkeypatch.setattr("zsad.scoring.pipeline.array_module", lambda device: numpy_as_gpu)
+    monkeypatch.setattr("zsad.scoring.msm.array_module", lambda device: numpy_as_gpu)
+    monkeypatch.setattr(sys.modules["zsad.scoring.lnamd"], "module_of", lambda a: numpy_as_gpu)
+    disguised = score_set(taps, cls, config)
+    np.testing.assert_allclose(disguised.patch_maps, cpu.patch_maps, atol=2e-3)
+    np.testing.assert_allclose(disguised.image_scores, cpu.image_scores, atol=2e-3)
+
+
+@pytest.mark.gpu
+def test_scoring_on_the_gpu_gives_the_cpu_maps(
+    encoded_categories: dict[str, tuple], cupy_device
+) -> None:
+    encoded, _, _ = encoded_categories["fabric"]
+    taps, cls = encoded.outputs["taps"], encoded.outputs["cls"]
+    cpu = score_set(taps, cls, SetScoringConfig(device="cpu"))
+    gpu = score_set(taps, cls, SetScoringConfig(device="gpu"))
+    np.testing.assert_allclose(gpu.patch_maps, cpu.patch_maps, atol=2e-3)
+    assert np.corrcoef(gpu.image_scores, cpu.image_scores)[0, 1] > 0.999

@@ -41,6 +41,15 @@ def array_module(device: str = "auto") -> ModuleType:
     return np
 
 
+def module_of(array: Any) -> ModuleType:
+    """The array module ``array`` lives in: ``cupy`` for a GPU array, else ``numpy``."""
+    if hasattr(array, "__cuda_array_interface__"):
+        import cupy
+
+        return cupy
+    return np
+
+
 def to_numpy(array: Any) -> np.ndarray:
     """Return ``array`` as a NumPy array, copying it off the GPU when it is a CuPy array."""
     if hasattr(array, "__cuda_array_interface__"):

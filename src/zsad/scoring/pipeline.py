@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from zsad.scoring._xp import array_module
 from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
 from zsad.scoring.maps import patch_grid
@@ -77,11 +78,16 @@ def expert_maps(
     if n_images < 2:
         raise ValueError(f"mutual scoring needs at least 2 images, got {n_images}")
     experts = np.empty((n_taps * len(config.r_list), n_images, tokens - 1), np.float32)
+    xp = array_module(config.device)
     jobs = [(t, r) for t in range(n_taps) for r in config.r_list]
+    tap_index, tap = None, None
     for e, (t, r) in enumerate(
         tqdm(jobs, desc="scoring", unit="map", disable=not progress, leave=False)
     ):
-        features = lnamd(taps[:, t], r)
+        if t != tap_index:
+            # Each tap goes to the scoring device once; LNAMD and MSM then run there for every r.
+            tap_index, tap = t, xp.asarray(taps[:, t])
+        features = lnamd(tap, r)
         experts[e] = mutual_scores(
             features,
             config.topmin_max,

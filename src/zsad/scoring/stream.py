@@ -117,14 +117,16 @@ class RollingStaps:
 
     # ------------------------------------------------------------------ internals
 
-    def _lnamd(self, taps: np.ndarray) -> list[np.ndarray]:
+    def _lnamd(self, taps: np.ndarray) -> list[Any]:
         """(T, 1+P, C) tokens -> E unit features (P, C), experts ordered (tap, r) as in batch."""
-        # A list, not a stacked array: each expert is copied once, straight into the ring.
+        # The tokens go to the scoring device once. A list, not a stacked array: each expert is
+        # copied once, straight into the ring.
+        tokens = self.xp.asarray(taps)
         return [
-            lnamd(taps[None, t], r)[0] for t in range(taps.shape[0]) for r in self.config.r_list
+            lnamd(tokens[None, t], r)[0] for t in range(tokens.shape[0]) for r in self.config.r_list
         ]
 
-    def _allocate(self, features: list[np.ndarray], cls: np.ndarray) -> None:
+    def _allocate(self, features: list[Any], cls: np.ndarray) -> None:
         n_experts, (patches, channels) = len(features), features[0].shape
         k = self.bank
         self._features = self.xp.empty((n_experts, k, patches, channels), self._dtype)
@@ -134,7 +136,7 @@ class RollingStaps:
 
     def _push(
         self,
-        features: list[np.ndarray],
+        features: list[Any],
         cls: np.ndarray,
         position: int,
         raw_score: float = 0.0,
@@ -150,7 +152,7 @@ class RollingStaps:
         self._next = (slot + 1) % self.bank
         self._fill = min(self._fill + 1, self.bank)
 
-    def _msm(self, query: np.ndarray | None, expert: int) -> np.ndarray:
+    def _msm(self, query: Any, expert: int) -> np.ndarray:
         bank = self._features[expert, : self._fill]
         cfg = self.config
         if query is None:
@@ -200,9 +202,7 @@ class RollingStaps:
             for i in range(n)
         ]
 
-    def _score_one(
-        self, features: list[np.ndarray], cls: np.ndarray, position: int
-    ) -> StreamResult:
+    def _score_one(self, features: list[Any], cls: np.ndarray, position: int) -> StreamResult:
         experts = [self._msm(values, e) for e, values in enumerate(features)]
         fused = np.mean(experts, axis=0).astype(np.float32)
         raw = float(fused.max())
