@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -62,6 +64,47 @@ def test_bench_scoring(tmp_path: Path) -> None:
     assert [r["bank"] for r in data["rows"] if r["mode"] == "bank"] == [2]
 
 
+def _numpy_cupy() -> types.ModuleType:
+    """A stand-in ``cupy`` module: NumPy arrays, one fake device, a memory pool that holds 0 B."""
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
+    runtime = SimpleNamespace(
+        getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in GPU"}
+    )
+    fake.cuda = SimpleNamespace(runtime=runtime)  # type: ignore[attr-defined]
+    pool = SimpleNamespace(
+        free_all_blocks=lambda: None, total_bytes=lambda: 0, used_bytes=lambda: 3 * 2**20
+    )
+    fake.get_default_memory_pool = lambda: pool  # type: ignore[attr-defined]
+    return fake
+
+
+@pytest.mark.parametrize("numpy_path", ["--numpy", "--no-numpy"])
+def test_bench_scoring_gpu_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_path: str
+) -> None:
+    """With CuPy present the GPU MSM, the GPU baseline and GPU score_set are timed and compared."""
+    monkeypatch.setitem(sys.modules, "cupy", _numpy_cupy())
+    # A stand-in peak: an 8192^2 GEMM in NumPy float16 would take minutes.
+    monkeypatch.setattr(bm, "cupy_matmul_peak_tflops", lambda dtype: 0.5)
+    args = ["--n", "3", "--bank", "2", "--patches", "16", "--channels", "8", "--taps", "1"]
+    plots = ["scoring_vs_n.png", "scoring_vs_bank.png"]
+    data = _bench(tmp_path, "scoring", *args, numpy_path, plots=plots)
+    assert data["environment"]["gpu"] == "Stand-in GPU"
+    assert data["gpu_matmul_peak_tflops"] == {"float16": 0.5}
+    row, bank_row = data["rows"]
+    assert row["gpu_speedup_vs_gpu_baseline"] == pytest.approx(
+        row["gpu_baseline_s"] / row["gpu_s"], rel=0.02
+    )
+    assert row["gpu_fraction_of_peak"] == pytest.approx(row["gpu_tflops"] / 0.5, abs=2e-3)
+    for key in ("gpu_pool_mb", "score_set_gpu_s"):
+        assert key in row
+    assert "gpu_s_per_image" in bank_row
+    numpy_keys = {"numpy_s", "baseline_s", "score_set_s", "gpu_vs_numpy"}
+    assert (numpy_keys <= set(row)) == (numpy_path == "--numpy")
+    assert numpy_keys.isdisjoint(row) == (numpy_path == "--no-numpy")
+
+
 def test_bench_encoder_reports_unavailable_backends(tmp_path: Path) -> None:
     data = _bench(
         tmp_path,
@@ -109,12 +152,24 @@ def test_bench_pipeline(tmp_path: Path) -> None:
         "1,2",
         plots=["stages.png"],
     )
-    assert [(r["method"], r["batch"]) for r in data["rows"]][1:] == [
-        ("headclip", 1),
-        ("headclip", 2),
+    assert [(r["method"], r["batch"], r["runner"]) for r in data["rows"]] == [
+        ("staps", 8, "torch-fp32-cpu"),
+        ("headclip", 1, "torch-fp32-cpu"),
+        ("headclip", 2, "torch-fp32-cpu"),
     ]
     for stage in ("decode", "preprocess", "encoder", "scoring", "writing", "images_per_s"):
         assert stage in data["rows"][0]
+    assert data["config"]["scoring_device"] == "cpu"
+
+
+def test_bench_pipeline_runs_the_method_a_bundle_serves(tmp_path: Path, bundle: Path) -> None:
+    args = ["pipeline", "--backend", "onnxruntime", "--device", "cpu", "--n", "3"]
+    data = _bench(tmp_path, *args, "--bundle", str(bundle), plots=["stages.png"])
+    assert [(r["method"], r["runner"]) for r in data["rows"]] == [("staps", "onnxruntime-fp32-cpu")]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert data["config"]["image_size"] == meta["image_size"]
+    missing = runner.invoke(app, ["bench", *args, "--out", str(tmp_path / "none")])
+    assert missing.exit_code != 0 and "--bundle DIR" in str(missing.exception)
 
 
 def test_musc_baseline_matches_mutual_scores() -> None:
@@ -191,3 +246,25 @@ def test_stacked_bars_segments_scale_with_values(tmp_path: Path) -> None:
     counts = {c: n for n, c in Image.open(tmp_path / "bars.png").convert("RGB").getcolors(10**6)}
     # The legend swatches are equal; the bars differ three-fold.
     assert counts[bp.PALETTE[1]] > 2 * counts[bp.PALETTE[0]]
+
+
+def test_bench_scoring_without_numpy_needs_the_gpu(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)  # no CuPy, whatever this machine has
+    result = runner.invoke(app, ["bench", "scoring", "--no-numpy", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "nothing left to time" in str(result.exception)
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_bench_station_samples_the_gpu_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: Path
+) -> None:
+    """A bank on the GPU is invisible to RSS, so the station bench samples CuPy's pool too."""
+    monkeypatch.setitem(sys.modules, "cupy", _numpy_cupy())
+    args = ["--bundle", str(bundle), "--frames", "16", "--bank", "4", "--device", "cpu"]
+    result = runner.invoke(app, ["bench", "station", *args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["gpu_pool_mb_end"] == 3.0
+    assert data["gpu_pool_growth_mb_per_1000_images"] in (None, 0.0)
+    assert {s["gpu_pool_mb"] for s in data["samples"]} == {3.0}
+    assert "GPU pool (CuPy" in (tmp_path / "bench.md").read_text()

@@ -338,6 +338,7 @@ def test_bench_station_reports_throughput_and_memory(bundle: Path, tmp_path: Pat
     assert bench["images_per_s"] > 0 and bench["samples"]
     assert set(bench["stages_stream"]) >= {"encode_ms", "score_ms", "write_ms"}
     assert bench["bank"]["bank"] == 4 and 0 <= bench["image_auroc"] <= 1
+    assert bench["gpu_pool_mb_end"] is None  # scoring ran with NumPy
     assert "| images | images/s |" in (tmp_path / "bench.md").read_text()
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from zsad.scoring._xp import module_of, to_numpy
+
 
 @dataclass(frozen=True)
 class EncoderShape:
@@ -195,6 +197,26 @@ def matmul_peak_tflops(device: str, dtype: str = "float32", size: int = 2048) ->
     return round(flops * iters / (start.elapsed_time(end) / 1e3) / 1e12, 2)
 
 
+def cupy_matmul_peak_tflops(dtype: str = "float16", size: int = 8192) -> float:
+    """Measured square-GEMM throughput (TFLOP/s) of CuPy (cuBLAS) on the current GPU."""
+    import cupy
+
+    rng = cupy.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32).astype(dtype)
+    b = rng.standard_normal((size, size), dtype=np.float32).astype(dtype)
+    out = cupy.empty_like(a)
+    for _ in range(3):
+        cupy.matmul(a, b, out=out)
+    device = cupy.cuda.Device()
+    device.synchronize()
+    iters = 20
+    start = time.perf_counter()
+    for _ in range(iters):
+        cupy.matmul(a, b, out=out)
+    device.synchronize()
+    return round(2.0 * size**3 * iters / (time.perf_counter() - start) / 1e12, 2)
+
+
 def unit_features(n: int, patches: int, channels: int, seed: int = 0) -> np.ndarray:
     """Random unit vectors (n, patches, channels) float32: MSM's cost does not depend on values."""
     x = np.random.default_rng(seed).standard_normal((n, patches, channels), dtype=np.float32)
@@ -212,25 +234,29 @@ def musc_baseline_mb(n: int, patches: int) -> float:
     return patches * (n - 1) * patches * 4 / 2**20
 
 
-def musc_baseline(features: np.ndarray, topmin_max: float = 0.3) -> np.ndarray:
+def musc_baseline(features: Any, topmin_max: float = 0.3) -> np.ndarray:
     """Mutual scores the way the public MuSc code computes them: a full FP32 cdist per image.
 
     For each image, the distances from its P patches to all other images' patches stacked are
     one P x (N-1)P float32 matrix; its per-image minimum and the mean of the k smallest follow.
+    A CuPy ``features`` array runs it on the GPU, as MuSc runs it there with torch.
     """
+    xp = module_of(features)
     n, p, c = features.shape
     k = max(1, int((n - 1) * topmin_max))
     flat = features.reshape(n * p, c)
-    sq = np.einsum("ij,ij->i", flat, flat)
-    scores = np.empty((n, p), np.float32)
+    sq = xp.einsum("ij,ij->i", flat, flat)
+    scores = xp.empty((n, p), xp.float32)
     for i in range(n):
-        others = np.concatenate([flat[: i * p], flat[(i + 1) * p :]])
-        d2 = sq[i * p : (i + 1) * p, None] + np.delete(sq, np.s_[i * p : (i + 1) * p])[None]
-        d2 -= 2.0 * (flat[i * p : (i + 1) * p] @ others.T)
-        dist = np.sqrt(np.maximum(d2, 0.0, out=d2), out=d2)
+        rows = slice(i * p, (i + 1) * p)
+        others = xp.concatenate([flat[: i * p], flat[(i + 1) * p :]])
+        others_sq = xp.concatenate([sq[: i * p], sq[(i + 1) * p :]])
+        d2 = sq[rows, None] + others_sq[None]
+        d2 -= 2.0 * (flat[rows] @ others.T)
+        dist = xp.sqrt(xp.maximum(d2, 0.0, out=d2), out=d2)
         nearest = dist.reshape(p, n - 1, p).min(axis=2)
-        scores[i] = np.sort(nearest, axis=1)[:, :k].mean(axis=1)
-    return scores
+        scores[i] = xp.sort(nearest, axis=1)[:, :k].mean(axis=1)
+    return to_numpy(scores)
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -238,7 +264,16 @@ def environment(device: str) -> dict[str, Any]:
     import importlib.metadata as md
 
     versions: dict[str, str] = {"python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("zsad", "torch", "onnxruntime", "cupy-cuda12x", "tensorrt", "tensorrt-rtx"):
+    for dist in (
+        "zsad",
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "cupy-cuda12x",
+        "cupy-cuda13x",
+        "tensorrt",
+        "tensorrt-rtx-cu12",
+    ):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -251,10 +286,26 @@ def environment(device: str) -> dict[str, Any]:
         "versions": versions,
     }
     if device.startswith("cuda"):
+        info["gpu"] = _gpu_name()
+    return info
+
+
+def _gpu_name() -> str:
+    # torch where it is installed; CuPy on a station that scores on the GPU without torch.
+    try:
         import torch
 
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    try:
+        import cupy
+
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    except Exception:  # noqa: BLE001 - a name is a label; its absence must not stop a bench
+        return "unknown CUDA device"
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _cpu_name() -> str:

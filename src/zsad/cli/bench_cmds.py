@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -103,6 +104,15 @@ def _write(
 # --------------------------------------------------------------------------- encoder
 
 
+def _torch_backend(clip: Any, name: str, image_size: int, device: str, outputs: tuple) -> Any:
+    """A TorchBackend for torch-fp32 / torch-fp16 over an already loaded CLIP."""
+    from zsad.model import DualPathEncoder
+    from zsad.model.backend import TorchBackend
+
+    encoder = DualPathEncoder(clip, image_size=image_size, outputs=outputs)
+    return TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
+
+
 def _encoder_backend(
     name: str,
     model: str,
@@ -113,21 +123,23 @@ def _encoder_backend(
     bundle: Path | None,
 ) -> tuple[Any, float | None, str]:
     """The backend for one --backend name, its FLOPs per image, and their source or absence."""
-    cuda = device.startswith("cuda")
-    if name in ("torch-fp16", "trt", "rtx") and not cuda:
+    if name in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
         raise ZsadError(f"{name} needs a CUDA GPU; this run is on {device}")
     if name.startswith("torch"):
-        from zsad.model import DualPathEncoder, load_clip
-        from zsad.model.backend import TorchBackend
+        from zsad.model import load_clip
 
         clip = load_clip(model, weights=weights, pretrained=pretrained)
-        encoder = DualPathEncoder(clip, image_size=image_size, outputs=("cls", "taps"))
-        backend = TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
+        backend = _torch_backend(clip, name, image_size, device, ("cls", "taps"))
         return (
             backend,
-            bm.encoder_flops(bm.encoder_shape(encoder))["total"],
+            bm.encoder_flops(bm.encoder_shape(backend.encoder))["total"],
             "FLOPs from the encoder config",
         )
+    return (_bundle_backend(name, bundle, device), *_bundle_flops(bundle))
+
+
+def _bundle_backend(name: str, bundle: Path | None, device: str) -> Any:
+    """The bundle's ONNX Runtime session (onnxruntime) or its engine (trt, rtx)."""
     if bundle is None:
         raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
     from zsad.runtime.bundle import open_backend
@@ -135,8 +147,7 @@ def _encoder_backend(
     path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
     if name in ("trt", "rtx") and not path.exists():
         raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
-    runner = open_backend(path, device=device, image_size=None)
-    return (runner, *_bundle_flops(bundle))
+    return open_backend(path, device=device, image_size=None)
 
 
 def _bundle_flops(bundle: Path) -> tuple[float | None, str]:
@@ -151,12 +162,28 @@ def _bundle_flops(bundle: Path) -> tuple[float | None, str]:
         return None, f"flops unavailable: {type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
-def _peak_memory_mb(device: str) -> float:
+MEMORY_NOTE = {
+    "cpu": "peak resident memory of the process so far (MiB)",
+    "cuda": "GPU memory in use after the row's runs less the bench's own before the first backend "
+    "(cudaMemGetInfo, MiB): ONNX Runtime's and TensorRT's allocations and contexts count too",
+}
+
+
+def _gpu_memory_in_use_mb(device: str) -> float:
+    """Memory in use on the GPU (total less free), whoever allocated it."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return (total - free) / 2**20
+
+
+def _release_torch_cache(device: str) -> None:
+    # The caching allocator keeps what earlier rows used; drop it so each row shows its own need.
     if device.startswith("cuda"):
         import torch
 
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return bm.peak_rss_mb()
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def encoder(
@@ -185,9 +212,12 @@ def encoder(
     batches = _ints(batch, "--batch")
     dev = _device(device)
     env = bm.environment(dev)
+    cuda = dev.startswith("cuda")
     peaks = {"float32": bm.matmul_peak_tflops(dev, "float32")}
-    if dev.startswith("cuda"):
+    if cuda:
         peaks["float16"] = bm.matmul_peak_tflops(dev, "float16")
+        _release_torch_cache(dev)
+        baseline_mb = _gpu_memory_in_use_mb(dev)
     rows: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
     flop_source: dict[str, str] = {}
@@ -203,6 +233,7 @@ def encoder(
         peak = peaks.get("float16" if name != "torch-fp32" and "float16" in peaks else "float32")
         size = runner.image_size
         for b in batches:
+            _release_torch_cache(dev)
             pixels = np.random.default_rng(0).standard_normal((b, 3, size, size), dtype=np.float32)
             # run() returns host arrays, so each timed call includes the device sync.
             seconds = bm.time_runs(
@@ -214,7 +245,8 @@ def encoder(
             stats = bm.percentiles(seconds)
             row: dict[str, Any] = {"backend": name, "runner": runner.name, "batch": b, **stats}
             row["images_per_s"] = float(f"{b / (stats['p50_ms'] / 1e3):.4g}")
-            row["peak_memory_mb"] = _peak_memory_mb(dev)
+            memory = _gpu_memory_in_use_mb(dev) - baseline_mb if cuda else bm.peak_rss_mb()
+            row["peak_memory_mb"] = round(memory, 1)
             if flops is not None:
                 achieved = flops * b / (stats["p50_ms"] / 1e3) / 1e12
                 row["gflop_per_image"] = round(flops / 1e9, 3)
@@ -223,6 +255,7 @@ def encoder(
                 row["fraction_of_peak"] = round(achieved / peak, 3) if peak else None
             typer.echo(f"{name} batch {b}: p50 {stats['p50_ms']} ms, {row['images_per_s']} img/s")
             rows.append(row)
+        del runner  # frees its GPU memory before the next backend is measured
     config = {
         "model": model if any(b.startswith("torch") for b in names) else None,
         "bundle": str(bundle) if bundle else None,
@@ -233,6 +266,7 @@ def encoder(
         "iters": iters,
         "min_time_s": min_time,
         "clock": "perf_counter around run(), which returns host arrays (synchronised)",
+        "peak_memory_mb": MEMORY_NOTE["cuda" if cuda else "cpu"],
     }
     body = {
         "matmul_peak_tflops": peaks,
@@ -309,34 +343,63 @@ def _msm_row(
     patches: int,
     channels: int,
     budget: float,
-    gpu: bool,
+    numpy: bool,
+    gpu_peak: float | None,
 ) -> dict[str, Any]:
+    """MSM at one shape: NumPy time, memory and matmul fraction; GPU time against its peak."""
     from zsad.scoring import mutual_scores
 
     n = feats.shape[0]
     symmetric = bank is None
     flops = bm.msm_flops(n, 0 if bank is None else bank.shape[0], patches, channels, symmetric)
-    seconds, peak = bm.traced_peak(
-        lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="cpu")
-    )
-    rows = max(patches, int(budget * 2**20) // (patches * 4))
-    matmul = bm.numpy_matmul_seconds(rows, channels, patches, flops)
-    row: dict[str, Any] = {
-        "numpy_s": round(seconds, 4),
-        "numpy_s_per_image": round(seconds / n, 5),
-        "numpy_peak_mb": peak,
-        "gflop": round(flops / 1e9, 2),
-        "numpy_gflops": round(flops / seconds / 1e9, 1),
-        "matmul_same_flops_s": round(matmul, 4),
-        "fraction_of_matmul": round(matmul / seconds, 3),
-    }
-    if gpu:
-        mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="gpu")  # warm-up
-        start = time.perf_counter()
-        mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="gpu")
-        row["gpu_s"] = round(time.perf_counter() - start, 4)
-        row["gpu_vs_numpy"] = round(seconds / row["gpu_s"], 2)
+    row: dict[str, Any] = {"gflop": round(flops / 1e9, 2)}
+    if numpy:
+        seconds, peak = bm.traced_peak(
+            lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="cpu")
+        )
+        rows = max(patches, int(budget * 2**20) // (patches * 4))
+        matmul = bm.numpy_matmul_seconds(rows, channels, patches, flops)
+        row.update(
+            numpy_s=round(seconds, 4),
+            numpy_s_per_image=round(seconds / n, 5),
+            numpy_peak_mb=peak,
+            numpy_gflops=round(flops / seconds / 1e9, 1),
+            matmul_same_flops_s=round(matmul, 4),
+            fraction_of_matmul=round(matmul / seconds, 3),
+        )
+    if gpu_peak is not None:
+        gpu_s, pool_mb = _gpu_timed(
+            lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="gpu")
+        )
+        row.update(
+            gpu_s=_sig(gpu_s),
+            gpu_s_per_image=_sig(gpu_s / n),
+            gpu_pool_mb=pool_mb,
+            gpu_tflops=round(flops / gpu_s / 1e12, 2),
+            gpu_fraction_of_peak=round(flops / gpu_s / 1e12 / gpu_peak, 3),
+        )
+        if numpy:
+            row["gpu_vs_numpy"] = round(row["numpy_s"] / gpu_s, 2)
     return row
+
+
+def _sig(seconds: float) -> float:
+    """Four significant digits: GPU times are milliseconds, where fixed decimals lose them."""
+    return float(f"{seconds:.4g}")
+
+
+def _gpu_timed(fn: Any) -> tuple[float, float]:
+    """(seconds of the second call, MiB CuPy's pool holds after it) of a call ending on the host."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    fn()  # warm-up: kernels compiled, cuBLAS handles made
+    pool.free_all_blocks()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    # The pool keeps every block it grew to, so what it holds now is the call's peak.
+    return seconds, round(pool.total_bytes() / 2**20, 1)
 
 
 def scoring(
@@ -364,6 +427,14 @@ def scoring(
             "--max-baseline-mb", help="Skip the MuSc-style baseline above this matrix size."
         ),
     ] = 2048.0,
+    numpy: Annotated[
+        bool,
+        typer.Option(
+            "--numpy/--no-numpy",
+            help="Also time the NumPy path and the NumPy baseline. On a GPU machine --no-numpy "
+            "saves minutes: one map at N=200 and ViT-L shapes is 76 TFLOP.",
+        ),
+    ] = True,
     seed: SeedOpt = 0,
 ) -> None:
     """MSM and full-set scoring time and peak memory versus N and bank size, beside baselines."""
@@ -372,30 +443,34 @@ def scoring(
     if min(ns) < 2:
         raise ZsadError("--n: mutual scoring needs at least 2 images")
     gpu_reason = _gpu_scoring_available()
-    env = bm.environment("cuda" if gpu_reason is None else "cpu")
+    gpu = gpu_reason is None
+    if not (numpy or gpu):
+        raise ZsadError(
+            f"--no-numpy: nothing left to time, the GPU path is unavailable ({gpu_reason})"
+        )
+    env = bm.environment("cuda" if gpu else "cpu")
+    # MSM multiplies in float16 on the GPU, so that is the peak it is held to.
+    gpu_peak = bm.cupy_matmul_peak_tflops("float16") if gpu else None
+    devices = (["cpu"] if numpy else []) + (["gpu"] if gpu else [])
     rows: list[dict[str, Any]] = []
     for size in ns:
         feats = bm.unit_features(size, patches, channels, seed)
         row: dict[str, Any] = {"mode": "set", "n": size, "bank": None}
-        row.update(_msm_row(feats, None, patches, channels, memory_mb, gpu_reason is None))
+        row.update(_msm_row(feats, None, patches, channels, memory_mb, numpy, gpu_peak))
         need = bm.musc_baseline_mb(size, patches)
         row["baseline_matrix_mb"] = round(need, 1)
         if need <= max_baseline_mb:
-            seconds, peak = bm.traced_peak(lambda f=feats: bm.musc_baseline(f))
-            row["baseline_s"] = round(seconds, 4)
-            row["baseline_peak_mb"] = peak
-            row["speedup_vs_baseline"] = round(seconds / row["numpy_s"], 2)
-            row["memory_vs_baseline"] = round(peak / max(row["numpy_peak_mb"], 1e-3), 2)
-        if taps:
-            row.update(_score_set_row(size, taps, patches, channels, memory_mb, seed))
-        typer.echo(f"N {size}: MSM {row['numpy_s']} s ({row['fraction_of_matmul']} of matmul)")
+            row.update(_baseline_rows(feats, row, numpy, gpu))
+        for device in devices if taps else []:
+            row.update(_score_set_row(size, taps, patches, channels, memory_mb, seed, device))
+        typer.echo(f"N {size}: " + _msm_summary(row))
         rows.append(row)
     queries = bm.unit_features(min(ns), patches, channels, seed + 1)
     for k in banks:
         ref = bm.unit_features(k, patches, channels, seed + 2)
         row = {"mode": "bank", "n": len(queries), "bank": k}
-        row.update(_msm_row(queries, ref, patches, channels, memory_mb, gpu_reason is None))
-        typer.echo(f"bank {k}: {row['numpy_s_per_image']} s / image")
+        row.update(_msm_row(queries, ref, patches, channels, memory_mb, numpy, gpu_peak))
+        typer.echo(f"bank {k}: " + _msm_summary(row))
         rows.append(row)
     config = {
         "n": ns,
@@ -406,9 +481,15 @@ def scoring(
         "memory_mb": memory_mb,
         "max_baseline_mb": max_baseline_mb,
         "seed": seed,
-        "baseline": "MuSc-style: full FP32 P x (N-1)P distance matrix per image, NumPy",
+        "numpy": numpy,
+        "baseline": "MuSc-style: full FP32 P x (N-1)P distance matrix per image (NumPy; CuPy "
+        "for the gpu_baseline columns)",
     }
-    body = {"gpu": gpu_reason or "available", "rows": rows}
+    body = {
+        "gpu": gpu_reason or "available",
+        "gpu_matmul_peak_tflops": None if gpu_peak is None else {"float16": gpu_peak},
+        "rows": rows,
+    }
     cols = [
         "mode",
         "n",
@@ -418,10 +499,15 @@ def scoring(
         "numpy_gflops",
         "fraction_of_matmul",
         "gpu_s",
+        "gpu_tflops",
+        "gpu_fraction_of_peak",
         "baseline_s",
         "baseline_peak_mb",
         "speedup_vs_baseline",
+        "gpu_baseline_s",
+        "gpu_speedup_vs_gpu_baseline",
         "score_set_s",
+        "score_set_gpu_s",
     ]
     md = bm.markdown_table(rows, cols)
     _write(out, "scoring", env, config, body, md, _scoring_plots(out, rows))
@@ -434,7 +520,9 @@ def _scoring_plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
         "numpy_s": "MSM, NumPy",
         "gpu_s": "MSM, GPU",
         "baseline_s": "MuSc-style baseline",
+        "gpu_baseline_s": "MuSc-style baseline, GPU",
         "score_set_s": "full score_set",
+        "score_set_gpu_s": "full score_set, GPU",
     }
     versus_n = {
         label: [(r["n"], r[key]) for r in sets if r.get(key) is not None]
@@ -452,9 +540,10 @@ def _scoring_plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
         )
     ]
     if banks:
+        per_image = {"numpy_s_per_image": "MSM, NumPy", "gpu_s_per_image": "MSM, GPU"}
         versus_k = {
-            "MSM, NumPy": [(r["bank"], r["numpy_s_per_image"]) for r in banks],
-            "MSM, GPU": [(r["bank"], r["gpu_s"] / r["n"]) for r in banks if "gpu_s" in r],
+            label: [(r["bank"], r[key]) for r in banks if key in r]
+            for key, label in per_image.items()
         }
         plots.append(
             bp.line_chart(
@@ -469,8 +558,47 @@ def _scoring_plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
     return plots
 
 
+def _msm_summary(row: dict[str, Any]) -> str:
+    parts = []
+    if "numpy_s" in row:
+        parts.append(f"NumPy {row['numpy_s']} s ({row['fraction_of_matmul']} of matmul)")
+    if "gpu_s" in row:
+        parts.append(f"GPU {row['gpu_s']} s ({row['gpu_fraction_of_peak']} of fp16 peak)")
+    return "MSM " + ", ".join(parts)
+
+
+def _baseline_rows(feats: np.ndarray, row: dict[str, Any], numpy: bool, gpu: bool) -> dict:
+    """The MuSc-style baseline where MSM ran: NumPy, and CuPy FP32 as MuSc runs it with torch."""
+    out: dict[str, Any] = {}
+    if numpy:
+        seconds, peak = bm.traced_peak(lambda: bm.musc_baseline(feats))
+        out.update(
+            baseline_s=round(seconds, 4),
+            baseline_peak_mb=peak,
+            speedup_vs_baseline=round(seconds / row["numpy_s"], 2),
+            memory_vs_baseline=round(peak / max(row["numpy_peak_mb"], 1e-3), 2),
+        )
+    if gpu:
+        import cupy
+
+        on_gpu = cupy.asarray(feats)
+        seconds, pool_mb = _gpu_timed(lambda: bm.musc_baseline(on_gpu))
+        out.update(
+            gpu_baseline_s=_sig(seconds),
+            gpu_baseline_pool_mb=pool_mb,
+            gpu_speedup_vs_gpu_baseline=round(seconds / row["gpu_s"], 2),
+        )
+    return out
+
+
 def _score_set_row(
-    n: int, taps: int, patches: int, channels: int, budget: float, seed: int
+    n: int,
+    taps: int,
+    patches: int,
+    channels: int,
+    budget: float,
+    seed: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Time the whole STAPS scoring (LNAMD, MSM per (tap, r), BGMPS, STAS) at this shape."""
     from zsad.scoring.pipeline import SetScoringConfig, score_set
@@ -478,7 +606,10 @@ def _score_set_row(
     rng = np.random.default_rng(seed)
     tokens = rng.standard_normal((n, taps, patches + 1, channels), dtype=np.float32)
     cls = rng.standard_normal((n, 512), dtype=np.float32)
-    config = SetScoringConfig(memory_budget_mb=budget, device="cpu", seed=seed)
+    config = SetScoringConfig(memory_budget_mb=budget, device=device, seed=seed)
+    if device == "gpu":
+        seconds, pool_mb = _gpu_timed(lambda: score_set(tokens, cls, config))
+        return {"score_set_gpu_s": _sig(seconds), "score_set_gpu_pool_mb": pool_mb}
     seconds, peak = bm.traced_peak(lambda: score_set(tokens, cls, config))
     return {"score_set_s": round(seconds, 4), "score_set_peak_mb": peak}
 
@@ -528,6 +659,15 @@ def pipeline(
     model: ModelOpt = "ViT-L-14-336",
     weights: WeightsOpt = None,
     pretrained: BenchPretrainedOpt = "random",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help=f"One of {', '.join(BACKENDS)}. torch-* build both encoders from --model; the "
+            "others run --bundle, which serves one method (the one it was exported for).",
+        ),
+    ] = "torch-fp32",
+    bundle: BundleOpt = None,
     image_size: BenchImageSizeOpt = 518,
     device: DeviceOpt = "auto",
     n: Annotated[int, typer.Option("--n", min=2, help="Images in the STAPS set.")] = 200,
@@ -543,53 +683,84 @@ def pipeline(
     seed: SeedOpt = 0,
 ) -> None:
     """End-to-end images/s and per-stage time for staps at N and headclip at each batch size."""
-    from zsad.model import DualPathEncoder, load_clip
-    from zsad.model.backend import TorchBackend
     from zsad.scoring import headclip as hc
+    from zsad.scoring._xp import array_module
     from zsad.scoring.pipeline import SetScoringConfig, score_set
 
+    if backend not in BACKENDS:
+        raise ZsadError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     batches = _ints(headclip_batch, "--headclip-batch")
     dev = _device(device)
     env = bm.environment(dev)
-    clip = load_clip(model, weights=weights, pretrained=pretrained)
+    encoders = _pipeline_encoders(backend, model, weights, pretrained, image_size, dev, bundle)
+    config = SetScoringConfig(seed=seed)
+    scoring_device = "cpu" if array_module(config.device) is np else "gpu"
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="zsad-bench-") as tmp:
+        size = next(iter(encoders.values())).image_size
         paths = _synthetic_paths(Path(tmp) / "data", max(n, headclip_n), 256, seed)
-        staps = TorchBackend(
-            DualPathEncoder(clip, image_size=image_size, outputs=("cls", "taps")), device=dev
-        )
-        config = SetScoringConfig(seed=seed)
+        if "staps" in encoders:
 
-        def score_staps(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            result = score_set(o["taps"], o["cls"], config)
-            return result.image_scores, result.patch_maps
+            def score_staps(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                result = score_set(o["taps"], o["cls"], config)
+                return result.image_scores, result.patch_maps
 
-        stages = _stages(staps, paths[:n], batch_size, score_staps, Path(tmp) / "staps")
-        rows.append(_pipeline_row("staps", n, batch_size, stages))
-        local = DualPathEncoder(clip, image_size=image_size, outputs=("cls", "local"))
-        # Random prompts time exactly like calibrated ones.
-        text = np.random.default_rng(seed).standard_normal((2, int(clip.visual.output_dim)))
-        text = (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32)
-        head = TorchBackend(local, device=dev)
+            runner = encoders["staps"]
+            stages = _stages(runner, paths[:n], batch_size, score_staps, Path(tmp) / "staps")
+            rows.append(_pipeline_row("staps", runner.name, n, batch_size, stages))
+        if "headclip" in encoders:
+            # Random prompts time exactly like calibrated ones.
+            rng = np.random.default_rng(seed)
 
-        def score_head(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            return hc.score_headclip(o["cls"], o["local"], text, image_size=image_size)
+            def score_head(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                text = rng.standard_normal((2, o["cls"].shape[1])).astype(np.float32)
+                text /= np.linalg.norm(text, axis=1, keepdims=True)
+                return hc.score_headclip(o["cls"], o["local"], text, image_size=size)
 
-        for b in batches:
-            stages = _stages(head, paths[:headclip_n], b, score_head, Path(tmp) / f"headclip{b}")
-            rows.append(_pipeline_row("headclip", headclip_n, b, stages))
+            runner = encoders["headclip"]
+            for b in batches:
+                folder = Path(tmp) / f"headclip{b}"
+                stages = _stages(runner, paths[:headclip_n], b, score_head, folder)
+                rows.append(_pipeline_row("headclip", runner.name, headclip_n, b, stages))
     config_out = {
-        "model": model,
+        "backend": backend,
+        "model": model if backend.startswith("torch") else None,
+        "bundle": None if bundle is None else str(bundle),
         "pretrained": pretrained,
-        "image_size": image_size,
+        "image_size": size,
         "n": n,
         "headclip_n": headclip_n,
         "headclip_batch": batches,
         "staps_batch": batch_size,
+        "scoring_device": scoring_device,
     }
-    cols = ["method", "images", "batch", "images_per_s", "total_s", *PIPELINE_STAGES]
+    cols = ["method", "runner", "images", "batch", "images_per_s", "total_s", *PIPELINE_STAGES]
     md = bm.markdown_table(rows, cols)
     _write(out, "pipeline", env, config_out, {"rows": rows}, md, [_pipeline_plot(out, rows)])
+
+
+def _pipeline_encoders(
+    backend: str,
+    model: str,
+    weights: Path | None,
+    pretrained: str,
+    image_size: int,
+    device: str,
+    bundle: Path | None,
+) -> dict[str, Any]:
+    """The encoder backend per method: both from one CLIP for torch-*, else the bundle's one."""
+    if backend in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
+        raise ZsadError(f"--backend {backend} needs a CUDA GPU; this run is on {device}")
+    if backend.startswith("torch"):
+        from zsad.model import load_clip
+
+        clip = load_clip(model, weights=weights, pretrained=pretrained)
+        return {
+            "staps": _torch_backend(clip, backend, image_size, device, ("cls", "taps")),
+            "headclip": _torch_backend(clip, backend, image_size, device, ("cls", "local")),
+        }
+    runner = _bundle_backend(backend, bundle, device)
+    return {runner.bundle.method: runner}
 
 
 def _pipeline_plot(out: Path, rows: list[dict[str, Any]]) -> Path:
@@ -604,11 +775,14 @@ def _pipeline_plot(out: Path, rows: list[dict[str, Any]]) -> Path:
     )
 
 
-def _pipeline_row(method: str, images: int, batch: int, stages: dict[str, float]) -> dict[str, Any]:
+def _pipeline_row(
+    method: str, runner: str, images: int, batch: int, stages: dict[str, float]
+) -> dict[str, Any]:
     total = sum(stages.values())
     typer.echo(f"{method} batch {batch}: {images / total:.2f} img/s")
     return {
         "method": method,
+        "runner": runner,
         "images": images,
         "batch": batch,
         "images_per_s": round(images / total, 3),

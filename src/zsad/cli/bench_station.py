@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,21 +44,39 @@ def _frames(folder: Path, count: int, defect_every: int, seed: int) -> list[int]
     return defects
 
 
-def _sample(station: Any, stop: threading.Event, samples: list[tuple[float, int, float]]) -> None:
+Sample = tuple[float, int, float, float | None]  # seconds, scored, RSS MiB, GPU pool MiB
+
+
+def _gpu_pool_probe(config: Any) -> Callable[[], float] | None:
+    """MiB in use in CuPy's pool, where the bank and MSM live when scoring runs on the GPU."""
+    from zsad.scoring._xp import array_module
+
+    if array_module(config.device) is np:
+        return None
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    return lambda: round(pool.used_bytes() / 2**20, 1)
+
+
+def _sample(
+    station: Any, stop: threading.Event, samples: list[Sample], gpu: Callable[[], float] | None
+) -> None:
     from zsad.runtime.station import rss_mb
 
     start = time.perf_counter()
     while not stop.wait(0.5):
-        samples.append((time.perf_counter() - start, station.scored, rss_mb()))
+        gpu_mb = gpu() if gpu else None
+        samples.append((time.perf_counter() - start, station.scored, rss_mb(), gpu_mb))
 
 
-def _slope_mb_per_1000(samples: list[tuple[float, int, float]]) -> float | None:
-    """RSS growth over the second half of the run, from a least-squares line."""
-    half = [(n, rss) for _, n, rss in samples if n >= samples[-1][1] / 2]
-    if len(half) < 3 or half[-1][0] == half[0][0]:
+def _slope_mb_per_1000(samples: list[Sample], column: int = 2) -> float | None:
+    """Growth of RSS (column 2) or the GPU pool (3) over the second half, by least squares."""
+    half = [(s[1], s[column]) for s in samples if s[1] >= samples[-1][1] / 2]
+    if len(half) < 3 or half[-1][0] == half[0][0] or half[0][1] is None:
         return None
-    n, rss = np.array(half, np.float64).T
-    return round(float(np.polyfit(n, rss, 1)[0] * 1000), 3)
+    n, mb = np.array(half, np.float64).T
+    return round(float(np.polyfit(n, mb, 1)[0] * 1000), 3)
 
 
 def station(
@@ -114,9 +133,10 @@ def station(
             lambda done: HotFolder(work / "in", done, exclude=work / "out"),
             options,
         )
-        samples: list[tuple[float, int, float]] = []
+        samples: list[Sample] = []
         stop = threading.Event()
-        sampler = threading.Thread(target=_sample, args=(runner, stop, samples), daemon=True)
+        probe = _gpu_pool_probe(config) if method == "staps" else None
+        sampler = threading.Thread(target=_sample, args=(runner, stop, samples, probe), daemon=True)
         sampler.start()
         summary = runner.run()
         stop.set()
@@ -157,21 +177,25 @@ def station(
 
 
 def plot_memory(path: Path, samples: list[dict[str, Any]]) -> Path:
-    """RSS against images scored: a flat line is a station that does not grow."""
+    """RSS (and the GPU pool) against images scored: flat lines are a station that does not grow."""
     from zsad.bench_plots import line_chart
 
+    series = {"RSS": [(s["scored"], s["rss_mb"]) for s in samples]}
+    gpu = [(s["scored"], s["gpu_pool_mb"]) for s in samples if s.get("gpu_pool_mb") is not None]
+    if gpu:
+        series["GPU pool (CuPy)"] = gpu
     return line_chart(
         path,
-        {"RSS": [(s["scored"], s["rss_mb"]) for s in samples]},
+        series,
         title="Station memory over the run",
         xlabel="images scored",
-        ylabel="RSS MB",
+        ylabel="MB",
     )
 
 
 def _body(
     records: list[dict[str, Any]],
-    samples: list[tuple[float, int, float]],
+    samples: list[Sample],
     defects: list[int],
     summary: dict[str, Any],
 ) -> dict[str, Any]:
@@ -197,10 +221,12 @@ def _body(
             "end": samples[-1][2] if samples else None,
         },
         "rss_growth_mb_per_1000_images": _slope_mb_per_1000(samples),
+        "gpu_pool_mb_end": samples[-1][3] if samples else None,
+        "gpu_pool_growth_mb_per_1000_images": _slope_mb_per_1000(samples, column=3),
         "bank": {k: summary.get(k) for k in ("bank", "bank_mb_per_image", "bank_mb")},
         "samples": [
-            {"s": round(t, 2), "scored": n, "rss_mb": rss}
-            for t, n, rss in samples[:: max(1, len(samples) // 200)]
+            {"s": round(t, 2), "scored": n, "rss_mb": rss, "gpu_pool_mb": gpu}
+            for t, n, rss, gpu in samples[:: max(1, len(samples) // 200)]
         ],
     }
 
@@ -223,6 +249,16 @@ def _markdown(env: dict[str, Any], config: dict[str, Any], body: dict[str, Any])
         f"{body['rss_mb']['after_50pct']} | {body['rss_mb']['end']} | "
         f"{body['rss_growth_mb_per_1000_images']} | {body['bank']['bank_mb']} |",
         "",
+        *(
+            [
+                f"GPU pool (CuPy: bank and MSM) at the end: {body['gpu_pool_mb_end']} MB, "
+                f"second-half growth {body['gpu_pool_growth_mb_per_1000_images']} MB / 1000 "
+                "images.",
+                "",
+            ]
+            if body["gpu_pool_mb_end"] is not None
+            else []
+        ),
         "| stage (streamed images) | p50 ms | p99 ms |",
         "|---|---|---|",
         *(f"| {k[:-3]} | {v['p50']} | {v['p99']} |" for k, v in stages.items()),
