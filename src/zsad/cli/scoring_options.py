@@ -20,7 +20,7 @@ _OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("r_list", "--r-list", "LNAMD aggregation degrees r, comma-separated."),
     ("topmin_max", "--topmin", "MSM: fraction of the other images whose distances are averaged."),
     ("memory_budget_mb", "--memory-mb", "MSM: upper bound of each temporary buffer, in MB."),
-    ("device", "--score-device", "MSM on auto, cpu or gpu (CuPy)."),
+    ("device", "--score-device", "LNAMD and MSM on auto, cpu or gpu (CuPy)."),
     ("rscin_k", "--rscin-k", "RsCIN neighbour counts k (MuSc, or STAPS with --no-stas)."),
     ("use_stas", "--stas", "STAPS: STAS image scores (--no-stas: MuSc's RsCIN)."),
     ("window", "--window", "STAS: temporal window L (images on each side)."),

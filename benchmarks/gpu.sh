@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The GPU numbers of the README (issue 6 targets), one command per step, results under OUT.
+#
+#   benchmarks/gpu.sh OUT [STEP ...]      e.g. benchmarks/gpu.sh benchmarks/results/h100
+#
+# STEPs, in order (default all): encoder scoring pipeline station tests. Bundles are exported
+# once into $WORK (default /tmp/zsad-gpu-bench) and reused, so the steps can be split over
+# several sessions of a machine. ViT-L at 518 px takes ~3 min to export; the rest ~10 min on
+# an H100.
+#
+# Needs a CUDA torch, zsad[export,gpu] (onnxruntime-gpu) and CuPy (cupy-cuda12x or -cuda13x).
+# Full TensorRT, where installed, adds a `trt` row. TensorRT-RTX has no SM90 target, so on an
+# H100 the FP16 path measured is ONNX Runtime CUDA. Random weights time like real ones.
+#
+# MODEL, SIZE, N and FRAMES change the shapes and SCORING adds `zsad bench scoring` options
+# (the last value of an option wins): this smoke-tests the script on a CPU in about a minute:
+#   MODEL=zsad-tiny SIZE=56 N=4 FRAMES=12 \
+#     SCORING="--numpy --n 3,4 --bank 2 --patches 16 --channels 8 --taps 1" \
+#     benchmarks/gpu.sh /tmp/smoke
+set -euo pipefail
+
+out=${1:?usage: benchmarks/gpu.sh OUT [encoder|scoring|pipeline|station|tests ...]}
+shift
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(encoder scoring pipeline station tests)
+model=${MODEL:-ViT-L-14-336}
+size=${SIZE:-518}
+n=${N:-200}
+frames=${FRAMES:-2000}
+work=${WORK:-/tmp/zsad-gpu-bench}/$model-$size
+clip=(--model "$model" --pretrained random --image-size "$size")
+mkdir -p "$out" "$work"
+
+say() { echo "== $(date +%T) $*" >&2; }
+
+bundles() {
+    # A bundle is complete once bundle.json exists: export writes it last.
+    if [ ! -f "$work/staps/bundle.json" ]; then
+        say "export STAPS bundle ($model, $size px)"
+        engine=()
+        if python -c "import tensorrt" 2>/dev/null; then engine=(--engine trt); fi
+        zsad export "${clip[@]}" --method staps "${engine[@]}" --out "$work/staps"
+    fi
+    if [ ! -f "$work/headclip/bundle.json" ]; then
+        # An untrained artifact (--epochs 0) has the calibrated one's shapes, so the same cost.
+        say "export HeadCLIP bundle"
+        zsad make-data "$work/aux" --categories grid --size 64
+        zsad calibrate "$work/aux" "${clip[@]}" --epochs 0 --no-progress \
+            --out "$work/headclip.safetensors"
+        zsad export "${clip[@]}" --method headclip \
+            --calibration "$work/headclip.safetensors" --out "$work/headclip"
+    fi
+}
+
+for step in "${steps[@]}"; do
+    case $step in
+    encoder)
+        bundles
+        backends=torch-fp32,torch-fp16,onnxruntime
+        if [ -f "$work/staps/encoder.engine" ]; then backends+=,trt; fi
+        say "bench encoder: $backends"
+        zsad bench encoder "${clip[@]}" --bundle "$work/staps" --backend "$backends" \
+            --batch 1,4,8,16 --out "$out/encoder"
+        ;;
+    scoring)
+        say "bench scoring"
+        # shellcheck disable=SC2086 # SCORING is a list of options
+        zsad bench scoring --n "50,100,$n" --bank 16,32,64 --no-numpy ${SCORING:-} \
+            --out "$out/scoring"
+        ;;
+    pipeline)
+        bundles
+        say "bench pipeline: STAPS at N=$n, HeadCLIP at batch 1 and 8 (ONNX Runtime)"
+        zsad bench pipeline --backend onnxruntime --bundle "$work/staps" --n "$n" \
+            --out "$out/pipeline-staps"
+        zsad bench pipeline --backend onnxruntime --bundle "$work/headclip" --headclip-n 64 \
+            --headclip-batch 1,8 --out "$out/pipeline-headclip"
+        ;;
+    station)
+        bundles
+        say "bench station: $frames frames, bank 32"
+        zsad bench station --bundle "$work/staps" --frames "$frames" --bank 32 \
+            --out "$out/station"
+        ;;
+    tests)
+        say "GPU-marked tests"
+        python -m pytest -q -m gpu -rs tests 2>&1 | tee "$out/gpu-tests.txt"
+        ;;
+    *)
+        echo "benchmarks/gpu.sh: unknown step '$step' (encoder scoring pipeline station tests)" >&2
+        exit 2
+        ;;
+    esac
+done
+say "done: $out"
