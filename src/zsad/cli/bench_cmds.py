@@ -113,6 +113,12 @@ def _torch_backend(clip: Any, name: str, image_size: int, device: str, outputs: 
     return TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
 
 
+def _check_device(backend: str, device: str) -> None:
+    """torch-fp16 and the engines run only on a CUDA GPU."""
+    if backend in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
+        raise ZsadError(f"{backend} needs a CUDA GPU; this run is on {device}")
+
+
 def _encoder_backend(
     name: str,
     model: str,
@@ -123,8 +129,7 @@ def _encoder_backend(
     bundle: Path | None,
 ) -> tuple[Any, float | None, str]:
     """The backend for one --backend name, its FLOPs per image, and their source or absence."""
-    if name in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
-        raise ZsadError(f"{name} needs a CUDA GPU; this run is on {device}")
+    _check_device(name, device)
     if name.startswith("torch"):
         from zsad.model import load_clip
 
@@ -750,8 +755,7 @@ def _pipeline_encoders(
     bundle: Path | None,
 ) -> dict[str, Any]:
     """The encoder backend per method: both from one CLIP for torch-*, else the bundle's one."""
-    if backend in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
-        raise ZsadError(f"--backend {backend} needs a CUDA GPU; this run is on {device}")
+    _check_device(backend, device)
     if backend.startswith("torch"):
         from zsad.model import load_clip
 
