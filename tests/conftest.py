@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 # Tests must not reach for the network, whatever they build.
@@ -57,14 +60,17 @@ def cupy_device():
     return cupy
 
 
-class _NumpyInDisguise:
-    """Stands in for CuPy: NumPy behind a module that is not ``numpy`` takes the GPU branches."""
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(__import__("numpy"), name)
-
-
 @pytest.fixture
-def numpy_as_gpu() -> _NumpyInDisguise:
-    """An array module that runs the scoring kernels' GPU branches with NumPy, on any machine."""
-    return _NumpyInDisguise()
+def numpy_as_gpu() -> types.ModuleType:
+    """A stand-in ``cupy`` on NumPy (one device, a 3 MiB pool): GPU branches run anywhere."""
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
+    runtime = SimpleNamespace(
+        getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in GPU"}
+    )
+    fake.cuda = SimpleNamespace(runtime=runtime)  # type: ignore[attr-defined]
+    pool = SimpleNamespace(
+        free_all_blocks=lambda: None, total_bytes=lambda: 0, used_bytes=lambda: 3 * 2**20
+    )
+    fake.get_default_memory_pool = lambda: pool  # type: ignore[attr-defined]
+    return fake

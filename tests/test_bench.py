@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -64,27 +62,12 @@ def test_bench_scoring(tmp_path: Path) -> None:
     assert [r["bank"] for r in data["rows"] if r["mode"] == "bank"] == [2]
 
 
-def _numpy_cupy() -> types.ModuleType:
-    """A stand-in ``cupy`` module: NumPy arrays, one fake device, a memory pool that holds 0 B."""
-    fake = types.ModuleType("cupy")
-    fake.__getattr__ = lambda name: getattr(np, name)  # type: ignore[attr-defined]
-    runtime = SimpleNamespace(
-        getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Stand-in GPU"}
-    )
-    fake.cuda = SimpleNamespace(runtime=runtime)  # type: ignore[attr-defined]
-    pool = SimpleNamespace(
-        free_all_blocks=lambda: None, total_bytes=lambda: 0, used_bytes=lambda: 3 * 2**20
-    )
-    fake.get_default_memory_pool = lambda: pool  # type: ignore[attr-defined]
-    return fake
-
-
 @pytest.mark.parametrize("numpy_path", ["--numpy", "--no-numpy"])
 def test_bench_scoring_gpu_columns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_path: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_as_gpu, numpy_path: str
 ) -> None:
     """With CuPy present the GPU MSM, the GPU baseline and GPU score_set are timed and compared."""
-    monkeypatch.setitem(sys.modules, "cupy", _numpy_cupy())
+    monkeypatch.setitem(sys.modules, "cupy", numpy_as_gpu)
     # A stand-in peak: an 8192^2 GEMM in NumPy float16 would take minutes.
     monkeypatch.setattr(bm, "cupy_matmul_peak_tflops", lambda dtype: 0.5)
     args = ["--n", "3", "--bank", "2", "--patches", "16", "--channels", "8", "--taps", "1"]
@@ -256,10 +239,10 @@ def test_bench_scoring_without_numpy_needs_the_gpu(tmp_path: Path, monkeypatch) 
 
 
 def test_bench_station_samples_the_gpu_pool(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: Path, numpy_as_gpu
 ) -> None:
     """A bank on the GPU is invisible to RSS, so the station bench samples CuPy's pool too."""
-    monkeypatch.setitem(sys.modules, "cupy", _numpy_cupy())
+    monkeypatch.setitem(sys.modules, "cupy", numpy_as_gpu)
     args = ["--bundle", str(bundle), "--frames", "16", "--bank", "4", "--device", "cpu"]
     result = runner.invoke(app, ["bench", "station", *args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
