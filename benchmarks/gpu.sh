@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU numbers of the README (issue 6 targets), one command per step, results under OUT.
+# The GPU numbers of docs/benchmarks.md, one command per step, results under OUT.
 #
 #   benchmarks/gpu.sh OUT [STEP ...]      e.g. benchmarks/gpu.sh benchmarks/results/h100
 #
 # STEPs, in order (default all): encoder scoring pipeline station tests. Bundles are exported
-# once into $WORK (default /tmp/zsad-gpu-bench) and reused, so the steps can be split over
-# several sessions of a machine. ViT-L at 518 px takes ~3 min to export; the rest ~10 min on
+# once into $WORK (default /tmp/zsad-gpu-bench) and reused, so the steps can run
+# separately. ViT-L at 518 px takes ~3 min to export; the rest ~10 min on
 # an H100.
 #
 # Needs a CUDA torch, zsad[export,gpu] (onnxruntime-gpu) and CuPy (cupy-cuda12x or -cuda13x).

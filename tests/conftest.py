@@ -35,7 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A zsad-tiny STAPS bundle at the runtime tests' size, exported once for the session."""
-    from test_runtime_bundle import SIZE, zsad
+    from helpers import BUNDLE_SIZE as SIZE
+    from helpers import zsad
 
     out = tmp_path_factory.mktemp("bundle")
     result = zsad(

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageChops
 from typer.testing import CliRunner
 
-from zsad import bench_plots as bp
-from zsad import benchmarking as bm
-from zsad.cli import bench_cmds
+from zsad.bench import measure as bm
+from zsad.bench import plots as bp
+from zsad.bench.encoder import bundle_flops
 from zsad.cli.app import _register, app
 
 _register()
@@ -202,7 +202,7 @@ def test_bench_encoder_counts_bundle_flops(tmp_path: Path, monkeypatch: pytest.M
     assert "encoder.onnx graph" in data["flop_source"]["onnxruntime"]
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # a runtime-only install
-    flops, reason = bench_cmds._bundle_flops(bundle)
+    flops, reason = bundle_flops(bundle)
     assert flops is None and "onnx package is not installed" in reason
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from zsad.calibration.artifact import HeadclipArtifact, load_artifact, save_artifact
 from zsad.errors import ZsadError
+from zsad.formats.artifact import HeadclipArtifact, load_artifact, save_artifact
 
 
 def _artifact() -> HeadclipArtifact:

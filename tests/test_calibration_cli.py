@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli import assert_one_line_error, zsad
-from zsad.calibration.artifact import load_artifact
+from helpers import one_line_error, zsad
 from zsad.data.synthetic import make_dataset
+from zsad.formats.artifact import load_artifact
 
 TINY = ("--model", "zsad-tiny", "--image-size", "56", "--batch-size", "4")
 
@@ -43,7 +43,7 @@ def test_calibrate_writes_an_artifact_and_resumes(dataset: Path, tmp_path: Path)
     assert resumed[:2] == hp["epoch_losses"] and len(resumed) == 3
 
     changed = zsad("calibrate", str(dataset), "--out", str(out), "--lr", "0.01", "--resume", *TINY)
-    assert_one_line_error(changed, "--resume", "other settings")
+    one_line_error(changed, "--resume", "other settings")
 
 
 def test_ablation_flags(dataset: Path, tmp_path: Path) -> None:
@@ -59,9 +59,7 @@ def test_ablation_flags(dataset: Path, tmp_path: Path) -> None:
 
 def test_user_errors_are_one_line(dataset: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "a.safetensors")
-    assert_one_line_error(
-        zsad("calibrate", str(dataset), "--dataset", "visa", "--out", out), "--dataset"
-    )
-    assert_one_line_error(
+    one_line_error(zsad("calibrate", str(dataset), "--dataset", "visa", "--out", out), "--dataset")
+    one_line_error(
         zsad("calibrate", str(dataset), "--out", out, "--resume", *TINY), "no checkpoint"
     )

@@ -16,9 +16,10 @@ from zsad.calibration.train import (
     load_batch,
     training_samples,
 )
-from zsad.data import Sample, make_dataset, read_mvtec
+from zsad.data.datasets import Sample, read_mvtec
+from zsad.data.synthetic import make_dataset
 from zsad.errors import ZsadError
-from zsad.metrics import pixel_metrics
+from zsad.evaluation.metrics import pixel_metrics
 from zsad.model import load_clip
 from zsad.model.headclip import encoder_from_artifact
 from zsad.scoring.headclip import score_headclip

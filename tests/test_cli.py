@@ -10,26 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import one_line_error, zsad
 from zsad.data.synthetic import make_dataset
-
-
-def zsad(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zsad", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("zsad: error: ")
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +123,7 @@ def test_user_mistakes_are_one_line_errors(
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"},
         timeout=300,
     )
-    assert_one_line_error(result, *needles)
+    one_line_error(result, *needles)
 
 
 def test_a_set_of_unreadable_images_is_an_error_not_a_crash(tmp_path: Path) -> None:

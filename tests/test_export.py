@@ -13,13 +13,15 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from zsad.calibration.artifact import HeadclipArtifact, save_artifact
 from zsad.errors import ZsadError
 from zsad.export import parity
 from zsad.export.fp16 import convert_to_fp16
-from zsad.export.pipeline import METHOD_OUTPUTS, export_bundle
+from zsad.export.pipeline import export_bundle
+from zsad.formats.artifact import HeadclipArtifact, save_artifact
+from zsad.formats.bundle import Bundle
+from zsad.formats.methods import METHODS
 from zsad.model import DualPathEncoder, load_clip
-from zsad.runtime.bundle import Bundle, open_backend
+from zsad.runtime.open import open_backend
 
 SIZE = 56
 OUTLIER_CHANNELS = [3, 17, 42]
@@ -35,7 +37,7 @@ def _has_rtx() -> bool:
 
 def _encoder(method: str, clip: torch.nn.Module | None = None) -> DualPathEncoder:
     clip = clip if clip is not None else load_clip("zsad-tiny", seed=0)
-    return DualPathEncoder(clip, image_size=SIZE, outputs=METHOD_OUTPUTS[method])
+    return DualPathEncoder(clip, image_size=SIZE, outputs=METHODS[method].outputs)
 
 
 def _quiet(message: str) -> None:
@@ -177,7 +179,7 @@ def test_headclip_export_bakes_the_head_weights(
     np.testing.assert_allclose(local, expected, atol=2e-5)
     assert np.abs(local - unweighted).max() > 1e-2  # the weights changed the output
 
-    from zsad.calibration.artifact import load_artifact
+    from zsad.formats.artifact import load_artifact
 
     bundle = Bundle.load(tmp_path)
     copied = load_artifact(bundle.file(bundle.calibration))  # type: ignore[arg-type]

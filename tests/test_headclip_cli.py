@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_runtime_bundle import TORCH, one_line_error, zsad
+from helpers import TORCH, one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 
 TINY = ("--model", "zsad-tiny", "--image-size", "56")
@@ -107,7 +107,7 @@ def test_stream_scores_each_image_on_arrival_like_batch_infer(
     import subprocess
     import sys
 
-    from test_runtime_bundle import ENV
+    from helpers import ENV
 
     data, artifact = trained
     images = sorted(str(p) for p in data.glob("fabric/test/*/*.png"))

@@ -1,4 +1,4 @@
-"""Tests for zsad.metrics against scikit-learn, hand-computed cases and slow reference code."""
+"""zsad.evaluation.metrics against scikit-learn, hand-computed cases and slow reference code."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from zsad import metrics
-from zsad.metrics import image_metrics, pixel_metrics
+from zsad.evaluation import metrics
+from zsad.evaluation.metrics import image_metrics, pixel_metrics
 
 PIXEL_KEYS = {"auroc", "ap", "f1_max", "aupro", "iou_max"}
 

@@ -5,56 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from zsad.cli.common import make_backend
+from helpers import BUNDLE_SIZE, TORCH, one_line_error, zsad
+from zsad.api.encoders import EncoderSpec, open_encoder
 from zsad.data.synthetic import make_dataset
 from zsad.errors import ZsadError
-from zsad.runtime.bundle import Bundle, open_backend, sha256_file
+from zsad.formats.bundle import Bundle, sha256_file
+from zsad.runtime.open import open_backend
 
-SIZE = 56
-ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"}
-TORCH = ("torch", "open_clip", "torchvision")
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
-    """
-)
-
-
-def zsad(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a fresh interpreter where importing the ``block`` packages fails."""
-    prefix = f"BLOCKED = {set(block)!r}\n{BLOCKER}" if block else ""
-    script = prefix + "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=ENV,
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("zsad: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+SIZE = BUNDLE_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +84,9 @@ def test_image_size_and_method_mismatches_are_errors(bundle: Path, images: str) 
     with pytest.raises(ZsadError, match=f"takes \\(B, 3, {SIZE}, {SIZE}\\)"):
         backend.run(np.zeros((1, 3, 112, 112), np.float32))
     with pytest.raises(ZsadError, match="exported for --method staps"):
-        make_backend("zsad-tiny", None, "openai", None, ("cls", "local"), "cpu", bundle=bundle)
+        open_encoder(EncoderSpec(device="cpu", bundle=bundle), ("cls", "local"))
     with pytest.raises(ZsadError, match="pass it with --engine"):
-        make_backend("zsad-tiny", None, "openai", None, ("cls",), "cpu", bundle=Path("a.engine"))
+        open_encoder(EncoderSpec(device="cpu", bundle=Path("a.engine")), ("cls",))
 
 
 def test_not_a_bundle_is_an_error(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""encode_paths: batching, per-file failures, and outputs aligned with the files that were read."""
+"""encode_images: batching, per-input failures, outputs aligned with the inputs that were read."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsad.runtime.encode import encode_paths
+from zsad.runtime.encode import encode_images
 
 
 class MeanBackend:
@@ -36,9 +36,10 @@ def test_failures_are_skipped_and_outputs_stay_aligned(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_text("nope")
     paths.insert(3, tmp_path / "bad.png")
     backend = MeanBackend()
-    encoded = encode_paths(backend, paths, batch_size=3, progress=False)
-    assert encoded.paths == [p for p in paths if p.name != "bad.png"]
-    assert [p.name for p, _ in encoded.failures] == ["bad.png"]
+    encoded = encode_images(backend, paths, batch_size=3, progress=False)
+    assert encoded.indices == [i for i, p in enumerate(paths) if p.name != "bad.png"]
+    assert [(i, paths[i].name) for i, _ in encoded.failures] == [(3, "bad.png")]
+    assert "bad.png" in encoded.failures[0][1]
     assert encoded.sizes == [(20, 30)] * 7
     assert backend.batches == [3, 3, 1]
     means = encoded.outputs["cls"][:, 0]

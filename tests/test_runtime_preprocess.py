@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from zsad.runtime.overlay import colorize, overlay
+from zsad.api.overlay import colorize, overlay
 from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD, preprocess_batch, preprocess_image
 from zsad.scoring.maps import patch_grid, upsample_maps
 

@@ -11,10 +11,10 @@ import pytest
 from zsad.data.datasets import read_mvtec
 from zsad.data.images import load_mask
 from zsad.data.synthetic import make_dataset
-from zsad.metrics import image_metrics, pixel_metrics
+from zsad.evaluation.metrics import image_metrics, pixel_metrics
 from zsad.model import DualPathEncoder, load_clip
 from zsad.model.backend import TorchBackend
-from zsad.runtime.encode import encode_paths
+from zsad.runtime.encode import encode_images
 from zsad.scoring.maps import upsample_maps
 from zsad.scoring.pipeline import SetScoringConfig, score_set
 
@@ -30,7 +30,7 @@ def encoded_categories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
     result = {}
     for category in ("fabric", "wood"):
         samples = read_mvtec(root, [category])
-        encoded = encode_paths(backend, [s.path for s in samples], progress=False)
+        encoded = encode_images(backend, [s.path for s in samples], progress=False)
         masks = np.stack(
             [
                 load_mask(s.mask_path, (SIZE, SIZE))
@@ -63,7 +63,7 @@ def test_defects_outrank_good_images_and_maps_hit_the_masks(
 def test_staps_records_its_choices(encoded_categories: dict[str, tuple]) -> None:
     encoded, _, _ = encoded_categories["fabric"]
     scores = score_set(encoded.outputs["taps"], encoded.outputs["cls"], SetScoringConfig(seed=3))
-    n = len(encoded.paths)
+    n = len(encoded)
     assert sorted(scores.info["order"]) == list(range(n))
     weights = scores.info["bgmps"]["weights"]
     assert abs(sum(weights) - 1.0) < 1e-4

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_runtime_bundle import ENV, one_line_error, zsad
+from helpers import ENV, one_line_error, zsad
+from zsad.api.scorers import StapsScorer
 from zsad.data.synthetic import render_sample
 from zsad.errors import ZsadError
-from zsad.runtime.bundle import open_backend
-from zsad.runtime.frames import HotFolder, Rejection
-from zsad.runtime.station import StapsScorer, Station, StationOptions
+from zsad.runtime.open import open_backend
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
+from zsad.station.frames import HotFolder, Rejection
+from zsad.station.station import Station, StationOptions
 
 
 def _png(path: Path, seed: int, defect: str | None = None) -> None:
@@ -125,7 +126,7 @@ def test_a_partial_last_line_is_cut_and_its_image_scored_again(
 
 
 def test_a_second_station_on_the_same_results_is_refused(bundle: Path, tmp_path: Path) -> None:
-    from zsad.runtime.journal import Journal
+    from zsad.station.journal import Journal
 
     first = Journal(tmp_path / "results.jsonl")
     try:
@@ -224,7 +225,7 @@ def test_watch_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
         "watch", str(tmp_path), "--out", str(tmp_path / "o"), "--bundle", str(bundle),
         "--method", "musc",
     )  # fmt: skip
-    one_line_error(result, "--method 'musc'", "staps or headclip")
+    one_line_error(result, "--method", "'musc' is not one of 'staps', 'headclip'")
 
 
 def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
@@ -279,13 +280,13 @@ def test_f1_max_threshold_from_a_labelled_folder(bundle: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize("category", ["wood", "fabric"])
 def test_rolling_staps_ranks_planted_defects_highest(category: str) -> None:
-    from zsad.cli.common import torch_backend
-    from zsad.cli.station_cmds import STREAM_DEFAULTS
+    from zsad.api.encoders import EncoderSpec, open_encoder
     from zsad.data.synthetic import DEFECT_TYPES
     from zsad.runtime.preprocess import preprocess_image
 
-    backend = torch_backend("zsad-tiny", None, "random", 224, ("cls", "taps"), "cpu")
-    rolling = RollingStaps(SetScoringConfig(device="cpu", **STREAM_DEFAULTS), bank=8)
+    spec = EncoderSpec("zsad-tiny", pretrained="random", image_size=224, device="cpu")
+    backend = open_encoder(spec, ("cls", "taps"))
+    rolling = RollingStaps(SetScoringConfig(device="cpu", use_stas=False), bank=8)
     rng = np.random.default_rng(1)
     defects = {14, 21, 29, 37}
     results = []

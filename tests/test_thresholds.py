@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zsad.calibration.thresholds import f1_max_threshold, false_alarm_threshold
+from zsad.formats.thresholds import f1_max_threshold, false_alarm_threshold
 
 
 def test_false_alarm_threshold_flags_at_most_the_rate() -> None:

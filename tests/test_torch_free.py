@@ -6,15 +6,16 @@ import subprocess
 import sys
 import textwrap
 
-from test_runtime_bundle import BLOCKER, TORCH
+from helpers import BLOCKER, TORCH
 
 SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     """
     import numpy as np
-    import zsad.data, zsad.metrics, zsad.runtime.encode, zsad.runtime.results
-    import zsad.runtime.bundle, zsad.runtime.onnx_backend, zsad.runtime.tensorrt_backend
-    import zsad.runtime.station, zsad.calibration.thresholds, zsad.cli.station_cmds
-    from zsad.calibration.artifact import load_artifact
+    import zsad.data, zsad.evaluation.metrics, zsad.runtime.encode, zsad.api.records
+    import zsad.formats.bundle, zsad.runtime.onnx_backend, zsad.runtime.tensorrt_backend
+    import zsad.station.run, zsad.formats.thresholds, zsad.cli.station_cmds, zsad.evaluation.report
+    import zsad.api.detector, zsad.api.infer, zsad.evaluation.thresholds
+    from zsad.formats.artifact import load_artifact
     from zsad.scoring.headclip import score_headclip
     from zsad.scoring.pipeline import SetScoringConfig, score_set
     from zsad.scoring.stream import RollingStaps
@@ -46,7 +47,7 @@ def test_runtime_and_scoring_import_and_run_without_torch() -> None:
 
 
 def test_the_pytorch_path_without_torch_names_the_extra_to_install(tmp_path) -> None:
-    from test_runtime_bundle import one_line_error, zsad
+    from helpers import one_line_error, zsad
 
     (tmp_path / "a.png").write_text("x")
     result = zsad("infer", str(tmp_path), "--model", "zsad-tiny", block=TORCH)

@@ -2,7 +2,7 @@
 
 Follows AnomalyCLIP's recipe (Adam 1e-3, betas (0.5, 0.999), 15 epochs, batch 8, 518 px) on an
 auxiliary dataset with masks, e.g. the MVTec AD test split, and returns a
-:class:`~zsad.calibration.artifact.HeadclipArtifact` for zero-shot use elsewhere.
+:class:`~zsad.formats.artifact.HeadclipArtifact` for zero-shot use elsewhere.
 
 Determinism: the prompt initialisation comes from ``seed`` and the batch order of epoch e from
 ``(seed, e)``, so a run is a pure function of its settings and data on a given machine, and a run
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,14 +29,15 @@ import numpy as np
 import open_clip
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from zsad.calibration.artifact import HeadclipArtifact
 from zsad.calibration.losses import headclip_loss
 from zsad.data.datasets import Sample
 from zsad.data.images import load_image, load_mask
 from zsad.errors import ZsadError
+from zsad.formats.artifact import HeadclipArtifact
+from zsad.formats.atomic import atomic_open
 from zsad.model.headclip import HeadCLIP, probability_maps
 from zsad.model.prompts import DEEP_LAYERS, N_CTX, N_DEEP
 from zsad.runtime.preprocess import preprocess_image
@@ -293,10 +293,8 @@ def _save_checkpoint(
         "fingerprint": fingerprint,
         "state": json.dumps(asdict(state)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_open(path, "wb") as handle:
+        handle.write(save(tensors, metadata=meta))
 
 
 def _load_checkpoint(

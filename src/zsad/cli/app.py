@@ -6,6 +6,11 @@ import sys
 
 import typer
 
+try:  # typer >= 0.26 runs on its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
+
 from zsad.errors import ZsadError
 
 app = typer.Typer(
@@ -21,7 +26,6 @@ app = typer.Typer(
 def _register() -> None:
     from zsad.cli import (
         bench_cmds,
-        bench_station,
         calibrate_cmds,
         data_cmds,
         detect_cmds,
@@ -29,7 +33,6 @@ def _register() -> None:
         station_cmds,
     )
 
-    bench_station.register(bench_cmds.bench_app)
     bench_cmds.register(app)
     calibrate_cmds.register(app)
     data_cmds.register(app)
@@ -42,10 +45,22 @@ def main() -> None:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
     _register()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        code = 0
+    except click_exceptions.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "zsad"
+        message = " ".join(exc.format_message().split()).replace("Value error, ", "")
+        print(f"zsad: error: {message} (see {command} --help)", file=sys.stderr)
+        code = 2
+    except click_exceptions.ClickException as exc:
+        print(f"zsad: error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        code = exc.exit_code
     except ZsadError as exc:
         print(f"zsad: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        code = 2
+    except (KeyboardInterrupt, typer.Abort):
         print("zsad: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -3,24 +3,97 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
-from zsad.cli.common import (
-    DeviceOpt,
-    ImageSizeOpt,
-    ModelOpt,
-    PretrainedOpt,
+from zsad.cli.options import (
     ProgressOpt,
     SeedOpt,
-    WeightsOpt,
-    require_torch,
+    encoder_options,
+    option_group,
+    option_parameter,
 )
-from zsad.errors import ZsadError
 from zsad.scoring.headclip import JAS_RATIO, TOP_K_PERCENT
 
+_PANEL = "Training"
+_TRAINING = {
+    "epochs": (Annotated[int, typer.Option("--epochs", min=0, help="Passes over the data.")], 15),
+    "lr": (
+        Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")],
+        1e-3,
+    ),
+    "batch_size": (
+        Annotated[int, typer.Option("--batch-size", min=1, help="Images per training step.")],
+        8,
+    ),
+    "lhw": (
+        Annotated[
+            bool,
+            typer.Option(
+                "--lhw/--no-lhw", help="Learn the head weights (--no-lhw: keep them at 1)."
+            ),
+        ],
+        True,
+    ),
+    "jas": (
+        Annotated[
+            bool,
+            typer.Option(
+                "--jas/--no-jas",
+                help="Store the joint anomaly score as the image-score default (--no-jas: r = 1, "
+                "CLS path only).",
+            ),
+        ],
+        True,
+    ),
+    "jas_ratio": (
+        Annotated[
+            float,
+            typer.Option(
+                "--jas-ratio", min=0.0, max=1.0, help="JAS weight r of the global (CLS) score."
+            ),
+        ],
+        JAS_RATIO,
+    ),
+    "top_k": (
+        Annotated[
+            float,
+            typer.Option(
+                "--top-k",
+                min=0.0,
+                max=100.0,
+                help="JAS: mean of the top k percent of map pixels.",
+            ),
+        ],
+        TOP_K_PERCENT,
+    ),
+}
 
+
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="Checkpoint file (default: OUT with .ckpt appended)."),
+]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue from the checkpoint of an earlier run.")
+]
+
+
+def _training_options() -> Any:
+    parameters = [option_parameter(f"tr_{name}", *spec) for name, spec in _TRAINING.items()]
+
+    def build(values: dict[str, Any]) -> dict[str, Any]:
+        chosen = {name: values[f"tr_{name}"] for name in _TRAINING}
+        ratio = chosen.pop("jas_ratio")
+        chosen["jas_r"] = ratio if chosen.pop("jas") else 1.0
+        return chosen
+
+    return option_group("training", parameters, build)
+
+
+@_training_options()
+@encoder_options(only=("model", "weights", "pretrained", "image_size", "device"))
 def calibrate(
     train_root: Annotated[
         Path, typer.Argument(help="Auxiliary dataset root (MVTec layout, with masks).")
@@ -28,48 +101,20 @@ def calibrate(
     out: Annotated[Path, typer.Option("--out", help="Artifact to write (.safetensors).")] = Path(
         "headclip.safetensors"
     ),
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset layout: mvtec.")] = "mvtec",
+    dataset: Annotated[
+        Literal["mvtec"], typer.Option("--dataset", help="Dataset layout.")
+    ] = "mvtec",
     categories: Annotated[
         str | None,
         typer.Option("--categories", help="Comma-separated training categories (default: all)."),
     ] = None,
-    model: ModelOpt = "ViT-L-14-336",
-    weights: WeightsOpt = None,
-    pretrained: PretrainedOpt = "openai",
-    image_size: ImageSizeOpt = 518,
-    device: DeviceOpt = "auto",
-    epochs: Annotated[int, typer.Option("--epochs", min=0, help="Passes over the data.")] = 15,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Images per training step.")
-    ] = 8,
-    lhw: Annotated[
-        bool,
-        typer.Option("--lhw/--no-lhw", help="Learn the head weights (--no-lhw: keep them at 1)."),
-    ] = True,
-    jas: Annotated[
-        bool,
-        typer.Option(
-            "--jas/--no-jas",
-            help="Store the joint anomaly score as the image-score default (--no-jas: r = 1, "
-            "CLS path only).",
-        ),
-    ] = True,
-    jas_ratio: Annotated[
-        float, typer.Option("--jas-ratio", help="JAS weight r of the global (CLS) score.")
-    ] = JAS_RATIO,
-    top_k: Annotated[
-        float, typer.Option("--top-k", help="JAS: mean of the top k percent of map pixels.")
-    ] = TOP_K_PERCENT,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", help="Checkpoint file (default: OUT with .ckpt appended)."),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the checkpoint of an earlier run.")
-    ] = False,
+    checkpoint: CheckpointOpt = None,
+    resume: ResumeOpt = False,
     seed: SeedOpt = 0,
     progress: ProgressOpt = True,
+    *,
+    encoder: Any,
+    training: dict[str, Any],
 ) -> None:
     """Train HeadCLIP (prompts, deep text tokens, head weights) and write the artifact.
 
@@ -79,67 +124,34 @@ def calibrate(
     --method headclip --calibration OUT` needs; a checkpoint (OUT.ckpt) is written every 50
     steps and after every epoch, and `--resume` continues an interrupted run from it.
     """
-    if dataset != "mvtec":
-        raise ZsadError(f"--dataset {dataset!r}: supported layouts: mvtec")
+    from zsad.api.encoders import model_image_size, require_torch
+
     require_torch("zsad calibrate")
-    import torch
+    from zsad.calibration.run import calibrate_dataset, summary_line
+    from zsad.calibration.train import CalibrationConfig
 
-    from zsad.calibration.artifact import save_artifact
-    from zsad.calibration.train import CalibrationConfig, build_model
-    from zsad.calibration.train import calibrate as train
-    from zsad.data.datasets import read_mvtec
-    from zsad.model.loading import load_clip
-
-    config = CalibrationConfig(
-        image_size=image_size,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        lhw=lhw,
-        jas_r=jas_ratio if jas else 1.0,
-        top_k=top_k,
-    )
-    names = categories.split(",") if categories else None
-    samples = read_mvtec(train_root, names, split="test")
-    checkpoint = checkpoint or out.with_name(out.name + ".ckpt")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    clip = load_clip(model, weights=weights, pretrained=pretrained)
-    headclip = build_model(clip, model, config)
-    info = {
-        "weights": "file" if weights is not None else pretrained,
-        "train_root": str(train_root),
-        "categories": sorted({s.category for s in samples if s.category}),
-    }
+    size = model_image_size(encoder.model, encoder.image_size)
+    config = CalibrationConfig(image_size=size, seed=seed, **training)
+    ckpt = checkpoint or out.with_name(out.name + ".ckpt")
     try:
-        result = train(
-            headclip,
-            samples,
+        result, digest, ckpt, device = calibrate_dataset(
+            train_root,
+            out,
             config,
-            backbone=model,
-            device=device,
-            checkpoint=checkpoint,
+            model=encoder.model,
+            weights=encoder.weights,
+            pretrained=encoder.pretrained,
+            categories=categories.split(",") if categories else None,
+            device=encoder.device,
+            checkpoint=ckpt,
             resume=resume,
             progress=progress,
-            info=info,
         )
     except KeyboardInterrupt:
-        if checkpoint.is_file():
-            typer.echo(f"zsad: last checkpoint {checkpoint}; add --resume to continue", err=True)
+        if ckpt.is_file():
+            typer.echo(f"zsad: last checkpoint {ckpt}; add --resume to continue", err=True)
         raise
-    digest = save_artifact(out, result.artifact)
-    losses = result.epoch_losses
-    trend = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no epochs run"
-    per_step = result.seconds / result.steps if result.steps else 0.0
-    if result.resumed_from is not None:
-        epoch, batch = result.resumed_from
-        typer.echo(f"resumed from {checkpoint} at epoch {epoch + 1}, step {batch}", err=True)
-    typer.echo(
-        f"wrote {out} (sha256 {digest[:12]}): {result.artifact.hyperparameters['train_images']} "
-        f"images, {len(losses)} epochs, {trend}, {result.steps} steps in {result.seconds:.1f} s "
-        f"({per_step:.3f} s/step on {device})"
-    )
+    typer.echo(summary_line(out, digest, result, device))
 
 
 def register(app: typer.Typer) -> None:

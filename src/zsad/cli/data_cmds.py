@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from zsad.cli.common import SeedOpt
+from zsad.cli.options import SeedOpt
 
 
 def make_data(

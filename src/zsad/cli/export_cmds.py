@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
-from zsad.cli.common import ImageSizeOpt, ModelOpt, PretrainedOpt, WeightsOpt, require_torch
-from zsad.errors import ZsadError
+from zsad.cli.options import encoder_options
+from zsad.formats.methods import EXPORTABLE
 
 ComputeCapabilityOpt = Annotated[
     str | None,
@@ -23,13 +23,11 @@ MaxBatchOpt = Annotated[
 ]
 
 
+@encoder_options(only=("model", "weights", "pretrained", "image_size"))
 def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (created if needed).")],
-    model: ModelOpt = "ViT-L-14-336",
-    weights: WeightsOpt = None,
-    pretrained: PretrainedOpt = "openai",
     method: Annotated[
-        str,
+        Literal[EXPORTABLE],
         typer.Option(
             "--method",
             help="staps: outputs cls + taps (training-free set scoring); headclip: cls + local "
@@ -40,9 +38,8 @@ def export(
         Path | None,
         typer.Option("--calibration", help="HeadCLIP artifact (.safetensors from zsad calibrate)."),
     ] = None,
-    image_size: ImageSizeOpt = 518,
     engine: Annotated[
-        str,
+        Literal["none", "rtx", "trt"],
         typer.Option(
             "--engine",
             help="Also build an engine: none; rtx (TensorRT-RTX, builds without a GPU, for RTX "
@@ -51,6 +48,8 @@ def export(
     ] = "none",
     compute_capability: ComputeCapabilityOpt = None,
     max_batch: MaxBatchOpt = 16,
+    *,
+    encoder: Any,
 ) -> None:
     """Export the image encoder to ONNX (FP32 and FP16) and optionally a TensorRT engine.
 
@@ -60,42 +59,35 @@ def export(
     Run it with `zsad infer --bundle OUT` (ONNX Runtime) or
     `zsad infer --engine OUT/encoder.engine` (TensorRT).
     """
+    from zsad.api.encoders import model_image_size, require_torch
+
     require_torch("zsad export")
     from zsad.export.engine import parse_compute_capabilities
-    from zsad.export.pipeline import METHOD_OUTPUTS, export_bundle
-    from zsad.model import DualPathEncoder, load_clip
+    from zsad.export.pipeline import export_model
 
-    if method not in METHOD_OUTPUTS:
-        raise ZsadError(f"--method {method!r}: choose {' or '.join(METHOD_OUTPUTS)}")
-    targets = parse_compute_capabilities(compute_capability)
-    if targets and engine != "rtx":
-        raise ZsadError("--compute-capability: only used with --engine rtx")
-    clip = load_clip(model, weights=weights, pretrained=pretrained)
-    encoder = DualPathEncoder(clip, image_size=image_size, outputs=METHOD_OUTPUTS[method])
-    cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
-    extra = {} if "mean" not in cfg else {"mean": cfg["mean"], "std": cfg["std"]}
-    source = {"model": model, "weights": str(weights) if weights else None}
-    if weights is None:
-        source["pretrained"] = pretrained
-    export_bundle(
-        encoder,
+    export_model(
         out,
-        backbone=model,
+        model=encoder.model,
+        weights=encoder.weights,
+        pretrained=encoder.pretrained,
         method=method,
+        image_size=model_image_size(encoder.model, encoder.image_size),
         calibration=calibration,
         engine=engine,
-        compute_capabilities=targets,
+        compute_capabilities=parse_compute_capabilities(compute_capability),
         max_batch=max_batch,
-        source=source,
-        **extra,
     )
-    typer.echo(f"exported {model} ({method}) -> {out}")
+    typer.echo(f"exported {encoder.model} ({method}) -> {out}")
 
 
 def build_engine(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by zsad export.")],
     engine: Annotated[
-        str, typer.Option("--engine", help="rtx (TensorRT-RTX) or trt (full TensorRT).")
+        Literal["rtx", "trt"],
+        typer.Option(
+            "--engine",
+            help="rtx (TensorRT-RTX) or trt (full TensorRT).",
+        ),
     ] = "rtx",
     compute_capability: ComputeCapabilityOpt = None,
     max_batch: MaxBatchOpt = 16,
@@ -107,8 +99,6 @@ def build_engine(
     """
     from zsad.export.engine import add_engine, parse_compute_capabilities
 
-    if engine not in ("rtx", "trt"):
-        raise ZsadError(f"--engine {engine!r}: choose rtx or trt")
     targets = parse_compute_capabilities(compute_capability)
     add_engine(bundle, flavour=engine, compute_capabilities=targets, max_batch=max_batch)
     typer.echo(f"engine -> {bundle / 'encoder.engine'}")

@@ -148,3 +148,22 @@ def _drop_alpha(image: Image.Image) -> Image.Image:
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         return image.convert("RGBA").convert("RGB")
     return image
+
+
+ImageInput = StrPath | Image.Image | np.ndarray
+
+
+def as_rgb_array(image: ImageInput) -> np.ndarray:
+    """An image given as a path, a PIL image or an (H, W[, 3|4]) array, as RGB uint8 (H, W, 3)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or min(array.shape[:2]) < 1:
+        raise ZsadError(f"image array of shape {array.shape}: expected (H, W, 3) RGB")
+    if array.dtype != np.uint8:
+        raise ZsadError(f"image array of dtype {array.dtype}: expected uint8 (0..255)")
+    return np.ascontiguousarray(array[:, :, :3])

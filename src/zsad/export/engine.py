@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from zsad.errors import ZsadError
-from zsad.runtime.bundle import ENGINE_FILE, FP16_ONNX, Bundle, sha256_file, write_meta
+from zsad.formats.atomic import atomic_open
+from zsad.formats.bundle import ENGINE_FILE, FP16_ONNX, Bundle, sha256_file, write_meta
 from zsad.runtime.tensorrt_backend import FLAVOURS, gpu_compute_capability, import_tensorrt
 
 # What a TensorRT-RTX engine runs on when no compute capability is set (its documentation:
@@ -121,11 +122,8 @@ def build_engine(
     seconds = time.perf_counter() - start
     if serialized is None:
         raise ZsadError(f"{label} could not build an engine from {onnx_path} (see its log above)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(f".{engine_path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_open(engine_path, "wb") as handle:
         handle.write(serialized)
-    tmp.replace(engine_path)
     size = engine_path.stat().st_size
     log(f"engine {engine_path} ({size / 1e6:.1f} MB) built in {seconds:.1f} s")
     return BuiltEngine(flavour, trt.__version__, targets, batch, round(seconds, 2), size)

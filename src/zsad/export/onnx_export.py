@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from zsad.errors import ZsadError
+from zsad.formats.atomic import atomic_open
 from zsad.model.encoder import DualPathEncoder
 
 OPSET = 18  # >= 17 keeps LayerNormalization one node; 18 is the exporter's native opset
@@ -89,7 +89,5 @@ def check_graph(model: onnx.ModelProto, outputs: tuple[str, ...], image_size: in
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Write an ONNX model atomically as one file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save_model(model, str(tmp))
-    tmp.replace(path)
+    with atomic_open(path, "wb") as handle:
+        handle.write(model.SerializeToString())

@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from zsad.calibration.artifact import load_artifact
 from zsad.errors import ZsadError
 from zsad.export import parity
 from zsad.export.fp16 import FP32_ISLANDS, convert_to_fp16
 from zsad.export.onnx_export import INPUT_NAME, OPSET, export_onnx, save_model
-from zsad.model.encoder import DualPathEncoder
-from zsad.runtime.bundle import (
+from zsad.formats.artifact import load_artifact
+from zsad.formats.bundle import (
     BUNDLE_JSON,
     ENGINE_FILE,
     FORMAT,
@@ -28,10 +27,11 @@ from zsad.runtime.bundle import (
     sha256_file,
     write_meta,
 )
+from zsad.formats.methods import EXPORTABLE, get_method
+from zsad.model.encoder import DualPathEncoder
 from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 from zsad.runtime.tensorrt_backend import import_tensorrt
 
-METHOD_OUTPUTS = {"staps": ("cls", "taps"), "headclip": ("cls", "local")}
 CALIBRATION_FILE = "calibration.safetensors"
 _TOOLS = (
     "zsad",
@@ -76,13 +76,12 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Export and check the ONNX files, write bundle.json, then build the engine if asked.
 
-    ``encoder`` must have been built with the method's outputs (see METHOD_OUTPUTS). Returns
+    ``encoder`` must have been built with the method's outputs (the registry's outputs). Returns
     the bundle.json content. Nothing is recorded unless the parity checks pass.
     """
-    if method not in METHOD_OUTPUTS:
-        raise ZsadError(f"--method {method!r}: choose {' or '.join(METHOD_OUTPUTS)}")
-    if tuple(encoder.outputs) != METHOD_OUTPUTS[method]:
-        raise ZsadError(f"--method {method}: the encoder must output {METHOD_OUTPUTS[method]}")
+    spec = get_method(method, among=EXPORTABLE)
+    if tuple(encoder.outputs) != spec.outputs:
+        raise ZsadError(f"--method {method}: the encoder must output {spec.outputs}")
     if method == "headclip" and calibration is None:
         raise ZsadError("--method headclip: needs --calibration ARTIFACT (from zsad calibrate)")
     if method == "staps" and calibration is not None:
@@ -213,3 +212,45 @@ def _tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def export_model(
+    out: Path,
+    *,
+    model: str,
+    weights: Path | None = None,
+    pretrained: str = "openai",
+    method: str = "staps",
+    image_size: int = 518,
+    calibration: Path | None = None,
+    engine: str = "none",
+    compute_capabilities: Sequence[str] = (),
+    max_batch: int = 16,
+    log: Callable[[str], None] = _log,
+) -> dict[str, Any]:
+    """Load the open_clip ``model`` and export it as a bundle for ``method`` (see export_bundle)."""
+    from zsad.model import DualPathEncoder, load_clip
+
+    spec = get_method(method, among=EXPORTABLE)
+    if compute_capabilities and engine != "rtx":
+        raise ZsadError("--compute-capability: only used with --engine rtx")
+    clip = load_clip(model, weights=weights, pretrained=pretrained)
+    encoder = DualPathEncoder(clip, image_size=image_size, outputs=spec.outputs)
+    cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
+    extra = {} if "mean" not in cfg else {"mean": cfg["mean"], "std": cfg["std"]}
+    source: dict[str, Any] = {"model": model, "weights": str(weights) if weights else None}
+    if weights is None:
+        source["pretrained"] = pretrained
+    return export_bundle(
+        encoder,
+        out,
+        backbone=model,
+        method=method,
+        calibration=calibration,
+        engine=engine,
+        compute_capabilities=compute_capabilities,
+        max_batch=max_batch,
+        source=source,
+        log=log,
+        **extra,
+    )

@@ -6,10 +6,11 @@ import numpy as np
 import torch
 
 from zsad.model.encoder import DualPathEncoder
+from zsad.runtime.backend import Lifecycle
 from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 
 
-class TorchBackend:
+class TorchBackend(Lifecycle):
     """Runs a DualPathEncoder eagerly on CPU or CUDA, optionally under FP16 autocast."""
 
     def __init__(self, encoder: DualPathEncoder, device: str = "auto", fp16: bool = False) -> None:
@@ -36,3 +37,9 @@ class TorchBackend:
             for name in self.outputs
             if getattr(out, name) is not None
         }
+
+    def close(self) -> None:
+        """Move the weights off the GPU and return the cached CUDA memory."""
+        self.encoder.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

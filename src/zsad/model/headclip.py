@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsad.calibration.artifact import HeadclipArtifact
 from zsad.errors import ZsadError
+from zsad.formats.artifact import HeadclipArtifact
 from zsad.model.encoder import DualPathEncoder
 from zsad.model.prompts import DEEP_LAYERS, N_CTX, N_DEEP, PromptLearner
 from zsad.scoring.headclip import (

@@ -1,4 +1,5 @@
-"""The one interface every encoder backend implements: normalised pixels in, named arrays out."""
+"""The one interface every encoder backend implements: normalised pixels in, named arrays out,
+and a lifecycle (``close``, or ``with``) that gives back sessions and GPU memory."""
 
 from __future__ import annotations
 
@@ -19,3 +20,24 @@ class EncoderBackend(Protocol):
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Encode a float32 batch (B, 3, S, S) and return the outputs this backend was built for."""
         ...
+
+    def close(self) -> None:
+        """Release the backend's resources; ``run`` must not be called afterwards."""
+        ...
+
+    def __enter__(self) -> EncoderBackend: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Lifecycle:
+    """``with backend:`` calls ``close`` on the way out; mixed into every backend."""
+
+    def close(self) -> None:
+        """Release the backend's resources (nothing by default)."""
+
+    def __enter__(self):  # noqa: ANN204 - returns the concrete backend
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

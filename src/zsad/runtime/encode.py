@@ -1,40 +1,43 @@
-"""Encode image files with any backend: decode, preprocess, batch, collect per-file errors."""
+"""Encode images with any backend: decode, preprocess, batch, collect per-image errors."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from zsad.data.images import ImageLoadError, load_image
+from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array
+from zsad.errors import ZsadError
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.preprocess import preprocess_image
 
 
 @dataclass
 class EncodedImages:
-    """Encoder outputs of the readable files, in input order, and the unreadable ones."""
+    """Encoder outputs of the readable inputs, in input order, and why the others failed."""
 
-    paths: list[Path]
-    sizes: list[tuple[int, int]]  # (height, width) of each original image
+    indices: list[int]  # positions in the input of the images that were encoded
+    sizes: list[tuple[int, int]]  # (height, width) of each encoded original
     outputs: dict[str, np.ndarray]
-    failures: list[tuple[Path, str]] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (input position, message)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
-def encode_paths(
+def encode_images(
     backend: EncoderBackend,
-    paths: Sequence[Path],
+    images: Sequence[ImageInput],
     *,
     batch_size: int = 8,
     progress: bool = True,
 ) -> EncodedImages:
-    """Decode, preprocess and encode images; unreadable files are reported, not fatal."""
-    kept: list[Path] = []
+    """Decode, preprocess and encode images (paths, PIL images or arrays); bad ones are noted."""
+    kept: list[int] = []
     sizes: list[tuple[int, int]] = []
-    failures: list[tuple[Path, str]] = []
+    failures: list[tuple[int, str]] = []
     # Filled in place: at N = 200 ViT-L taps are 4.5 GB, so never hold a second copy.
     outputs: dict[str, np.ndarray] = {}
     pending: list[np.ndarray] = []
@@ -43,17 +46,22 @@ def encode_paths(
         start = len(kept) - len(pending)
         for name, value in backend.run(np.stack(pending)).items():
             if name not in outputs:
-                outputs[name] = np.empty((len(paths), *value.shape[1:]), value.dtype)
+                outputs[name] = np.empty((len(images), *value.shape[1:]), value.dtype)
             outputs[name][start : start + len(value)] = value
         pending.clear()
 
-    for path in tqdm(paths, desc="encoding", unit="img", disable=not progress, leave=False):
+    for index, item in enumerate(
+        tqdm(images, desc="encoding", unit="img", disable=not progress, leave=False)
+    ):
         try:
-            image = load_image(path)
+            image = as_rgb_array(item)
         except ImageLoadError as exc:
-            failures.append((Path(path), str(exc)))
+            failures.append((index, str(exc)))
             continue
-        kept.append(Path(path))
+        except ZsadError as exc:
+            failures.append((index, f"input {index}: {exc}"))
+            continue
+        kept.append(index)
         sizes.append(image.shape[:2])
         pending.append(preprocess_image(image, backend.image_size, backend.mean, backend.std))
         if len(pending) == batch_size:

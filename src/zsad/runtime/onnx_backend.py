@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zsad.errors import ZsadError
+from zsad.runtime.backend import Lifecycle
 
 if TYPE_CHECKING:
-    from zsad.runtime.bundle import Bundle
+    from zsad.formats.bundle import Bundle
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -42,7 +43,7 @@ def resolve_providers(device: str) -> list[str]:
     raise ZsadError(f"--device {device!r}: choose auto, cpu or cuda")
 
 
-class OnnxBackend:
+class OnnxBackend(Lifecycle):
     """Runs one ONNX file of a bundle; implements zsad.runtime.backend.EncoderBackend."""
 
     def __init__(self, bundle: Bundle, filename: str, *, providers: list[str]) -> None:
@@ -80,7 +81,13 @@ class OnnxBackend:
                 f"input of shape {pixels.shape}: this bundle takes (B, 3, {self.image_size}, "
                 f"{self.image_size})"
             )
+        if self.session is None:
+            raise ZsadError(f"{self.name}: the backend was closed")
         values = self.session.run(list(self.outputs), {self.input_name: pixels})
         return {
             name: np.asarray(v, np.float32) for name, v in zip(self.outputs, values, strict=True)
         }
+
+    def close(self) -> None:
+        """Drop the ONNX Runtime session (its CUDA memory goes with it)."""
+        self.session = None

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zsad.errors import ZsadError
+from zsad.runtime.backend import Lifecycle
 
 if TYPE_CHECKING:
-    from zsad.runtime.bundle import Bundle
+    from zsad.formats.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def gpu_compute_capability(index: int = 0) -> tuple[str, str]:
     return f"{major}.{minor}", name
 
 
-class TensorRTBackend:
+class TensorRTBackend(Lifecycle):
     """Runs a bundle's serialized engine; implements zsad.runtime.backend.EncoderBackend."""
 
     def __init__(self, bundle: Bundle, filename: str, *, device: str = "auto") -> None:
@@ -132,9 +133,8 @@ class TensorRTBackend:
         blob = bundle.file(filename).read_bytes()
         cu = _driver()
         self._cu = cu
-        self._context = _check(
-            cu.cuDevicePrimaryCtxRetain(_check(cu.cuDeviceGet(index), "device")), "context"
-        )
+        self._device = _check(cu.cuDeviceGet(index), "device")
+        self._context = _check(cu.cuDevicePrimaryCtxRetain(self._device), "context")
         _check(cu.cuCtxSetCurrent(self._context), "context")
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
@@ -189,6 +189,8 @@ class TensorRTBackend:
 
     def _run_chunk(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         cu, ctx = self._cu, self._execution
+        if cu is None:
+            raise ZsadError(f"{self.name}: the backend was closed")
         _check(cu.cuCtxSetCurrent(self._context), "context")
         host_in = np.ascontiguousarray(pixels, dtype=self._dtypes[self._input])
         if not ctx.set_input_shape(self._input, host_in.shape):
@@ -219,16 +221,23 @@ class TensorRTBackend:
         return {name: host.astype(np.float32, copy=False) for name, host in hosts.items()}
 
     def close(self) -> None:
-        """Free the device buffers and the stream (also done at garbage collection)."""
+        """Free the buffers, stream and engine, and release the CUDA primary context."""
         cu = getattr(self, "_cu", None)
         if cu is None:
             return
+        self._cu = None
         for ptr, _ in self._buffers.values():
             cu.cuMemFree(ptr)
         self._buffers.clear()
         if getattr(self, "_stream", None) is not None:
             cu.cuStreamDestroy(self._stream)
             self._stream = None
+        # TensorRT objects free device memory in their destructors: drop them while the
+        # context is still held, then let go of the context itself.
+        self._execution = self._engine = self._runtime = None
+        if getattr(self, "_device", None) is not None:
+            cu.cuDevicePrimaryCtxRelease(self._device)
+            self._device = None
 
     def __del__(self) -> None:
         # At interpreter shutdown cuda-python may already be torn down.

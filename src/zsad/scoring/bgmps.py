@@ -13,10 +13,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 from numpy.typing import ArrayLike
-from sklearn.cluster import KMeans
-from sklearn.mixture import BayesianGaussianMixture
 
 
 @dataclass(frozen=True)
@@ -39,6 +36,8 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 
 def _embed(z: np.ndarray, method: str, dim: int) -> np.ndarray:
     if method == "dct":
+        import scipy.fft  # imported on use: scipy and scikit-learn take seconds to load
+
         # Coefficient 0 (the mean) is 0 after z-scoring, so keep the d coefficients after it.
         return scipy.fft.dct(z, type=2, norm="ortho", axis=1)[:, 1 : dim + 1]
     if method == "svd":
@@ -55,6 +54,8 @@ def _cluster(z: np.ndarray, method: str, n_components: int, seed: int) -> np.nda
     if n_components == 1:
         return np.zeros(z.shape[0], dtype=np.int64)
     if method == "bgmm":
+        from sklearn.mixture import BayesianGaussianMixture
+
         model = BayesianGaussianMixture(
             n_components=n_components,
             # Diagonal: ~12 points cannot support a full covariance in d dimensions.
@@ -67,6 +68,8 @@ def _cluster(z: np.ndarray, method: str, n_components: int, seed: int) -> np.nda
         )
         return model.fit(z).predict(z)
     if method == "kmeans":
+        from sklearn.cluster import KMeans
+
         return KMeans(n_clusters=n_components, n_init=10, random_state=seed).fit_predict(z)
     raise ValueError(f"cluster must be 'bgmm' or 'kmeans', got {method!r}")
 

@@ -21,7 +21,6 @@ Defaults and where they come from:
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from zsad.scoring.maps import patch_grid
 
@@ -84,6 +83,8 @@ def headclip_maps(
         resize = resize_matrix(side, image_size)
         grid = np.matmul(np.matmul(resize, grid), resize.T)
     if sigma > 0:
+        from scipy import ndimage  # imported on use: scipy takes a while to load
+
         grid = ndimage.gaussian_filter(
             grid, sigma=(0.0, sigma, sigma), mode="reflect", truncate=BLUR_TRUNCATE
         )

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from zsad.formats.methods import METHODS as REGISTRY
 from zsad.scoring._xp import array_module
 from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
@@ -17,7 +18,8 @@ from zsad.scoring.maps import patch_grid
 from zsad.scoring.msm import mutual_scores
 from zsad.scoring.stas import pseudo_temporal_order, rscin, stas
 
-METHODS = ("staps", "musc")
+# The set-scoring methods this pipeline runs (the rest of the registry scores images alone).
+METHODS = tuple(name for name, m in REGISTRY.items() if m.set_scorer.endswith(":staps_set_scorer"))
 # STAS's pseudo-temporal axis: a seeded shuffle of the set, or the input order when the images
 # really arrived in that order (a production line).
 ORDERS = ("shuffle", "input")

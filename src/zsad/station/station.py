@@ -24,177 +24,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from zsad.api.records import safe_stem, save_result_files
+from zsad.api.results import Result
+from zsad.api.scorers import Scored, StreamScorer
 from zsad.data.images import ImageLoadError, load_image
 from zsad.errors import ZsadError
-from zsad.runtime.atomic import save_npy, write_json
+from zsad.formats.atomic import write_json
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.frames import FileVersion, Frame, FrameKey, Rejection
-from zsad.runtime.journal import Journal
-from zsad.runtime.overlay import save_overlay
 from zsad.runtime.preprocess import preprocess_image
-from zsad.runtime.results import safe_stem
-from zsad.scoring.maps import patch_grid, upsample_maps
+from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
+from zsad.station.journal import Journal
 
 RESULTS = "results.jsonl"
 STATUS = "status.json"
 STATE = "station-state.json"
 REJECTED = "rejected"
-
-
-@dataclass
-class Scored:
-    """A scored image as the station writes it."""
-
-    position: int
-    score: float
-    raw_score: float
-    anomaly_map: np.ndarray  # (h, w): the patch grid, or pixels
-    phase: str
-
-
-class StreamScorer(Protocol):
-    """Scores images in arrival order; STAPS holds images during warm-up, HeadCLIP never does."""
-
-    method: str
-    restore_count: int  # scored images to put back after a restart
-
-    def add(self, outputs: dict[str, np.ndarray], position: int) -> list[Scored]:
-        """Score one image's encoder outputs (batch of 1); returns the images scored now."""
-        ...
-
-    def flush(self) -> list[Scored]:
-        """Score whatever is held (end of a finite stream)."""
-        ...
-
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
-        """Put an image scored before a restart back into the scorer's memory."""
-        ...
-
-    def held(self) -> int:
-        """Images received and not yet scored."""
-        ...
-
-    def map_range(self) -> tuple[float, float] | None:
-        """Fixed overlay colour range, so overlays compare across the run."""
-        ...
-
-    def state(self) -> dict[str, Any]:
-        """Small JSON state a restart needs."""
-        ...
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore ``state()``."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """Settings and memory facts for status.json."""
-        ...
-
-
-class StapsScorer:
-    """STAPS against a rolling bank (see zsad.scoring.stream)."""
-
-    method = "staps"
-
-    def __init__(self, rolling: Any) -> None:
-        self.rolling = rolling
-        self.restore_count = rolling.bank
-
-    def _scored(self, results: list[Any]) -> list[Scored]:
-        return [
-            Scored(r.position, r.score, r.raw_score, patch_grid(r.patch_map), r.phase)
-            for r in results
-        ]
-
-    def add(self, outputs: dict[str, np.ndarray], position: int) -> list[Scored]:
-        """Score one image against the bank (or hold it during warm-up)."""
-        return self._scored(self.rolling.add(outputs["taps"][0], outputs["cls"][0], position))
-
-    def flush(self) -> list[Scored]:
-        """Score the warm-up images held so far."""
-        return self._scored(self.rolling.flush())
-
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
-        """Refill the bank with an image scored before the restart."""
-        self.rolling.restore(
-            outputs["taps"][0],
-            outputs["cls"][0],
-            int(record["index"]),
-            float(record["raw_score"]),
-            float(record["score"]),
-        )
-
-    def held(self) -> int:
-        """Warm-up images waiting for the bank to fill."""
-        return self.rolling.filled if self.rolling.warming_up else 0
-
-    def map_range(self) -> tuple[float, float] | None:
-        """The warm-up set's map range."""
-        return self.rolling.map_range
-
-    def state(self) -> dict[str, Any]:
-        """BGMPS weights and the overlay range."""
-        return self.rolling.state()
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore the BGMPS weights and the overlay range."""
-        self.rolling.load_state(state)
-
-    def describe(self) -> dict[str, Any]:
-        """Bank size, fill and memory."""
-        per_image = self.rolling.bytes_per_image()
-        return {
-            "method": "staps",
-            "bank": self.rolling.bank,
-            "bank_filled": self.rolling.filled,
-            "bank_mb_per_image": round(per_image / 2**20, 3),
-            "bank_mb": round(per_image * self.rolling.bank / 2**20, 1),
-        }
-
-
-class HeadclipScorer:
-    """HeadCLIP: every image on its own, JAS image score and a blurred pixel map."""
-
-    method = "headclip"
-    restore_count = 0
-
-    def __init__(self, score: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]):
-        self._score = score
-
-    def add(self, outputs: dict[str, np.ndarray], position: int) -> list[Scored]:
-        """Score one image."""
-        scores, maps = self._score(outputs["cls"], outputs["local"])
-        return [Scored(position, float(scores[0]), float(scores[0]), maps[0], "stream")]
-
-    def flush(self) -> list[Scored]:
-        """Nothing is ever held."""
-        return []
-
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
-        """Nothing to restore."""
-
-    def held(self) -> int:
-        """Nothing is ever held."""
-        return 0
-
-    def map_range(self) -> tuple[float, float] | None:
-        """Maps are (1 - P_normal + P_abnormal) / 2, in [0, 1]."""
-        return (0.0, 1.0)
-
-    def state(self) -> dict[str, Any]:
-        """No state."""
-        return {}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """No state."""
-
-    def describe(self) -> dict[str, Any]:
-        """The method."""
-        return {"method": "headclip"}
 
 
 @dataclass
@@ -439,17 +287,9 @@ class Station:
         self._save_state()
 
     def _record(self, held: _Held, result: Scored, image: np.ndarray | None) -> dict[str, Any]:
-        name = safe_stem(result.position, Path(held.name))
-        size = self.backend.image_size
-        pixel_map = result.anomaly_map
-        if pixel_map.shape != (size, size):
-            pixel_map = upsample_maps(pixel_map[None], size)[0]
-        map_file = self.out / "maps" / f"{name}.npy"
-        save_npy(map_file, pixel_map.astype(np.float16))
-        overlay = None
-        span = self.scorer.map_range()
-        if self.options.overlays and span is not None:
-            overlay = self._overlay(name, held.path, image, result.anomaly_map, span)
+        scored = Result(str(held.path), result.score, result.anomaly_map, self.backend.image_size)
+        span = self.scorer.map_range() if self.options.overlays else None
+        files = save_result_files(self.out, result.position, scored, image, span)
         threshold = self.options.threshold
         decision = None if threshold is None else ("NG" if result.score > threshold else "OK")
         return {
@@ -463,28 +303,11 @@ class Station:
             "decision": decision,
             "threshold": threshold,
             "phase": result.phase,
-            "map": str(map_file.relative_to(self.out)),
-            "overlay": overlay,
+            "map": files["map"],
+            "overlay": files.get("overlay"),
             "time": _now_iso(),
             "error": None,
         }
-
-    def _overlay(
-        self,
-        name: str,
-        path: Path,
-        image: np.ndarray | None,
-        anomaly_map: np.ndarray,
-        span: tuple[float, float],
-    ) -> str | None:
-        if image is None:
-            try:
-                image = load_image(path)
-            except ImageLoadError:
-                return None  # the file went away after encoding; the score and map stand
-        target = self.out / "overlays" / f"{name}.png"
-        save_overlay(target, image, anomaly_map, *span)
-        return str(target.relative_to(self.out))
 
     # ------------------------------------------------------------------ rejections
 

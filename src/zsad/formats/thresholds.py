@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from zsad.errors import ZsadError
-from zsad.runtime.bundle import Bundle, write_meta
+from zsad.formats.bundle import Bundle, write_meta
 
 
 def _scores(scores: ArrayLike) -> np.ndarray:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from zsad.formats.atomic import atomic_open
+
 # Anchor colours of a turbo-like map (dark blue -> cyan -> green -> yellow -> red).
 _ANCHORS = np.array(
     [
@@ -48,8 +50,6 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float
 def save_overlay(
     path: Path, image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float
 ) -> None:
-    """Write the overlay PNG atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(overlay(image, anomaly_map, vmin, vmax)).save(tmp, format="PNG")
-    tmp.replace(path)
+    """Write the overlay PNG atomically."""
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(overlay(image, anomaly_map, vmin, vmax)).save(handle, format="PNG")

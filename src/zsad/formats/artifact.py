@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from zsad.errors import ZsadError
+from zsad.formats.atomic import atomic_open
 
 FORMAT = "zsad-headclip/1"
 TEXT_EMBEDDINGS = "text_embeddings"
@@ -64,10 +65,8 @@ def save_artifact(path: str | os.PathLike[str], artifact: HeadclipArtifact) -> s
         "hyperparameters": json.dumps(artifact.hyperparameters, sort_keys=True),
     }
     digest = _digest(tensors, meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={**meta, "sha256": digest})
-    tmp.replace(path)
+    with atomic_open(path, "wb") as handle:
+        handle.write(save(tensors, metadata={**meta, "sha256": digest}))
     return digest
 
 

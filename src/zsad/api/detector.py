@@ -1,0 +1,397 @@
+"""The Detector: one deployed method over one encoder, with predict, score_set and stream."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsad.api.encoders import DEFAULT_MODEL, EncoderSpec, bundle_method, open_encoder
+from zsad.api.results import Result, SetResult
+from zsad.api.scorers import HeadclipScoring, MethodOptions, Scored, StreamScorer
+from zsad.data.images import ImageInput, as_rgb_array
+from zsad.errors import ZsadError
+from zsad.formats.bundle import ENGINE_SUFFIXES
+from zsad.formats.methods import STREAMABLE, Method, get_method
+from zsad.runtime.backend import EncoderBackend
+from zsad.runtime.encode import EncodedImages, encode_images
+from zsad.runtime.preprocess import preprocess_image
+from zsad.scoring.pipeline import SetScoringConfig
+
+
+def _factory(reference: str) -> Callable[..., Any]:
+    module, attribute = reference.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+class Detector:
+    """Zero-shot anomaly detection with one method; build it with a ``from_*`` constructor.
+
+    ``predict`` scores one image on its own (HeadCLIP), ``score_set`` scores a set of images
+    (STAPS/MuSc: against each other; HeadCLIP: each alone), ``stream`` scores images one at a
+    time in arrival order (STAPS: against a rolling bank). ``close`` (or ``with``) releases the
+    encoder's sessions and GPU memory.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        backend: EncoderBackend,
+        *,
+        options: MethodOptions | None = None,
+        headclip: HeadclipScoring | None = None,
+        threshold: float | None = None,
+        progress: bool = False,
+        source: str = "",
+    ) -> None:
+        self.method: Method = get_method(method)
+        self.backend = backend
+        self.options = options or MethodOptions()
+        self.headclip = headclip
+        self.progress = progress
+        self.source = source or backend.name
+        self._threshold = threshold
+        self.notes: list[str] = []  # what a user should know about this setup, one line each
+        if self.method.needs_calibration and headclip is None:
+            raise ZsadError(f"--method {method}: needs HeadCLIP calibration (an artifact)")
+        self._score_set, self.settings = _factory(self.method.set_scorer)(
+            self.method.name, self.options, headclip, progress
+        )
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: EncoderSpec,
+        method: str | None = None,
+        *,
+        calibration: str | os.PathLike[str] | None = None,
+        options: MethodOptions | None = None,
+        threshold: float | None = None,
+        progress: bool = False,
+    ) -> Detector:
+        """A Detector for ``method`` (default: the bundle's, else staps) over ``spec``'s encoder."""
+        options = options or MethodOptions()
+        chosen = get_method(method or bundle_method(spec) or "staps")
+        if not chosen.needs_calibration:
+            if calibration is not None:
+                raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
+            backend = open_encoder(spec, chosen.outputs)
+            return cls(
+                chosen.name,
+                backend,
+                options=options,
+                threshold=threshold,
+                progress=progress,
+                source=spec.describe(),
+            )
+        backend, artifact = _headclip_encoder(spec, calibration)
+        headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
+        return cls(
+            chosen.name,
+            backend,
+            options=options,
+            headclip=headclip,
+            threshold=threshold,
+            progress=progress,
+            source=spec.describe(),
+        )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        method: str | None = None,
+        device: str = "auto",
+        threshold: float | None = None,
+        scoring: SetScoringConfig | None = None,
+        jas_r: float | None = None,
+        top_k: float | None = None,
+        progress: bool = False,
+    ) -> Detector:
+        """From a `zsad export` bundle folder, one of its .onnx files or its engine; no torch.
+
+        A folder runs ONNX Runtime (FP16 on CUDA, FP32 on CPU), an .engine/.plan file TensorRT.
+        ``device``: auto, cpu or cuda. ``threshold`` overrides the bundle's OK/NG threshold.
+        """
+        path = Path(path)
+        engine = path if path.suffix in ENGINE_SUFFIXES else None
+        spec = EncoderSpec(device=device, bundle=None if engine else path, engine=engine)
+        options = MethodOptions(scoring or SetScoringConfig(), jas_r, top_k)
+        return cls.from_spec(spec, method, options=options, threshold=threshold, progress=progress)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        method: str = "staps",
+        weights: str | os.PathLike[str] | None = None,
+        pretrained: str = "openai",
+        image_size: int | None = None,
+        device: str = "auto",
+        calibration: str | os.PathLike[str] | None = None,
+        threshold: float | None = None,
+        scoring: SetScoringConfig | None = None,
+        jas_r: float | None = None,
+        top_k: float | None = None,
+        progress: bool = False,
+    ) -> Detector:
+        """From an open_clip model on PyTorch (the export extra): ``weights`` FILE, else the
+        ``pretrained`` tag; HeadCLIP also needs ``calibration`` (from `zsad calibrate`)."""
+        spec = EncoderSpec(
+            model=model,
+            weights=None if weights is None else Path(weights),
+            pretrained=pretrained,
+            image_size=image_size,
+            device=device,
+        )
+        options = MethodOptions(scoring or SetScoringConfig(), jas_r, top_k)
+        return cls.from_spec(
+            spec,
+            method,
+            calibration=calibration,
+            options=options,
+            threshold=threshold,
+            progress=progress,
+        )
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def name(self) -> str:
+        """The method's name."""
+        return self.method.name
+
+    @property
+    def image_size(self) -> int:
+        """The encoder's input size in pixels (maps come at this resolution)."""
+        return self.backend.image_size
+
+    @property
+    def bundle(self) -> Any:
+        """The bundle the encoder was opened from, or None for a model."""
+        return getattr(self.backend, "bundle", None)
+
+    def threshold(self, settings: dict[str, Any] | None = None) -> float | None:
+        """The OK/NG threshold: the one given, else the bundle's for this method and settings."""
+        if self._threshold is not None:
+            return self._threshold
+        bundle = self.bundle
+        if bundle is None:
+            self._note("no threshold given and no bundle: results carry scores, no OK/NG")
+            return None
+        from zsad.formats.thresholds import bundle_threshold, mismatched_settings
+
+        entry = bundle_threshold(bundle, self.name)
+        if entry is None:
+            self._note(
+                f"{bundle.root} has no {self.name} threshold (zsad calibrate-threshold): "
+                "results carry scores, no OK/NG"
+            )
+            return None
+        differ = mismatched_settings(entry, self.settings if settings is None else settings)
+        if differ:
+            self._note(
+                f"warning: the {self.name} threshold in {bundle.root} was calibrated with other "
+                f"settings ({', '.join(differ)}); recalibrate for reliable OK/NG"
+            )
+        return float(entry["score"])
+
+    def _note(self, line: str) -> None:
+        if line not in self.notes:
+            self.notes.append(line)
+
+    # ------------------------------------------------------------------ scoring
+
+    def encode(
+        self, images: Sequence[ImageInput], *, batch_size: int = 8, progress: bool | None = None
+    ) -> EncodedImages:
+        """Run the encoder over images; unreadable ones are listed in ``failures``."""
+        show = self.progress if progress is None else progress
+        return encode_images(self.backend, images, batch_size=batch_size, progress=show)
+
+    def score_set(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> SetResult:
+        """Score a set: one Result per input, in order; unreadable inputs carry an ``error``.
+
+        STAPS/MuSc score the images against each other (at least 2 readable; 50-200 of one
+        product is typical). HeadCLIP scores each on its own and decides OK/NG when a
+        threshold is set; set-relative STAPS scores carry no decision.
+        """
+        start = time.perf_counter()
+        encoded = self.encode(images, batch_size=batch_size, progress=progress)
+        encoded_at = time.perf_counter()
+        scores, maps, info = self._score_set(encoded)
+        timing = {
+            "encode_s": round(encoded_at - start, 3),
+            "score_s": round(time.perf_counter() - encoded_at, 3),
+        }
+        limit = self.threshold() if self.method.per_image else None
+        results: list[Result] = [Result(_label(image), None) for image in images]
+        for index, message in encoded.failures:
+            results[index].error = message
+        for row, index in enumerate(encoded.indices):
+            score = float(scores[row])
+            results[index] = Result(
+                _label(images[index]),
+                score,
+                maps[row],
+                self.image_size,
+                decision=_decide(score, limit),
+                threshold=limit,
+            )
+        return SetResult(results, info, timing)
+
+    def predict(self, image: ImageInput) -> Result:
+        """Score one image on its own: a path, a PIL image or an (H, W, 3) uint8 array."""
+        if not self.method.per_image:
+            raise ZsadError(
+                f"predict: {self.name} scores images against each other; use score_set(images) "
+                "or stream(bank=K) (a rolling bank of recent images)"
+            )
+        rgb = as_rgb_array(image)
+        pixels = preprocess_image(rgb, self.image_size, self.backend.mean, self.backend.std)
+        outputs = self.backend.run(pixels[None])
+        assert self.headclip is not None
+        scores, maps = self.headclip(outputs["cls"], outputs["local"])
+        score = float(scores[0])
+        limit = self.threshold()
+        return Result(_label(image), score, maps[0], self.image_size, _decide(score, limit), limit)
+
+    def stream(self, bank: int = 32, *, threshold: float | None = None) -> Stream:
+        """Score images one at a time in arrival order (STAPS: each against the last ``bank``)."""
+        if self.method.stream_scorer is None:
+            raise ZsadError(
+                f"stream: {self.name} does not score streams; use {' or '.join(STREAMABLE)}"
+            )
+        if bank < 2:
+            raise ZsadError(f"--bank {bank}: a bank holds at least 2 images")
+        scorer, settings = _factory(self.method.stream_scorer)(self.options, self.headclip, bank)
+        limit = threshold if threshold is not None else self.threshold(settings)
+        return Stream(self, scorer, settings, limit)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Release the encoder (ONNX Runtime sessions, TensorRT engines, CUDA memory)."""
+        self.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Detector({self.name!r}, {self.backend.name}, {self.image_size} px)"
+
+
+class Stream:
+    """Images in arrival order; ``add`` returns the images scored by that call (STAPS holds the
+    first ``bank`` images and scores them together once the bank is full)."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        scorer: StreamScorer,
+        settings: dict[str, Any],
+        threshold: float | None,
+    ) -> None:
+        self.detector = detector
+        self.scorer = scorer
+        self.settings = settings
+        self.threshold = threshold
+        self._labels: dict[int, str | None] = {}
+        self._next = 0
+
+    def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """The encoder outputs of one RGB uint8 image (a batch of 1)."""
+        backend = self.detector.backend
+        pixels = preprocess_image(image, backend.image_size, backend.mean, backend.std)
+        return backend.run(pixels[None])
+
+    def add(self, image: ImageInput) -> list[Result]:
+        """Take the next image; returns the results this made available (maybe none, or several)."""
+        outputs = self.encode(as_rgb_array(image))
+        position = self._next
+        self._next += 1
+        self._labels[position] = _label(image)
+        return self.results(self.scorer.add(outputs, position))
+
+    def flush(self) -> list[Result]:
+        """Score the images still held (the end of a finite stream shorter than the bank)."""
+        try:
+            return self.results(self.scorer.flush())
+        except ValueError as exc:
+            raise ZsadError(f"stream: {exc}") from exc
+
+    def decide(self, score: float) -> str | None:
+        """OK or NG against the threshold; None without one."""
+        return _decide(score, self.threshold)
+
+    def results(self, scored: list[Scored]) -> list[Result]:
+        """Scorer output as Results."""
+        return [
+            Result(
+                self._labels.pop(s.position, None),
+                s.score,
+                s.anomaly_map,
+                self.detector.image_size,
+                self.decide(s.score),
+                self.threshold,
+                index=s.position,
+            )
+            for s in scored
+        ]
+
+
+def _decide(score: float, threshold: float | None) -> str | None:
+    return None if threshold is None else ("NG" if score > threshold else "OK")
+
+
+def _label(image: ImageInput) -> str | None:
+    return str(image) if isinstance(image, (str, os.PathLike)) else None
+
+
+def _headclip_encoder(
+    spec: EncoderSpec, calibration: str | os.PathLike[str] | None
+) -> tuple[EncoderBackend, Any]:
+    """The HeadCLIP encoder and its artifact: from the bundle, or a model plus an artifact."""
+    from zsad.formats.artifact import load_artifact
+
+    if spec.deployed:
+        if calibration is not None:
+            raise ZsadError(
+                f"--calibration {calibration}: a headclip bundle carries its own calibration"
+            )
+        backend = open_encoder(spec, get_method("headclip").outputs)
+        bundle = backend.bundle  # type: ignore[attr-defined]
+        return backend, load_artifact(bundle.file(bundle.calibration))
+    if calibration is None:
+        raise ZsadError(
+            "--method headclip: needs --calibration ARTIFACT (from zsad calibrate) or a "
+            "headclip --bundle"
+        )
+    from zsad.api.encoders import require_torch
+
+    artifact = load_artifact(calibration, backbone=spec.model, image_size=spec.image_size)
+    require_torch(f"--model {spec.model}", "; or run a bundle with --bundle")
+    from zsad.model import load_clip
+    from zsad.model.backend import TorchBackend
+    from zsad.model.headclip import encoder_from_artifact
+
+    clip = load_clip(spec.model, weights=spec.weights, pretrained=spec.pretrained)
+    return TorchBackend(encoder_from_artifact(clip, artifact), device=spec.device), artifact

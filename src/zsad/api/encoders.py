@@ -1,0 +1,134 @@
+"""Where an encoder comes from: an exported bundle or engine (torch-free), or an open_clip model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from zsad.errors import ZsadError
+from zsad.formats.bundle import ENGINE_SUFFIXES, Bundle
+from zsad.runtime.backend import EncoderBackend
+
+DEFAULT_MODEL = "ViT-L-14-336"
+# The ViT-L/14 methods were published at 518 px (37 x 37 patches); other models default to the
+# input size they were built for.
+PAPER_IMAGE_SIZE = 518
+PAPER_MODELS = ("ViT-L-14-336", "ViT-L-14")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """An encoder to open: a bundle or engine when given, else the open_clip ``model``."""
+
+    model: str = DEFAULT_MODEL
+    weights: Path | None = None
+    pretrained: str = "openai"
+    image_size: int | None = None  # None: the bundle's, else the model's default
+    device: str = "auto"
+    bundle: Path | None = None
+    engine: Path | None = None
+
+    @property
+    def deployed(self) -> bool:
+        """Whether it runs from a bundle or an engine (no torch)."""
+        return self.bundle is not None or self.engine is not None
+
+    def bundle_root(self) -> Path | None:
+        """The bundle folder behind --bundle/--engine, or None for a model."""
+        path = self.engine if self.engine is not None else self.bundle
+        if path is None:
+            return None
+        return path if path.is_dir() else path.parent
+
+    def check_device(self) -> None:
+        """Fail early, in one line, when --device cuda cannot be honoured here."""
+        if self.device != "cuda" or self.engine is not None:
+            return
+        if self.deployed:
+            from zsad.runtime.onnx_backend import resolve_providers
+
+            resolve_providers("cuda")
+            return
+        require_torch(f"--model {self.model}")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ZsadError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
+
+    def describe(self) -> str:
+        """What the user named: the bundle, the engine or the model."""
+        return str(self.bundle or self.engine or self.model)
+
+
+def require_torch(what: str, alternative: str = "") -> None:
+    """Fail with one line naming the export extra when torch or open_clip is not installed."""
+    try:
+        import open_clip  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ZsadError(
+            f"{what} needs the export extra ({exc.name} is missing): pip install 'zsad[export]'"
+            + alternative
+        ) from exc
+
+
+def bundle_method(spec: EncoderSpec) -> str | None:
+    """The method the bundle behind ``spec`` was exported for (None for a model)."""
+    root = spec.bundle_root()
+    return None if root is None else Bundle.load(root).method
+
+
+def model_image_size(model: str, image_size: int | None) -> int:
+    """``image_size``, else 518 for the ViT-L/14 models, else the model's own input size."""
+    if image_size is not None:
+        return image_size
+    if model in PAPER_MODELS:
+        return PAPER_IMAGE_SIZE
+    import open_clip
+
+    config = open_clip.get_model_config(model) or {}
+    size = config.get("vision_cfg", {}).get("image_size", PAPER_IMAGE_SIZE)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def open_encoder(
+    spec: EncoderSpec, outputs: tuple[str, ...], *, taps: tuple[int, ...] | None = None
+) -> EncoderBackend:
+    """The bundle (ONNX Runtime) or engine (TensorRT) backend when given, else the torch one."""
+    if not spec.deployed:
+        return _torch_backend(spec, outputs, taps)
+    from zsad.runtime.open import open_backend
+
+    if spec.bundle is not None and spec.engine is not None:
+        raise ZsadError("--bundle and --engine: give one of them")
+    if spec.engine is not None and spec.engine.suffix not in ENGINE_SUFFIXES:
+        raise ZsadError(
+            f"--engine {spec.engine}: expected an .engine or .plan file from zsad export"
+        )
+    if spec.bundle is not None and spec.bundle.suffix in ENGINE_SUFFIXES:
+        raise ZsadError(f"--bundle {spec.bundle}: this is an engine file; pass it with --engine")
+    path = spec.engine if spec.engine is not None else spec.bundle
+    assert path is not None
+    backend = open_backend(path, device=spec.device, image_size=spec.image_size)
+    missing = [name for name in outputs if name not in backend.outputs]
+    if missing:
+        backend.close()
+        method = backend.bundle.method  # type: ignore[attr-defined]
+        raise ZsadError(
+            f"{path}: exported for --method {method} (outputs {', '.join(backend.outputs)}); "
+            f"this needs {', '.join(outputs)}"
+        )
+    return backend
+
+
+def _torch_backend(
+    spec: EncoderSpec, outputs: tuple[str, ...], taps: tuple[int, ...] | None
+) -> EncoderBackend:
+    require_torch(f"--model {spec.model}", "; or run a bundle with --bundle")
+    from zsad.model import DualPathEncoder, load_clip
+    from zsad.model.backend import TorchBackend
+
+    clip = load_clip(spec.model, weights=spec.weights, pretrained=spec.pretrained)
+    size = model_image_size(spec.model, spec.image_size)
+    encoder = DualPathEncoder(clip, image_size=size, taps=taps, outputs=outputs)
+    return TorchBackend(encoder, device=spec.device)

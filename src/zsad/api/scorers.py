@@ -1,0 +1,304 @@
+"""Scorers for each method: a set scorer (a batch of encoded images) and a stream scorer (one
+image at a time, in arrival order). The method registry names the factories below."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from zsad.errors import ZsadError
+from zsad.formats.artifact import HeadclipArtifact
+from zsad.runtime.encode import EncodedImages
+from zsad.scoring.maps import patch_grid
+from zsad.scoring.pipeline import SetScoringConfig
+
+if TYPE_CHECKING:
+    from zsad.scoring.stream import RollingStaps
+
+# (image scores (N,), maps (N, h, w) at any resolution, facts for the summary)
+SetScores = tuple[np.ndarray, np.ndarray, dict[str, Any]]
+SetScorer = Callable[[EncodedImages], SetScores]
+
+# Scoring settings a streamed STAPS score depends on (not where or how fast it runs): stored with
+# a threshold, so a station can tell when its threshold no longer fits.
+STAPS_SCORE_SETTINGS = (
+    "r_list",
+    "topmin_max",
+    "rscin_k",
+    "use_stas",
+    "window",
+    "gamma",
+    "alpha",
+    "stas_k",
+    "beta",
+)
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """The scoring choices of every method; each method reads its own."""
+
+    scoring: SetScoringConfig = field(default_factory=SetScoringConfig)
+    jas_r: float | None = None  # HeadCLIP: None = the artifact's
+    top_k: float | None = None
+
+
+@dataclass(frozen=True)
+class HeadclipScoring:
+    """HeadCLIP's per-image scoring: JAS image score and blurred pixel map from the artifact."""
+
+    artifact: HeadclipArtifact
+    image_size: int
+    r: float
+    top_k: float
+
+    @classmethod
+    def from_artifact(
+        cls, artifact: HeadclipArtifact, image_size: int, options: MethodOptions
+    ) -> HeadclipScoring:
+        """The artifact's hyperparameters, with ``options`` overriding JAS r and top-k."""
+        hp = artifact.hyperparameters
+        r = hp["jas_r"] if options.jas_r is None else options.jas_r
+        k = hp["top_k"] if options.top_k is None else options.top_k
+        return cls(artifact, image_size, float(r), float(k))
+
+    def __call__(self, cls: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cls (N, D), local (N, P, D)) -> (image scores (N,), pixel maps (N, S, S))."""
+        from zsad.scoring.headclip import score_headclip
+
+        hp = self.artifact.hyperparameters
+        return score_headclip(
+            cls,
+            local,
+            self.artifact.text_embeddings,
+            image_size=self.image_size,
+            r=self.r,
+            top_k=self.top_k,
+            temperature=hp["temperature"],
+            sigma=hp["sigma"],
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """What a HeadCLIP score depends on."""
+        return {
+            "method": "headclip",
+            "jas_r": self.r,
+            "top_k": self.top_k,
+            "backbone": self.artifact.backbone,
+        }
+
+
+def staps_settings(scoring: SetScoringConfig, bank: int) -> dict[str, Any]:
+    """What a streamed STAPS score depends on, in JSON types (stored with a threshold)."""
+    values = asdict(scoring)
+    settings = {"bank": bank, **{k: values[k] for k in STAPS_SCORE_SETTINGS}}
+    return json.loads(json.dumps(settings))
+
+
+def staps_set_scorer(
+    method: str, options: MethodOptions, headclip: HeadclipScoring | None, progress: bool
+) -> tuple[SetScorer, dict[str, Any]]:
+    """MuSc or STAPS over a set: every image against every other (at least 2)."""
+    scoring = replace(options.scoring, method=method)
+
+    def score(encoded: EncodedImages) -> SetScores:
+        from zsad.scoring.pipeline import score_set
+
+        if len(encoded) < 2:
+            raise ZsadError(f"{len(encoded)} readable image(s): mutual scoring needs at least 2")
+        result = score_set(
+            encoded.outputs["taps"], encoded.outputs["cls"], scoring, progress=progress
+        )
+        info = {k: v for k, v in result.info.items() if k != "order"}
+        return result.image_scores, result.patch_maps, info
+
+    return score, asdict(scoring)
+
+
+def headclip_set_scorer(
+    method: str, options: MethodOptions, headclip: HeadclipScoring | None, progress: bool
+) -> tuple[SetScorer, dict[str, Any]]:
+    """HeadCLIP over a set: each image on its own."""
+    assert headclip is not None
+
+    def score(encoded: EncodedImages) -> SetScores:
+        if not len(encoded):
+            raise ZsadError("no readable images to score")
+        scores, maps = headclip(encoded.outputs["cls"], encoded.outputs["local"])
+        return scores, maps, {"method": "headclip"}
+
+    return score, headclip.settings()
+
+
+def staps_stream_scorer(
+    options: MethodOptions, headclip: HeadclipScoring | None, bank: int
+) -> tuple[StreamScorer, dict[str, Any]]:
+    """STAPS against a rolling bank of the last ``bank`` images."""
+    from zsad.scoring.stream import RollingStaps
+
+    rolling = RollingStaps(replace(options.scoring, method="staps"), bank)
+    return StapsScorer(rolling), staps_settings(options.scoring, bank)
+
+
+def headclip_stream_scorer(
+    options: MethodOptions, headclip: HeadclipScoring | None, bank: int
+) -> tuple[StreamScorer, dict[str, Any]]:
+    """HeadCLIP one image at a time (no bank)."""
+    assert headclip is not None
+    return HeadclipScorer(headclip), headclip.settings()
+
+
+@dataclass
+class Scored:
+    """One image scored by a stream scorer: its arrival position, scores and map."""
+
+    position: int
+    score: float
+    raw_score: float
+    anomaly_map: np.ndarray  # (h, w): the patch grid, or pixels
+    phase: str
+
+
+class StreamScorer(Protocol):
+    """Scores images in arrival order; STAPS holds images during warm-up, HeadCLIP never does."""
+
+    method: str
+    restore_count: int  # scored images to put back after a restart
+
+    def add(self, outputs: dict[str, np.ndarray], position: int) -> list[Scored]:
+        """Score one image's encoder outputs (batch of 1); returns the images scored now."""
+        ...
+
+    def flush(self) -> list[Scored]:
+        """Score whatever is held (end of a finite stream)."""
+        ...
+
+    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+        """Put an image scored before a restart back into the scorer's memory."""
+        ...
+
+    def held(self) -> int:
+        """Images received and not yet scored."""
+        ...
+
+    def map_range(self) -> tuple[float, float] | None:
+        """Fixed overlay colour range, so overlays compare across the run."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """Small JSON state a restart needs."""
+        ...
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore ``state()``."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and memory facts for status.json."""
+        ...
+
+
+class StapsScorer:
+    """STAPS against a rolling bank (see zsad.scoring.stream)."""
+
+    method = "staps"
+
+    def __init__(self, rolling: RollingStaps) -> None:
+        self.rolling = rolling
+        self.restore_count = rolling.bank
+
+    def _scored(self, results: list[Any]) -> list[Scored]:
+        return [
+            Scored(r.position, r.score, r.raw_score, patch_grid(r.patch_map), r.phase)
+            for r in results
+        ]
+
+    def add(self, outputs: dict[str, np.ndarray], position: int) -> list[Scored]:
+        """Score one image against the bank (or hold it during warm-up)."""
+        return self._scored(self.rolling.add(outputs["taps"][0], outputs["cls"][0], position))
+
+    def flush(self) -> list[Scored]:
+        """Score the warm-up images held so far."""
+        return self._scored(self.rolling.flush())
+
+    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+        """Refill the bank with an image scored before the restart."""
+        self.rolling.restore(
+            outputs["taps"][0],
+            outputs["cls"][0],
+            int(record["index"]),
+            float(record["raw_score"]),
+            float(record["score"]),
+        )
+
+    def held(self) -> int:
+        """Warm-up images waiting for the bank to fill."""
+        return self.rolling.filled if self.rolling.warming_up else 0
+
+    def map_range(self) -> tuple[float, float] | None:
+        """The warm-up set's map range."""
+        return self.rolling.map_range
+
+    def state(self) -> dict[str, Any]:
+        """BGMPS weights and the overlay range."""
+        return self.rolling.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore the BGMPS weights and the overlay range."""
+        self.rolling.load_state(state)
+
+    def describe(self) -> dict[str, Any]:
+        """Bank size, fill and memory."""
+        per_image = self.rolling.bytes_per_image()
+        return {
+            "method": "staps",
+            "bank": self.rolling.bank,
+            "bank_filled": self.rolling.filled,
+            "bank_mb_per_image": round(per_image / 2**20, 3),
+            "bank_mb": round(per_image * self.rolling.bank / 2**20, 1),
+        }
+
+
+class HeadclipScorer:
+    """HeadCLIP: every image on its own, JAS image score and a blurred pixel map."""
+
+    method = "headclip"
+    restore_count = 0
+
+    def __init__(self, score: HeadclipScoring) -> None:
+        self._score = score
+
+    def add(self, outputs: dict[str, np.ndarray], position: int) -> list[Scored]:
+        """Score one image."""
+        scores, maps = self._score(outputs["cls"], outputs["local"])
+        return [Scored(position, float(scores[0]), float(scores[0]), maps[0], "stream")]
+
+    def flush(self) -> list[Scored]:
+        """Nothing is ever held."""
+        return []
+
+    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+    def held(self) -> int:
+        """Nothing is ever held."""
+        return 0
+
+    def map_range(self) -> tuple[float, float] | None:
+        """Maps are (1 - P_normal + P_abnormal) / 2, in [0, 1]."""
+        return (0.0, 1.0)
+
+    def state(self) -> dict[str, Any]:
+        """No state."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """No state."""
+
+    def describe(self) -> dict[str, Any]:
+        """The method."""
+        return {"method": "headclip"}

@@ -1,0 +1,53 @@
+"""The encoder backends a bench times, by --backend name: torch FP32/FP16 or a bundle's runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zsad.errors import ZsadError
+
+BACKENDS = ("torch-fp32", "torch-fp16", "onnxruntime", "trt", "rtx")
+
+
+def check_backends(names: list[str]) -> None:
+    """Fail with one line on names outside BACKENDS."""
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown:
+        raise ZsadError(f"--backend {','.join(unknown)}: choose from {', '.join(BACKENDS)}")
+
+
+def check_device(backend: str, device: str) -> None:
+    """torch-fp16 and the engines run only on a CUDA GPU."""
+    if backend in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
+        raise ZsadError(f"{backend} needs a CUDA GPU; this run is on {device}")
+
+
+def load_clip(model: str, weights: Path | None, pretrained: str) -> Any:
+    """The open_clip model behind the torch-* backends (torch imported here, not at import)."""
+    from zsad.model import load_clip as load
+
+    return load(model, weights=weights, pretrained=pretrained)
+
+
+def torch_backend(
+    clip: Any, name: str, image_size: int, device: str, outputs: tuple[str, ...]
+) -> Any:
+    """A TorchBackend for torch-fp32 / torch-fp16 over an already loaded CLIP."""
+    from zsad.model import DualPathEncoder
+    from zsad.model.backend import TorchBackend
+
+    encoder = DualPathEncoder(clip, image_size=image_size, outputs=outputs)
+    return TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
+
+
+def bundle_backend(name: str, bundle: Path | None, device: str) -> Any:
+    """The bundle's ONNX Runtime session (onnxruntime) or its engine (trt, rtx)."""
+    if bundle is None:
+        raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
+    from zsad.runtime.open import open_backend
+
+    path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
+    if name in ("trt", "rtx") and not path.exists():
+        raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
+    return open_backend(path, device=device, image_size=None)

@@ -1,0 +1,279 @@
+"""`zsad bench scoring`: MSM and full-set scoring time and memory versus N and bank size K."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsad.bench import measure as bm
+from zsad.bench import plots as bp
+from zsad.bench.report import say, write_report
+from zsad.errors import ZsadError
+
+BASELINE = (
+    "MuSc-style: full FP32 P x (N-1)P distance matrix per image (NumPy; CuPy for the "
+    "gpu_baseline columns)"
+)
+COLUMNS = [
+    "mode",
+    "n",
+    "bank",
+    "numpy_s",
+    "numpy_peak_mb",
+    "numpy_gflops",
+    "fraction_of_matmul",
+    "gpu_s",
+    "gpu_tflops",
+    "gpu_fraction_of_peak",
+    "baseline_s",
+    "baseline_peak_mb",
+    "speedup_vs_baseline",
+    "gpu_baseline_s",
+    "gpu_speedup_vs_gpu_baseline",
+    "score_set_s",
+    "score_set_gpu_s",
+]
+
+
+def bench_scoring(
+    out: Path,
+    *,
+    ns: list[int],
+    banks: list[int],
+    patches: int = 1369,
+    channels: int = 1024,
+    taps: int = 4,
+    memory_mb: float = 64.0,
+    max_baseline_mb: float = 2048.0,
+    numpy: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time MSM per set size N and bank size K; writes OUT/bench.json, bench.md and plots."""
+    if min(ns) < 2:
+        raise ZsadError("--n: mutual scoring needs at least 2 images")
+    gpu_reason = gpu_scoring_unavailable()
+    gpu = gpu_reason is None
+    if not (numpy or gpu):
+        raise ZsadError(
+            f"--no-numpy: nothing left to time, the GPU path is unavailable ({gpu_reason})"
+        )
+    env = bm.environment("cuda" if gpu else "cpu")
+    # MSM multiplies in float16 on the GPU, so that is the peak it is held to.
+    gpu_peak = bm.cupy_matmul_peak_tflops("float16") if gpu else None
+    shape = (patches, channels, memory_mb)
+    devices = (["cpu"] if numpy else []) + (["gpu"] if gpu else [])
+    rows: list[dict[str, Any]] = []
+    for size in ns:
+        feats = bm.unit_features(size, patches, channels, seed)
+        row: dict[str, Any] = {"mode": "set", "n": size, "bank": None}
+        row.update(_msm_row(feats, None, shape, numpy, gpu_peak))
+        need = bm.musc_baseline_mb(size, patches)
+        row["baseline_matrix_mb"] = round(need, 1)
+        if need <= max_baseline_mb:
+            row.update(_baseline_columns(feats, row, numpy, gpu))
+        for device in devices if taps else []:
+            row.update(_score_set_columns(size, taps, shape, seed, device))
+        say(f"N {size}: " + _msm_summary(row))
+        rows.append(row)
+    queries = bm.unit_features(min(ns), patches, channels, seed + 1)
+    for k in banks:
+        ref = bm.unit_features(k, patches, channels, seed + 2)
+        row = {"mode": "bank", "n": len(queries), "bank": k}
+        row.update(_msm_row(queries, ref, shape, numpy, gpu_peak))
+        say(f"bank {k}: " + _msm_summary(row))
+        rows.append(row)
+    config = {
+        "n": ns,
+        "bank": banks,
+        "patches": patches,
+        "channels": channels,
+        "taps": taps,
+        "memory_mb": memory_mb,
+        "max_baseline_mb": max_baseline_mb,
+        "seed": seed,
+        "numpy": numpy,
+        "baseline": BASELINE,
+    }
+    body = {
+        "gpu": gpu_reason or "available",
+        "gpu_matmul_peak_tflops": None if gpu_peak is None else {"float16": gpu_peak},
+        "rows": rows,
+    }
+    md = bm.markdown_table(rows, COLUMNS)
+    return write_report(out, "scoring", env, config, body, md, _plots(out, rows))
+
+
+def gpu_scoring_unavailable() -> str | None:
+    """None when CuPy sees a CUDA device, else why the GPU path is skipped."""
+    from zsad.scoring._xp import array_module
+
+    try:
+        xp = array_module("gpu")
+    except Exception as exc:  # noqa: BLE001 - any failure means "no GPU path here"
+        return str(exc).splitlines()[0]
+    return None if xp is not np else "CuPy did not find a CUDA device"
+
+
+def _msm_row(
+    feats: np.ndarray,
+    bank: np.ndarray | None,
+    shape: tuple[int, int, float],
+    numpy: bool,
+    gpu_peak: float | None,
+) -> dict[str, Any]:
+    """MSM at one shape: NumPy time, memory and matmul fraction; GPU time against its peak."""
+    from zsad.scoring import mutual_scores
+
+    patches, channels, budget = shape
+    n = feats.shape[0]
+    flops = bm.msm_flops(n, 0 if bank is None else bank.shape[0], patches, channels, bank is None)
+    row: dict[str, Any] = {"gflop": round(flops / 1e9, 2)}
+    if numpy:
+        seconds, peak = bm.traced_peak(
+            lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="cpu")
+        )
+        rows = max(patches, int(budget * 2**20) // (patches * 4))
+        matmul = bm.numpy_matmul_seconds(rows, channels, patches, flops)
+        row.update(
+            numpy_s=round(seconds, 4),
+            numpy_s_per_image=round(seconds / n, 5),
+            numpy_peak_mb=peak,
+            numpy_gflops=round(flops / seconds / 1e9, 1),
+            matmul_same_flops_s=round(matmul, 4),
+            fraction_of_matmul=round(matmul / seconds, 3),
+        )
+    if gpu_peak is not None:
+        gpu_s, pool_mb = _gpu_timed(
+            lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="gpu")
+        )
+        row.update(
+            gpu_s=_sig(gpu_s),
+            gpu_s_per_image=_sig(gpu_s / n),
+            gpu_pool_mb=pool_mb,
+            gpu_tflops=round(flops / gpu_s / 1e12, 2),
+            gpu_fraction_of_peak=round(flops / gpu_s / 1e12 / gpu_peak, 3),
+        )
+        if numpy:
+            row["gpu_vs_numpy"] = round(row["numpy_s"] / gpu_s, 2)
+    return row
+
+
+def _sig(seconds: float) -> float:
+    """Four significant digits: GPU times are milliseconds, where fixed decimals lose them."""
+    return float(f"{seconds:.4g}")
+
+
+def _gpu_timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Seconds of a second host-ending call of ``fn``, and MiB CuPy's pool grew to in the first."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    fn()  # warm-up: kernels compiled, cuBLAS handles made, the pool grown to the call's peak
+    # The pool keeps every block it grew to, so what it holds now is the call's peak.
+    held_mb = round(pool.total_bytes() / 2**20, 1)
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start, held_mb
+
+
+def _baseline_columns(
+    feats: np.ndarray, row: dict[str, Any], numpy: bool, gpu: bool
+) -> dict[str, Any]:
+    """The MuSc-style baseline where MSM ran: NumPy, and CuPy FP32 as MuSc runs it with torch."""
+    out: dict[str, Any] = {}
+    if numpy:
+        seconds, peak = bm.traced_peak(lambda: bm.musc_baseline(feats))
+        out.update(
+            baseline_s=round(seconds, 4),
+            baseline_peak_mb=peak,
+            speedup_vs_baseline=round(seconds / row["numpy_s"], 2),
+            memory_vs_baseline=round(peak / max(row["numpy_peak_mb"], 1e-3), 2),
+        )
+    if gpu:
+        import cupy
+
+        on_gpu = cupy.asarray(feats)
+        seconds, pool_mb = _gpu_timed(lambda: bm.musc_baseline(on_gpu))
+        out.update(
+            gpu_baseline_s=_sig(seconds),
+            gpu_baseline_pool_mb=pool_mb,
+            gpu_speedup_vs_gpu_baseline=round(seconds / row["gpu_s"], 2),
+        )
+    return out
+
+
+def _score_set_columns(
+    n: int, taps: int, shape: tuple[int, int, float], seed: int, device: str
+) -> dict[str, Any]:
+    """Time the whole STAPS scoring (LNAMD, MSM per (tap, r), BGMPS, STAS) at this shape."""
+    from zsad.scoring.pipeline import SetScoringConfig, score_set
+
+    patches, channels, budget = shape
+    rng = np.random.default_rng(seed)
+    tokens = rng.standard_normal((n, taps, patches + 1, channels), dtype=np.float32)
+    cls = rng.standard_normal((n, 512), dtype=np.float32)
+    config = SetScoringConfig(memory_budget_mb=budget, device=device, seed=seed)
+    if device == "gpu":
+        seconds, pool_mb = _gpu_timed(lambda: score_set(tokens, cls, config))
+        return {"score_set_gpu_s": _sig(seconds), "score_set_gpu_pool_mb": pool_mb}
+    seconds, peak = bm.traced_peak(lambda: score_set(tokens, cls, config))
+    return {"score_set_s": round(seconds, 4), "score_set_peak_mb": peak}
+
+
+def _msm_summary(row: dict[str, Any]) -> str:
+    parts = []
+    if "numpy_s" in row:
+        parts.append(f"NumPy {row['numpy_s']} s ({row['fraction_of_matmul']} of matmul)")
+    if "gpu_s" in row:
+        parts.append(f"GPU {row['gpu_s']} s ({row['gpu_fraction_of_peak']} of fp16 peak)")
+    return "MSM " + ", ".join(parts)
+
+
+def _plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    sets = [r for r in rows if r["mode"] == "set"]
+    banks = [r for r in rows if r["mode"] == "bank"]
+    labels = {
+        "numpy_s": "MSM, NumPy",
+        "gpu_s": "MSM, GPU",
+        "baseline_s": "MuSc-style baseline",
+        "gpu_baseline_s": "MuSc-style baseline, GPU",
+        "score_set_s": "full score_set",
+        "score_set_gpu_s": "full score_set, GPU",
+    }
+    versus_n = {
+        label: [(r["n"], r[key]) for r in sets if r.get(key) is not None]
+        for key, label in labels.items()
+    }
+    plots = [
+        bp.line_chart(
+            out / "scoring_vs_n.png",
+            versus_n,
+            title="Scoring time vs set size N",
+            xlabel="N images",
+            ylabel="seconds",
+            logx=True,
+            logy=True,
+        )
+    ]
+    if banks:
+        per_image = {"numpy_s_per_image": "MSM, NumPy", "gpu_s_per_image": "MSM, GPU"}
+        versus_k = {
+            label: [(r["bank"], r[key]) for r in banks if key in r]
+            for key, label in per_image.items()
+        }
+        plots.append(
+            bp.line_chart(
+                out / "scoring_vs_bank.png",
+                versus_k,
+                title="Single-image scoring time vs bank size K",
+                xlabel="bank size K",
+                ylabel="seconds per image",
+                logx=True,
+            )
+        )
+    return plots

@@ -1,0 +1,418 @@
+"""Options shared by the zsad commands, each declared once; option groups arrive in a command as
+one object (an EncoderSpec, a SetScoringConfig, MethodOptions)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from zsad.errors import ZsadError
+from zsad.formats.methods import METHODS, STREAMABLE
+
+SCORING_PANEL = "Training-free scoring (staps / musc)"
+HEADCLIP_PANEL = "HeadCLIP"
+STATION_PANEL = "Station"
+ENCODER_PANEL = "Encoder"
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="open_clip ViT architecture. 'zsad-tiny' is a small random model for tests and demos.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="Local checkpoint (.safetensors or a state-dict .pt) to load.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+PretrainedOpt = Annotated[
+    str,
+    typer.Option(
+        "--pretrained",
+        help="open_clip pretrained tag used when no --weights is given; 'random' asks for random "
+        "weights (timing only).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+ImageSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--image-size",
+        min=14,
+        help="Encoder input size in pixels (multiple of the patch size).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+DeviceOpt = Annotated[
+    Literal["auto", "cpu", "cuda"],
+    typer.Option(
+        "--device",
+        help="Where to run: auto, cpu, cuda (the GPU when one is present).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+MaybeImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--image-size",
+        min=14,
+        help="Encoder input size in pixels (multiple of the patch size); default: the bundle's "
+        "with --bundle/--engine, 518 for the ViT-L/14 models, else the model's own size.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+BundleOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--bundle",
+        help="Run the encoder from a `zsad export` bundle (its folder, or one of its .onnx files) "
+        "on ONNX Runtime; no torch needed. --model/--weights are then ignored.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+EngineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--engine",
+        help="Run the encoder on a bundle's TensorRT engine (BUNDLE/encoder.engine) on the GPU.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder call.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data, orders, clustering).")]
+ProgressOpt = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show progress bars on stderr.")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")]
+OverlaysOpt = Annotated[
+    bool, typer.Option("--overlays/--no-overlays", help="Write heatmap overlay PNGs.")
+]
+MethodOpt = Annotated[
+    Literal[tuple(METHODS)],
+    typer.Option(
+        "--method",
+        help="staps (MuSc maps + BGMPS + STAS), musc (MuSc), or headclip (needs --calibration "
+        "or a headclip bundle).",
+    ),
+]
+StreamMethodOpt = Annotated[
+    Literal[STREAMABLE] | None,
+    typer.Option(
+        "--method",
+        help="staps (rolling bank) or headclip (each image on its own). Default: the bundle's "
+        "method, else staps.",
+    ),
+]
+BankOpt = Annotated[
+    int,
+    typer.Option(
+        "--bank",
+        min=2,
+        help="STAPS: each image is scored against the last K images. The first K are held "
+        "and scored together once the bank is full (warm-up).",
+        rich_help_panel=STATION_PANEL,
+    ),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="NG when the score is above this. Default: the bundle's, from `zsad "
+        "calibrate-threshold`; without one, results carry scores and no decision.",
+        rich_help_panel=STATION_PANEL,
+    ),
+]
+
+
+# ---------------------------------------------------------------------- option groups
+
+
+def option_parameter(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    """A keyword parameter carrying a typer option, for option groups."""
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+def option_group(
+    target: str, parameters: list[inspect.Parameter], build: Callable[[dict[str, Any]], Any]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding ``parameters`` to a command, which receives ``build(their values,
+    the command's other values)`` as its ``target`` argument instead."""
+    names = [p.name for p in parameters]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return command(**kwargs, **{target: build({**values, "_command": kwargs})})
+
+        own = [
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.name != target
+        ]
+        wrapper.__signature__ = inspect.Signature(own + parameters)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+_ENCODER_OPTIONS = {
+    "model": (ModelOpt, "ViT-L-14-336"),
+    "weights": (WeightsOpt, None),
+    "pretrained": (PretrainedOpt, "openai"),
+    "image_size": (MaybeImageSizeOpt, None),
+    "device": (DeviceOpt, "auto"),
+    "bundle": (BundleOpt, None),
+    "engine": (EngineOpt, None),
+}
+
+
+def encoder_options(
+    only: tuple[str, ...] = tuple(_ENCODER_OPTIONS),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The encoder options (--model ... --engine, or ``only`` these), given as ``encoder``."""
+    from zsad.api.encoders import EncoderSpec
+
+    parameters = [option_parameter(f"enc_{n}", *_ENCODER_OPTIONS[n]) for n in only]
+
+    def build(values: dict[str, Any]) -> EncoderSpec:
+        spec = EncoderSpec(**{n: values[f"enc_{n}"] for n in only})
+        spec.check_device()
+        return spec
+
+    return option_group("encoder", parameters, build)
+
+
+# (config field, flag, help, extra typer.Option arguments); bool fields become --x/--no-x.
+_SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("r_list", "--r-list", "LNAMD aggregation degrees r, comma-separated (odd).", {}),
+    (
+        "topmin_max",
+        "--topmin",
+        "MSM: fraction of the other images whose distances are averaged.",
+        {"min": 0.0, "max": 1.0},
+    ),
+    (
+        "memory_budget_mb",
+        "--memory-mb",
+        "MSM: upper bound of each temporary buffer, in MB.",
+        {"min": 1.0},
+    ),
+    (
+        "device",
+        "--score-device",
+        "LNAMD and MSM on auto, cpu or gpu (CuPy).",
+        {"kind": Literal["auto", "cpu", "gpu"]},
+    ),
+    ("rscin_k", "--rscin-k", "RsCIN neighbour counts k (MuSc, or STAPS with --no-stas).", {}),
+    (
+        "use_stas",
+        "--stas",
+        "STAPS: STAS image scores (--no-stas: MuSc's RsCIN). Default: on for a set, off on a "
+        "stream.",
+        {},
+    ),
+    ("window", "--window", "STAS: temporal window L (images on each side).", {"min": 0}),
+    ("gamma", "--gamma", "STAS: temporal decay gamma^|i-j|.", {"min": 0.0, "max": 1.0}),
+    (
+        "alpha",
+        "--alpha",
+        "STAS: weight of semantic vs temporal affinity.",
+        {"min": 0.0, "max": 1.0},
+    ),
+    ("stas_k", "--stas-k", "STAS: neighbour counts k, comma-separated.", {}),
+    (
+        "beta",
+        "--beta",
+        "STAS: EMA factor along the sequence (0 disables the EMA).",
+        {"min": 0.0, "max": 1.0},
+    ),
+    (
+        "order",
+        "--order",
+        "STAS sequence: shuffle (seeded) or input (the order the images were given in).",
+        {"kind": Literal["shuffle", "input"]},
+    ),
+    ("use_bgmps", "--bgmps", "STAPS: BGMPS map fusion (--no-bgmps: mean of all maps).", {}),
+    (
+        "embed",
+        "--embed",
+        "BGMPS: expert embedding, dct or svd.",
+        {"kind": Literal["dct", "svd"]},
+    ),
+    (
+        "cluster",
+        "--cluster",
+        "BGMPS: clustering, bgmm or kmeans.",
+        {"kind": Literal["bgmm", "kmeans"]},
+    ),
+    ("dim", "--dim", "BGMPS: embedding dimension d.", {"min": 1}),
+    ("n_components", "--components", "BGMPS: upper bound on the number of clusters.", {"min": 1}),
+    (
+        "top_percent",
+        "--top-percent",
+        "BGMPS: evidence = mean of the top p% map values.",
+        {"min": 0.0, "max": 100.0},
+    ),
+)
+# Parameter names are prefixed so they never clash with a command's own (e.g. --device).
+_PREFIX = "scoring_"
+# The scoring options that make no sense on a stream: it has no set to fuse or order.
+STREAM_EXCLUDED = ("order", "use_bgmps", "embed", "cluster", "dim", "n_components", "top_percent")
+# On a stream of independent parts STAS's temporal term and EMA pass a defect's score on to the
+# next parts, so a station runs without STAS unless asked (docs/station.md).
+STREAM_DEFAULTS = {"use_stas": False}
+
+
+def _scoring_defaults() -> dict[str, Any]:
+    from zsad.scoring.pipeline import SetScoringConfig
+
+    return {f.name: getattr(SetScoringConfig(), f.name) for f in fields(SetScoringConfig)}
+
+
+def _scoring_parameter(
+    name: str, flag: str, help_text: str, extra: dict[str, Any], default: Any
+) -> inspect.Parameter:
+    if name == "use_stas":
+        # Unset means "the default for how the images come": a set or a stream.
+        decls, kind, default = [f"{flag}/--no-{flag[2:]}"], bool | None, None
+    elif isinstance(default, bool):
+        decls = [f"{flag}/--no-{flag[2:]}"]
+        kind = bool
+    elif isinstance(default, tuple):
+        decls, kind, default = [flag], str, ",".join(str(v) for v in default)
+    else:
+        decls, kind = [flag], type(default)
+    extra = dict(extra)
+    kind = extra.pop("kind", kind)
+    option = typer.Option(*decls, help=help_text, rich_help_panel=SCORING_PANEL, **extra)
+    return option_parameter(_PREFIX + name, Annotated[kind, option], default)
+
+
+def _int_tuple(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ZsadError(f"{flag} {text!r}: expected comma-separated positive integers")
+    return values
+
+
+def build_scoring(values: dict[str, Any], seed: int) -> Any:
+    """Turn parsed option values into a SetScoringConfig, with one-line errors."""
+    from zsad.scoring.pipeline import SetScoringConfig
+
+    flags = {name: flag for name, flag, _, _ in _SCORING_OPTIONS}
+    for name, default in _scoring_defaults().items():
+        if isinstance(default, tuple) and isinstance(values.get(name), str):
+            values[name] = _int_tuple(flags[name], values[name])
+    if any(r % 2 == 0 for r in values.get("r_list", ())):
+        raise ZsadError(f"--r-list {values['r_list']}: aggregation degrees must be odd")
+    try:
+        return SetScoringConfig(**values, seed=seed)
+    except ValueError as exc:
+        raise ZsadError(f"scoring options: {exc}") from exc
+
+
+def scoring_options(
+    exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The training-free scoring options, given as ``scoring`` (a SetScoringConfig); ``exclude``
+    ones keep their default, and ``defaults`` overrides the config's defaults."""
+    start = {**_scoring_defaults(), **(defaults or {})}
+    options = [option for option in _SCORING_OPTIONS if option[0] not in exclude]
+    names = [option[0] for option in options]
+    fixed = {name: start[name] for name, *_ in _SCORING_OPTIONS if name in exclude}
+    parameters = [_scoring_parameter(*option, start[option[0]]) for option in options]
+
+    def build(values: dict[str, Any]) -> Any:
+        chosen = {**fixed, **{name: values[_PREFIX + name] for name in names}}
+        if chosen.get("use_stas") is None:
+            streaming = values["_command"].get("stream", False)
+            chosen["use_stas"] = STREAM_DEFAULTS["use_stas"] if streaming else start["use_stas"]
+        return build_scoring(chosen, values["_command"].get("seed", 0))
+
+    return option_group("scoring", parameters, build)
+
+
+_HEADCLIP_OPTIONS = {
+    "calibration": (
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--calibration",
+                help="HeadCLIP artifact from `zsad calibrate` (torch path).",
+                rich_help_panel=HEADCLIP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "jas_r": (
+        Annotated[
+            float | None,
+            typer.Option(
+                "--jas-r",
+                min=0.0,
+                max=1.0,
+                help="JAS weight of the global (CLS) score; 1 = no JAS. Default: the artifact's.",
+                rich_help_panel=HEADCLIP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "top_k": (
+        Annotated[
+            float | None,
+            typer.Option(
+                "--top-k",
+                min=0.0,
+                max=100.0,
+                help="JAS: percent of the highest map pixels averaged. Default: the artifact's.",
+                rich_help_panel=HEADCLIP_PANEL,
+            ),
+        ],
+        None,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class HeadclipFlags:
+    """--calibration, --jas-r and --top-k as given."""
+
+    calibration: Path | None = None
+    jas_r: float | None = None
+    top_k: float | None = None
+
+    def options(self, scoring: Any) -> Any:
+        """MethodOptions with these HeadCLIP choices and ``scoring``."""
+        from zsad.api.scorers import MethodOptions
+
+        return MethodOptions(scoring, self.jas_r, self.top_k)
+
+
+def headclip_options(
+    calibration: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The HeadCLIP options (with --calibration unless told not), given as ``headclip``."""
+    names = ("calibration", "jas_r", "top_k") if calibration else ("jas_r", "top_k")
+    parameters = [option_parameter(f"hc_{n}", *_HEADCLIP_OPTIONS[n]) for n in names]
+
+    def build(values: dict[str, Any]) -> HeadclipFlags:
+        return HeadclipFlags(**{n: values[f"hc_{n}"] for n in names})
+
+    return option_group("headclip", parameters, build)

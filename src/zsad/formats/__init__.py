@@ -1,0 +1,1 @@
+"""zsad.formats."""

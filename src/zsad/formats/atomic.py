@@ -1,0 +1,51 @@
+"""Atomic file writes: a temporary file beside the target, fsync, then a rename, so readers and
+restarts never see a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success it is fsync'd and renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_open(path) as handle:
+        handle.write(text)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write indented JSON atomically."""
+    write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Write one JSON object per line, atomically."""
+    write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write a .npy file atomically."""
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array)

@@ -1,0 +1,46 @@
+"""Open the encoder backend a bundle directory, ONNX file or engine file calls for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from zsad.errors import ZsadError
+from zsad.formats.bundle import ENGINE_SUFFIXES, FP16_ONNX, FP32_ONNX, Bundle
+from zsad.runtime.backend import EncoderBackend
+
+
+def open_backend(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    image_size: int | None = None,
+) -> EncoderBackend:
+    """Open an encoder backend from a bundle directory, an ONNX file or an engine inside one.
+
+    ``.onnx`` runs on ONNX Runtime; ``.engine``/``.plan`` on the TensorRT flavour bundle.json
+    records. A bundle directory runs ONNX Runtime: the FP16 file on CUDA, the FP32 file on CPU.
+    ``image_size``, when given, must equal the bundle's.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ZsadError(f"{path}: no such file or directory")
+    bundle = Bundle.load(path if path.is_dir() else path.parent)
+    if image_size is not None and image_size != bundle.image_size:
+        raise ZsadError(
+            f"--image-size {image_size}: bundle {bundle.root} was exported for "
+            f"{bundle.image_size} px (the size is fixed at export)"
+        )
+    if path.suffix in ENGINE_SUFFIXES:
+        from zsad.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(bundle, path.name, device=device)
+    from zsad.runtime.onnx_backend import OnnxBackend, resolve_providers
+
+    if path.is_dir():
+        providers = resolve_providers(device)
+        name = FP16_ONNX if providers[0] == "CUDAExecutionProvider" else FP32_ONNX
+        return OnnxBackend(bundle, name, providers=providers)
+    if path.suffix == ".onnx":
+        return OnnxBackend(bundle, path.name, providers=resolve_providers(device))
+    raise ZsadError(f"{path}: expected a bundle directory, an .onnx file or an .engine/.plan file")

@@ -1,0 +1,1 @@
+"""zsad.station: score images one by one as they arrive, never losing or repeating a result."""
