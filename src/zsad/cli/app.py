@@ -29,6 +29,7 @@ def _register() -> None:
         calibrate_cmds,
         data_cmds,
         detect_cmds,
+        eval_cmds,
         export_cmds,
         station_cmds,
     )
@@ -37,6 +38,7 @@ def _register() -> None:
     calibrate_cmds.register(app)
     data_cmds.register(app)
     detect_cmds.register(app)
+    eval_cmds.register(app)
     export_cmds.register(app)
     station_cmds.register(app)
 
