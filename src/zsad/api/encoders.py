@@ -86,6 +86,8 @@ def model_image_size(model: str, image_size: int | None) -> int:
         return PAPER_IMAGE_SIZE
     import open_clip
 
+    import zsad.model.loading  # noqa: F401  (registers zsad-tiny's config with open_clip)
+
     config = open_clip.get_model_config(model) or {}
     size = config.get("vision_cfg", {}).get("image_size", PAPER_IMAGE_SIZE)
     return int(size[0] if isinstance(size, (list, tuple)) else size)

@@ -27,12 +27,29 @@ def make_data(
     typer.echo(f"wrote {len(written)} categories to {out_dir}: {', '.join(written)}")
 
 
-def models() -> None:
-    """List the image encoders zsad can build (needs the export extra)."""
-    from zsad.model.loading import available_models
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
+) -> None:
+    """List the image encoders zsad can run (needs the export extra): name, patch size, the
+    input size zsad uses by default, the methods, and open_clip's pretrained tags."""
+    import json
 
-    for name in available_models():
-        typer.echo(name)
+    from zsad.api.encoders import model_image_size, require_torch
+
+    require_torch("zsad models")
+    from zsad.model.loading import supported_models
+
+    for model in supported_models():
+        model["default_image_size"] = model_image_size(model["name"], None)
+        if as_json:
+            typer.echo(json.dumps(model))
+            continue
+        tags = model["pretrained"]
+        shown = ",".join(tags[:3]) + (f" (+{len(tags) - 3})" if len(tags) > 3 else "")
+        typer.echo(
+            f"{model['name']:<30} patch {model['patch_size']:>2}  default "
+            f"{model['default_image_size']:>3} px  {'/'.join(model['methods']):<20} {shown or '-'}"
+        )
 
 
 def register(app: typer.Typer) -> None:

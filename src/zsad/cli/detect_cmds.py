@@ -26,6 +26,7 @@ from zsad.cli.options import (
 )
 from zsad.errors import ZsadError
 
+PARTIAL_FAILURE_EXIT = 3  # infer finished, but some images could not be read
 ImagesArg = Annotated[
     list[str] | None,
     typer.Argument(help="Images to score: folders, globs, files or .txt lists."),
@@ -53,9 +54,15 @@ def detector(
     """The Detector these options describe."""
     from zsad.api.detector import Detector
 
-    return Detector.from_spec(
+    det = Detector.from_spec(
         encoder, method, calibration=headclip.calibration, options=headclip.options(scoring), **kw
     )
+    if not encoder.deployed and encoder.image_size is None:
+        echo_err(
+            f"zsad: --model {encoder.model}: {det.image_size} px input (its default; "
+            "--image-size to change)"
+        )
+    return det
 
 
 @scoring_options()
@@ -84,12 +91,15 @@ def infer(
     image: path, score, map, overlay, error), OUT/maps/*.npy (float16 pixel maps at the encoder
     size), OUT/overlays/*.png and OUT/summary.json. Unreadable files are reported and skipped.
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
+    Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
     if stream:
         if images:
             raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
+        from zsad.formats.atomic import check_writable_folder
         from zsad.station.run import stream_paths
 
+        check_writable_folder(out)
         with detector(encoder, method, headclip, scoring) as det:
             stream_paths(
                 det,
@@ -105,7 +115,9 @@ def infer(
         raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
     from zsad.api.infer import infer_to_folder
     from zsad.data.datasets import read_folder
+    from zsad.formats.atomic import check_writable_folder
 
+    check_writable_folder(out)
     paths = [s.path for s in read_folder(images)]
     with detector(
         encoder, method, headclip, scoring, threshold=threshold, progress=progress
@@ -114,6 +126,9 @@ def infer(
             det, paths, out, batch_size=batch_size, overlays=overlays, echo=echo_err
         )
     typer.echo(f"scored {summary['scored']} of {len(paths)} images -> {out / 'results.jsonl'}")
+    if summary["failed"]:
+        # Done, with failures: a script can tell this apart from 0 (all scored) and 2 (usage).
+        raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 
 def demo(

@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from zsad.errors import ZsadError
+
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
@@ -49,3 +51,18 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     """Write a .npy file atomically."""
     with atomic_open(path, "wb") as handle:
         np.save(handle, array)
+
+
+def check_writable_folder(path: Path, option: str = "--out") -> None:
+    """Create ``path`` if needed and prove a file can be written there, or fail in one line
+    before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ZsadError(f"{option} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".zsad-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ZsadError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -18,9 +19,40 @@ _CONFIG_DIR = Path(__file__).with_name("configs")
 open_clip.add_model_config(_CONFIG_DIR)
 
 
-def available_models() -> list[str]:
-    """Names of the ViT architectures open_clip can build, including zsad-tiny."""
-    return [name for name in open_clip.list_models() if "ViT" in name or name == TINY_MODEL]
+def supported_models() -> list[dict[str, Any]]:
+    """The open_clip architectures zsad can run, from their configs (nothing is built): a
+    CLS-token ViT image tower (no timm towers, no attention pooling, no CoCa); HeadCLIP also
+    needs open_clip's own text transformer for its prompts."""
+    tags: dict[str, list[str]] = {}
+    for name, tag in open_clip.list_pretrained():
+        tags.setdefault(name, []).append(tag)
+    models = []
+    for name in open_clip.list_models():
+        config = open_clip.get_model_config(name) or {}
+        vision = config.get("vision_cfg", {})
+        unsupported = (
+            vision.get("timm_model_name")
+            or "multimodal_cfg" in config
+            or vision.get("attentional_pool")
+            or vision.get("pool_type", "tok") != "tok"
+            or vision.get("global_average_pool")
+            or vision.get("final_ln_after_pool")
+            or not vision.get("patch_size")
+        )
+        if unsupported:
+            continue
+        text_is_open_clip = not config.get("text_cfg", {}).get("hf_model_name")
+        size = vision.get("image_size", 224)
+        models.append(
+            {
+                "name": name,
+                "patch_size": vision["patch_size"],
+                "image_size": size[0] if isinstance(size, list | tuple) else size,
+                "methods": ["staps", "musc"] + (["headclip"] if text_is_open_clip else []),
+                "pretrained": sorted(tags.get(name, [])),
+            }
+        )
+    return models
 
 
 def load_clip(

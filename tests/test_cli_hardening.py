@@ -1,0 +1,95 @@
+"""What a newcomer hits first: bad --out, bad option values, partial failures, default sizes and
+the model list, each answered before any work and in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import TORCH, one_line_error, zsad
+from zsad.api.encoders import model_image_size
+from zsad.data.synthetic import make_dataset
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hardening")
+    make_dataset(root, seed=3, categories=["grid"], size=64)
+    return root / "grid" / "test" / "good"
+
+
+def test_an_unusable_out_is_refused_before_any_work(folder: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for out, needle in ((a_file, "is not a folder"), (a_file / "sub", "cannot write there")):
+        result = zsad("infer", str(folder), "--model", "zsad-tiny", "--out", str(out))
+        # One line and nothing else: the model was never built, no image was encoded.
+        one_line_error(result, f"--out {out}", needle)
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        (["--embed", "foo"], "'foo' is not one of 'dct', 'svd'"),
+        (["--cluster", "foo"], "'foo' is not one of 'bgmm', 'kmeans'"),
+        (["--beta", "2"], "--beta"),
+        (["--topmin", "5"], "--topmin"),
+        (["--order", "sideways"], "--order"),
+        (["--score-device", "tpu"], "--score-device"),
+        (["--device", "tpu"], "--device"),
+        (["--method", "magic"], "--method"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--bank", "1"], "--bank"),
+    ],
+)
+def test_invalid_option_values_are_one_line_usage_errors(
+    folder: Path, tmp_path: Path, option: list[str], needle: str
+) -> None:
+    result = zsad("infer", str(folder), "--model", "zsad-tiny", "--out", str(tmp_path), *option)
+    one_line_error(result, needle, "zsad infer --help")
+
+
+def test_device_cuda_without_a_gpu_is_refused_up_front(folder: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = zsad("infer", str(folder), "--model", "zsad-tiny", "--device", "cuda")
+    one_line_error(result, "--device cuda", "--device cpu")
+
+
+def test_exit_status_tells_partial_failure_from_success(folder: Path, tmp_path: Path) -> None:
+    images = sorted(folder.glob("*.png"))[:4]
+    args = ["--model", "zsad-tiny", "--no-progress"]
+    good = zsad("infer", *map(str, images), "--out", str(tmp_path / "good"), *args)
+    assert good.returncode == 0, good.stderr
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    partial = zsad("infer", *map(str, images), str(broken), "--out", str(tmp_path / "p"), *args)
+    assert partial.returncode == 3, partial.stderr
+    assert "scored 4 of 5 images" in partial.stdout
+
+
+def test_the_default_input_size_comes_from_the_model(folder: Path, tmp_path: Path) -> None:
+    assert model_image_size("ViT-L-14-336", None) == 518
+    assert model_image_size("ViT-B-16", None) == 224  # 518 is not a multiple of its patch
+    assert model_image_size("zsad-tiny", None) == 224
+    assert model_image_size("ViT-B-16", 320) == 320
+    images = sorted(folder.glob("*.png"))[:3]
+    out = tmp_path / "out"
+    result = zsad("infer", *map(str, images), "--model", "zsad-tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "--model zsad-tiny: 224 px input" in result.stderr
+    assert json.loads((out / "summary.json").read_text())["image_size"] == 224
+
+
+def test_models_lists_what_zsad_runs() -> None:
+    result = zsad("models", "--json")
+    assert result.returncode == 0, result.stderr
+    models = {m["name"]: m for m in map(json.loads, result.stdout.splitlines())}
+    assert models["ViT-L-14-336"]["default_image_size"] == 518
+    assert "headclip" in models["zsad-tiny"]["methods"]
+    assert not [name for name in models if "SigLIP" in name or "coca" in name or "RN50" in name]
+    blocked = zsad("models", block=TORCH)
+    one_line_error(blocked, "zsad models", "zsad[export]")
