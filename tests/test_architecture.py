@@ -125,3 +125,16 @@ def test_the_command_line_is_a_thin_layer() -> None:
                 if length > 60:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def test_the_command_line_starts_without_heavy_imports() -> None:
+    import subprocess
+    import sys
+
+    heavy = ("torch", "open_clip", "sklearn", "scipy", "onnxruntime", "tensorrt_rtx", "tqdm")
+    code = (
+        "import sys\nfrom zsad.cli.app import _register\n_register()\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -93,31 +93,22 @@ def infer(
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
-    if stream:
-        if images:
-            raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
-        from zsad.formats.atomic import check_writable_folder
-        from zsad.station.run import stream_paths
-
-        check_writable_folder(out)
-        with detector(encoder, method, headclip, scoring) as det:
-            stream_paths(
-                det,
-                sys.stdin,
-                out,
-                bank=bank,
-                threshold=threshold,
-                overlays=overlays,
-                echo=echo_err,
-            )
-        return
-    if not images:
-        raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
-    from zsad.api.infer import infer_to_folder
-    from zsad.data.datasets import read_folder
     from zsad.formats.atomic import check_writable_folder
 
+    if stream and images:
+        raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
+    if not stream and not images:
+        raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
     check_writable_folder(out)
+    if stream:
+        from zsad.station.run import stream_paths
+
+        with detector(encoder, method, headclip, scoring) as det:
+            stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
+        return
+    from zsad.api.infer import infer_to_folder
+    from zsad.data.datasets import read_folder
+
     paths = [s.path for s in read_folder(images)]
     with detector(
         encoder, method, headclip, scoring, threshold=threshold, progress=progress

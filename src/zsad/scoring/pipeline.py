@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from zsad.formats.methods import METHODS as REGISTRY
 from zsad.scoring._xp import array_module
@@ -80,6 +79,8 @@ def expert_maps(
     if n_images < 2:
         raise ValueError(f"mutual scoring needs at least 2 images, got {n_images}")
     experts = np.empty((n_taps * len(config.r_list), n_images, tokens - 1), np.float32)
+    from tqdm.auto import tqdm  # imported on use: the CLI's --help should not load it
+
     xp = array_module(config.device)
     jobs = [(t, r) for t in range(n_taps) for r in config.r_list]
     tap_index, tap = None, None
