@@ -19,6 +19,7 @@ from zsad.bench.backends import (
 )
 from zsad.bench.report import resolve_device, say, warn, write_report
 from zsad.errors import ZsadError
+from zsad.formats.methods import METHODS
 
 MEMORY_NOTE = {
     "cpu": "peak resident memory of the process so far (MiB)",
@@ -134,7 +135,7 @@ def _open(
     check_device(name, device)
     if name.startswith("torch"):
         clip = load_clip(model, weights, pretrained)
-        backend = torch_backend(clip, name, image_size, device, ("cls", "taps"))
+        backend = torch_backend(clip, name, image_size, device, METHODS["staps"].outputs)
         flops = bm.encoder_flops(bm.encoder_shape(backend.encoder))["total"]
         return backend, flops, "FLOPs from the encoder config"
     backend = bundle_backend(name, bundle, device)  # explains a missing --bundle

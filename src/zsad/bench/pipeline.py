@@ -15,6 +15,7 @@ from zsad.bench import plots as bp
 from zsad.bench.backends import BACKENDS, bundle_backend, check_device, load_clip, torch_backend
 from zsad.bench.report import resolve_device, say, write_report
 from zsad.errors import ZsadError
+from zsad.formats.methods import METHODS
 
 STAGES = ("decode", "preprocess", "encoder", "scoring", "writing")
 Scorer = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
@@ -101,8 +102,8 @@ def _encoders(
     if backend.startswith("torch"):
         clip = load_clip(model, weights, pretrained)
         return {
-            "staps": torch_backend(clip, backend, image_size, device, ("cls", "taps")),
-            "headclip": torch_backend(clip, backend, image_size, device, ("cls", "local")),
+            name: torch_backend(clip, backend, image_size, device, METHODS[name].outputs)
+            for name in ("staps", "headclip")
         }
     runner = bundle_backend(backend, bundle, device)
     return {runner.bundle.method: runner}

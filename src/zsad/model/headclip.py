@@ -20,6 +20,7 @@ from torch import nn
 
 from zsad.errors import ZsadError
 from zsad.formats.artifact import HeadclipArtifact
+from zsad.formats.methods import METHODS
 from zsad.model.encoder import DualPathEncoder
 from zsad.model.prompts import DEEP_LAYERS, N_CTX, N_DEEP, PromptLearner
 from zsad.scoring.headclip import (
@@ -31,7 +32,7 @@ from zsad.scoring.headclip import (
     top_k_count,
 )
 
-HEADCLIP_OUTPUTS = ("cls", "local")
+HEADCLIP_OUTPUTS = METHODS["headclip"].outputs
 # The learned tensors, by their names in HeadCLIP; the artifact stores them under these names.
 LEARNED = ("prompts.ctx", "prompts.deep_tokens", "encoder.head_weights")
 

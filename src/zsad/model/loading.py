@@ -10,6 +10,7 @@ import open_clip
 import torch
 
 from zsad.errors import ZsadError
+from zsad.formats.methods import METHODS
 
 TINY_MODEL = "zsad-tiny"
 DEFAULT_MODEL = "ViT-L-14-336"
@@ -48,7 +49,9 @@ def supported_models() -> list[dict[str, Any]]:
                 "name": name,
                 "patch_size": vision["patch_size"],
                 "image_size": size[0] if isinstance(size, list | tuple) else size,
-                "methods": ["staps", "musc"] + (["headclip"] if text_is_open_clip else []),
+                "methods": [
+                    m.name for m in METHODS.values() if text_is_open_clip or not m.needs_calibration
+                ],
                 "pretrained": sorted(tags.get(name, [])),
             }
         )
