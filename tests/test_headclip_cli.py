@@ -130,3 +130,33 @@ def test_stream_scores_each_image_on_arrival_like_batch_infer(
     np.testing.assert_allclose(
         [r["score"] for r in records], [reference[r["path"]] for r in records], atol=1e-5
     )
+
+
+def test_the_python_api_predicts_one_image_like_the_cli(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    import zsad as api
+
+    data, artifact = trained
+    image = data / "fabric" / "test" / "good" / "000.png"
+    cli = zsad(
+        "infer", str(image), "--method", "headclip", "--calibration", str(artifact),
+        "--model", "zsad-tiny", "--out", str(tmp_path / "cli"), *COMMON,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    expected = _scores(tmp_path / "cli")[str(image)]
+    det = api.Detector.from_model(
+        "zsad-tiny", method="headclip", calibration=artifact, device="cpu", threshold=expected
+    )
+    with det:
+        from_path = det.predict(image)
+        from_pil = det.predict(Image.open(image))
+        streamed = det.stream().add(image)
+    assert from_path.score == pytest.approx(expected, rel=1e-5)
+    assert from_pil.score == pytest.approx(expected, rel=1e-5) and from_pil.path is None
+    assert from_path.decision == "OK" and from_path.anomaly_map.shape == (56, 56)
+    assert [r.score for r in streamed] == pytest.approx([expected], rel=1e-5)
+    record = from_path.to_record()
+    assert record["decision"] == "OK" and record["score"] == from_path.score
