@@ -132,3 +132,27 @@ def test_a_set_of_unreadable_images_is_an_error_not_a_crash(tmp_path: Path) -> N
     result = zsad("infer", str(tmp_path), "--model", "zsad-tiny", "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     assert "mutual scoring needs at least 2" in result.stderr.strip().splitlines()[-1]
+
+
+def test_infer_keeps_going_past_missing_inputs_in_the_order_given(
+    dataset: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, source in enumerate(sorted((dataset / "grid" / "test" / "good").glob("*.png"))[:4]):
+        (images / f"{i}.png").write_bytes(source.read_bytes())
+    listed = ["3.png", "1.png", "gone.png", "0.png", "2.png"]
+    (tmp_path / "list.txt").write_text("".join(f"images/{name}\n" for name in listed))
+    out = tmp_path / "out"
+    result = zsad(
+        "infer", str(tmp_path / "list.txt"), str(tmp_path / "absent.png"),
+        str(tmp_path / "*.bmp"), str(images), "--out", str(out), "--model", "zsad-tiny",
+        "--image-size", "56", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr  # done, with unreadable inputs
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [Path(r["path"]).name for r in records] == [*listed, "absent.png"]
+    errors = {Path(r["path"]).name: r["error"] for r in records if r["error"]}
+    assert set(errors) == {"gone.png", "absent.png"}
+    assert all("no such file" in message for message in errors.values())
+    assert "*.bmp: no images found" in result.stderr

@@ -93,3 +93,14 @@ def test_models_lists_what_zsad_runs() -> None:
     assert not [name for name in models if "SigLIP" in name or "coca" in name or "RN50" in name]
     blocked = zsad("models", block=TORCH)
     one_line_error(blocked, "zsad models", "zsad[export]")
+
+
+def test_recursive_takes_images_in_subfolders(folder: Path, tmp_path: Path) -> None:
+    parent = folder.parent  # good/ and defect folders, no images of its own
+    flat = zsad("infer", str(parent), "--model", "zsad-tiny", "--out", str(tmp_path / "a"))
+    one_line_error(flat, "no images found", "--recursive")
+    deep = zsad("infer", str(parent), "-r", "--model", "zsad-tiny", "--no-overlays",
+                "--out", str(tmp_path / "b"))  # fmt: skip
+    assert deep.returncode == 0, deep.stderr
+    expected = sum(1 for p in parent.rglob("*.png"))
+    assert f"scored {expected} of {expected} images" in deep.stdout

@@ -9,11 +9,13 @@ import pytest
 
 from zsad.data.datasets import (
     Sample,
+    expand_inputs,
     list_categories,
     read_folder,
     read_labelled_folder,
     read_mvtec,
 )
+from zsad.data.images import ImageLoadError, load_image
 from zsad.errors import ZsadError
 
 
@@ -147,10 +149,10 @@ def test_read_folder_list_file(folder: Path, tmp_path: Path) -> None:
     assert [s.path.name for s in read_folder(list_file)] == ["b.png", "d.png"]
 
 
-def test_read_folder_list_file_with_missing_entry_names_the_line(tmp_path: Path) -> None:
+def test_read_folder_list_file_with_only_missing_entries_is_an_error(tmp_path: Path) -> None:
     list_file = tmp_path / "files.lst"
     list_file.write_text("# header\nmissing.png\n")
-    with pytest.raises(ZsadError, match=r"files\.lst:2: 'missing\.png'"):
+    with pytest.raises(ZsadError, match=r"missing\.png: no such file"):
         read_folder(list_file)
 
 
@@ -186,7 +188,7 @@ def _labelled(tmp_path: Path, csv_text: str) -> tuple[Path, Path]:
 def test_read_labelled_folder_parses_label_words(tmp_path: Path) -> None:
     images, csv_path = _labelled(tmp_path, "\ufeffFilename, Label\nc.png,NG\na.png,good\nb.png,1\n")
     samples = read_labelled_folder(images, csv_path)
-    assert [(s.path.name, s.label) for s in samples] == [("a.png", 0), ("b.png", 1), ("c.png", 1)]
+    assert [(s.path.name, s.label) for s in samples] == [("c.png", 1), ("a.png", 0), ("b.png", 1)]
 
 
 @pytest.mark.parametrize(
@@ -220,3 +222,117 @@ def test_read_labelled_folder_rejects_bad_header_and_duplicates(tmp_path: Path) 
     csv_path.write_text("path,label\n")
     with pytest.raises(ZsadError, match="no rows"):
         read_labelled_folder(images, csv_path)
+
+
+# ------------------------------------------------ one bad input does not stop the others
+
+
+def test_missing_looping_and_unlisted_paths_are_kept_for_the_scorer(
+    folder: Path, tmp_path: Path
+) -> None:
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    list_file = tmp_path / "files.txt"
+    list_file.write_text("gone.png\nimgs/b.png\nimgs/sub\n")
+    samples = read_folder([tmp_path / "absent.png", loop, list_file, folder / "a.JPG"])
+    expected = ["absent.png", "loop.png", "gone.png", "b.png", "sub", "a.JPG"]
+    assert [s.path.name for s in samples] == expected
+    for sample in samples[:3]:
+        with pytest.raises(ImageLoadError, match="no such file"):
+            load_image(sample.path)
+    with pytest.raises(ImageLoadError, match="is a directory"):
+        load_image(samples[4].path)
+    (folder / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    assert [s.path.name for s in read_folder(folder)] == ["a.JPG", "b.png", "broken.png"]
+
+
+def test_inputs_without_images_are_warnings_not_aborts(folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    inputs = [str(folder / "*.bmp"), tmp_path / "empty", folder, tmp_path / "empty.txt"]
+    samples, warnings = expand_inputs(inputs)
+    assert [s.path.name for s in samples] == ["a.JPG", "b.png"]
+    assert warnings == [
+        f"{folder / '*.bmp'}: no images found",
+        f"{tmp_path / 'empty'}: no images found",
+        f"{tmp_path / 'empty.txt'}: no paths listed",
+    ]
+    seen: list[str] = []
+    assert read_folder(inputs, warn=seen.append) == samples
+    assert seen == warnings
+
+
+def test_an_image_less_folder_with_subfolders_suggests_recursive(folder: Path) -> None:
+    (folder / "b.png").unlink()
+    (folder / "a.JPG").unlink()
+    with pytest.raises(ZsadError) as caught:
+        read_folder(folder)
+    assert str(caught.value) == (
+        f"{folder}: no images found (not searched recursively; use --recursive)"
+    )
+    assert [s.path.name for s in read_folder(folder, recursive=True)] == ["d.png"]
+
+
+def test_nothing_found_in_several_inputs_is_one_line_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ZsadError) as caught:
+        read_folder([tmp_path / "a.png", tmp_path / "empty", str(tmp_path / "*.jpg")])
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("no images found in ")
+    for needle in ("a.png: no such file", "empty: no images found", "*.jpg: no images found"):
+        assert needle in message
+
+
+def test_read_folder_keeps_the_order_given(tmp_path: Path) -> None:
+    names = ["10.png", "2.png", "1.png", "001b.png"]
+    for name in names:
+        _touch(tmp_path / "imgs" / name)
+    images = tmp_path / "imgs"
+    # Within a folder or a glob: name order, digit runs compared as numbers.
+    natural = ["1.png", "001b.png", "2.png", "10.png"]
+    assert [s.path.name for s in read_folder(images)] == natural
+    assert [s.path.name for s in read_folder(str(images / "*.png"))] == natural
+    # Arguments and list-file lines: as given; an exact duplicate keeps its first place.
+    args = [images / "10.png", images / "2.png", images / "10.png", images]
+    assert [s.path.name for s in read_folder(args)] == ["10.png", "2.png", "1.png", "001b.png"]
+    list_file = tmp_path / "reversed.txt"
+    list_file.write_text("\n".join(f"imgs/{name}" for name in reversed(natural)) + "\n")
+    assert [s.path.name for s in read_folder(list_file)] == list(reversed(natural))
+
+
+# ------------------------------------------------ label CSVs: id columns, stems, named columns
+
+
+@pytest.mark.parametrize("column", ["id", "file", "filename", "image", "path", "name"])
+def test_label_csv_file_column_names(tmp_path: Path, column: str) -> None:
+    images, csv_path = _labelled(tmp_path, f"{column},label\nb.png,1\na.png,0\n")
+    assert [(s.path.name, s.label) for s in read_labelled_folder(images, csv_path)] == [
+        ("b.png", 1),
+        ("a.png", 0),
+    ]
+
+
+def test_label_csv_ids_without_extension_match_the_image_stem(tmp_path: Path) -> None:
+    images, csv_path = _labelled(tmp_path, "ID,Label,age\nc,ng,61\na,normal,40\n")
+    _touch(images / "case.001.jpg")
+    samples = read_labelled_folder(images, csv_path)
+    assert [(s.path.name, s.label) for s in samples] == [("c.png", 1), ("a.png", 0)]
+    csv_path.write_text("id,label\ncase.001,1\n")
+    assert read_labelled_folder(images, csv_path)[0].path == images / "case.001.jpg"
+    _touch(images / "a.jpg")
+    csv_path.write_text("id,label\nb,0\na,1\n")
+    with pytest.raises(ZsadError, match=r"labels\.csv:3: 'a' matches 2 images \(a\.jpg, a\.png\)"):
+        read_labelled_folder(images, csv_path)
+    csv_path.write_text("id,label\nzz,0\n")
+    with pytest.raises(ZsadError, match=r"labels\.csv:2: image 'zz' not found"):
+        read_labelled_folder(images, csv_path)
+
+
+def test_label_csv_columns_chosen_by_name(tmp_path: Path) -> None:
+    images, csv_path = _labelled(tmp_path, "Study,Diagnosis,label\na,bad,0\nb,ok,1\n")
+    samples = read_labelled_folder(images, csv_path, file_column="study", label_column="Diagnosis")
+    assert [(s.path.name, s.label) for s in samples] == [("a.png", 1), ("b.png", 0)]
+    with pytest.raises(ZsadError, match=r"labels\.csv: no file column 'scan' in the header"):
+        read_labelled_folder(images, csv_path, file_column="scan")
+    with pytest.raises(ZsadError, match=r"no label column 'y' in the header \(study, "):
+        read_labelled_folder(images, csv_path, file_column="study", label_column="y")

@@ -31,6 +31,12 @@ ImagesArg = Annotated[
     list[str] | None,
     typer.Argument(help="Images to score: folders, globs, files or .txt lists."),
 ]
+RecursiveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--recursive", "-r", help="Also take images in subfolders of folder inputs (by name)."
+    ),
+]
 StreamOpt = Annotated[
     bool,
     typer.Option(
@@ -76,6 +82,7 @@ def infer(
     overlays: OverlaysOpt = True,
     seed: SeedOpt = 0,
     progress: ProgressOpt = True,
+    recursive: RecursiveOpt = False,
     stream: StreamOpt = False,
     bank: BankOpt = 32,
     threshold: ThresholdOpt = None,
@@ -109,7 +116,7 @@ def infer(
     from zsad.api.infer import infer_to_folder
     from zsad.data.datasets import read_folder
 
-    paths = [s.path for s in read_folder(images)]
+    paths = [s.path for s in read_folder(images, recursive=recursive)]
     with detector(
         encoder, method, headclip, scoring, threshold=threshold, progress=progress
     ) as det:

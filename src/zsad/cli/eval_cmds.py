@@ -10,7 +10,9 @@ import typer
 from zsad.cli.detect_cmds import detector, echo_err
 from zsad.cli.options import (
     BatchOpt,
+    FileColumnOpt,
     HeadclipFlags,
+    LabelColumnOpt,
     MethodOpt,
     OutOpt,
     OverlaysOpt,
@@ -21,19 +23,37 @@ from zsad.cli.options import (
     scoring_options,
 )
 
+EvalLabelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels",
+        help="With --dataset folder: CSV of image-level labels for the images in ROOT (a header "
+        "row, then e.g. id,label). Pixel metrics need masks, so there are none.",
+    ),
+]
+
 
 @scoring_options()
 @headclip_options()
 @encoder_options()
 def evaluate(
-    root: Annotated[Path, typer.Argument(help="Dataset root (MVTec layout: CATEGORY/test/...).")],
+    root: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset root (MVTec layout: CATEGORY/test/...); with --dataset folder, the "
+            "image folder the --labels CSV names files in."
+        ),
+    ],
     dataset: Annotated[
-        Literal["mvtec"],
-        typer.Option("--dataset", help="Dataset layout."),
+        Literal["mvtec", "folder"],
+        typer.Option("--dataset", help="Dataset layout: mvtec, or folder with --labels CSV."),
     ] = "mvtec",
     categories: Annotated[
         str | None, typer.Option("--categories", help="Comma-separated categories (default: all).")
     ] = None,
+    labels: EvalLabelsOpt = None,
+    file_column: FileColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     out: OutOpt = Path("zsad-eval"),
     method: MethodOpt = "staps",
     batch_size: BatchOpt = 8,
@@ -48,14 +68,15 @@ def evaluate(
     """Evaluate on a labelled dataset: per-category and mean image/pixel metrics.
 
     staps/musc score each category's test images as one unlabeled set (zero-shot); headclip
-    scores each image on its own. Writes OUT/metrics.json, OUT/metrics.md and
-    OUT/CATEGORY/results.jsonl (+ maps, overlays with --overlays).
+    scores each image on its own. --dataset folder --labels CSV evaluates one folder with
+    image-level labels (image metrics only; the folder's name is the category). Writes
+    OUT/metrics.json, OUT/metrics.md and OUT/CATEGORY/results.jsonl (+ maps, overlays with
+    --overlays).
     """
-    from zsad.data.datasets import read_mvtec
+    from zsad.evaluation.report import dataset_samples, markdown_table
     from zsad.evaluation.report import evaluate as run_eval
-    from zsad.evaluation.report import markdown_table
 
-    samples = read_mvtec(root, categories.split(",") if categories else None)
+    samples = dataset_samples(root, dataset, categories, labels, file_column, label_column)
     with detector(encoder, method, headclip, scoring, progress=progress) as det:
         payload = run_eval(
             det,

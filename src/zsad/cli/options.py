@@ -134,6 +134,24 @@ ThresholdOpt = Annotated[
     ),
 ]
 
+# Shared with `zsad calibrate-threshold --labels`: one label-CSV format for both commands.
+FileColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--file-column",
+        help="Label CSV column naming the image (default: the first of path, filename, file, "
+        "image, name, id). Names without an extension match the one image with that stem.",
+    ),
+]
+LabelColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-column",
+        help="Label CSV column holding the label: 0/1, good/ok/normal or anomalous/ng/defect/bad "
+        "(default: label).",
+    ),
+]
+
 
 # ---------------------------------------------------------------------- option groups
 

@@ -14,7 +14,9 @@ from zsad.cli.options import (
     STREAM_DEFAULTS,
     STREAM_EXCLUDED,
     BankOpt,
+    FileColumnOpt,
     HeadclipFlags,
+    LabelColumnOpt,
     OverlaysOpt,
     SeedOpt,
     StreamMethodOpt,
@@ -72,8 +74,9 @@ LabelsOpt = Annotated[
     Path | None,
     typer.Option(
         "--labels",
-        help="CSV (filename, label 0/1) of a labelled validation set in the IMAGES folder: "
-        "the threshold maximises F1 instead.",
+        help="CSV of a labelled validation set in the IMAGES folder (a header row, then e.g. "
+        "id,label or filename,label; see --file-column/--label-column): the threshold "
+        "maximises F1 instead. Scored in row order.",
     ),
 ]
 DryRunOpt = Annotated[
@@ -138,13 +141,15 @@ def calibrate_threshold(
     images: Annotated[
         list[str],
         typer.Argument(
-            help="Good images (folders, globs, files, .txt lists), scored in name order; with "
-            "--labels, one folder."
+            help="Good images (folders, globs, files, .txt lists), scored in the order given "
+            "(folders by name); with --labels, one folder."
         ),
     ],
     method: StreamMethodOpt = None,
     false_alarm_rate: FalseAlarmOpt = 0.01,
     labels: LabelsOpt = None,
+    file_column: FileColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     bank: BankOpt = 32,
     dry_run: DryRunOpt = False,
     seed: SeedOpt = 0,
@@ -167,7 +172,15 @@ def calibrate_threshold(
         raise ZsadError("calibrate-threshold: needs --bundle DIR (the threshold is stored there)")
     if labels is not None and len(images) != 1:
         raise ZsadError("--labels: give the one folder the CSV names files in")
-    samples = read_folder(images) if labels is None else read_labelled_folder(images[0], labels)
+    if labels is None and (file_column or label_column):
+        raise ZsadError("--file-column/--label-column: only with --labels CSV")
+    samples = (
+        read_folder(images)
+        if labels is None
+        else read_labelled_folder(
+            images[0], labels, file_column=file_column, label_column=label_column
+        )
+    )
     with detector(encoder, method, headclip, scoring) as det:
         entry = calibrate(
             det,

@@ -1,7 +1,9 @@
 """Dataset readers: MVTec-AD-style trees, plain folders / globs / list files, labelled CSVs.
 
 Readers only list files; they never decode images, so they are cheap on large datasets.
-Every user-input problem raises :class:`~zsad.errors.ZsadError` with a one-line message.
+Every user-input problem raises :class:`~zsad.errors.ZsadError` with a one-line message, except
+in unlabelled inputs, where one bad input must not stop the others: a missing path is kept for
+the scorer to report, an input with no image is a warning, and only finding nothing is an error.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import csv
 import glob
 import os
-from collections.abc import Iterable, Sequence
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,9 @@ from zsad.errors import ZsadError
 GOOD = "good"
 SPLITS: tuple[str, ...] = ("test", "train")
 LIST_FILE_EXTENSIONS: tuple[str, ...] = (".txt", ".lst")
-FILENAME_COLUMNS: tuple[str, ...] = ("path", "filename", "image")
+# Tried in this order when no file column is named: the most specific name wins.
+FILENAME_COLUMNS: tuple[str, ...] = ("path", "filename", "file", "image", "name", "id")
+LABEL_COLUMN = "label"
 LABEL_WORDS: dict[str, int] = {
     "0": 0,
     "good": 0,
@@ -37,6 +43,9 @@ LABEL_WORDS: dict[str, int] = {
 # MVTec AD names masks <stem>_mask.png; BTAD-style trees reuse the image stem.
 _MASK_SUFFIXES: tuple[str, ...] = ("_mask.png", ".png")
 _GLOB_CHARS = frozenset("*?[")
+_DIGITS = re.compile(r"(\d+)")
+# An all-missing input list is reported in one line; a long list is cut after this many.
+_MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -83,33 +92,64 @@ def read_mvtec(
     return samples
 
 
-def read_folder(
+def expand_inputs(
     path_or_paths: StrPath | Sequence[StrPath], recursive: bool = False
-) -> list[Sample]:
-    """List unlabelled images from folders, globs, image files or .txt/.lst list files."""
+) -> tuple[list[Sample], list[str]]:
+    """List images from folders, globs, files and list files in the order given, plus one
+    warning line per input that yielded no image."""
     inputs = (
         [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
     )
     if not inputs:
         raise ZsadError("input: no image paths given")
-    found: set[Path] = set()
+    seen: set[Path] = set()
+    samples: list[Sample] = []
+    warnings: list[str] = []
     for item in inputs:
-        found.update(_absolute(p) for p in _expand_input(item, recursive))
-    return [Sample(path=path) for path in sorted(found)]
+        paths, warning = _expand_input(item, recursive)
+        if warning is not None:
+            warnings.append(warning)
+        for path in paths:
+            key = _absolute(path)
+            if key not in seen:
+                seen.add(key)
+                samples.append(Sample(path=key))
+    # Missing paths are kept for the scorer to report, but a run with no file at all is a mistake.
+    if not any(sample.path.is_file() for sample in samples):
+        raise ZsadError(_nothing_found(inputs, warnings, samples))
+    return samples, warnings
 
 
-def read_labelled_folder(folder: StrPath, csv_path: StrPath) -> list[Sample]:
-    """List the images named in a CSV (filename column + label column) under ``folder``."""
+def read_folder(
+    path_or_paths: StrPath | Sequence[StrPath],
+    recursive: bool = False,
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> list[Sample]:
+    """List unlabelled images from folders, globs, image files or .txt/.lst list files."""
+    samples, warnings = expand_inputs(path_or_paths, recursive)
+    for line in warnings:
+        (warn or _warn_stderr)(line)
+    return samples
+
+
+def read_labelled_folder(
+    folder: StrPath,
+    csv_path: StrPath,
+    *,
+    file_column: str | None = None,
+    label_column: str | None = None,
+) -> list[Sample]:
+    """List the images named in a label CSV (file column + label column), in row order."""
     folder_dir = _existing_dir(folder, "image folder")
     csv_file = Path(csv_path)
     if not csv_file.is_file():
         raise ZsadError(f"{csv_file}: label CSV not found")
     first_line: dict[Path, int] = {}
+    stems: dict[Path, dict[str, list[Path]]] = {}
     samples: list[Sample] = []
-    for line, name, label_text in _read_label_rows(csv_file):
-        image = folder_dir / name
-        if not image.is_file():
-            raise ZsadError(f"{csv_file}:{line}: image {name!r} not found in {folder_dir}")
+    for line, name, label_text in _read_label_rows(csv_file, file_column, label_column):
+        image = _find_labelled_image(folder_dir, name, stems, f"{csv_file}:{line}")
         key = _absolute(image)
         if key in first_line:
             raise ZsadError(
@@ -119,7 +159,7 @@ def read_labelled_folder(folder: StrPath, csv_path: StrPath) -> list[Sample]:
         samples.append(Sample(path=image, label=_parse_label(label_text, csv_file, line)))
     if not samples:
         raise ZsadError(f"{csv_file}: no rows")
-    return sorted(samples, key=lambda sample: sample.path)
+    return samples
 
 
 def _read_category(category_dir: Path, category: str, split: str) -> list[Sample]:
@@ -162,62 +202,156 @@ def _find_mask(mask_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def _expand_input(item: StrPath, recursive: bool) -> list[Path]:
-    """Resolve one input (folder, image file, list file or glob) to image paths."""
+def _expand_input(item: StrPath, recursive: bool) -> tuple[list[Path], str | None]:
+    """Resolve one input (folder, image file, list file or glob) to image paths, or say why
+    it yields none."""
     path = Path(item)
     if path.is_dir():
-        images = _images_in(path, recursive)
-    elif path.is_file() and path.suffix.lower() in LIST_FILE_EXTENSIONS:
-        images = _read_list_file(path)
-    elif path.is_file():
+        try:
+            # Broken links are kept so that the scorer reports them instead of losing them.
+            images = _images_in(path, recursive, dangling=True)
+        except OSError as exc:
+            return [], f"{item}: cannot list folder ({exc.strerror or exc})"
+        if not images:
+            return [], f"{item}: no images found{_subfolder_hint(path, recursive)}"
+        return images, None
+    if path.is_file() and path.suffix.lower() in LIST_FILE_EXTENSIONS:
+        try:
+            listed = _read_list_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            return [], f"{item}: cannot read list file ({exc})"
+        return listed, None if listed else f"{item}: no paths listed"
+    if path.is_file():
         if not is_image_file(path):
-            raise ZsadError(f"{path}: not an image, folder, or .txt/.lst list file")
-        images = [path]
-    elif _GLOB_CHARS & set(str(item)):
-        images = sorted(
+            return [], f"{item}: not an image, folder, or .txt/.lst list file"
+        return [path], None
+    if _GLOB_CHARS & set(str(item)):
+        matches = [
             Path(match)
             for match in glob.glob(str(item), recursive=True)
-            if is_image_file(match) and os.path.isfile(match)
+            if is_image_file(match) and not os.path.isdir(match)
+        ]
+        if not matches:
+            return [], f"{item}: no images found"
+        return sorted(matches, key=_natural_key), None
+    # Missing, a dangling link or a link loop: the scorer reports it like any unreadable image.
+    return [path], None
+
+
+def _subfolder_hint(folder: Path, recursive: bool) -> str:
+    """The note for an image-less folder that has subfolders a recursive listing would search."""
+    if recursive:
+        return ""
+    try:
+        nested = any(
+            entry.is_dir() and not entry.name.startswith(".") for entry in folder.iterdir()
         )
-    else:
-        raise ZsadError(f"{path}: no such file or directory")
-    if not images:
-        raise ZsadError(f"{item}: no images found")
-    return images
+    except OSError:
+        return ""
+    return " (not searched recursively; use --recursive)" if nested else ""
 
 
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
-    """Return the image files directly in (or, if recursive, below) a folder, sorted."""
-    candidates: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        path
-        for path in candidates
-        if is_image_file(path) and not path.name.startswith(".") and path.is_file()
+def _nothing_found(inputs: list[StrPath], warnings: list[str], samples: list[Sample]) -> str:
+    """One line for the inputs that, together, held no file at all."""
+    problems = [
+        *warnings,
+        *(
+            f"{sample.path}: {'is a directory' if sample.path.is_dir() else 'no such file'}"
+            for sample in samples
+        ),
+    ]
+    if len(inputs) == 1 and len(problems) == 1:
+        return problems[0]
+    if len(problems) > _MAX_LISTED:
+        problems = [*problems[:_MAX_LISTED], f"and {len(problems) - _MAX_LISTED} more"]
+    return (
+        "no images found in " + ", ".join(str(item) for item in inputs) + ": " + "; ".join(problems)
     )
 
 
+def _images_in(folder: Path, recursive: bool, dangling: bool = False) -> list[Path]:
+    """Return the image files directly in (or, if recursive, below) a folder, in name order;
+    with ``dangling``, also image-named entries that are not files (broken links, loops)."""
+    candidates: Iterable[Path] = folder.rglob("*") if recursive else folder.iterdir()
+    keep = (lambda path: not path.is_dir()) if dangling else (lambda path: path.is_file())
+    images = [
+        path
+        for path in candidates
+        if is_image_file(path) and not path.name.startswith(".") and keep(path)
+    ]
+    return sorted(images, key=lambda path: _natural_key(path.relative_to(folder)))
+
+
+def _natural_key(path: Path) -> tuple[tuple[tuple[str | int, ...], str], ...]:
+    """Sort key comparing names part by part with digit runs as numbers (2.png < 10.png)."""
+    return tuple(_name_key(part) for part in path.parts)
+
+
+def _name_key(name: str) -> tuple[tuple[str | int, ...], str]:
+    """Natural key of one name; the name itself breaks ties such as 01 vs 1."""
+    chunks = _DIGITS.split(name)
+    # re.split with a group alternates text (even) and digits (odd), so positions compare alike.
+    return tuple(int(c) if i % 2 else c for i, c in enumerate(chunks)), name
+
+
 def _read_list_file(list_file: Path) -> list[Path]:
-    """Read one path per line; relative paths are relative to the list file's folder."""
+    """Read one path per line, in file order; relative paths are relative to the list file's
+    folder. Entries are not checked: missing ones are reported when scored."""
     paths: list[Path] = []
-    for number, raw in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for raw in list_file.read_text(encoding="utf-8-sig").splitlines():
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
         path = Path(entry).expanduser()
         if not path.is_absolute():
             path = list_file.parent / path
-        if not path.is_file():
-            raise ZsadError(f"{list_file}:{number}: {entry!r} is not a file")
         paths.append(path)
     return paths
 
 
-def _read_label_rows(csv_file: Path) -> list[tuple[int, str, str]]:
+def _find_labelled_image(
+    folder: Path, name: str, stems: dict[Path, dict[str, list[Path]]], where: str
+) -> Path:
+    """The image a CSV entry names: the file itself, or the one image with that stem when the
+    entry has no image extension (ids such as 'case_001')."""
+    image = folder / name
+    if image.is_file():
+        return image
+    matches: list[Path] = []
+    if not is_image_file(name):
+        directory = image.parent
+        if directory not in stems:
+            stems[directory] = _images_by_stem(directory)
+        matches = stems[directory].get(image.name, [])
+    if not matches:
+        raise ZsadError(f"{where}: image {name!r} not found in {folder}")
+    if len(matches) > 1:
+        names = ", ".join(match.name for match in matches)
+        raise ZsadError(
+            f"{where}: {name!r} matches {len(matches)} images ({names}); add the extension"
+        )
+    return matches[0]
+
+
+def _images_by_stem(directory: Path) -> dict[str, list[Path]]:
+    """Map each stem to the image files with that stem in one folder (read once per folder)."""
+    by_stem: dict[str, list[Path]] = {}
+    if not directory.is_dir():
+        return by_stem
+    for path in sorted(directory.iterdir(), key=lambda p: _name_key(p.name)):
+        if is_image_file(path) and path.is_file():
+            by_stem.setdefault(path.stem, []).append(path)
+    return by_stem
+
+
+def _read_label_rows(
+    csv_file: Path, file_column: str | None, label_column: str | None
+) -> list[tuple[int, str, str]]:
     """Return (line number, file name, label text) for each data row of a label CSV."""
     with csv_file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [column.strip().lower() for column in next(reader, [])]
-        name_index, label_index = _label_columns(header, csv_file)
+        name_index, label_index = _label_columns(header, csv_file, file_column, label_column)
         rows: list[tuple[int, str, str]] = []
         for row in reader:
             if not any(cell.strip() for cell in row):
@@ -231,15 +365,26 @@ def _read_label_rows(csv_file: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
-def _label_columns(header: list[str], csv_file: Path) -> tuple[int, int]:
-    """Return the indices of the file-name and label columns of a CSV header."""
-    name_column = next((name for name in FILENAME_COLUMNS if name in header), None)
-    if name_column is None or "label" not in header:
+def _label_columns(
+    header: list[str], csv_file: Path, file_column: str | None, label_column: str | None
+) -> tuple[int, int]:
+    """Return the indices of the file-name and label columns of a (lower-cased) CSV header."""
+    found = ", ".join(header) or "nothing"
+    for chosen, what in ((file_column, "file"), (label_column, "label")):
+        if chosen is not None and chosen.strip().lower() not in header:
+            raise ZsadError(f"{csv_file}: no {what} column {chosen!r} in the header ({found})")
+    if file_column is not None:
+        name_column: str | None = file_column.strip().lower()
+    else:
+        name_column = next((name for name in FILENAME_COLUMNS if name in header), None)
+    label_name = (label_column or LABEL_COLUMN).strip().lower()
+    if name_column is None or label_name not in header:
         raise ZsadError(
             f"{csv_file}: header must have a file column ({', '.join(FILENAME_COLUMNS)}) "
-            f"and a 'label' column; found: {', '.join(header) or 'nothing'}"
+            f"and a {LABEL_COLUMN!r} column, or name them with --file-column/--label-column; "
+            f"found: {found}"
         )
-    return header.index(name_column), header.index("label")
+    return header.index(name_column), header.index(label_name)
 
 
 def _parse_label(text: str, csv_file: Path, line: int) -> int:
@@ -259,6 +404,10 @@ def _existing_dir(path: StrPath, what: str) -> Path:
     if not folder.is_dir():
         raise ZsadError(f"{folder}: {what} is not a folder")
     return folder
+
+
+def _warn_stderr(line: str) -> None:
+    print(f"zsad: warning: {line}", file=sys.stderr)
 
 
 def _absolute(path: Path) -> Path:
