@@ -104,3 +104,13 @@ def test_recursive_takes_images_in_subfolders(folder: Path, tmp_path: Path) -> N
     assert deep.returncode == 0, deep.stderr
     expected = sum(1 for p in parent.rglob("*.png"))
     assert f"scored {expected} of {expected} images" in deep.stdout
+
+
+def test_eval_and_watch_check_out_before_any_work(folder: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    root = folder.parents[2]  # the MVTec-layout root
+    result = zsad("eval", str(root), "--model", "zsad-tiny", "--out", str(a_file))
+    one_line_error(result, f"--out {a_file}", "is not a folder")
+    result = zsad("watch", str(folder), "--model", "zsad-tiny", "--out", str(a_file))
+    one_line_error(result, f"--out {a_file}", "is not a folder")

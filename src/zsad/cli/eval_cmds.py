@@ -75,7 +75,9 @@ def evaluate(
     """
     from zsad.evaluation.report import dataset_samples, markdown_table
     from zsad.evaluation.report import evaluate as run_eval
+    from zsad.formats.atomic import check_writable_folder
 
+    check_writable_folder(out)
     samples = dataset_samples(root, dataset, categories, labels, file_column, label_column)
     with detector(encoder, method, headclip, scoring, progress=progress) as det:
         payload = run_eval(

@@ -114,10 +114,12 @@ def watch(
     Writers should write to a dot-file or *.tmp and rename; such names are ignored.
     """
     from zsad.errors import ZsadError
+    from zsad.formats.atomic import check_writable_folder
     from zsad.station.run import watch_folder
 
     if not in_dir.is_dir():
         raise ZsadError(f"{in_dir}: not a folder")
+    check_writable_folder(out)
     with detector(encoder, method, headclip, scoring) as det:
         watch_folder(
             det,
