@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from zsad.api.detector import Detector
 from zsad.api.records import write_set
+from zsad.errors import echo_stderr
 from zsad.formats.atomic import write_json, write_jsonl
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 def infer_to_folder(
@@ -23,7 +19,7 @@ def infer_to_folder(
     *,
     batch_size: int = 8,
     overlays: bool = True,
-    echo: Callable[[str], None] = _stderr,
+    echo: Callable[[str], None] = echo_stderr,
 ) -> dict[str, Any]:
     """Score ``paths`` as one set and write OUT/results.jsonl, maps, overlays and summary.json;
     returns the summary."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,14 +15,10 @@ from zsad.api.detector import Detector
 from zsad.api.records import write_set
 from zsad.api.results import SetResult
 from zsad.data.datasets import Sample
-from zsad.errors import ZsadError
+from zsad.errors import ZsadError, echo_stderr
 from zsad.formats.atomic import write_jsonl, write_text
 
 LEVELS: tuple[str, ...] = ("image", "pixel")
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 def category_metrics(samples: list[Sample], scored: SetResult, size: int) -> dict[str, Any]:
@@ -110,7 +105,7 @@ def evaluate(
     batch_size: int = 8,
     overlays: bool = False,
     progress: bool = False,
-    echo: Callable[[str], None] = _stderr,
+    echo: Callable[[str], None] = echo_stderr,
 ) -> dict[str, Any]:
     """Score each category as one set and write OUT/metrics.json, OUT/metrics.md and
     OUT/CATEGORY/results.jsonl (+ maps, overlays); returns the metrics.json content, in which

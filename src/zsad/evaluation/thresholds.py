@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,16 +10,12 @@ import numpy as np
 from zsad.api.detector import Detector, Stream
 from zsad.data.datasets import Sample
 from zsad.data.images import ImageLoadError, load_image
-from zsad.errors import ZsadError
+from zsad.errors import ZsadError, echo_stderr
 from zsad.formats.thresholds import f1_max_threshold, false_alarm_threshold, store_threshold
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
 def score_sequence(
-    stream: Stream, paths: Sequence[Any], echo: Callable[[str], None] = _stderr
+    stream: Stream, paths: Sequence[Any], echo: Callable[[str], None] = echo_stderr
 ) -> tuple[np.ndarray, list[Any]]:
     """Score files in order as a stream; returns (scores, the paths that were readable)."""
     kept: list[Any] = []
@@ -52,7 +47,7 @@ def calibrate_threshold(
     false_alarm_rate: float = 0.01,
     labelled: bool = False,
     store: bool = True,
-    echo: Callable[[str], None] = _stderr,
+    echo: Callable[[str], None] = echo_stderr,
 ) -> dict[str, Any]:
     """The threshold entry (rule, score, settings, ...) for ``detector``'s method; with
     ``labelled`` the samples carry 0/1 labels and the threshold maximises F1, else they are good
