@@ -195,6 +195,8 @@ def test_sigterm_finishes_the_current_image_and_exits_0(bundle: Path, tmp_path: 
     assert status["state"] == "stopped" and status["stopped_by"] == "signal"
     assert (out / "results.jsonl").read_bytes().endswith(b"\n")
     assert 6 <= len(_records(out)) < 40
+    # A clean stop leaves no frame in hand: a restart must not count it against one.
+    assert not (out / "in-progress.json").exists()
 
 
 def test_infer_stream_reads_paths_from_stdin_and_resumes(bundle: Path, tmp_path: Path) -> None:

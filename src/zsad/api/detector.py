@@ -20,7 +20,7 @@ from zsad.formats.bundle import ENGINE_SUFFIXES
 from zsad.formats.methods import STREAMABLE, Method, get_method
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_images
-from zsad.runtime.preprocess import preprocess_image
+from zsad.runtime.preprocess import decode_side, preprocess_image
 from zsad.scoring.pipeline import SetScoringConfig
 
 
@@ -262,7 +262,7 @@ class Detector:
                 f"predict: {self.name} scores images against each other; use score_set(images) "
                 "or stream(bank=K) (a rolling bank of recent images)"
             )
-        rgb = as_rgb_array(image)
+        rgb = as_rgb_array(image, decode_side(self.image_size))
         pixels = preprocess_image(rgb, self.image_size, self.backend.mean, self.backend.std)
         outputs = self.backend.run(pixels[None])
         assert self.headclip is not None
@@ -325,7 +325,7 @@ class Stream:
 
     def add(self, image: ImageInput) -> list[Result]:
         """Take the next image; returns the results this made available (maybe none, or several)."""
-        outputs = self.encode(as_rgb_array(image))
+        outputs = self.encode(as_rgb_array(image, decode_side(self.detector.image_size)))
         position = self._next
         self._next += 1
         self._labels[position] = _label(image)

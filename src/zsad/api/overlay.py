@@ -1,4 +1,9 @@
-"""Heatmap overlays people can look at: a perceptual colour map blended over the input image."""
+"""Heatmap overlays people can look at: a perceptual colour map blended over the input image.
+
+Saved overlays are at most ``OVERLAY_MAX_SIDE`` pixels on their longest side: blending costs about
+100 bytes per pixel, so a full-size overlay of a 144 MP frame would need 14 GB, and a person looks
+at the PNG on a screen anyway.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import numpy as np
 from PIL import Image
 
 from zsad.formats.atomic import atomic_open
+
+OVERLAY_MAX_SIDE = 1024
 
 # Anchor colours of a turbo-like map (dark blue -> cyan -> green -> yellow -> red).
 _ANCHORS = np.array(
@@ -47,9 +54,28 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float
     return blended.round().astype(np.uint8)
 
 
+def fit_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """An RGB uint8 image shrunk (aspect kept) so its longest side is at most ``max_side``."""
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if max_side is None or longest <= max_side:
+        return image
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(small)
+
+
 def save_overlay(
-    path: Path, image: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float
+    path: Path,
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    vmin: float,
+    vmax: float,
+    *,
+    max_side: int | None = OVERLAY_MAX_SIDE,
 ) -> None:
-    """Write the overlay PNG atomically."""
+    """Write the overlay PNG atomically, at most ``max_side`` pixels on its longest side."""
+    blended = overlay(fit_image(image, max_side), anomaly_map, vmin, vmax)
     with atomic_open(path, "wb") as handle:
-        Image.fromarray(overlay(image, anomaly_map, vmin, vmax)).save(handle, format="PNG")
+        Image.fromarray(blended).save(handle, format="PNG")

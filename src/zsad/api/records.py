@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +11,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from zsad.api.overlay import save_overlay
+from zsad.api.overlay import OVERLAY_MAX_SIDE, save_overlay
 from zsad.api.results import Result, SetResult
-from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array
+from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array, load_image_bounded
 from zsad.formats.atomic import save_npy
 
 
@@ -64,8 +65,13 @@ def write_set(
 def _overlay(
     out_dir: Path, name: str, image: ImageInput | None, result: Result, span: tuple[float, float]
 ) -> str | None:
+    source = image if image is not None else result.path
     try:
-        pixels = as_rgb_array(image if image is not None else result.path)  # type: ignore[arg-type]
+        if isinstance(source, (str, os.PathLike)):
+            # Decoded at the overlay's size: a huge frame is never held at full size here.
+            pixels = load_image_bounded(source, OVERLAY_MAX_SIDE)
+        else:
+            pixels = as_rgb_array(source)  # type: ignore[arg-type]
     except ImageLoadError:
         return None  # the file changed after encoding; its score and map are still valid
     overlay_file = out_dir / "overlays" / f"{name}.png"

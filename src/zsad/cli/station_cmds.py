@@ -111,14 +111,14 @@ def watch(
     OUT/overlays. Restarting with the same OUT resumes: nothing is scored twice or skipped.
     Files that never decode go to OUT/rejected/ with a .reason.txt. OUT/status.json shows
     throughput, backlog and memory. SIGINT/SIGTERM finish the current image and exit 0.
-    Writers should write to a dot-file or *.tmp and rename; such names are ignored.
+    Writers should write to a dot-file or *.tmp and rename; such names are ignored, and so
+    are files not named like images (notes.txt, Thumbs.db). OUT may sit inside the hot folder
+    (it is not scanned) but may not be the hot folder itself.
     """
-    from zsad.errors import ZsadError
     from zsad.formats.atomic import check_writable_folder
-    from zsad.station.run import watch_folder
+    from zsad.station.run import check_watch_folders, watch_folder
 
-    if not in_dir.is_dir():
-        raise ZsadError(f"{in_dir}: not a folder")
+    check_watch_folders(in_dir, out)
     check_writable_folder(out)
     with detector(encoder, method, headclip, scoring) as det:
         watch_folder(

@@ -7,6 +7,10 @@ Every image comes back as RGB uint8 with shape (H, W, 3), whatever its file mode
 - 16-bit and 32-bit grayscale is scaled to 8 bit (65535 -> 255), not clipped;
 - the EXIF orientation tag is applied, so arrays are upright as a viewer shows them.
 
+``load_image_bounded`` keeps all of that and shrinks the image (aspect ratio kept) so its longest
+side is at most a bound; JPEGs are decoded at a reduced scale, so a huge frame never needs its
+full-size pixels in memory.
+
 Failures of any kind raise :class:`ImageLoadError`, whose one-line message names the path.
 """
 
@@ -16,7 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from zsad.errors import ZsadError
 
@@ -26,6 +30,16 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _UINT16_MAX = 65535
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageLoadError(ZsadError):
@@ -55,6 +69,17 @@ def load_image(path: StrPath) -> np.ndarray:
         raise ImageLoadError(path, f"unsupported colour mode {image.mode}: {exc}") from exc
 
 
+def load_image_bounded(path: StrPath, max_side: int) -> np.ndarray:
+    """Load like ``load_image``, shrunk (aspect kept) to at most ``max_side`` on the long side."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be at least 1, not {max_side}")
+    image = _open_upright(path, max_side)
+    try:
+        return _to_rgb(image)
+    except ValueError as exc:
+        raise ImageLoadError(path, f"unsupported colour mode {image.mode}: {exc}") from exc
+
+
 def load_mask(path: StrPath, size: tuple[int, int] | None = None) -> np.ndarray:
     """Load a ground-truth mask as bool (H, W), True where > 0; ``size`` is (height, width)."""
     mask = _mask_values(_open_upright(path), path) > 0
@@ -67,16 +92,28 @@ def load_mask(path: StrPath, size: tuple[int, int] | None = None) -> np.ndarray:
     return np.asarray(resized) > 0
 
 
-def _open_upright(path: StrPath) -> Image.Image:
-    """Open, fully decode and EXIF-rotate an image, mapping every failure to ImageLoadError."""
+def _open_upright(path: StrPath, max_side: int | None = None) -> Image.Image:
+    """Open, fully decode and EXIF-rotate an image, mapping every failure to ImageLoadError;
+    with ``max_side``, shrink it so its longest side is at most that."""
     file = Path(path)
     _check_is_readable_file(file)
     try:
         with Image.open(file) as image:
+            if max_side is not None:
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale (no-op for other formats), so a
+                # 144 MP frame costs a few MB instead of its full size.
+                image.draft(None, _fit(image.size, max_side))
             # load() inside the try: Image.open only parses the header, so a truncated
             # or corrupt body would otherwise fail much later, far from the path.
             image.load()
-            return ImageOps.exif_transpose(image)
+            if max_side is None or max(image.size) <= max_side:
+                return ImageOps.exif_transpose(image)
+            # Orientation first, then shrink, then transpose the small image: exif_transpose
+            # would copy the full-size one.
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            small = _shrink(image, max_side)
+            method = _UPRIGHT.get(orientation)
+            return small if method is None else small.transpose(method)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(
             file, f"too many pixels, refused as a decompression bomb: {exc}"
@@ -87,6 +124,25 @@ def _open_upright(path: StrPath) -> Image.Image:
         raise ImageLoadError(file, "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(file, f"corrupt or truncated file: {exc}") from exc
+
+
+def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longest side is ``max_side`` (never below 1 pixel)."""
+    width, height = size
+    scale = max_side / max(width, height, 1)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """A decoded image resized so its longest side is ``max_side``, in a mode _to_rgb reads the
+    same way as the full-size image."""
+    size = _fit(image.size, max_side)
+    if image.mode.startswith(("I", "F")):
+        # Box averaging never leaves the input's range, so 16-bit data still scales as 16-bit.
+        return image.resize(size, Image.Resampling.BOX)
+    # Convert first: palette and 1-bit images would otherwise be resized by nearest neighbour.
+    rgb = _drop_alpha(image).convert("RGB")
+    return rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def _check_is_readable_file(file: Path) -> None:
@@ -153,10 +209,11 @@ def _drop_alpha(image: Image.Image) -> Image.Image:
 ImageInput = StrPath | Image.Image | np.ndarray
 
 
-def as_rgb_array(image: ImageInput) -> np.ndarray:
-    """An image given as a path, a PIL image or an (H, W[, 3|4]) array, as RGB uint8 (H, W, 3)."""
+def as_rgb_array(image: ImageInput, max_side: int | None = None) -> np.ndarray:
+    """An image given as a path, a PIL image or an (H, W[, 3|4]) array, as RGB uint8 (H, W, 3);
+    a file is decoded to at most ``max_side`` pixels on its longest side when given."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return load_image(image) if max_side is None else load_image_bounded(image, max_side)
     if isinstance(image, Image.Image):
         return _to_rgb(image)
     array = np.asarray(image)

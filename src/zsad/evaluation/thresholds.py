@@ -9,9 +9,10 @@ import numpy as np
 
 from zsad.api.detector import Detector, Stream
 from zsad.data.datasets import Sample
-from zsad.data.images import ImageLoadError, load_image
+from zsad.data.images import ImageLoadError, load_image_bounded
 from zsad.errors import ZsadError, echo_stderr
 from zsad.formats.thresholds import f1_max_threshold, false_alarm_threshold, store_threshold
+from zsad.runtime.preprocess import decode_side
 
 
 def score_sequence(
@@ -22,7 +23,7 @@ def score_sequence(
     scores: dict[int, float] = {}
     for path in paths:
         try:
-            image = load_image(path)
+            image = load_image_bounded(path, decode_side(stream.detector.image_size))
         except ImageLoadError as exc:
             echo(f"zsad: skipped {exc}")
             continue

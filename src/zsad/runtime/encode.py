@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array
 from zsad.errors import ZsadError
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.preprocess import preprocess_image
+from zsad.runtime.preprocess import decode_side, preprocess_image
 
 
 @dataclass
@@ -54,7 +54,7 @@ def encode_images(
         tqdm(images, desc="encoding", unit="img", disable=not progress, leave=False)
     ):
         try:
-            image = as_rgb_array(item)
+            image = as_rgb_array(item, decode_side(backend.image_size))
         except ImageLoadError as exc:
             failures.append((index, str(exc)))
             continue

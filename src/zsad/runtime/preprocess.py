@@ -10,6 +10,14 @@ from PIL import Image
 # OpenAI CLIP's normalisation, the one every open_clip "openai" checkpoint expects.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# Images are decoded to at most this many times the encoder's input size on the long side:
+# enough for the encoder and an overlay to look at, and bounded whatever the camera writes.
+DECODE_OVERSAMPLE = 4
+
+
+def decode_side(image_size: int) -> int:
+    """The longest side an image is decoded to for an encoder of ``image_size`` pixels."""
+    return DECODE_OVERSAMPLE * image_size
 
 
 def preprocess_image(

@@ -4,6 +4,11 @@ A frame is ready when it decodes. A file that does not decode may still be being
 is tried again while it keeps changing, and rejected only once it has stayed the same and
 undecodable for ``retry_s`` seconds. A frame is known by (name, size, mtime): the same name
 written again later is a new frame.
+
+A hot folder offers only files named like images (``IMAGE_EXTENSIONS``, any case): users keep
+notes, label files and the desktop's Thumbs.db beside the frames, and those are left alone. It
+never descends into the station's own OUT folder, and it reports when the folder itself goes
+missing (``missing_since``) instead of polling an empty listing in silence.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from zsad.data.images import ImageLoadError, load_image
+from zsad.data.images import ImageLoadError, is_image_file, load_image, load_image_bounded
+from zsad.errors import ZsadError
 
 # Names writers use while a file is incomplete; such files are never frames.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
@@ -73,12 +79,24 @@ def _is_candidate(name: str) -> bool:
     return not name.startswith(".") and not name.endswith(PARTIAL_SUFFIXES)
 
 
+DecodeHook = Callable[[FileVersion | None], None]
+
+
 @dataclass
 class _Decoder:
     """Decode attempts with the retry rule shared by both sources."""
 
     retry_s: float
+    max_side: int | None = None  # None: full size
+    # Told which file is about to be decoded, and None when the decode failed: a station
+    # records it, because a frame can kill the process while it decodes.
+    on_decode: DecodeHook | None = None
     attempts: dict[str, _Attempt] = field(default_factory=dict)
+
+    def _load(self, path: Path) -> np.ndarray:
+        if self.max_side is None:
+            return load_image(path)
+        return load_image_bounded(path, self.max_side)
 
     def attempt(self, path: Path, name: str) -> Frame | Rejection | None:
         """A Frame, a Rejection once retries are used up, or None (gone, or try again later)."""
@@ -93,10 +111,14 @@ class _Decoder:
             first = now if state is None else state.first_seen
             state = _Attempt(stat.st_size, stat.st_mtime_ns, first, now)
             self.attempts[name] = state
+        if self.on_decode is not None:
+            self.on_decode(FileVersion(path, name, stat.st_size, stat.st_mtime_ns))
         start = time.perf_counter()
         try:
-            image = load_image(path)
+            image = self._load(path)
         except ImageLoadError as exc:
+            if self.on_decode is not None:
+                self.on_decode(None)
             state.reason, state.tries = exc.reason, state.tries + 1
             if now - state.unchanged_since < self.retry_s:
                 return None
@@ -107,8 +129,37 @@ class _Decoder:
         return Frame(path, name, stat.st_size, stat.st_mtime_ns, image, state.first_seen, decode_s)
 
 
-class HotFolder:
-    """Files appearing under ``root`` (recursively), oldest first by modification time."""
+class _Source:
+    """What both sources share: the decoder, and the hook a station sets on it."""
+
+    _decoder: _Decoder
+
+    @property
+    def on_decode(self) -> DecodeHook | None:
+        """Called with each file about to be decoded, then None if it did not decode."""
+        return self._decoder.on_decode
+
+    @on_decode.setter
+    def on_decode(self, hook: DecodeHook | None) -> None:
+        self._decoder.on_decode = hook
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """True when two paths name the same folder (relative, through symlinks, or not yet made)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False  # one of them does not exist (yet)
+
+
+class HotFolder(_Source):
+    """Image files appearing under ``root`` (recursively), oldest first by modification time.
+
+    ``exclude`` (the station's OUT) is never scanned, wherever it is below ``root``; it must not
+    be ``root`` itself. ``max_side`` bounds the decoded size (None: full size).
+    """
 
     blocking = False  # next() returns None at once when nothing is ready
     exhausted = False  # a folder never runs out
@@ -120,48 +171,106 @@ class HotFolder:
         *,
         retry_s: float = 2.0,
         exclude: Path | None = None,
+        max_side: int | None = None,
     ) -> None:
         self.root = root.absolute()
         self.done = done
-        self._decoder = _Decoder(retry_s)
-        self._exclude = None if exclude is None else exclude.resolve()
+        self._decoder = _Decoder(retry_s, max_side)
         self._queue: deque[tuple[Path, str]] = deque()
+        self.missing_since: float | None = None  # time.time() when the folder went missing
+        self.missing_reason = ""
+        # A share mounted on root that is unmounted leaves an empty folder behind, not a
+        # missing one; a mount point that stops being one is reported as missing too.
+        self._mounted = os.path.ismount(self.root)
+        self._exclude = None if exclude is None else exclude.absolute()
+        self._exclude_rel: Path | None = None
+        self._exclude_id: tuple[int, int] | None = None
+        if self._exclude is not None:
+            if same_folder(self.root, self._exclude):
+                raise ZsadError(
+                    f"{exclude}: the results folder is the hot folder itself; the station "
+                    "would score its own maps and overlays"
+                )
+            # Compared by path relative to root (works before OUT exists, and through any
+            # symlink in the spelling of either path) and by inode (bind mounts, aliases).
+            try:
+                self._exclude_rel = self._exclude.resolve().relative_to(self.root.resolve())
+            except ValueError:
+                self._exclude_rel = None  # OUT is outside root
 
     @property
     def backlog(self) -> int:
         """Files seen and not yet scored or rejected."""
         return len(self._queue) + len(self._decoder.attempts)
 
+    def _excluded(self, entry: os.DirEntry[str], path: Path) -> bool:
+        if self._exclude is None:
+            return False
+        if self._exclude_rel is not None and path.relative_to(self.root) == self._exclude_rel:
+            return True
+        if self._exclude_id is None:
+            try:
+                stat = self._exclude.stat()
+            except OSError:
+                return False  # not made yet: nothing of it to skip
+            self._exclude_id = (stat.st_dev, stat.st_ino)
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._exclude_id
+
+    def _root_entries(self) -> list[os.DirEntry[str]] | None:
+        """The root's entries, or None (and ``missing_since`` set) when it cannot be listed."""
+        try:
+            if self._mounted and not os.path.ismount(self.root):
+                raise OSError(0, "no longer a mount point")
+            entries = list(os.scandir(self.root))
+        except OSError as exc:
+            if self.missing_since is None:
+                self.missing_since = time.time()
+            self.missing_reason = exc.strerror or str(exc)
+            return None
+        self.missing_since = None
+        return entries
+
     def _scan(self) -> deque[tuple[Path, str]]:
         found: list[tuple[int, str, Path]] = []
         present: set[FrameKey] = set()
-        stack = [self.root]
-        while stack:
-            folder = stack.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue  # a folder removed while we looked
+        root_entries = self._root_entries()
+        if root_entries is None:
+            return deque()
+        complete = True  # every folder listed: only then can ``done`` forget what is gone
+        pending: list[list[os.DirEntry[str]]] = [root_entries]
+        while pending:
+            entries = pending.pop()
             for entry in entries:
                 if not _is_candidate(entry.name):
                     continue
                 path = Path(entry.path)
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        if self._exclude is None or path.resolve() != self._exclude:
-                            stack.append(path)
+                        if not self._excluded(entry, path):
+                            try:
+                                pending.append(list(os.scandir(path)))
+                            except OSError:
+                                complete = False  # removed while we looked, or unreadable
                         continue
-                    if not entry.is_file():
+                    if not is_image_file(entry.name) or not entry.is_file():
                         continue
                     stat = entry.stat()
                 except OSError:
+                    complete = False
                     continue
                 key = (path.relative_to(self.root).as_posix(), stat.st_size, stat.st_mtime_ns)
                 present.add(key)
                 if key not in self.done:
                     found.append((stat.st_mtime_ns, key[0], path))
-        # Forget files that left the folder, so memory follows the folder, not the run length.
-        self.done.intersection_update(present)
+        if complete:
+            # Forget files that left the folder, so memory follows the folder, not the run
+            # length. Never after a partial listing: a folder that could not be read for a
+            # moment still holds its scored files, and they must not be offered again.
+            self.done.intersection_update(present)
         found.sort()
         return deque((path, name) for _, name, path in found)
 
@@ -177,15 +286,23 @@ class HotFolder:
         return None
 
 
-class PathList:
-    """Paths read one per line from a text stream (stdin), in the order given."""
+class PathList(_Source):
+    """Paths read one per line from a text stream (stdin), in the order given; every path is
+    tried, whatever its name (it was listed on purpose)."""
 
     blocking = True  # next() waits for the next line
 
-    def __init__(self, stream: IO[str], done: set[FrameKey], *, retry_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        done: set[FrameKey],
+        *,
+        retry_s: float = 2.0,
+        max_side: int | None = None,
+    ) -> None:
         self._lines: Iterator[str] = iter(stream)
         self.done = done
-        self._decoder = _Decoder(retry_s)
+        self._decoder = _Decoder(retry_s, max_side)
         self.exhausted = False
         self.backlog = 0
 

@@ -3,21 +3,17 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from zsad.api.detector import Detector
-from zsad.errors import ZsadError
-from zsad.station.frames import HotFolder, PathList
+from zsad.errors import ZsadError, echo_stderr
+from zsad.runtime.preprocess import decode_side
+from zsad.station.frames import HotFolder, PathList, same_folder
 from zsad.station.station import Station, StationOptions
 
 Echo = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
 
 
 def run_station(
@@ -32,7 +28,7 @@ def run_station(
     move_rejected: bool = True,
     idle_exit_s: float | None = None,
     poll_s: float = 0.2,
-    echo: Echo = _stderr,
+    echo: Echo = echo_stderr,
 ) -> dict[str, Any]:
     """Score frames from ``source_factory(done)`` one by one into OUT until stopped; returns the
     final status. OUT is resumed: nothing in its journal is scored again."""
@@ -52,6 +48,20 @@ def run_station(
     return Station(detector.backend, stream.scorer, source_factory, options).run()
 
 
+def check_watch_folders(in_dir: Path, out: Path) -> None:
+    """Refuse a hot folder that is not a folder or is OUT itself; call before writing anything."""
+    # OUT inside the hot folder is fine (the scan skips it); OUT as the hot folder is not: the
+    # journal, status and state files would sit among the frames and be rejected as bad ones.
+    if not in_dir.is_dir():
+        raise ZsadError(f"{in_dir}: not a folder")
+    if same_folder(in_dir, out):
+        raise ZsadError(
+            f"--out {out}: is the hot folder itself, so the station would score its own maps "
+            f"and overlays; give another folder (a subfolder such as {in_dir / 'results'} is "
+            "skipped by the scan)"
+        )
+
+
 def watch_folder(
     detector: Detector,
     in_dir: Path,
@@ -61,11 +71,11 @@ def watch_folder(
     **station: Any,
 ) -> dict[str, Any]:
     """Inspect images as they arrive in ``in_dir`` (see ``run_station`` for the options)."""
-    if not in_dir.is_dir():
-        raise ZsadError(f"{in_dir}: not a folder")
+    check_watch_folders(in_dir, out)
+    side = decode_side(detector.image_size)
     return run_station(
         detector,
-        lambda done: HotFolder(in_dir, done, retry_s=retry_s, exclude=out),
+        lambda done: HotFolder(in_dir, done, retry_s=retry_s, exclude=out, max_side=side),
         out=out,
         move_rejected=True,
         **station,
@@ -82,9 +92,10 @@ def stream_paths(
 ) -> dict[str, Any]:
     """Score the image paths read from ``lines``, one per line, like a station (files that never
     decode are copied to OUT/rejected, not moved)."""
+    side = decode_side(detector.image_size)
     return run_station(
         detector,
-        lambda done: PathList(lines, done, retry_s=retry_s),
+        lambda done: PathList(lines, done, retry_s=retry_s, max_side=side),
         out=out,
         move_rejected=False,
         **station,

@@ -8,6 +8,12 @@ the STAPS bank (re-encoded from their files) and reloads the BGMPS weights from
 
 SIGINT/SIGTERM finish the current image and exit cleanly; a second signal stops at once (the
 journal is still consistent). ``status.json`` is rewritten every few seconds for operators.
+
+A frame can kill the process (the kernel's OOM killer, a crash in a decoder); restarted by a
+service manager, the station would meet it first again, forever. So ``in-progress.json`` names
+the frame in hand from just before its decode until its record is written, and a clean stop
+removes it. A restart that finds it counts a death on that frame; a frame in hand at two deaths
+in a row is rejected instead of tried a third time.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ import numpy as np
 from zsad.api.records import safe_stem, save_result_files
 from zsad.api.results import Result
 from zsad.api.scorers import Scored, StreamScorer
-from zsad.data.images import ImageLoadError, load_image
+from zsad.data.images import ImageLoadError, load_image_bounded
 from zsad.errors import ZsadError
 from zsad.formats.atomic import write_json
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.preprocess import preprocess_image
+from zsad.runtime.preprocess import decode_side, preprocess_image
 from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
 from zsad.station.journal import Journal
 
@@ -43,6 +49,9 @@ RESULTS = "results.jsonl"
 STATUS = "status.json"
 STATE = "station-state.json"
 REJECTED = "rejected"
+IN_PROGRESS = "in-progress.json"
+POISON_DEATHS = 2  # deaths in a row with the same frame in hand before it is rejected
+POISON_REASON = "the station stopped twice while processing this frame"
 
 
 @dataclass
@@ -74,6 +83,12 @@ class _Held(FileVersion):
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def rss_mb() -> float:
@@ -114,6 +129,9 @@ class Station:
         self._state_written: dict[str, Any] | None = None
         self._started = self._status_at = time.monotonic()
         self.source: Any = None
+        self._in_hand: FrameKey | None = None  # the frame in-progress.json names
+        self._deaths: dict[FrameKey, int] = {}  # earlier deaths in a row with this frame in hand
+        self._source_missing_since: float | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -124,6 +142,8 @@ class Station:
         try:
             return self._run()
         except OSError as exc:
+            # Not the frame's fault: a restart must not count it against the frame in hand.
+            self._release_in_hand(quiet=True)
             # A full disk or a broken mount: the journal is still whole, so say so and stop.
             raise ZsadError(
                 f"{exc.filename or self.out}: {exc.strerror or exc}; every result written so far "
@@ -141,15 +161,23 @@ class Station:
                 f"({self.journal.repaired_bytes} bytes) left by an interrupted write"
             )
         done = self._resume()
-        self.source = self.source_factory(done)
         self.done = done
+        self._reject_poison()
+        self.source = self.source_factory(done)
+        if hasattr(self.source, "on_decode"):
+            self.source.on_decode = self._take_in_hand
         self._status("running")
         handlers = self._install_signals()
         stopped_by = "input exhausted"
         try:
             stopped_by = self._loop()
         except _Stop:
+            self._release_in_hand()
             stopped_by = "signal"
+        except KeyboardInterrupt:
+            if self._stop.is_set():
+                self._release_in_hand()  # a second signal: the operator's stop, not a death
+            raise
         finally:
             self._restore_signals(handlers)
         if stopped_by != "signal":
@@ -169,6 +197,7 @@ class Station:
                 item = self.source.next()
             finally:
                 self._blocking = False
+            self._watch_source()
             now = time.monotonic()
             if now - self._status_at >= self.options.status_interval_s:
                 self._status("running")
@@ -213,7 +242,7 @@ class Station:
         restored = 0
         for record in records:
             try:
-                image = load_image(record["path"])
+                image = load_image_bounded(record["path"], self._decode_side)
             except ImageLoadError as exc:
                 self.options.echo(f"zsad: bank: skipped {exc}")
                 continue
@@ -223,6 +252,67 @@ class Station:
             f"zsad: resumed at image {self._next_position}; bank refilled with {restored} of "
             f"the last {len(records)} scored images"
         )
+
+    @property
+    def _decode_side(self) -> int:
+        return decode_side(self.backend.image_size)
+
+    # ------------------------------------------------------------------ frames that kill
+
+    def _take_in_hand(self, frame: FileVersion | None) -> None:
+        """Name the frame being worked on in OUT (None: nothing is), before any risky step."""
+        if frame is None:
+            self._release_in_hand()
+            return
+        if frame.key == self._in_hand:
+            return
+        write_json(
+            self.out / IN_PROGRESS,
+            {
+                "path": str(frame.path),
+                "name": frame.name,
+                "size": frame.size,
+                "mtime_ns": frame.mtime_ns,
+                "deaths": self._deaths.get(frame.key, 0),
+                "pid": os.getpid(),
+                "since": _now_iso(),
+            },
+        )
+        self._in_hand = frame.key
+
+    def _release_in_hand(self, *, quiet: bool = False) -> None:
+        """Nothing is in hand any more (the frame is done, or the stop was a clean one)."""
+        try:
+            (self.out / IN_PROGRESS).unlink(missing_ok=True)
+        except OSError:
+            if not quiet:
+                raise
+        self._in_hand = None
+
+    def _reject_poison(self) -> None:
+        """Count a death on the frame a dead run had in hand; reject it at the second in a row."""
+        marker = self.out / IN_PROGRESS
+        if not marker.exists():
+            return
+        try:
+            left = json.loads(marker.read_text())
+            key: FrameKey = (str(left["name"]), int(left["size"]), int(left["mtime_ns"]))
+            path, deaths = Path(left["path"]), int(left.get("deaths", 0)) + 1
+        except (ValueError, KeyError, TypeError) as exc:
+            self.options.echo(f"zsad: {marker}: ignored, unreadable ({exc})")
+            marker.unlink()
+            return
+        marker.unlink()
+        if key in self.done:
+            return  # its record was written: the run died after it, not on it
+        if deaths < POISON_DEATHS:
+            self._deaths[key] = deaths
+            self.options.echo(
+                f"zsad: the last run stopped while processing {path}; trying it once more "
+                f"(it is rejected if the station stops on it again)"
+            )
+            return
+        self._reject(Rejection(path, key[0], key[1], key[2], POISON_REASON))
 
     # ------------------------------------------------------------------ per frame
 
@@ -237,6 +327,7 @@ class Station:
         # Never offered again in this run, even while held for warm-up; the journal alone
         # decides what a restart skips.
         self.done.add(frame.key)
+        self._take_in_hand(frame)
         start = time.perf_counter()
         outputs = self._encode(frame.image)
         encoded = time.perf_counter()
@@ -252,6 +343,7 @@ class Station:
         results = self.scorer.add(outputs, position)
         score_s = time.perf_counter() - encoded
         self._write_results(results, score_s, {position: frame.image})
+        self._release_in_hand()
 
     def _flush_held(self) -> None:
         if not self._held:
@@ -263,12 +355,15 @@ class Station:
             self.options.echo(f"zsad: {len(self._held)} image(s) left unscored: {exc}")
             return
         self._write_results(results, time.perf_counter() - start, {})
+        self._release_in_hand()
 
     def _write_results(
         self, results: list[Scored], score_s: float, images: dict[int, np.ndarray]
     ) -> None:
         for result in results:
             held = self._held.pop(result.position)
+            # A held warm-up frame's overlay is drawn from its file now: it is the one in hand.
+            self._take_in_hand(held)
             start = time.perf_counter()
             record = self._record(held, result, images.get(result.position))
             write_s = time.perf_counter() - start
@@ -358,6 +453,23 @@ class Station:
 
     # ------------------------------------------------------------------ state and status
 
+    def _watch_source(self) -> None:
+        """Say once when the hot folder goes missing and once when it is back."""
+        since = getattr(self.source, "missing_since", None)
+        if since == self._source_missing_since:
+            return
+        root = getattr(self.source, "root", "?")
+        if since is not None:
+            reason = getattr(self.source, "missing_reason", "") or "cannot be listed"
+            self.options.echo(
+                f"zsad: hot folder {root} is missing ({reason}); waiting for it to come back"
+            )
+        else:
+            gone = time.time() - (self._source_missing_since or time.time())
+            self.options.echo(f"zsad: hot folder {root} is back (missing for {gone:.0f} s)")
+        self._source_missing_since = since
+        self._status("running")
+
     def _save_state(self) -> None:
         state = self.scorer.state()
         if state and state != self._state_written:
@@ -387,6 +499,8 @@ class Station:
             "rss_mb": rss_mb(),
             "backend": self.backend.name,
             "threshold": self.options.threshold,
+            "source": "ok" if self._source_missing_since is None else "missing",
+            "source_missing_since": _iso(self._source_missing_since),
             **self.scorer.describe(),
             **extra,
         }
