@@ -3,9 +3,17 @@ one-line error check."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from zsad.data.synthetic import render_sample
 
 BUNDLE_SIZE = 56  # the session bundle's image size (conftest.bundle)
 ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"}
@@ -44,3 +52,28 @@ def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> N
     assert len(lines) == 1 and lines[0].startswith("zsad: error: "), result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def write_frame(path: Path, seed: int, defect: str | None = None) -> None:
+    """A wood frame with an optional defect, written the way a camera should: temp, rename."""
+    image, _ = render_sample("wood", np.random.default_rng(seed), 64, defect)
+    tmp = path.with_name("." + path.name)
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def station_records(out: Path) -> list[dict]:
+    """The journal's records."""
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def assert_each_once(out: Path, names: list[str]) -> list[dict]:
+    """Every name has exactly one scored record and the arrival indices are 0..n-1."""
+    scored = [r for r in station_records(out) if r["index"] is not None]
+    counts = Counter(r["name"] for r in scored)
+    assert sorted(counts) == sorted(names), set(counts) ^ set(names)
+    assert set(counts.values()) == {1}, counts.most_common(3)
+    assert sorted(r["index"] for r in scored) == list(range(len(names)))
+    for r in scored:
+        assert (out / r["map"]).is_file() and np.isfinite(r["score"])
+    return scored

@@ -11,14 +11,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from helpers import ENV, one_line_error, zsad
+from helpers import assert_each_once as _assert_each_once
+from helpers import station_records as _records
+from helpers import write_frame as _png
 from zsad.api.scorers import StapsScorer
 from zsad.data.synthetic import render_sample
 from zsad.errors import ZsadError
@@ -27,29 +28,6 @@ from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
 from zsad.station.frames import HotFolder, Rejection
 from zsad.station.station import Station, StationOptions
-
-
-def _png(path: Path, seed: int, defect: str | None = None) -> None:
-    image, _ = render_sample("wood", np.random.default_rng(seed), 64, defect)
-    tmp = path.with_name("." + path.name)
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-
-
-def _assert_each_once(out: Path, names: list[str]) -> list[dict]:
-    """Every name has exactly one scored record and the arrival indices are 0..n-1."""
-    scored = [r for r in _records(out) if r["index"] is not None]
-    counts = Counter(r["name"] for r in scored)
-    assert sorted(counts) == sorted(names), set(counts) ^ set(names)
-    assert set(counts.values()) == {1}, counts.most_common(3)
-    assert sorted(r["index"] for r in scored) == list(range(len(names)))
-    for r in scored:
-        assert (out / r["map"]).is_file() and np.isfinite(r["score"])
-    return scored
 
 
 def _station(bundle: Path, in_dir: Path, out: Path, **options) -> Station:

@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 
 from helpers import BUNDLE_SIZE, ENV, one_line_error
-from test_station import _assert_each_once, _png, _records
+from helpers import assert_each_once as _assert_each_once
+from helpers import station_records as _records
+from helpers import write_frame as _png
 from zsad.api.overlay import OVERLAY_MAX_SIDE, save_overlay
 from zsad.api.records import save_result_files
 from zsad.api.results import Result

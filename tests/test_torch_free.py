@@ -13,7 +13,7 @@ SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     import numpy as np
     import zsad.data, zsad.evaluation.metrics, zsad.runtime.encode, zsad.api.records
     import zsad.formats.bundle, zsad.runtime.onnx_backend, zsad.runtime.tensorrt_backend
-    import zsad.station.run, zsad.formats.thresholds, zsad.cli.station_cmds, zsad.evaluation.report
+    import zsad.station.run, zsad.formats.thresholds, zsad.cli.app, zsad.evaluation.report
     import zsad.api.detector, zsad.api.infer, zsad.evaluation.thresholds
     from zsad.formats.artifact import load_artifact
     from zsad.scoring.headclip import score_headclip
