@@ -11,16 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from zsad.api.encoders import DEFAULT_MODEL, EncoderSpec, bundle_method, open_encoder
-from zsad.api.results import Result, SetResult
+from zsad.api.encoders import (
+    DEFAULT_MODEL,
+    EncoderSpec,
+    bundle_method,
+    open_encoder,
+    require_torch,
+)
+from zsad.api.results import Result, SetResult, decide
 from zsad.api.scorers import HeadclipScoring, MethodOptions, Scored, StreamScorer
 from zsad.data.images import ImageInput, as_rgb_array
 from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES
 from zsad.formats.methods import STREAMABLE, Method, get_method
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.encode import EncodedImages, encode_images
-from zsad.runtime.preprocess import decode_side, preprocess_image
+from zsad.runtime.encode import EncodedImages, encode_image, encode_images
+from zsad.runtime.preprocess import decode_side
 from zsad.scoring.pipeline import SetScoringConfig
 
 
@@ -79,20 +85,14 @@ class Detector:
         """A Detector for ``method`` (default: the bundle's, else staps) over ``spec``'s encoder."""
         options = options or MethodOptions()
         chosen = get_method(method or bundle_method(spec) or "staps")
-        if not chosen.needs_calibration:
-            if calibration is not None:
-                raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
+        headclip = None
+        if chosen.needs_calibration:
+            backend, artifact = _headclip_encoder(spec, calibration)
+            headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
+        elif calibration is not None:
+            raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
+        else:
             backend = open_encoder(spec, chosen.outputs)
-            return cls(
-                chosen.name,
-                backend,
-                options=options,
-                threshold=threshold,
-                progress=progress,
-                source=spec.describe(),
-            )
-        backend, artifact = _headclip_encoder(spec, calibration)
-        headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
         return cls(
             chosen.name,
             backend,
@@ -211,6 +211,10 @@ class Detector:
 
     # ------------------------------------------------------------------ scoring
 
+    def encode_one(self, image: ImageInput) -> dict[str, np.ndarray]:
+        """The encoder outputs of one image (a batch of 1), decoded at a bounded size."""
+        return encode_image(self.backend, as_rgb_array(image, decode_side(self.image_size)))
+
     def encode(
         self, images: Sequence[ImageInput], *, batch_size: int = 8, progress: bool | None = None
     ) -> EncodedImages:
@@ -250,7 +254,7 @@ class Detector:
                 score,
                 maps[row],
                 self.image_size,
-                decision=_decide(score, limit),
+                decision=decide(score, limit),
                 threshold=limit,
             )
         return SetResult(results, info, timing)
@@ -262,14 +266,12 @@ class Detector:
                 f"predict: {self.name} scores images against each other; use score_set(images) "
                 "or stream(bank=K) (a rolling bank of recent images)"
             )
-        rgb = as_rgb_array(image, decode_side(self.image_size))
-        pixels = preprocess_image(rgb, self.image_size, self.backend.mean, self.backend.std)
-        outputs = self.backend.run(pixels[None])
+        outputs = self.encode_one(image)
         assert self.headclip is not None
         scores, maps = self.headclip(outputs["cls"], outputs["local"])
         score = float(scores[0])
         limit = self.threshold()
-        return Result(_label(image), score, maps[0], self.image_size, _decide(score, limit), limit)
+        return Result(_label(image), score, maps[0], self.image_size, decide(score, limit), limit)
 
     def stream(self, bank: int = 32, *, threshold: float | None = None) -> Stream:
         """Score images one at a time in arrival order (STAPS: each against the last ``bank``)."""
@@ -317,15 +319,9 @@ class Stream:
         self._labels: dict[int, str | None] = {}
         self._next = 0
 
-    def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """The encoder outputs of one RGB uint8 image (a batch of 1)."""
-        backend = self.detector.backend
-        pixels = preprocess_image(image, backend.image_size, backend.mean, backend.std)
-        return backend.run(pixels[None])
-
     def add(self, image: ImageInput) -> list[Result]:
         """Take the next image; returns the results this made available (maybe none, or several)."""
-        outputs = self.encode(as_rgb_array(image, decode_side(self.detector.image_size)))
+        outputs = self.detector.encode_one(image)
         position = self._next
         self._next += 1
         self._labels[position] = _label(image)
@@ -338,10 +334,6 @@ class Stream:
         except ValueError as exc:
             raise ZsadError(f"stream: {exc}") from exc
 
-    def decide(self, score: float) -> str | None:
-        """OK or NG against the threshold; None without one."""
-        return _decide(score, self.threshold)
-
     def results(self, scored: list[Scored]) -> list[Result]:
         """Scorer output as Results."""
         return [
@@ -350,16 +342,12 @@ class Stream:
                 s.score,
                 s.anomaly_map,
                 self.detector.image_size,
-                self.decide(s.score),
+                decide(s.score, self.threshold),
                 self.threshold,
                 index=s.position,
             )
             for s in scored
         ]
-
-
-def _decide(score: float, threshold: float | None) -> str | None:
-    return None if threshold is None else ("NG" if score > threshold else "OK")
 
 
 def _label(image: ImageInput) -> str | None:
@@ -385,8 +373,6 @@ def _headclip_encoder(
             "--method headclip: needs --calibration ARTIFACT (from zsad calibrate) or a "
             "headclip --bundle"
         )
-    from zsad.api.encoders import require_torch
-
     artifact = load_artifact(calibration, backbone=spec.model, image_size=spec.image_size)
     require_torch(f"--model {spec.model}", "; or run a bundle with --bundle")
     from zsad.model import load_clip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ from tqdm.auto import tqdm
 
 from zsad.api.overlay import OVERLAY_MAX_SIDE, save_overlay
 from zsad.api.results import Result, SetResult
-from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array, load_image_bounded
+from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array
 from zsad.formats.atomic import save_npy
 
 
@@ -32,9 +31,10 @@ def save_result_files(
 ) -> dict[str, str | None]:
     """Write one result's map (.npy, float16) and, when ``span`` is given, its overlay."""
     name = safe_stem(index, result.path)
-    assert result.anomaly_map is not None
+    pixel_map = result.anomaly_map  # upsampled on each access: take it once
+    assert pixel_map is not None
     map_file = out_dir / "maps" / f"{name}.npy"
-    save_npy(map_file, result.anomaly_map.astype(np.float16))
+    save_npy(map_file, pixel_map.astype(np.float16))
     files: dict[str, str | None] = {"map": str(map_file.relative_to(out_dir))}
     if span is not None:
         files["overlay"] = _overlay(out_dir, name, image, result, span)
@@ -67,11 +67,8 @@ def _overlay(
 ) -> str | None:
     source = image if image is not None else result.path
     try:
-        if isinstance(source, (str, os.PathLike)):
-            # Decoded at the overlay's size: a huge frame is never held at full size here.
-            pixels = load_image_bounded(source, OVERLAY_MAX_SIDE)
-        else:
-            pixels = as_rgb_array(source)  # type: ignore[arg-type]
+        # A file is decoded at the overlay's size: a huge frame is never held at full size here.
+        pixels = as_rgb_array(source, OVERLAY_MAX_SIDE)  # type: ignore[arg-type]
     except ImageLoadError:
         return None  # the file changed after encoding; its score and map are still valid
     overlay_file = out_dir / "overlays" / f"{name}.png"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from zsad.scoring.maps import upsample_maps
+
+
+def decide(score: float, threshold: float | None) -> str | None:
+    """NG when the score is above the threshold, else OK; None without a threshold."""
+    return None if threshold is None else ("NG" if score > threshold else "OK")
 
 
 @dataclass
@@ -86,5 +92,5 @@ class SetResult:
     def __len__(self) -> int:
         return len(self.results)
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of Result
+    def __iter__(self) -> Iterator[Result]:
         return iter(self.results)

@@ -9,10 +9,9 @@ import numpy as np
 
 from zsad.api.detector import Detector, Stream
 from zsad.data.datasets import Sample
-from zsad.data.images import ImageLoadError, load_image_bounded
+from zsad.data.images import ImageLoadError
 from zsad.errors import ZsadError, echo_stderr
 from zsad.formats.thresholds import f1_max_threshold, false_alarm_threshold, store_threshold
-from zsad.runtime.preprocess import decode_side
 
 
 def score_sequence(
@@ -23,20 +22,15 @@ def score_sequence(
     scores: dict[int, float] = {}
     for path in paths:
         try:
-            image = load_image_bounded(path, decode_side(stream.detector.image_size))
+            results = stream.add(path)  # an unreadable file takes no place in the stream
         except ImageLoadError as exc:
             echo(f"zsad: skipped {exc}")
             continue
-        for result in stream.scorer.add(stream.encode(image), len(kept)):
-            scores[result.position] = result.score
+        scores.update({r.index: r.score for r in results})
         kept.append(path)
     if not kept:
         raise ZsadError(f"calibrate-threshold: none of the {len(paths)} image(s) could be read")
-    try:
-        for result in stream.scorer.flush():
-            scores[result.position] = result.score
-    except ValueError as exc:
-        raise ZsadError(f"calibrate-threshold: {exc}") from exc
+    scores.update({r.index: r.score for r in stream.flush()})
     return np.array([scores[i] for i in range(len(kept))]), kept
 
 

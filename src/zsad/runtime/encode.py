@@ -27,6 +27,12 @@ class EncodedImages:
         return len(self.indices)
 
 
+def encode_image(backend: EncoderBackend, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The encoder outputs of one RGB uint8 image (H, W, 3), as a batch of 1."""
+    pixels = preprocess_image(image, backend.image_size, backend.mean, backend.std)
+    return backend.run(pixels[None])
+
+
 def encode_images(
     backend: EncoderBackend,
     images: Sequence[ImageInput],

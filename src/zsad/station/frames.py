@@ -23,7 +23,7 @@ from typing import IO
 
 import numpy as np
 
-from zsad.data.images import ImageLoadError, is_image_file, load_image, load_image_bounded
+from zsad.data.images import ImageLoadError, as_rgb_array, is_image_file
 from zsad.errors import ZsadError
 
 # Names writers use while a file is incomplete; such files are never frames.
@@ -93,11 +93,6 @@ class _Decoder:
     on_decode: DecodeHook | None = None
     attempts: dict[str, _Attempt] = field(default_factory=dict)
 
-    def _load(self, path: Path) -> np.ndarray:
-        if self.max_side is None:
-            return load_image(path)
-        return load_image_bounded(path, self.max_side)
-
     def attempt(self, path: Path, name: str) -> Frame | Rejection | None:
         """A Frame, a Rejection once retries are used up, or None (gone, or try again later)."""
         try:
@@ -115,7 +110,7 @@ class _Decoder:
             self.on_decode(FileVersion(path, name, stat.st_size, stat.st_mtime_ns))
         start = time.perf_counter()
         try:
-            image = self._load(path)
+            image = as_rgb_array(path, self.max_side)
         except ImageLoadError as exc:
             if self.on_decode is not None:
                 self.on_decode(None)

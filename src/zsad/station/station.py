@@ -22,12 +22,11 @@ import json
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,14 @@ from typing import Any
 import numpy as np
 
 from zsad.api.records import safe_stem, save_result_files
-from zsad.api.results import Result
+from zsad.api.results import Result, decide
 from zsad.api.scorers import Scored, StreamScorer
 from zsad.data.images import ImageLoadError, load_image_bounded
-from zsad.errors import ZsadError
+from zsad.errors import ZsadError, echo_stderr
 from zsad.formats.atomic import write_json
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.preprocess import decode_side, preprocess_image
+from zsad.runtime.encode import encode_image
+from zsad.runtime.preprocess import decode_side
 from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
 from zsad.station.journal import Journal
 
@@ -65,7 +65,7 @@ class StationOptions:
     poll_s: float = 0.2
     idle_exit_s: float | None = None  # watch: stop after this long with nothing to do
     move_rejected: bool = True  # hot folder: move bad files out; a path list: copy them
-    echo: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    echo: Callable[[str], None] = echo_stderr
 
 
 class _Stop(Exception):
@@ -246,7 +246,7 @@ class Station:
             except ImageLoadError as exc:
                 self.options.echo(f"zsad: bank: skipped {exc}")
                 continue
-            self.scorer.restore(self._encode(image), record)
+            self.scorer.restore(encode_image(self.backend, image), record)
             restored += 1
         self.options.echo(
             f"zsad: resumed at image {self._next_position}; bank refilled with {restored} of "
@@ -316,11 +316,6 @@ class Station:
 
     # ------------------------------------------------------------------ per frame
 
-    def _encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        b = self.backend
-        pixels = preprocess_image(image, b.image_size, b.mean, b.std)[None]
-        return b.run(pixels)
-
     def _process(self, frame: Frame) -> None:
         position = self._next_position
         self._next_position += 1
@@ -329,7 +324,7 @@ class Station:
         self.done.add(frame.key)
         self._take_in_hand(frame)
         start = time.perf_counter()
-        outputs = self._encode(frame.image)
+        outputs = encode_image(self.backend, frame.image)
         encoded = time.perf_counter()
         self._held[position] = _Held(
             frame.path,
@@ -386,7 +381,7 @@ class Station:
         span = self.scorer.map_range() if self.options.overlays else None
         files = save_result_files(self.out, result.position, scored, image, span)
         threshold = self.options.threshold
-        decision = None if threshold is None else ("NG" if result.score > threshold else "OK")
+        decision = decide(result.score, threshold)
         return {
             "index": result.position,
             "path": str(held.path),
