@@ -131,7 +131,9 @@ def test_a_set_of_unreadable_images_is_an_error_not_a_crash(tmp_path: Path) -> N
     (tmp_path / "b.png").write_text("text")
     result = zsad("infer", str(tmp_path), "--model", "zsad-tiny", "--out", str(tmp_path / "o"))
     assert result.returncode == 2
-    assert "mutual scoring needs at least 2" in result.stderr.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "mutual scoring needs at least 2" in last
+    assert "cannot read image" in last and "1 more unreadable" in last  # says why
 
 
 def test_infer_keeps_going_past_missing_inputs_in_the_order_given(

@@ -99,6 +99,14 @@ def staps_settings(scoring: SetScoringConfig, bank: int) -> dict[str, Any]:
     return json.loads(json.dumps(settings))
 
 
+def _first_failure(encoded: EncodedImages) -> str:
+    """Why the first unreadable input failed, for an error about too few readable images."""
+    if not encoded.failures:
+        return ""
+    more = len(encoded.failures) - 1
+    return f" ({encoded.failures[0][1]}" + (f"; {more} more unreadable)" if more else ")")
+
+
 def staps_set_scorer(
     method: str, options: MethodOptions, headclip: HeadclipScoring | None, progress: bool
 ) -> tuple[SetScorer, dict[str, Any]]:
@@ -109,7 +117,10 @@ def staps_set_scorer(
         from zsad.scoring.pipeline import score_set
 
         if len(encoded) < 2:
-            raise ZsadError(f"{len(encoded)} readable image(s): mutual scoring needs at least 2")
+            raise ZsadError(
+                f"{len(encoded)} readable image(s): mutual scoring needs at least 2"
+                + _first_failure(encoded)
+            )
         result = score_set(
             encoded.outputs["taps"], encoded.outputs["cls"], scoring, progress=progress
         )
@@ -127,7 +138,7 @@ def headclip_set_scorer(
 
     def score(encoded: EncodedImages) -> SetScores:
         if not len(encoded):
-            raise ZsadError("no readable images to score")
+            raise ZsadError("no readable images to score" + _first_failure(encoded))
         scores, maps = headclip(encoded.outputs["cls"], encoded.outputs["local"])
         return scores, maps, {"method": "headclip"}
 
