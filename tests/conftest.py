@@ -12,6 +12,8 @@ import pytest
 
 # Tests must not reach for the network, whatever they build.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Child interpreters import the source tree under test, not whichever copy is installed.
+os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _has_cuda() -> bool:

@@ -13,10 +13,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import zsad
 from zsad.data.synthetic import render_sample
 
 BUNDLE_SIZE = 56  # the session bundle's image size (conftest.bundle)
-ENV = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"}
+# Child processes import the same source tree as the tests, not whatever copy is installed.
+SOURCE_ROOT = str(Path(zsad.__file__).resolve().parents[1])
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "PATH": "/usr/bin:/bin",
+    "PYTHONPATH": SOURCE_ROOT,
+    "TQDM_DISABLE": "1",
+}
 TORCH = ("torch", "open_clip", "torchvision")
 BLOCKER = textwrap.dedent(
     """

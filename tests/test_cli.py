@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import one_line_error, zsad
+from helpers import ENV, one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 
 
@@ -120,7 +120,7 @@ def test_user_mistakes_are_one_line_errors(
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"},
+        env=ENV,
         timeout=300,
     )
     one_line_error(result, *needles)

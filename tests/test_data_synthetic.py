@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import zsad
+from helpers import SOURCE_ROOT
 from zsad.data.datasets import read_mvtec
 from zsad.data.images import load_image, load_mask
 from zsad.data.synthetic import (
@@ -68,9 +68,8 @@ def test_output_does_not_depend_on_the_process_hash_seed(tmp_path: Path) -> None
         "n_defect=1, size=32)"
     )
     # str hashes are salted per process, so this catches any use of hash() in seeding.
-    source_root = str(Path(zsad.__file__).resolve().parents[1])
     for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": source_root}
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": SOURCE_ROOT}
         out = tmp_path / hash_seed
         subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True)
     assert _tree_bytes(tmp_path / "1") == _tree_bytes(tmp_path / "2")
