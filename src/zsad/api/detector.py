@@ -128,6 +128,36 @@ class Detector:
         return cls.from_spec(spec, method, options=options, threshold=threshold, progress=progress)
 
     @classmethod
+    def from_triton(
+        cls,
+        url: str,
+        model: str,
+        *,
+        method: str | None = None,
+        bundle: str | os.PathLike[str] | None = None,
+        timeout_s: float = 30.0,
+        threshold: float | None = None,
+        scoring: SetScoringConfig | None = None,
+        jas_r: float | None = None,
+        top_k: float | None = None,
+        progress: bool = False,
+    ) -> Detector:
+        """From an encoder served by Triton Inference Server (`zsad triton` wrote its model).
+
+        ``url``: grpc://host:8001 (default protocol) or http://host:8000. The served model's
+        metadata is checked on connect; with ``bundle`` its file must also be that bundle's.
+        Scoring runs here. A server down or too slow raises zsad.errors.ServiceUnavailable.
+        """
+        spec = EncoderSpec(
+            bundle=None if bundle is None else Path(bundle),
+            triton=url,
+            triton_model=model,
+            triton_timeout_s=timeout_s,
+        )
+        options = MethodOptions(scoring or SetScoringConfig(), jas_r, top_k)
+        return cls.from_spec(spec, method, options=options, threshold=threshold, progress=progress)
+
+    @classmethod
     def from_model(
         cls,
         model: str = DEFAULT_MODEL,
@@ -354,6 +384,18 @@ def _label(image: ImageInput) -> str | None:
     return str(image) if isinstance(image, (str, os.PathLike)) else None
 
 
+def _served_artifact(backend: Any) -> Any:
+    """The calibration a HeadCLIP model on a Triton server carries in its config."""
+    import base64
+
+    from zsad.formats.artifact import parse_artifact
+
+    if not backend.calibration:
+        backend.close()
+        raise ZsadError(f"{backend.where}: a headclip model without its calibration")
+    return parse_artifact(base64.b64decode(backend.calibration), backend.where)
+
+
 def _headclip_encoder(
     spec: EncoderSpec, calibration: str | os.PathLike[str] | None
 ) -> tuple[EncoderBackend, Any]:
@@ -366,6 +408,8 @@ def _headclip_encoder(
                 f"--calibration {calibration}: a headclip bundle carries its own calibration"
             )
         backend = open_encoder(spec, get_method("headclip").outputs)
+        if spec.triton is not None:
+            return backend, _served_artifact(backend)
         bundle = backend.bundle  # type: ignore[attr-defined]
         return backend, load_artifact(bundle.file(bundle.calibration))
     if calibration is None:

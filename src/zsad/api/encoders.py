@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES, Bundle
 from zsad.runtime.backend import EncoderBackend
+
+if TYPE_CHECKING:
+    from zsad.runtime.triton_backend import TritonBackend
 
 DEFAULT_MODEL = "ViT-L-14-336"
 # The ViT-L/14 methods were published at 518 px (37 x 37 patches); other models default to the
@@ -27,14 +31,19 @@ class EncoderSpec:
     device: str = "auto"
     bundle: Path | None = None
     engine: Path | None = None
+    triton: str | None = None  # a Triton server URL: the encoder runs there
+    triton_model: str | None = None
+    triton_timeout_s: float = 30.0
 
     @property
     def deployed(self) -> bool:
-        """Whether it runs from a bundle or an engine (no torch)."""
-        return self.bundle is not None or self.engine is not None
+        """Whether it runs from a bundle, an engine or a Triton server (no torch)."""
+        return self.bundle is not None or self.engine is not None or self.triton is not None
 
     def bundle_root(self) -> Path | None:
-        """The bundle folder behind --bundle/--engine, or None for a model."""
+        """The bundle folder behind --bundle/--engine, or None for a model or a server."""
+        if self.triton is not None:
+            return None
         path = self.engine if self.engine is not None else self.bundle
         if path is None:
             return None
@@ -42,7 +51,7 @@ class EncoderSpec:
 
     def check_device(self) -> None:
         """Fail early, in one line, when --device cuda cannot be honoured here."""
-        if self.device != "cuda" or self.engine is not None:
+        if self.device != "cuda" or self.engine is not None or self.triton is not None:
             return
         if self.deployed:
             from zsad.runtime.onnx_backend import resolve_providers
@@ -56,7 +65,9 @@ class EncoderSpec:
             raise ZsadError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
 
     def describe(self) -> str:
-        """What the user named: the bundle, the engine or the model."""
+        """What the user named: the server's model, the bundle, the engine or the model."""
+        if self.triton is not None:
+            return f"{self.triton}/{self.triton_model}"
         return str(self.bundle or self.engine or self.model)
 
 
@@ -73,9 +84,32 @@ def require_torch(what: str, alternative: str = "") -> None:
 
 
 def bundle_method(spec: EncoderSpec) -> str | None:
-    """The method the bundle behind ``spec`` was exported for (None for a model)."""
+    """The method the bundle (or served model) behind ``spec`` was exported for (None: a model)."""
+    if spec.triton is not None:
+        with open_triton(spec) as backend:
+            return backend.bundle.method
     root = spec.bundle_root()
     return None if root is None else Bundle.load(root).method
+
+
+def open_triton(spec: EncoderSpec) -> TritonBackend:
+    """Connect to the served encoder; with --bundle too, the served file must be that bundle's."""
+    from zsad.runtime.triton_backend import TritonBackend
+
+    if spec.engine is not None:
+        raise ZsadError("--triton and --engine: the engine runs on the server; give one of them")
+    if not spec.triton_model:
+        raise ZsadError(f"--triton {spec.triton}: needs --triton-model NAME (from zsad triton)")
+    expect = None if spec.bundle is None else Bundle.load(spec.bundle)
+    backend = TritonBackend(
+        spec.triton, spec.triton_model, timeout_s=spec.triton_timeout_s, expect=expect
+    )
+    if spec.image_size is not None and spec.image_size != backend.image_size:
+        backend.close()
+        raise ZsadError(
+            f"--image-size {spec.image_size}: {backend.where} serves {backend.image_size} px"
+        )
+    return backend
 
 
 def model_image_size(model: str, image_size: int | None) -> int:
@@ -99,6 +133,8 @@ def open_encoder(
     """The bundle (ONNX Runtime) or engine (TensorRT) backend when given, else the torch one."""
     if not spec.deployed:
         return _torch_backend(spec, outputs, taps)
+    if spec.triton is not None:
+        return _checked_outputs(open_triton(spec), outputs, f"{spec.triton}/{spec.triton_model}")
     from zsad.runtime.open import open_backend
 
     if spec.bundle is not None and spec.engine is not None:
@@ -112,12 +148,18 @@ def open_encoder(
     path = spec.engine if spec.engine is not None else spec.bundle
     assert path is not None
     backend = open_backend(path, device=spec.device, image_size=spec.image_size)
+    return _checked_outputs(backend, outputs, str(path))
+
+
+def _checked_outputs(
+    backend: EncoderBackend, outputs: tuple[str, ...], where: str
+) -> EncoderBackend:
     missing = [name for name in outputs if name not in backend.outputs]
     if missing:
         backend.close()
         method = backend.bundle.method  # type: ignore[attr-defined]
         raise ZsadError(
-            f"{path}: exported for --method {method} (outputs {', '.join(backend.outputs)}); "
+            f"{where}: exported for --method {method} (outputs {', '.join(backend.outputs)}); "
             f"this needs {', '.join(outputs)}"
         )
     return backend

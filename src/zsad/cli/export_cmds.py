@@ -48,6 +48,14 @@ def export(
     ] = "none",
     compute_capability: ComputeCapabilityOpt = None,
     max_batch: MaxBatchOpt = 16,
+    triton_repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--triton",
+            help="Also write a Triton model repository here from the new bundle, with the "
+            "defaults of `zsad triton` (run that for other forms and batching).",
+        ),
+    ] = None,
     *,
     encoder: Any,
 ) -> None:
@@ -78,6 +86,11 @@ def export(
         max_batch=max_batch,
     )
     typer.echo(f"exported {encoder.model} ({method}) -> {out}")
+    if triton_repo is not None:
+        from zsad.export.triton_repo import write_repository
+
+        models = write_repository(out, triton_repo)
+        typer.echo(f"triton models {', '.join(models)} -> {triton_repo}")
 
 
 def build_engine(
@@ -104,7 +117,77 @@ def build_engine(
     typer.echo(f"engine -> {bundle / 'encoder.engine'}")
 
 
+def triton(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by zsad export.")],
+    repo: Annotated[Path, typer.Argument(help="Triton model repository folder (created).")],
+    name: Annotated[
+        str, typer.Option("--name", help="Model name; other forms get _fp16, _trt, _python.")
+    ] = "zsad",
+    form: Annotated[
+        str,
+        typer.Option(
+            "--form",
+            help="Comma-separated: onnx (FP32, onnxruntime_onnx), fp16 (FP16 ONNX), trt "
+            "(tensorrt_plan, when the bundle has a full TensorRT engine), python (ONNX Runtime "
+            "inside the Python backend, for servers without the onnxruntime backend).",
+        ),
+    ] = "onnx,fp16,trt",
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, help="max_batch_size of every model.")
+    ] = 16,
+    preferred_batch: Annotated[
+        str,
+        typer.Option("--preferred-batch", help="Dynamic batching: preferred batch sizes."),
+    ] = "4,8",
+    queue_delay_us: Annotated[
+        int,
+        typer.Option(
+            "--queue-delay-us",
+            min=0,
+            help="Dynamic batching: how long a request may wait for others to join its batch.",
+        ),
+    ] = 2000,
+    instances: Annotated[
+        int, typer.Option("--instances", min=1, help="Model instances (instance_group count).")
+    ] = 1,
+    kind: Annotated[
+        Literal["gpu", "cpu"],
+        typer.Option("--kind", help="Instance kind of the ONNX and Python models (plans: GPU)."),
+    ] = "gpu",
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            "--ensemble",
+            help="HeadCLIP bundles: also serve the whole method (NAME_headclip: image in, score "
+            "and map out) with a Python-backend scorer; the server's Python needs zsad.",
+        ),
+    ] = False,
+) -> None:
+    """Write a Triton Inference Server model repository from a bundle; no torch needed.
+
+    Each model's config.pbtxt carries bundle.json (image size, normalisation, method, hashes;
+    HeadCLIP's calibration too), which `zsad infer --triton URL --triton-model NAME` checks on
+    connect. Serve it with tritonserver --model-repository REPO (see docs/deployment.md).
+    """
+    from zsad.cli.options import int_tuple
+    from zsad.export.triton_repo import RepositoryOptions, write_repository
+
+    options = RepositoryOptions(
+        name=name,
+        forms=tuple(f.strip() for f in form.split(",") if f.strip()),
+        max_batch=max_batch,
+        preferred_batch=int_tuple("--preferred-batch", preferred_batch),
+        queue_delay_us=queue_delay_us,
+        instances=instances,
+        kind=kind,
+        ensemble=ensemble,
+    )
+    models = write_repository(bundle, repo, options)
+    typer.echo(f"triton models {', '.join(models)} -> {repo}")
+
+
 def register(app: typer.Typer) -> None:
     """Attach these commands to the app."""
     app.command("export")(export)
     app.command("build-engine")(build_engine)
+    app.command("triton")(triton)

@@ -89,6 +89,33 @@ EngineOpt = Annotated[
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
+TritonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--triton",
+        help="Run the encoder on a Triton Inference Server: grpc://HOST:8001 (default) or "
+        "http://HOST:8000; needs --triton-model. Scoring stays here. With --bundle, the served "
+        "file must be that bundle's.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+TritonModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--triton-model",
+        help="The served encoder model (a name `zsad triton` wrote, e.g. zsad or zsad_fp16).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+TritonTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--triton-timeout",
+        min=0.1,
+        help="Seconds a request to the Triton server may take before it counts as an outage.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder call.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data, orders, clustering).")]
 ProgressOpt = Annotated[
@@ -195,6 +222,9 @@ _ENCODER_OPTIONS = {
     "device": (DeviceOpt, "auto"),
     "bundle": (BundleOpt, None),
     "engine": (EngineOpt, None),
+    "triton": (TritonOpt, None),
+    "triton_model": (TritonModelOpt, None),
+    "triton_timeout_s": (TritonTimeoutOpt, 30.0),
 }
 
 
@@ -320,7 +350,8 @@ def _scoring_parameter(
     return option_parameter(_PREFIX + name, Annotated[kind, option], default)
 
 
-def _int_tuple(flag: str, text: str) -> tuple[int, ...]:
+def int_tuple(flag: str, text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers given to ``flag``, with a one-line error."""
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -337,7 +368,7 @@ def build_scoring(values: dict[str, Any], seed: int) -> Any:
     flags = {name: flag for name, flag, _, _ in _SCORING_OPTIONS}
     for name, default in _scoring_defaults().items():
         if isinstance(default, tuple) and isinstance(values.get(name), str):
-            values[name] = _int_tuple(flags[name], values[name])
+            values[name] = int_tuple(flags[name], values[name])
     if any(r % 2 == 0 for r in values.get("r_list", ())):
         raise ZsadError(f"--r-list {values['r_list']}: aggregation degrees must be odd")
     try:

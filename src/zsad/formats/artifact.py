@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load, save
 
 from zsad.errors import ZsadError
 from zsad.formats.atomic import atomic_open
@@ -81,28 +81,10 @@ def load_artifact(
     if not path.is_file():
         raise ZsadError(f"--calibration {path}: no such file")
     try:
-        tensors = load_file(str(path))
-        with open(path, "rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            meta = json.loads(handle.read(header_len)).get("__metadata__", {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ZsadError(f"--calibration {path}: not a safetensors artifact ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise ZsadError(
-            f"--calibration {path}: not a zsad HeadCLIP artifact (format {meta.get('format')!r})"
-        )
-    stored = meta.pop("sha256", None)
-    if stored != _digest(tensors, meta):
-        raise ZsadError(f"--calibration {path}: checksum mismatch (file altered or corrupt)")
-    artifact = HeadclipArtifact(
-        text_embeddings=tensors.pop(TEXT_EMBEDDINGS),
-        head_weights=tensors.pop(HEAD_WEIGHTS),
-        backbone=meta["backbone"],
-        image_size=int(meta["image_size"]),
-        csa_layers=tuple(int(i) for i in meta["csa_layers"].split(",") if i),
-        hyperparameters=json.loads(meta["hyperparameters"]),
-        extra={k.removeprefix("extra."): v for k, v in tensors.items()},
-    )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ZsadError(f"--calibration {path}: unreadable ({exc})") from exc
+    artifact = parse_artifact(data, f"--calibration {path}")
     if backbone is not None and backbone != artifact.backbone:
         raise ZsadError(
             f"--calibration {path}: made for backbone {artifact.backbone}, not {backbone}"
@@ -112,3 +94,27 @@ def load_artifact(
             f"--calibration {path}: made for image size {artifact.image_size}, not {image_size}"
         )
     return artifact
+
+
+def parse_artifact(data: bytes, where: str) -> HeadclipArtifact:
+    """Verify and read an artifact's bytes (a file, or a copy an inference server carries)."""
+    try:
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+    except (SafetensorError, ValueError) as exc:
+        raise ZsadError(f"{where}: not a safetensors artifact ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise ZsadError(f"{where}: not a zsad HeadCLIP artifact (format {meta.get('format')!r})")
+    stored = meta.pop("sha256", None)
+    if stored != _digest(tensors, meta):
+        raise ZsadError(f"{where}: checksum mismatch (file altered or corrupt)")
+    return HeadclipArtifact(
+        text_embeddings=tensors.pop(TEXT_EMBEDDINGS),
+        head_weights=tensors.pop(HEAD_WEIGHTS),
+        backbone=meta["backbone"],
+        image_size=int(meta["image_size"]),
+        csa_layers=tuple(int(i) for i in meta["csa_layers"].split(",") if i),
+        hyperparameters=json.loads(meta["hyperparameters"]),
+        extra={k.removeprefix("extra."): v for k, v in tensors.items()},
+    )

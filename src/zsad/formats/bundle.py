@@ -78,10 +78,7 @@ class Bundle:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else None
             raise ZsadError(f"{path}: format {found!r}, expected {FORMAT!r}")
-        try:
-            bundle = cls._from_meta(root, meta)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ZsadError(f"{path}: malformed bundle.json ({type(exc).__name__}: {exc})") from exc
+        bundle = cls.from_meta(root, meta, str(path))
         for name, entry in meta["files"].items():
             target = root / name
             if not target.is_file():
@@ -92,6 +89,15 @@ class Bundle:
                     "(truncated or replaced file)"
                 )
         return bundle
+
+    @classmethod
+    def from_meta(cls, root: Path, meta: dict[str, Any], where: str) -> Bundle:
+        """A Bundle from bundle.json content (read from ``where``); no file is checked."""
+        try:
+            return cls._from_meta(root, meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            raise ZsadError(f"{where}: malformed bundle.json ({problem})") from exc
 
     @classmethod
     def _from_meta(cls, root: Path, meta: dict[str, Any]) -> Bundle:

@@ -1,0 +1,189 @@
+"""The Triton backend: the encoder runs on a Triton Inference Server (gRPC, or HTTP), here only
+the request. On connect the served model's config must carry a zsad bundle's metadata whose
+input, outputs and file hash match what the server declares (and an expected bundle, if given)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from zsad.errors import ServiceUnavailable, ZsadError
+from zsad.formats.bundle import Bundle
+from zsad.formats.triton import PARAM_BUNDLE, PARAM_CALIBRATION, PARAM_FILE
+from zsad.runtime.backend import Lifecycle
+
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+DEFAULT_TIMEOUT_S = 30.0
+# gRPC status codes and connection failures that mean "the server is not there (yet)".
+_OUTAGE_MARKS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Deadline", "failed to connect", "onnect")
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """'grpc://host:8001', 'http://host:8000' or 'host[:port]' (gRPC) -> (protocol, host:port)."""
+    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
+        raise ZsadError(f"--triton {url}: expected grpc://HOST:PORT or http://HOST:PORT")
+    try:
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+    except ValueError as exc:
+        raise ZsadError(f"--triton {url}: bad port ({exc})") from exc
+    return parts.scheme, f"{parts.hostname}:{port}"
+
+
+def _client_module(protocol: str) -> Any:
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except ImportError as exc:
+        raise ZsadError(
+            f"--triton: the Triton client is not installed ({exc.name} is missing): "
+            "pip install 'zsad[triton]'"
+        ) from exc
+    return module
+
+
+def _is_outage(exc: Exception) -> bool:
+    text = f"{getattr(exc, 'status', lambda: '')()} {exc}"
+    return any(mark in text for mark in _OUTAGE_MARKS) or isinstance(exc, (OSError, TimeoutError))
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+class TritonBackend(Lifecycle):
+    """Encodes on a Triton server; implements zsad.runtime.backend.EncoderBackend.
+
+    Not thread-safe (neither is the Triton client): give each thread its own backend.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        expect: Bundle | None = None,
+    ) -> None:
+        self.protocol, self.address = parse_url(url)
+        self.url, self.model, self.timeout_s = url, model, timeout_s
+        self.where = f"--triton {url} --triton-model {model}"
+        module = _client_module(self.protocol)
+        self._module = module
+        if self.protocol == "grpc":
+            self.client = module.InferenceServerClient(self.address)
+        else:
+            self.client = module.InferenceServerClient(
+                self.address, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+        config = self._connect()
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        if PARAM_BUNDLE not in params:
+            raise ZsadError(
+                f"{self.where}: this model carries no zsad bundle metadata (not a "
+                "model from zsad triton)"
+            )
+        try:
+            meta = json.loads(params[PARAM_BUNDLE])
+        except ValueError as exc:
+            raise ZsadError(f"{self.where}: unreadable bundle metadata ({exc})") from exc
+        self.bundle = Bundle.from_meta(Path(f"{url}/{model}"), meta, self.where)
+        self.served_file = params.get(PARAM_FILE, "")
+        self.calibration = params.get(PARAM_CALIBRATION)  # base64, HeadCLIP only
+        self._check(config, expect)
+        self.image_size = self.bundle.image_size
+        self.mean, self.std = self.bundle.mean, self.bundle.std
+        self.outputs = self.bundle.outputs
+        self.input_name = str(meta["input"]["name"])
+        self.name = f"triton-{self.protocol}:{model}"
+
+    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:  # the client raises its own type, gRPC and socket errors
+            if _is_outage(exc):
+                raise ServiceUnavailable(
+                    f"{self.where}: {what}: server unreachable or too slow ({_short(exc)})"
+                ) from exc
+            raise ZsadError(f"{self.where}: {what}: {_short(exc)}") from exc
+
+    def _connect(self) -> dict[str, Any]:
+        """Check the server is up and the model ready; returns the model's config."""
+        timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        self._call("connect", self.client.is_server_live, **timeout)
+        if not self._call("model status", self.client.is_model_ready, self.model, **timeout):
+            if self.protocol == "grpc":
+                index = self._call(
+                    "repository", self.client.get_model_repository_index, as_json=True, **timeout
+                ).get("models", [])
+            else:
+                index = self._call("repository", self.client.get_model_repository_index)
+            ready = sorted(m.get("name", "") for m in index if m.get("state") == "READY")
+            raise ZsadError(
+                f"{self.where}: no such model ready on the server (ready: "
+                f"{', '.join(ready) or 'none'})"
+            )
+        if self.protocol == "grpc":
+            config = self._call(
+                "config", self.client.get_model_config, self.model, as_json=True, **timeout
+            )
+            return config.get("config", {})
+        return self._call("config", self.client.get_model_config, self.model)
+
+    def _check(self, config: dict[str, Any], expect: Bundle | None) -> None:
+        bundle = self.bundle
+        inputs = config.get("input", [])
+        size = bundle.image_size
+        if len(inputs) != 1 or [int(d) for d in inputs[0].get("dims", [])] != [3, size, size]:
+            raise ZsadError(
+                f"{self.where}: the served input is not one (B, 3, {size}, {size}) image batch "
+                "as the bundle metadata says"
+            )
+        served = sorted(o.get("name") for o in config.get("output", []))
+        if served != sorted(bundle.outputs):
+            raise ZsadError(
+                f"{self.where}: serves outputs {', '.join(served)}, not the encoder outputs "
+                f"{', '.join(bundle.outputs)} (a HeadCLIP ensemble? give its encoder model)"
+            )
+        entry = bundle.meta.get("files", {}).get(self.served_file)
+        if entry is None:
+            raise ZsadError(f"{self.where}: serves {self.served_file!r}, not a file of its bundle")
+        if expect is not None:
+            wanted = expect.meta["files"].get(self.served_file, {}).get("sha256")
+            if wanted != entry["sha256"]:
+                raise ZsadError(
+                    f"{self.where}: serves a different {self.served_file} than --bundle "
+                    f"{expect.root} (SHA-256 {entry['sha256'][:12]} vs {str(wanted)[:12]})"
+                )
+
+    def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Encode a float32 batch (B, 3, S, S) on the server."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, self.image_size, self.image_size):
+            raise ZsadError(
+                f"input of shape {pixels.shape}: this model takes (B, 3, {self.image_size}, "
+                f"{self.image_size})"
+            )
+        if self.client is None:
+            raise ZsadError(f"{self.name}: the backend was closed")
+        module = self._module
+        request = module.InferInput(self.input_name, list(pixels.shape), "FP32")
+        request.set_data_from_numpy(pixels)
+        wanted = [module.InferRequestedOutput(name) for name in self.outputs]
+        timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        result = self._call(
+            "inference", self.client.infer, self.model, [request], outputs=wanted, **timeout
+        )
+        return {name: np.asarray(result.as_numpy(name), np.float32) for name in self.outputs}
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
