@@ -108,9 +108,12 @@ def infer(
         raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
     check_writable_folder(out)
     if stream:
-        from zsad.station.run import stream_paths
+        from zsad.station.run import open_when_available, stream_paths
 
-        with detector(encoder, method, headclip, scoring) as det:
+        opened = open_when_available(
+            lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
+        )
+        with opened as det:
             stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
         return
     from zsad.api.infer import infer_to_folder

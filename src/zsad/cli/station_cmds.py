@@ -116,11 +116,14 @@ def watch(
     (it is not scanned) but may not be the hot folder itself.
     """
     from zsad.formats.atomic import check_writable_folder
-    from zsad.station.run import check_watch_folders, watch_folder
+    from zsad.station.run import check_watch_folders, open_when_available, watch_folder
 
     check_watch_folders(in_dir, out)
     check_writable_folder(out)
-    with detector(encoder, method, headclip, scoring) as det:
+    opened = open_when_available(
+        lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
+    )
+    with opened as det:
         watch_folder(
             det,
             in_dir,

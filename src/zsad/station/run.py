@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from zsad.api.detector import Detector
-from zsad.errors import ZsadError, echo_stderr
+from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
+from zsad.formats.atomic import write_json
 from zsad.runtime.preprocess import decode_side
 from zsad.station.frames import HotFolder, PathList, same_folder
-from zsad.station.station import Station, StationOptions
+from zsad.station.station import RETRY_FIRST_S, RETRY_MAX_S, STATUS, Station, StationOptions
 
 Echo = Callable[[str], None]
 
@@ -46,6 +49,40 @@ def run_station(
         echo=echo,
     )
     return Station(detector.backend, stream.scorer, source_factory, options).run()
+
+
+def open_when_available(
+    open_detector: Callable[[], Detector], out: Path, *, echo: Echo = echo_stderr
+) -> Detector:
+    """Open the detector; while its encoder server is unreachable, retry with backoff and say
+    so in OUT/status.json (a station must come up before, or without, its server)."""
+    delay, since = RETRY_FIRST_S, None
+    while True:
+        try:
+            detector = open_detector()
+        except ServiceUnavailable as exc:
+            if since is None:
+                since = time.time()
+                echo(f"zsad: encoder unreachable at start, retrying: {exc}")
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(
+                out / STATUS,
+                {
+                    "state": "waiting-for-encoder",
+                    "pid": os.getpid(),
+                    "encoder": "unreachable",
+                    "encoder_down_since": time.strftime(
+                        "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(since)
+                    ),
+                    "encoder_error": str(exc),
+                },
+            )
+            time.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_S)
+            continue
+        if since is not None:
+            echo(f"zsad: encoder reachable after {time.time() - since:.0f} s")
+        return detector
 
 
 def check_watch_folders(in_dir: Path, out: Path) -> None:

@@ -37,7 +37,7 @@ from zsad.api.records import safe_stem, save_result_files
 from zsad.api.results import Result, decide
 from zsad.api.scorers import Scored, StreamScorer
 from zsad.data.images import ImageLoadError, load_image_bounded
-from zsad.errors import ZsadError, echo_stderr
+from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
 from zsad.formats.atomic import write_json
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import encode_image
@@ -52,6 +52,9 @@ REJECTED = "rejected"
 IN_PROGRESS = "in-progress.json"
 POISON_DEATHS = 2  # deaths in a row with the same frame in hand before it is rejected
 POISON_REASON = "the station stopped twice while processing this frame"
+# A remote encoder that is down is retried after 0.5 s, 1 s, 2 s ... at most this often.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
 
 
 @dataclass
@@ -132,6 +135,9 @@ class Station:
         self._in_hand: FrameKey | None = None  # the frame in-progress.json names
         self._deaths: dict[FrameKey, int] = {}  # earlier deaths in a row with this frame in hand
         self._source_missing_since: float | None = None
+        self._encoder_down_since: float | None = None  # a remote encoder unreachable since
+        self._encoder_error: str | None = None
+        self.encoder_outages = 0
 
     # ------------------------------------------------------------------ public
 
@@ -246,7 +252,10 @@ class Station:
             except ImageLoadError as exc:
                 self.options.echo(f"zsad: bank: skipped {exc}")
                 continue
-            self.scorer.restore(encode_image(self.backend, image), record)
+            outputs = self._encode(image, None)
+            if outputs is None:
+                return  # stopped while the encoder was down; the loop sees the stop
+            self.scorer.restore(outputs, record)
             restored += 1
         self.options.echo(
             f"zsad: resumed at image {self._next_position}; bank refilled with {restored} of "
@@ -324,7 +333,9 @@ class Station:
         self.done.add(frame.key)
         self._take_in_hand(frame)
         start = time.perf_counter()
-        outputs = encode_image(self.backend, frame.image)
+        outputs = self._encode(frame.image, frame)
+        if outputs is None:
+            return  # stopped while the encoder was down: not journaled, so offered again
         encoded = time.perf_counter()
         self._held[position] = _Held(
             frame.path,
@@ -339,6 +350,42 @@ class Station:
         score_s = time.perf_counter() - encoded
         self._write_results(results, score_s, {position: frame.image})
         self._release_in_hand()
+
+    def _encode(self, image: np.ndarray, frame: Frame | None) -> dict[str, np.ndarray] | None:
+        """Encode one image; while a remote encoder is down, retry with backoff (the frame
+        waits, nothing is lost) and report the outage. None: stopped while waiting."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                outputs = encode_image(self.backend, image)
+            except ServiceUnavailable as exc:
+                self._encoder_down(str(exc), delay)
+                self._release_in_hand()  # not the frame's fault: a restart must not count it
+                if self._stop.wait(delay):
+                    return None
+                delay = min(2 * delay, RETRY_MAX_S)
+                if frame is not None:
+                    self._take_in_hand(frame)
+                continue
+            if self._encoder_down_since is not None:
+                down = time.time() - self._encoder_down_since
+                self.options.echo(f"zsad: encoder {self.backend.name} is back (down {down:.0f} s)")
+                self._encoder_down_since = self._encoder_error = None
+                self._status("running")
+            return outputs
+
+    def _encoder_down(self, error: str, delay: float) -> None:
+        """Note an outage once, and keep status.json current while it lasts."""
+        if self._encoder_down_since is None:
+            self._encoder_down_since, self._encoder_error = time.time(), error
+            self.encoder_outages += 1
+            self.options.echo(
+                f"zsad: encoder unreachable, the frame waits and is retried (every "
+                f"{delay:g} s, up to {RETRY_MAX_S:g} s): {error}"
+            )
+            self._status("running")
+        elif time.monotonic() - self._status_at >= self.options.status_interval_s:
+            self._status("running")
 
     def _flush_held(self) -> None:
         if not self._held:
@@ -477,7 +524,9 @@ class Station:
         span = now - recent[0] if len(recent) > 1 else 0.0
         latencies = sorted(self._latencies)
         held = self.scorer.held()
-        if state == "running" and held:
+        if state == "running" and self._encoder_down_since is not None:
+            state = "encoder-unreachable"
+        elif state == "running" and held:
             state = "warming-up"
         status = {
             "state": state,
@@ -496,6 +545,10 @@ class Station:
             "threshold": self.options.threshold,
             "source": "ok" if self._source_missing_since is None else "missing",
             "source_missing_since": _iso(self._source_missing_since),
+            "encoder": "ok" if self._encoder_down_since is None else "unreachable",
+            "encoder_down_since": _iso(self._encoder_down_since),
+            "encoder_error": self._encoder_error,
+            "encoder_outages": self.encoder_outages,
             **self.scorer.describe(),
             **extra,
         }

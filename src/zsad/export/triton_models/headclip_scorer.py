@@ -8,14 +8,20 @@ artifact sits beside this file, checked against its SHA-256 when the model loads
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from zsad.formats.artifact import load_artifact
-from zsad.scoring.headclip import score_headclip
+# The backend's stub embeds Python without reading PYTHONPATH; honour it, so a zsad that is not
+# installed in the server's environment (a source checkout) can serve too.
+sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+from zsad.formats.artifact import load_artifact  # noqa: E402
+from zsad.scoring.headclip import score_headclip  # noqa: E402
 
 
 class TritonPythonModel:
