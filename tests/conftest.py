@@ -50,6 +50,32 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def headclip_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zsad-tiny HeadCLIP bundle (runtime tests' size) from a seeded hand-made artifact, exported
+    with ``--triton``: BUNDLE/triton holds its default Triton repository."""
+    from helpers import BUNDLE_SIZE as SIZE
+    from helpers import zsad
+    from zsad.formats.artifact import HeadclipArtifact, save_artifact
+
+    root = tmp_path_factory.mktemp("headclip-bundle")
+    rng = np.random.default_rng(3)
+    text = rng.standard_normal((2, 64)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    hyper = {"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0}
+    weights = rng.uniform(0.2, 1.8, size=(5, 4)).astype(np.float32)
+    artifact = HeadclipArtifact(text, weights, "zsad-tiny", SIZE, (2, 3, 4, 5, 6), hyper)
+    save_artifact(root / "headclip.safetensors", artifact)
+    out = root / "bundle"
+    result = zsad(
+        "export", "--model", "zsad-tiny", "--method", "headclip", "--image-size", str(SIZE),
+        "--calibration", str(root / "headclip.safetensors"), "--out", str(out),
+        "--triton", str(out / "triton"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 @pytest.fixture
 def cupy_device():
     """CuPy with a visible CUDA device, or skip (for the GPU-marked scoring tests)."""

@@ -4,6 +4,7 @@ one-line error check."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import zsad
@@ -85,3 +87,27 @@ def assert_each_once(out: Path, names: list[str]) -> list[dict]:
     for r in scored:
         assert (out / r["map"]).is_file() and np.isfinite(r["score"])
     return scored
+
+
+def require_service(available: bool, reason: str) -> None:
+    """Skip a test whose service is missing, or fail when ZSAD_REQUIRE_SERVICES=1 (CI)."""
+    if available:
+        return
+    if os.environ.get("ZSAD_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"ZSAD_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def triton_env() -> Path:
+    """The nvidia-pytriton environment (ZSAD_TRITON_ENV, else .venv-triton in the checkout),
+    or skip (fail under ZSAD_REQUIRE_SERVICES=1) when it has no tritonserver."""
+    default = Path(SOURCE_ROOT).parent / ".venv-triton"
+    env = Path(os.environ.get("ZSAD_TRITON_ENV", default))
+    found = any(env.glob("lib/python3.*/site-packages/pytriton/tritonserver/bin/tritonserver"))
+    require_service(
+        found,
+        f"no tritonserver in {env} (.ci/run builds it: python3 -m venv .venv-triton && "
+        ".venv-triton/bin/pip install nvidia-pytriton onnxruntime scipy scikit-learn "
+        "safetensors; or set ZSAD_TRITON_ENV)",
+    )
+    return env

@@ -1,0 +1,174 @@
+"""`zsad triton`: the model repository, checked against Triton's own config schema, and the
+client's one-line errors when no server is there."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from helpers import BUNDLE_SIZE, TORCH, one_line_error, write_frame, zsad
+from zsad.formats.bundle import sha256_file
+from zsad.formats.triton import PARAM_BUNDLE, PARAM_CALIBRATION, PARAM_FILE
+
+FP32 = model_config_pb2.DataType.Value("TYPE_FP32")
+CPU = model_config_pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")
+GPU = model_config_pb2.ModelInstanceGroup.Kind.Value("KIND_GPU")
+
+
+def _configs(repo: Path) -> dict[str, model_config_pb2.ModelConfig]:
+    return {
+        path.parent.name: text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        for path in sorted(repo.glob("*/config.pbtxt"))
+    }
+
+
+def _with_trt_engine(bundle: Path, tmp_path: Path, max_batch: int) -> Path:
+    """A copy of the bundle listing a (stand-in) full TensorRT engine."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "encoder.engine").write_bytes(b"plan bytes")
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["engine"] = {
+        "file": "encoder.engine",
+        "flavour": "trt",
+        "tensorrt_version": "10.0",
+        "compute_capabilities": ["9.0"],
+        "batch": {"min": 1, "opt": 2, "max": max_batch},
+    }
+    meta["files"]["encoder.engine"] = {
+        "sha256": sha256_file(copy / "encoder.engine"),
+        "bytes": (copy / "encoder.engine").stat().st_size,
+    }
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    return copy
+
+
+def test_every_config_parses_and_matches_the_bundle(bundle: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = zsad(
+        "triton", str(bundle), str(repo), "--form", "onnx,fp16,python", "--max-batch", "8",
+        "--preferred-batch", "2,4,16", "--queue-delay-us", "500", "--instances", "2",
+        "--kind", "cpu", block=TORCH,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    configs = _configs(repo)
+    assert sorted(configs) == ["zsad", "zsad_fp16", "zsad_python"]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    for name, config in configs.items():
+        assert config.name == name and config.max_batch_size == 8
+        assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]  # 16 > max batch
+        assert config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert [(g.count, g.kind) for g in config.instance_group] == [(2, CPU)]
+        (pixels,) = config.input
+        assert (pixels.name, pixels.data_type) == (meta["input"]["name"], FP32)
+        assert list(pixels.dims) == [3, BUNDLE_SIZE, BUNDLE_SIZE]
+        outputs = {o.name: list(o.dims) for o in config.output}
+        assert outputs == {k: v[1:] for k, v in meta["output_shapes"].items()}
+        assert json.loads(config.parameters[PARAM_BUNDLE].string_value) == meta
+        served = config.parameters[PARAM_FILE].string_value
+        model_file = repo / name / "1" / "model.onnx"
+        assert sha256_file(model_file) == meta["files"][served]["sha256"]
+    assert configs["zsad"].platform == configs["zsad_fp16"].platform == "onnxruntime_onnx"
+    assert configs["zsad_fp16"].parameters[PARAM_FILE].string_value == "encoder.fp16.onnx"
+    assert configs["zsad_python"].backend == "python"
+    assert (repo / "zsad_python" / "1" / "model.py").read_text().startswith('"""Triton')
+
+
+def test_headclip_carries_its_calibration_and_the_ensemble_parses(
+    headclip_bundle: Path, tmp_path: Path
+) -> None:
+    # The fixture exported with --triton: the default forms (no engine, so no plan).
+    exported = _configs(headclip_bundle / "triton")
+    assert sorted(exported) == ["zsad", "zsad_fp16"]
+    assert [g.kind for g in exported["zsad"].instance_group] == [GPU]
+    repo = tmp_path / "repo"
+    result = zsad(
+        "triton", str(headclip_bundle), str(repo), "--form", "python", "--name", "hc",
+        "--ensemble", "--max-batch", "4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    configs = _configs(repo)
+    assert sorted(configs) == ["hc_headclip", "hc_headclip_scorer", "hc_python"]
+    carried = base64.b64decode(configs["hc_python"].parameters[PARAM_CALIBRATION].string_value)
+    assert carried == (headclip_bundle / "calibration.safetensors").read_bytes()
+    ensemble = configs["hc_headclip"]
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 4
+    first, second = ensemble.ensemble_scheduling.step
+    assert (first.model_name, second.model_name) == ("hc_python", "hc_headclip_scorer")
+    assert dict(first.output_map) == dict(second.input_map)  # the scorer gets the features
+    assert {o.name: list(o.dims) for o in ensemble.output} == {
+        "score": [1],
+        "anomaly_map": [BUNDLE_SIZE, BUNDLE_SIZE],
+    }
+    scorer = repo / "hc_headclip_scorer" / "1"
+    assert (scorer / "calibration.safetensors").read_bytes() == carried
+
+
+def test_a_full_tensorrt_engine_becomes_a_plan(bundle: Path, tmp_path: Path) -> None:
+    copy = _with_trt_engine(bundle, tmp_path, max_batch=4)
+    repo = tmp_path / "repo"
+    result = zsad("triton", str(copy), str(repo), "--form", "trt", "--max-batch", "16")
+    assert result.returncode == 0, result.stderr
+    config = _configs(repo)["zsad_trt"]
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == 4  # the engine's
+    assert [g.kind for g in config.instance_group] == [GPU]
+    assert (repo / "zsad_trt" / "1" / "model.plan").read_bytes() == b"plan bytes"
+
+
+def test_without_a_full_tensorrt_engine_the_plan_is_skipped_with_a_reason(
+    bundle: Path, tmp_path: Path
+) -> None:
+    result = zsad("triton", str(bundle), str(tmp_path / "repo"), "--form", "onnx,trt")
+    assert result.returncode == 0, result.stderr
+    assert "zsad_trt: skipped" in result.stderr and "no engine" in result.stderr
+    assert sorted(_configs(tmp_path / "repo")) == ["zsad"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--ensemble",), "only headclip"),
+        (("--form", "onnx,savedmodel"), "--form savedmodel"),
+        (("--name", "a b"), "--name"),
+        (("--preferred-batch", "0"), "--preferred-batch"),
+    ],
+)
+def test_bad_repository_requests_are_one_line_errors(
+    bundle: Path, tmp_path: Path, args: tuple[str, ...], needle: str
+) -> None:
+    one_line_error(zsad("triton", str(bundle), str(tmp_path / "repo"), *args), needle)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("triton", "model", "needle"),
+    [
+        ("grpc://127.0.0.1:{port}", "zsad", "server unreachable"),
+        ("http://127.0.0.1:{port}", "zsad", "server unreachable"),
+        ("ftp://127.0.0.1:{port}", "zsad", "expected grpc://HOST:PORT"),
+        ("grpc://127.0.0.1:{port}", None, "needs --triton-model"),
+    ],
+)
+def test_no_server_is_one_line_error(
+    tmp_path: Path, triton: str, model: str | None, needle: str
+) -> None:
+    write_frame(tmp_path / "a.png", 0)
+    url = triton.format(port=_closed_port())
+    extra = () if model is None else ("--triton-model", model)
+    result = zsad(
+        "infer", str(tmp_path / "a.png"), "--triton", url, *extra, "--triton-timeout", "2",
+        "--out", str(tmp_path / "out"), block=TORCH,
+    )  # fmt: skip
+    one_line_error(result, needle)
