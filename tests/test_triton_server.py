@@ -1,0 +1,279 @@
+"""Against a real tritonserver on 127.0.0.1 (nvidia-pytriton's, Python backend running ONNX
+Runtime): same scores as the bundle, concurrent clients batched by the server, the HeadCLIP
+ensemble, refused mismatches, and a station that rides out the server going away."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import (
+    ENV,
+    TORCH,
+    assert_each_once,
+    one_line_error,
+    triton_env,
+    write_frame,
+    zsad,
+)
+from zsad.bench.triton_server import LocalTritonServer
+from zsad.formats.bundle import Bundle
+from zsad.runtime.onnx_backend import CPU, OnnxBackend
+from zsad.runtime.preprocess import preprocess_image
+from zsad.runtime.triton_backend import TritonBackend
+
+COMMON = ("--no-progress", "--no-overlays")
+SERVER_ENV = {"PYTHONPATH": ENV["PYTHONPATH"]}  # the HeadCLIP scorer imports zsad
+
+
+@pytest.fixture(scope="module")
+def repo(bundle: Path, headclip_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("triton-repo")
+    for source, extra in ((bundle, ("--name", "staps")), (headclip_bundle, ("--name", "hc"))):
+        more = ("--ensemble",) if source == headclip_bundle else ()
+        result = zsad(
+            "triton", str(source), str(repo), "--form", "python", "--kind", "cpu",
+            "--preferred-batch", "2,4", "--queue-delay-us", "20000", *extra, *more,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[LocalTritonServer]:
+    with LocalTritonServer(triton_env(), repo, extra_env=SERVER_ENV) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("frames")
+    paths = [root / f"{i:03d}.png" for i in range(6)]
+    for i, path in enumerate(paths):
+        write_frame(path, i, "scratch" if i == 4 else None)
+    return paths
+
+
+def _scores(out: Path) -> dict[str, float]:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return {r["path"]: r["score"] for r in map(json.loads, lines)}
+
+
+@pytest.mark.parametrize(
+    ("method", "model", "protocol"),
+    [
+        ("staps", "staps_python", "grpc"),
+        ("headclip", "hc_python", "grpc"),
+        ("staps", "staps_python", "http"),
+    ],
+)
+def test_infer_through_triton_matches_the_bundle(
+    server: LocalTritonServer,
+    bundle: Path,
+    headclip_bundle: Path,
+    frames: list[Path],
+    tmp_path: Path,
+    method: str,
+    model: str,
+    protocol: str,
+) -> None:
+    source = bundle if method == "staps" else headclip_bundle
+    images = [str(p) for p in frames]
+    local = zsad(
+        "infer", *images, "--method", method, "--bundle", str(source), "--device", "cpu",
+        "--out", str(tmp_path / "local"), *COMMON, block=TORCH,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    served = zsad(
+        "infer", *images, "--method", method, "--triton",
+        server.grpc_url if protocol == "grpc" else server.http_url,
+        "--triton-model", model, "--bundle", str(source), "--out", str(tmp_path / "served"),
+        *COMMON, block=TORCH,
+    )  # fmt: skip
+    assert served.returncode == 0, served.stderr
+    reference, scores = _scores(tmp_path / "local"), _scores(tmp_path / "served")
+    assert scores.keys() == reference.keys() and len(scores) == len(frames)
+    np.testing.assert_allclose(list(scores.values()), list(reference.values()), atol=1e-4)
+
+
+def _pixels(frames: list[Path], bundle: Bundle) -> np.ndarray:
+    from zsad.data.images import as_rgb_array
+
+    return np.stack(
+        [
+            preprocess_image(as_rgb_array(p), bundle.image_size, bundle.mean, bundle.std)
+            for p in frames
+        ]
+    )
+
+
+def _batch_sizes(backend: TritonBackend) -> dict[int, int]:
+    stats = backend.client.get_inference_statistics(backend.model, as_json=True)
+    batches = stats["model_stats"][0].get("batch_stats", [])
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in batches}
+
+
+def test_concurrent_clients_get_their_own_results_and_are_batched(
+    server: LocalTritonServer, bundle: Path, frames: list[Path]
+) -> None:
+    expected_bundle = Bundle.load(bundle)
+    pixels = _pixels(frames, expected_bundle)
+    with OnnxBackend(expected_bundle, "encoder.onnx", providers=[CPU]) as local:
+        reference = local.run(pixels)
+    clients, rounds = 4, 6
+    start = threading.Barrier(clients)
+    errors: list[str] = []
+
+    def station(index: int) -> None:
+        with TritonBackend(server.grpc_url, "staps_python", expect=expected_bundle) as backend:
+            for step in range(rounds):
+                image = (index + step) % len(frames)
+                start.wait(timeout=60)  # every client sends at the same moment
+                outputs = backend.run(pixels[image : image + 1])
+                for name, value in outputs.items():
+                    if not np.allclose(value[0], reference[name][image], atol=1e-4):
+                        errors.append(f"client {index} image {image} {name}")
+
+    threads = [threading.Thread(target=station, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    with TritonBackend(server.grpc_url, "staps_python") as probe:
+        sizes = _batch_sizes(probe)
+    assert sum(size * count for size, count in sizes.items()) >= clients * rounds
+    assert max(sizes) > 1, sizes  # the dynamic batcher joined requests from several clients
+
+
+def test_the_headclip_ensemble_scores_on_the_server(
+    server: LocalTritonServer, headclip_bundle: Path, frames: list[Path]
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from zsad.api.detector import Detector
+
+    expected = Bundle.load(headclip_bundle)
+    pixels = _pixels(frames, expected)
+    client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+    request = grpcclient.InferInput("pixels", list(pixels.shape), "FP32")
+    request.set_data_from_numpy(pixels)
+    reply = client.infer("hc_headclip", [request])
+    with Detector.from_bundle(headclip_bundle, device="cpu") as local:
+        results = [local.predict(p) for p in frames]
+    np.testing.assert_allclose(reply.as_numpy("score")[:, 0], [r.score for r in results], atol=1e-4)
+    np.testing.assert_allclose(
+        reply.as_numpy("anomaly_map"), np.stack([r.anomaly_map for r in results]), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "needle"),
+    [
+        ("staps_python", ("--method", "headclip"), "exported for --method staps"),
+        ("hc_python", ("--method", "headclip", "--bundle", "{staps}"), "serves a different"),
+        ("hc_headclip", ("--method", "headclip"), "not the encoder outputs"),
+        ("nothing", (), "no such model ready"),
+    ],
+)
+def test_a_served_model_that_does_not_match_is_refused(
+    server: LocalTritonServer,
+    bundle: Path,
+    frames: list[Path],
+    tmp_path: Path,
+    model: str,
+    args: tuple[str, ...],
+    needle: str,
+) -> None:
+    args = tuple(a.format(staps=bundle) for a in args)
+    result = zsad(
+        "infer", str(frames[0]), "--triton", server.grpc_url, "--triton-model", model, *args,
+        "--out", str(tmp_path / "out"), *COMMON, block=TORCH,
+    )  # fmt: skip
+    one_line_error(result, needle)
+
+
+def _status(out: Path) -> dict:
+    try:
+        return json.loads((out / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _wait_for(condition, what: str, timeout: float = 90.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_station_rides_out_the_server_down_killed_and_restarted(
+    repo: Path, tmp_path: Path
+) -> None:
+    server = LocalTritonServer(triton_env(), repo, extra_env=SERVER_ENV)  # not started yet
+    hot, out = tmp_path / "hot", tmp_path / "out"
+    hot.mkdir()
+    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
+    station = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "watch",
+            str(hot),
+            "--out",
+            str(out),
+            "--triton",
+            server.grpc_url,
+            "--triton-model",
+            "staps_python",
+            "--bank",
+            "2",
+            "--triton-timeout",
+            "5",
+            "--status-every",
+            "0.2",
+            "--poll-s",
+            "0.05",
+            "--no-overlays",
+        ],  # fmt: skip
+        env=ENV,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: _status(out).get("state") == "waiting-for-encoder", "start-up wait")
+        names = [f"{i:03d}.png" for i in range(6)]
+        for i, name in enumerate(names[:3]):
+            write_frame(hot / name, i)
+        server.start()
+        _wait_for(lambda: _status(out).get("scored") == 3, "the first frames")
+        server.kill()
+        for i, name in enumerate(names[3:], start=3):
+            write_frame(hot / name, i)
+        _wait_for(lambda: _status(out).get("state") == "encoder-unreachable", "the outage")
+        status = _status(out)
+        assert status["encoder"] == "unreachable" and status["encoder_outages"] == 1
+        assert status["scored"] == 3 and status["encoder_error"]
+        server.start()
+        _wait_for(lambda: _status(out).get("scored") == 6, "the frames after the restart")
+        assert _status(out)["encoder"] == "ok"
+    finally:
+        station.send_signal(signal.SIGINT)
+        _, stderr = station.communicate(timeout=60)
+        server.stop()
+    assert station.returncode == 0, stderr
+    assert "encoder unreachable at start" in stderr and "is back" in stderr
+    assert_each_once(out, names)
+    assert not list((out).glob("rejected/*"))
