@@ -277,3 +277,24 @@ def test_a_station_rides_out_the_server_down_killed_and_restarted(
     assert "encoder unreachable at start" in stderr and "is back" in stderr
     assert_each_once(out, names)
     assert not list((out).glob("rejected/*"))
+
+
+def test_bench_triton_measures_served_and_local_in_one_run(bundle: Path, tmp_path: Path) -> None:
+    result = zsad(
+        "bench", "triton", "--bundle", str(bundle), "--server-env", str(triton_env()),
+        "--max-batch", "1,4", "--clients", "1,2", "--seconds", "0.3",
+        "--out", str(tmp_path / "bench"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    encoders = sorted({(r["encoder"].split(" (")[0], r["clients"]) for r in rows})
+    assert encoders == [
+        (name, n)
+        for name in ("local onnxruntime-cpu", "triton bench_b1_python", "triton bench_b4_python")
+        for n in (1, 2)
+    ]
+    for row in rows:
+        assert row["images"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+        served = row["encoder"].startswith("triton")
+        assert (row.get("mean_server_batch") is not None) == served
+    assert (tmp_path / "bench" / "throughput.png").is_file()

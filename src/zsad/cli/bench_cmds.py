@@ -228,6 +228,72 @@ def station(
     )
 
 
+TritonUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--triton",
+        help="A running server (grpc://HOST:8001) serving models `zsad triton` wrote from "
+        "--bundle; give them with --triton-model.",
+    ),
+]
+TritonModelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--triton-model", help="Comma-separated served models, e.g. zsad,zsad_fp16,zsad_trt."
+    ),
+]
+ServerEnvOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--server-env",
+        envvar="ZSAD_TRITON_ENV",
+        help="Instead of --triton: start tritonserver from this nvidia-pytriton virtual "
+        "environment on 127.0.0.1 (CPU, ONNX Runtime in the Python backend), one model per "
+        "--max-batch.",
+    ),
+]
+
+
+def triton(
+    out: OutOpt,
+    bundle: Annotated[
+        Path, typer.Option("--bundle", help="The bundle served (and run locally beside it).")
+    ],
+    triton_url: TritonUrlOpt = None,
+    triton_model: TritonModelsOpt = None,
+    server_env: ServerEnvOpt = None,
+    max_batch: Annotated[
+        str,
+        typer.Option("--max-batch", help="With --server-env: comma-separated max_batch_size."),
+    ] = "1,8",
+    queue_delay_us: Annotated[
+        int,
+        typer.Option("--queue-delay-us", min=0, help="With --server-env: dynamic batching delay."),
+    ] = 2000,
+    clients: Annotated[
+        str, typer.Option("--clients", help="Comma-separated numbers of concurrent clients.")
+    ] = "1,2,4,8",
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0.1, help="Seconds of load per row.")
+    ] = 5.0,
+) -> None:
+    """Images/s and p50/p99 latency through Triton versus concurrent clients and batch settings,
+    beside the same encoder run locally (ONNX Runtime FP32 in this process), in one run."""
+    from zsad.bench.triton import run_bench
+
+    run_bench(
+        out,
+        bundle=bundle,
+        url=triton_url,
+        models=[m.strip() for m in (triton_model or "").split(",") if m.strip()],
+        server_env=server_env,
+        max_batches=_ints(max_batch, "--max-batch"),
+        queue_delay_us=queue_delay_us,
+        clients=_ints(clients, "--clients"),
+        seconds=seconds,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Attach the bench sub-commands (station included) to the app."""
     if not bench_app.registered_commands:
@@ -236,6 +302,7 @@ def register(app: typer.Typer) -> None:
             ("encoder", encoder),
             ("scoring", scoring),
             ("pipeline", pipeline),
+            ("triton", triton),
         ):
             bench_app.command(name)(command)
     app.add_typer(bench_app, name="bench")

@@ -23,6 +23,54 @@ MaxBatchOpt = Annotated[
 ]
 
 
+TritonRepoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--triton",
+        help="Also write a Triton model repository here from the new bundle, with the "
+        "defaults of `zsad triton` (run that for other forms and batching).",
+    ),
+]
+NameOpt = Annotated[
+    str, typer.Option("--name", help="Model name; other forms get _fp16, _trt, _python.")
+]
+FormOpt = Annotated[
+    str,
+    typer.Option(
+        "--form",
+        help="Comma-separated: onnx (FP32, onnxruntime_onnx), fp16 (FP16 ONNX), trt "
+        "(tensorrt_plan, when the bundle has a full TensorRT engine), python (ONNX Runtime "
+        "inside the Python backend, for servers without the onnxruntime backend).",
+    ),
+]
+PreferredOpt = Annotated[
+    str, typer.Option("--preferred-batch", help="Dynamic batching: preferred batch sizes.")
+]
+QueueDelayOpt = Annotated[
+    int,
+    typer.Option(
+        "--queue-delay-us",
+        min=0,
+        help="Dynamic batching: how long a request may wait for others to join its batch.",
+    ),
+]
+InstancesOpt = Annotated[
+    int, typer.Option("--instances", min=1, help="Model instances (instance_group count).")
+]
+KindOpt = Annotated[
+    Literal["gpu", "cpu"],
+    typer.Option("--kind", help="Instance kind of the ONNX and Python models (plans: GPU)."),
+]
+EnsembleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ensemble",
+        help="HeadCLIP bundles: also serve the whole method (NAME_headclip: image in, score "
+        "and map out) with a Python-backend scorer; the server's Python needs zsad.",
+    ),
+]
+
+
 @encoder_options(only=("model", "weights", "pretrained", "image_size"))
 def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (created if needed).")],
@@ -48,14 +96,7 @@ def export(
     ] = "none",
     compute_capability: ComputeCapabilityOpt = None,
     max_batch: MaxBatchOpt = 16,
-    triton_repo: Annotated[
-        Path | None,
-        typer.Option(
-            "--triton",
-            help="Also write a Triton model repository here from the new bundle, with the "
-            "defaults of `zsad triton` (run that for other forms and batching).",
-        ),
-    ] = None,
+    triton_repo: TritonRepoOpt = None,
     *,
     encoder: Any,
 ) -> None:
@@ -120,48 +161,16 @@ def build_engine(
 def triton(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by zsad export.")],
     repo: Annotated[Path, typer.Argument(help="Triton model repository folder (created).")],
-    name: Annotated[
-        str, typer.Option("--name", help="Model name; other forms get _fp16, _trt, _python.")
-    ] = "zsad",
-    form: Annotated[
-        str,
-        typer.Option(
-            "--form",
-            help="Comma-separated: onnx (FP32, onnxruntime_onnx), fp16 (FP16 ONNX), trt "
-            "(tensorrt_plan, when the bundle has a full TensorRT engine), python (ONNX Runtime "
-            "inside the Python backend, for servers without the onnxruntime backend).",
-        ),
-    ] = "onnx,fp16,trt",
+    name: NameOpt = "zsad",
+    form: FormOpt = "onnx,fp16,trt",
     max_batch: Annotated[
         int, typer.Option("--max-batch", min=1, help="max_batch_size of every model.")
     ] = 16,
-    preferred_batch: Annotated[
-        str,
-        typer.Option("--preferred-batch", help="Dynamic batching: preferred batch sizes."),
-    ] = "4,8",
-    queue_delay_us: Annotated[
-        int,
-        typer.Option(
-            "--queue-delay-us",
-            min=0,
-            help="Dynamic batching: how long a request may wait for others to join its batch.",
-        ),
-    ] = 2000,
-    instances: Annotated[
-        int, typer.Option("--instances", min=1, help="Model instances (instance_group count).")
-    ] = 1,
-    kind: Annotated[
-        Literal["gpu", "cpu"],
-        typer.Option("--kind", help="Instance kind of the ONNX and Python models (plans: GPU)."),
-    ] = "gpu",
-    ensemble: Annotated[
-        bool,
-        typer.Option(
-            "--ensemble",
-            help="HeadCLIP bundles: also serve the whole method (NAME_headclip: image in, score "
-            "and map out) with a Python-backend scorer; the server's Python needs zsad.",
-        ),
-    ] = False,
+    preferred_batch: PreferredOpt = "4,8",
+    queue_delay_us: QueueDelayOpt = 2000,
+    instances: InstancesOpt = 1,
+    kind: KindOpt = "gpu",
+    ensemble: EnsembleOpt = False,
 ) -> None:
     """Write a Triton Inference Server model repository from a bundle; no torch needed.
 
