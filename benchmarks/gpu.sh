@@ -3,7 +3,7 @@
 #
 #   benchmarks/gpu.sh OUT [STEP ...]      e.g. benchmarks/gpu.sh benchmarks/results/h100
 #
-# STEPs, in order (default all): encoder scoring pipeline station tests. Bundles are exported
+# STEPs, in order (default all): encoder scoring pipeline station triton tests. Bundles are exported
 # once into $WORK (default /tmp/zsad-gpu-bench) and reused, so the steps can run
 # separately. ViT-L at 518 px takes ~3 min to export; the rest ~10 min on
 # an H100.
@@ -11,6 +11,13 @@
 # Needs a CUDA torch, zsad[export,gpu] (onnxruntime-gpu) and CuPy (cupy-cuda12x or -cuda13x).
 # Full TensorRT, where installed, adds a `trt` row. TensorRT-RTX has no SM90 target, so on an
 # H100 the FP16 path measured is ONNX Runtime CUDA. Random weights time like real ones.
+#
+# The triton step serves the STAPS bundle from NVIDIA's tritonserver container (onnxruntime and
+# TensorRT backends; needs docker with the NVIDIA container toolkit and zsad[triton]) on
+# 127.0.0.1:8001, runs the GPU-marked Triton tests against it and `zsad bench triton`. TRITON_IMAGE
+# picks the image (default nvcr.io/nvidia/tritonserver:25.01-py3); a plan is served only when
+# full TensorRT (pip tensorrt) built the engine, and it loads only where that TensorRT version
+# equals the container's (see the container's release notes).
 #
 # MODEL, SIZE, N and FRAMES change the shapes and SCORING adds `zsad bench scoring` options
 # (the last value of an option wins): this smoke-tests the script on a CPU in about a minute:
@@ -22,7 +29,7 @@ set -euo pipefail
 out=${1:?usage: benchmarks/gpu.sh OUT [encoder|scoring|pipeline|station|tests ...]}
 shift
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(encoder scoring pipeline station tests)
+[ ${#steps[@]} -eq 0 ] && steps=(encoder scoring pipeline station triton tests)
 model=${MODEL:-ViT-L-14-336}
 size=${SIZE:-518}
 n=${N:-200}
@@ -82,12 +89,41 @@ for step in "${steps[@]}"; do
         zsad bench station --bundle "$work/staps" --frames "$frames" --bank 32 \
             --out "$out/station"
         ;;
+    triton)
+        bundles
+        image=${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:25.01-py3}
+        repo="$work/triton-repo"
+        rm -rf "$repo"
+        zsad triton "$work/staps" "$repo" --form onnx,fp16,trt --kind gpu
+        models=zsad,zsad_fp16
+        if [ -d "$repo/zsad_trt" ]; then models+=,zsad_trt; fi
+        say "triton: serving $models from $image"
+        docker run -d --rm --name zsad-triton --gpus all --shm-size 1g \
+            -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -v "$repo:/models:ro" "$image" \
+            tritonserver --model-repository=/models >/dev/null
+        trap 'docker stop zsad-triton >/dev/null 2>&1 || true' EXIT
+        for _ in $(seq 300); do
+            curl -sf 127.0.0.1:8000/v2/health/ready >/dev/null && break
+            sleep 1
+        done
+        curl -sf 127.0.0.1:8000/v2/health/ready >/dev/null || {
+            docker logs zsad-triton 2>&1 | tail -20 >&2
+            exit 1
+        }
+        ZSAD_TRITON_URL=grpc://127.0.0.1:8001 ZSAD_TRITON_BUNDLE="$work/staps" \
+            python -m pytest -q -m gpu -rs tests/test_triton_server.py 2>&1 |
+            tee "$out/triton-tests.txt"
+        zsad bench triton --triton grpc://127.0.0.1:8001 --triton-model "$models" \
+            --bundle "$work/staps" --clients 1,2,4,8 --out "$out/triton"
+        docker stop zsad-triton >/dev/null
+        trap - EXIT
+        ;;
     tests)
         say "GPU-marked tests"
         python -m pytest -q -m gpu -rs tests 2>&1 | tee "$out/gpu-tests.txt"
         ;;
     *)
-        echo "benchmarks/gpu.sh: unknown step '$step' (encoder scoring pipeline station tests)" >&2
+        echo "benchmarks/gpu.sh: unknown step '$step' (encoder scoring pipeline station triton tests)" >&2
         exit 2
         ;;
     esac

@@ -5,6 +5,7 @@ ensemble, refused mismatches, and a station that rides out the server going away
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,12 +22,15 @@ from helpers import (
     TORCH,
     assert_each_once,
     one_line_error,
+    require_service,
     triton_env,
     write_frame,
     zsad,
 )
 from zsad.bench.triton_server import LocalTritonServer
+from zsad.export import parity
 from zsad.formats.bundle import Bundle
+from zsad.formats.triton import SUFFIXES
 from zsad.runtime.onnx_backend import CPU, OnnxBackend
 from zsad.runtime.preprocess import preprocess_image
 from zsad.runtime.triton_backend import TritonBackend
@@ -290,7 +294,7 @@ def test_bench_triton_measures_served_and_local_in_one_run(bundle: Path, tmp_pat
     encoders = sorted({(r["encoder"].split(" (")[0], r["clients"]) for r in rows})
     assert encoders == [
         (name, n)
-        for name in ("local onnxruntime-cpu", "triton bench_b1_python", "triton bench_b4_python")
+        for name in ("local onnxruntime-fp32-cpu", "triton bench_b1_python", "triton bench_b4_python")
         for n in (1, 2)
     ]
     for row in rows:
@@ -298,3 +302,32 @@ def test_bench_triton_measures_served_and_local_in_one_run(bundle: Path, tmp_pat
         served = row["encoder"].startswith("triton")
         assert (row.get("mean_server_batch") is not None) == served
     assert (tmp_path / "bench" / "throughput.png").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form", ["onnx", "fp16", "trt"])
+def test_an_ngc_server_on_the_gpu_matches_the_bundle(form: str, frames: list[Path]) -> None:
+    # benchmarks/gpu.sh's triton step serves BUNDLE from NVIDIA's tritonserver container
+    # (onnxruntime and TensorRT backends on the GPU) and sets these two variables.
+    url, root = os.environ.get("ZSAD_TRITON_URL"), os.environ.get("ZSAD_TRITON_BUNDLE")
+    require_service(
+        bool(url and root), "ZSAD_TRITON_URL/ZSAD_TRITON_BUNDLE unset (benchmarks/gpu.sh triton)"
+    )
+    expected = Bundle.load(root)
+    if form == "trt" and (expected.engine is None or expected.engine.flavour != "trt"):
+        pytest.skip(f"{root} has no full TensorRT engine, so the repository has no plan")
+    pixels = _pixels(frames, expected)
+    with OnnxBackend(expected, "encoder.onnx", providers=[CPU]) as local:
+        reference = local.run(pixels)
+    with TritonBackend(url, "zsad" + SUFFIXES[form], expect=expected) as served:
+        outputs = served.run(pixels)
+    # The export's own parity bars: FP32 (TF32 on the GPU may apply), FP16, the engine.
+    floor = {
+        "onnx": parity.FP32_MIN_COSINE,
+        "fp16": parity.FP16_MIN_COSINE,
+        "trt": parity.ENGINE_MIN_COSINE,
+    }[form]
+    for name, value in outputs.items():
+        a, b = value.reshape(len(value), -1), reference[name].reshape(len(value), -1)
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cosine.min() >= floor, (name, cosine)

@@ -2,8 +2,9 @@
 versus concurrent clients and batch settings, beside the same encoder run locally, in one run.
 
 Each client sends one image per request, as a station does, for a fixed time. The local rows
-run the bundle's FP32 ONNX file on ONNX Runtime in this process, one shared session, with the
-same number of client threads. Server rows read the server's own statistics to report the mean
+run the bundle on ONNX Runtime in this process as `zsad infer --bundle` does (FP16 on CUDA where
+onnxruntime-gpu finds a GPU, else FP32 on the CPU), one shared session, with the same number of
+client threads. Server rows read the server's own statistics to report the mean
 batch it executed (1.0: no request ever joined another).
 """
 
@@ -21,7 +22,7 @@ from zsad.bench import measure as bm
 from zsad.bench.plots import line_chart
 from zsad.bench.report import say, write_report
 from zsad.errors import ZsadError
-from zsad.formats.bundle import FP32_ONNX, Bundle
+from zsad.formats.bundle import Bundle
 from zsad.runtime.backend import EncoderBackend
 
 
@@ -86,18 +87,19 @@ def bench_triton(
     settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Measure local ONNX Runtime and each served model at each client count; writes OUT."""
-    from zsad.runtime.onnx_backend import CPU, OnnxBackend
+    from zsad.runtime.open import open_backend
     from zsad.runtime.triton_backend import TritonBackend
 
     expected = Bundle.load(bundle)
     size = expected.image_size
     pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     rows: list[dict[str, Any]] = []
-    with OnnxBackend(expected, FP32_ONNX, providers=[CPU]) as local:
+    with open_backend(bundle, device="auto") as local:
+        here = f"local {local.name}"
         for n in clients:
-            say(f"local onnxruntime-cpu, {n} client(s)")
+            say(f"{here}, {n} client(s)")
             row = _load(lambda _i: lambda: local.run(pixels), n, seconds)
-            rows.append({"encoder": "local onnxruntime-cpu", "clients": n, **row})
+            rows.append({"encoder": here, "clients": n, **row})
     for model in models:
         backends: list[EncoderBackend] = [
             TritonBackend(url, model, expect=expected) for _ in range(max(clients))
@@ -144,7 +146,8 @@ def bench_triton(
         "vs_local: images/s over the local encoder's at the same client count.\n\n"
         + bm.markdown_table(rows, columns)
     )
-    return write_report(out, "triton", bm.environment("cpu"), config, {"rows": rows}, md, [plot])
+    env = bm.environment("cuda" if here.endswith("cuda") else "cpu")
+    return write_report(out, "triton", env, config, {"rows": rows}, md, [plot])
 
 
 def bench_local_server(

@@ -278,7 +278,7 @@ def triton(
     ] = 5.0,
 ) -> None:
     """Images/s and p50/p99 latency through Triton versus concurrent clients and batch settings,
-    beside the same encoder run locally (ONNX Runtime FP32 in this process), in one run."""
+    beside the same encoder run locally (ONNX Runtime in this process), in one run."""
     from zsad.bench.triton import run_bench
 
     run_bench(
