@@ -93,7 +93,8 @@ class TritonBackend(Lifecycle):
             meta = json.loads(params[PARAM_BUNDLE])
         except ValueError as exc:
             raise ZsadError(f"{self.where}: unreadable bundle metadata ({exc})") from exc
-        self.bundle = Bundle.from_meta(Path(f"{url}/{model}"), meta, self.where)
+        # The "root" names the served model in messages: HOST:PORT/MODEL.
+        self.bundle = Bundle.from_meta(Path(self.address) / model, meta, self.where)
         self.served_file = params.get(PARAM_FILE, "")
         self.calibration = params.get(PARAM_CALIBRATION)  # base64, HeadCLIP only
         self._check(config, expect)
