@@ -95,7 +95,17 @@ def require_service(available: bool, reason: str) -> None:
         return
     if os.environ.get("ZSAD_REQUIRE_SERVICES") == "1":
         pytest.fail(f"ZSAD_REQUIRE_SERVICES=1 but {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def triton_client_installed() -> bool:
+    """Whether the Triton client (the triton extra) can be imported."""
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def triton_env() -> Path:

@@ -10,12 +10,24 @@ import socket
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
-from helpers import BUNDLE_SIZE, TORCH, one_line_error, write_frame, zsad
+from helpers import (
+    BUNDLE_SIZE,
+    TORCH,
+    one_line_error,
+    require_service,
+    triton_client_installed,
+    write_frame,
+    zsad,
+)
 from zsad.formats.bundle import sha256_file
 from zsad.formats.triton import PARAM_BUNDLE, PARAM_CALIBRATION, PARAM_FILE
+
+require_service(triton_client_installed(), "no Triton client: pip install -e '.[triton]'")
+
+# Triton's own schema, from the triton extra (hence after the check).
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 FP32 = model_config_pb2.DataType.Value("TYPE_FP32")
 CPU = model_config_pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")

@@ -23,6 +23,7 @@ from helpers import (
     assert_each_once,
     one_line_error,
     require_service,
+    triton_client_installed,
     triton_env,
     write_frame,
     zsad,
@@ -34,6 +35,8 @@ from zsad.formats.triton import SUFFIXES
 from zsad.runtime.onnx_backend import CPU, OnnxBackend
 from zsad.runtime.preprocess import preprocess_image
 from zsad.runtime.triton_backend import TritonBackend
+
+require_service(triton_client_installed(), "no Triton client: pip install -e '.[triton]'")
 
 COMMON = ("--no-progress", "--no-overlays")
 SERVER_ENV = {"PYTHONPATH": ENV["PYTHONPATH"]}  # the HeadCLIP scorer imports zsad
@@ -292,11 +295,8 @@ def test_bench_triton_measures_served_and_local_in_one_run(bundle: Path, tmp_pat
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
     encoders = sorted({(r["encoder"].split(" (")[0], r["clients"]) for r in rows})
-    assert encoders == [
-        (name, n)
-        for name in ("local onnxruntime-fp32-cpu", "triton bench_b1_python", "triton bench_b4_python")
-        for n in (1, 2)
-    ]
+    names = ("local onnxruntime-fp32-cpu", "triton bench_b1_python", "triton bench_b4_python")
+    assert encoders == [(name, n) for name in names for n in (1, 2)]
     for row in rows:
         assert row["images"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
         served = row["encoder"].startswith("triton")

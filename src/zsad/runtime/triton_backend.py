@@ -48,9 +48,9 @@ def _client_module(protocol: str) -> Any:
     return module
 
 
-def _is_outage(exc: Exception) -> bool:
+def _is_outage(exc: Exception, marks: tuple[str, ...] = _OUTAGE_MARKS) -> bool:
     text = f"{getattr(exc, 'status', lambda: '')()} {exc}"
-    return any(mark in text for mark in _OUTAGE_MARKS) or isinstance(exc, (OSError, TimeoutError))
+    return any(mark in text for mark in marks) or isinstance(exc, (OSError, TimeoutError))
 
 
 def _short(exc: Exception) -> str:
@@ -74,6 +74,7 @@ class TritonBackend(Lifecycle):
         self.protocol, self.address = parse_url(url)
         self.url, self.model, self.timeout_s = url, model, timeout_s
         self.where = f"--triton {url} --triton-model {model}"
+        self.name = f"triton-{self.protocol}:{model}"
         module = _client_module(self.protocol)
         self._module = module
         if self.protocol == "grpc":
@@ -82,6 +83,13 @@ class TritonBackend(Lifecycle):
             self.client = module.InferenceServerClient(
                 self.address, connection_timeout=timeout_s, network_timeout=timeout_s
             )
+        try:
+            self._open(expect)
+        except Exception:
+            self.close()  # a station retrying at start must not pile up connections
+            raise
+
+    def _open(self, expect: Bundle | None) -> None:
         config = self._connect()
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         if PARAM_BUNDLE not in params:
@@ -94,7 +102,7 @@ class TritonBackend(Lifecycle):
         except ValueError as exc:
             raise ZsadError(f"{self.where}: unreadable bundle metadata ({exc})") from exc
         # The "root" names the served model in messages: HOST:PORT/MODEL.
-        self.bundle = Bundle.from_meta(Path(self.address) / model, meta, self.where)
+        self.bundle = Bundle.from_meta(Path(self.address) / self.model, meta, self.where)
         self.served_file = params.get(PARAM_FILE, "")
         self.calibration = params.get(PARAM_CALIBRATION)  # base64, HeadCLIP only
         self._check(config, expect)
@@ -102,13 +110,19 @@ class TritonBackend(Lifecycle):
         self.mean, self.std = self.bundle.mean, self.bundle.std
         self.outputs = self.bundle.outputs
         self.input_name = str(meta["input"]["name"])
-        self.name = f"triton-{self.protocol}:{model}"
 
-    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(
+        self,
+        what: str,
+        function: Any,
+        *args: Any,
+        marks: tuple[str, ...] = _OUTAGE_MARKS,
+        **kwargs: Any,
+    ) -> Any:
         try:
             return function(*args, **kwargs)
         except Exception as exc:  # the client raises its own type, gRPC and socket errors
-            if _is_outage(exc):
+            if _is_outage(exc, marks):
                 raise ServiceUnavailable(
                     f"{self.where}: {what}: server unreachable or too slow ({_short(exc)})"
                 ) from exc
@@ -178,8 +192,15 @@ class TritonBackend(Lifecycle):
         request.set_data_from_numpy(pixels)
         wanted = [module.InferRequestedOutput(name) for name in self.outputs]
         timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        # The model was there on connect: gone now means unloaded for a reload, so wait for it.
         result = self._call(
-            "inference", self.client.infer, self.model, [request], outputs=wanted, **timeout
+            "inference",
+            self.client.infer,
+            self.model,
+            [request],
+            outputs=wanted,
+            marks=(*_OUTAGE_MARKS, "NOT_FOUND", "not found", "not ready"),
+            **timeout,
         )
         return {name: np.asarray(result.as_numpy(name), np.float32) for name in self.outputs}
 
