@@ -117,7 +117,7 @@ def triton_env() -> Path:
     require_service(
         found,
         f"no tritonserver in {env} (.ci/run builds it: python3 -m venv .venv-triton && "
-        ".venv-triton/bin/pip install nvidia-pytriton onnxruntime scipy scikit-learn "
+        ".venv-triton/bin/pip install nvidia-pytriton onnxruntime scipy "
         "safetensors; or set ZSAD_TRITON_ENV)",
     )
     return env

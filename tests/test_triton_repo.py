@@ -184,3 +184,17 @@ def test_no_server_is_one_line_error(
         "--out", str(tmp_path / "out"), block=TORCH,
     )  # fmt: skip
     one_line_error(result, needle)
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_a_server_that_never_answers_times_out_in_one_line(tmp_path: Path, scheme: str) -> None:
+    write_frame(tmp_path / "a.png", 0)
+    with socket.socket() as silent:  # accepts connections (the backlog) and says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"{scheme}://127.0.0.1:{silent.getsockname()[1]}"
+        result = zsad(
+            "infer", str(tmp_path / "a.png"), "--triton", url, "--triton-model", "zsad",
+            "--triton-timeout", "1", "--out", str(tmp_path / "out"), block=TORCH,
+        )  # fmt: skip
+    one_line_error(result, "unreachable or too slow")
