@@ -18,8 +18,6 @@ from pathlib import Path
 
 from zsad.errors import ZsadError
 
-ENV_VAR = "ZSAD_TRITON_ENV"  # the pytriton environment, when not given explicitly
-
 
 def _free_port() -> int:
     with socket.socket() as probe:

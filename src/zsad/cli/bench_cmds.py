@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from zsad.bench.backends import BACKENDS
-from zsad.cli.options import BundleOpt, DeviceOpt, ModelOpt, SeedOpt, WeightsOpt
+from zsad.cli.options import (
+    BundleOpt,
+    DeviceOpt,
+    ModelOpt,
+    QueueDelayOpt,
+    SeedOpt,
+    WeightsOpt,
+)
 from zsad.errors import ZsadError
 
 bench_app = typer.Typer(
@@ -266,10 +273,7 @@ def triton(
         str,
         typer.Option("--max-batch", help="With --server-env: comma-separated max_batch_size."),
     ] = "1,8",
-    queue_delay_us: Annotated[
-        int,
-        typer.Option("--queue-delay-us", min=0, help="With --server-env: dynamic batching delay."),
-    ] = 2000,
+    queue_delay_us: QueueDelayOpt = 2000,
     clients: Annotated[
         str, typer.Option("--clients", help="Comma-separated numbers of concurrent clients.")
     ] = "1,2,4,8",

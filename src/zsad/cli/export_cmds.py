@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from zsad.cli.options import encoder_options
+from zsad.cli.options import QueueDelayOpt, encoder_options
 from zsad.formats.methods import EXPORTABLE
 
 ComputeCapabilityOpt = Annotated[
@@ -46,14 +46,6 @@ FormOpt = Annotated[
 PreferredOpt = Annotated[
     str, typer.Option("--preferred-batch", help="Dynamic batching: preferred batch sizes.")
 ]
-QueueDelayOpt = Annotated[
-    int,
-    typer.Option(
-        "--queue-delay-us",
-        min=0,
-        help="Dynamic batching: how long a request may wait for others to join its batch.",
-    ),
-]
 InstancesOpt = Annotated[
     int, typer.Option("--instances", min=1, help="Model instances (instance_group count).")
 ]
@@ -65,8 +57,8 @@ EnsembleOpt = Annotated[
     bool,
     typer.Option(
         "--ensemble",
-        help="HeadCLIP bundles: also serve the whole method (NAME_headclip: image in, score "
-        "and map out) with a Python-backend scorer; the server's Python needs zsad.",
+        help="HeadCLIP bundles: also serve the whole method (NAME_headclip: preprocessed pixels "
+        "in, score and map out) with a Python-backend scorer; the server's Python needs zsad.",
     ),
 ]
 
@@ -176,7 +168,7 @@ def triton(
 
     Each model's config.pbtxt carries bundle.json (image size, normalisation, method, hashes;
     HeadCLIP's calibration too), which `zsad infer --triton URL --triton-model NAME` checks on
-    connect. Serve it with tritonserver --model-repository REPO (see docs/deployment.md).
+    connect. Serve it with tritonserver --model-repository REPO (see docs/triton.md).
     """
     from zsad.cli.options import int_tuple
     from zsad.export.triton_repo import RepositoryOptions, write_repository

@@ -116,6 +116,14 @@ TritonTimeoutOpt = Annotated[
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
+QueueDelayOpt = Annotated[
+    int,
+    typer.Option(
+        "--queue-delay-us",
+        min=0,
+        help="Triton dynamic batching: how long a request may wait for others to join its batch.",
+    ),
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder call.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data, orders, clustering).")]
 ProgressOpt = Annotated[
