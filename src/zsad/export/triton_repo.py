@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zsad.errors import ZsadError, echo_stderr
-from zsad.formats.atomic import atomic_open
+from zsad.formats.atomic import atomic_open, write_text
 from zsad.formats.bundle import FP16_ONNX, FP32_ONNX, Bundle
 from zsad.formats.triton import (
     MAP_OUTPUT,
@@ -151,15 +151,11 @@ def ensemble_config(bundle: Bundle, name: str, encoder: str, scorer: str, max_ba
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "w") as handle:
-        handle.write(text)
-
-
 def _copy(source: Path, target: Path) -> None:
+    # Atomic: a server polling the repository must never load a half-copied model.
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    with open(source, "rb") as reader, atomic_open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 8 << 20)
 
 
 def _python_model(module: str) -> str:
@@ -205,9 +201,9 @@ def write_repository(
             target = "model.onnx"
         folder = repo / name
         if form == "python":
-            _write_text(folder / "1" / "model.py", _python_model("onnx_encoder"))
+            write_text(folder / "1" / "model.py", _python_model("onnx_encoder"))
         _copy(source, folder / "1" / target)
-        _write_text(
+        write_text(
             folder / "config.pbtxt",
             encoder_config(bundle, name, form, source.name, options, max_batch),
         )
@@ -224,10 +220,10 @@ def _write_ensemble(
     assert bundle.calibration is not None
     scorer = options.name + SUFFIXES["scorer"]
     ensemble = options.name + SUFFIXES["headclip"]
-    _write_text(repo / scorer / "1" / "model.py", _python_model("headclip_scorer"))
+    write_text(repo / scorer / "1" / "model.py", _python_model("headclip_scorer"))
     _copy(bundle.file(bundle.calibration), repo / scorer / "1" / "calibration.safetensors")
-    _write_text(repo / scorer / "config.pbtxt", scorer_config(bundle, scorer, options))
-    _write_text(
+    write_text(repo / scorer / "config.pbtxt", scorer_config(bundle, scorer, options))
+    write_text(
         repo / ensemble / "config.pbtxt",
         ensemble_config(bundle, ensemble, encoder, scorer, options.max_batch),
     )
