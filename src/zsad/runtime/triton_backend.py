@@ -106,6 +106,7 @@ class TritonBackend(Lifecycle):
         self.served_file = params.get(PARAM_FILE, "")
         self.calibration = params.get(PARAM_CALIBRATION)  # base64, HeadCLIP only
         self._check(config, expect)
+        self.max_batch = int(config.get("max_batch_size", 0))  # 0: the model does not batch
         self.image_size = self.bundle.image_size
         self.mean, self.std = self.bundle.mean, self.bundle.std
         self.outputs = self.bundle.outputs
@@ -187,6 +188,12 @@ class TritonBackend(Lifecycle):
             )
         if self.client is None:
             raise ZsadError(f"{self.name}: the backend was closed")
+        if 0 < self.max_batch < len(pixels):  # the server refuses larger batches: split them
+            parts = [
+                self.run(pixels[i : i + self.max_batch])
+                for i in range(0, len(pixels), self.max_batch)
+            ]
+            return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
         module = self._module
         request = module.InferInput(self.input_name, list(pixels.shape), "FP32")
         request.set_data_from_numpy(pixels)
