@@ -85,3 +85,17 @@ def assert_each_once(out: Path, names: list[str]) -> list[dict]:
     for r in scored:
         assert (out / r["map"]).is_file() and np.isfinite(r["score"])
     return scored
+
+
+def require_service(available: bool, reason: str) -> None:
+    """Skip a test whose service (broker, browser, server) is missing; fail instead where
+    ZSAD_REQUIRE_SERVICES=1 (CI), so a missing service never passes unnoticed."""
+    import os
+
+    import pytest
+
+    if available:
+        return
+    if os.environ.get("ZSAD_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)

@@ -11,6 +11,7 @@ from zsad.api.detector import Detector
 from zsad.errors import ZsadError, echo_stderr
 from zsad.runtime.preprocess import decode_side
 from zsad.station.frames import HotFolder, PathList, same_folder
+from zsad.station.line.hub import Sink
 from zsad.station.station import Station, StationOptions
 
 Echo = Callable[[str], None]
@@ -29,9 +30,11 @@ def run_station(
     idle_exit_s: float | None = None,
     poll_s: float = 0.2,
     echo: Echo = echo_stderr,
+    sinks: list[Sink] | None = None,
 ) -> dict[str, Any]:
     """Score frames from ``source_factory(done)`` one by one into OUT until stopped; returns the
-    final status. OUT is resumed: nothing in its journal is scored again."""
+    final status. OUT is resumed: nothing in its journal is scored again. ``sinks`` (e.g.
+    ``LineConfig(...).sinks()``) are fed from the journal while the station runs."""
     stream = detector.stream(bank, threshold=threshold)
     for note in detector.notes:
         echo(f"zsad: {note}")
@@ -44,6 +47,7 @@ def run_station(
         idle_exit_s=idle_exit_s,
         move_rejected=move_rejected,
         echo=echo,
+        sinks=list(sinks or []),
     )
     return Station(detector.backend, stream.scorer, source_factory, options).run()
 
