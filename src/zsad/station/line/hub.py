@@ -29,6 +29,7 @@ class LineContext:
         self._records = 0
         self._status: dict[str, Any] = {"state": "starting"}
         self._status_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._record_events: list[threading.Event] = []
         self._threshold_requests: list[tuple[float | None, str]] = []
         self._lock = threading.Lock()
 
@@ -39,6 +40,8 @@ class LineContext:
         with self._grew:
             self._records = records
             self._grew.notify_all()
+        for event in self._record_events:
+            event.set()
 
     def publish_status(self, status: dict[str, Any]) -> None:
         """Hand the status the station just wrote to the sinks (listeners run on this thread
@@ -76,6 +79,10 @@ class LineContext:
                     break
                 self._grew.wait(left)
             return self._records
+
+    def on_records(self, event: threading.Event) -> None:
+        """Set ``event`` whenever the journal grows (for a sink that waits on other things too)."""
+        self._record_events.append(event)
 
     def status(self) -> dict[str, Any]:
         """The station's latest status (as in OUT/status.json)."""
