@@ -59,11 +59,15 @@ class MqttSink:
         self._saved = -1
         self._in_flight: dict[int, int] = {}  # message id -> record id
         self._done: set[int] = set()  # acknowledged record ids at or above _acked
+        self._early: set[int] = set()  # message ids acknowledged before publish() returned
         self._status: dict[str, Any] | None = None
         self._last_error: str | None = None
         self._outage_since: str | None = None
         self._published = 0
-        self._connections = 0
+        self._connect_answered = threading.Event()
+        self._connect_reason: Any = None
+        self._deadline = 0.0  # set by stop(): deliver until then
+        self._saved_at = 0.0
 
     # ------------------------------------------------------------------ Sink
 
@@ -131,7 +135,7 @@ class MqttSink:
         if acked == self._saved:
             return
         now = time.monotonic()
-        if not force and now - getattr(self, "_saved_at", 0.0) < SAVE_EVERY_S:
+        if not force and now - self._saved_at < SAVE_EVERY_S:
             return
         write_json(
             self.position_file,
@@ -151,21 +155,28 @@ class MqttSink:
         self._connect_answered.set()
 
     def _on_disconnect(self, _client: Any, _data: Any, _flags: Any, reason: Any, _p: Any) -> None:
-        self._connected = False
-        if reason.is_failure:
+        was_connected, self._connected = self._connected, False
+        if was_connected and reason.is_failure:
             self._last_error = f"disconnected: {reason}"
         self._wake.set()
 
     def _on_publish(self, _client: Any, _data: Any, mid: int, _reason: Any, _p: Any) -> None:
         with self._lock:
             record_id = self._in_flight.pop(mid, None)
-            if record_id is None or record_id < self._acked:
+            if record_id is None:
+                self._early.add(mid)
                 return
-            self._done.add(record_id)
-            while self._acked in self._done:
-                self._done.remove(self._acked)
-                self._acked += 1
+            self._acknowledge(record_id)
         self._wake.set()
+
+    def _acknowledge(self, record_id: int) -> None:
+        """Count ``record_id`` as delivered (holding the lock); advance past every such id."""
+        if record_id < self._acked:
+            return
+        self._done.add(record_id)
+        while self._acked in self._done:
+            self._done.remove(self._acked)
+            self._acked += 1
 
     # ------------------------------------------------------------------ the thread
 
@@ -197,7 +208,6 @@ class MqttSink:
         """A connected paho client, or None (the reason in ``_last_error``)."""
         import paho.mqtt.client as mqtt
 
-        self._connections += 1
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.config.client_id or f"zsad-{self.config.topic.replace('/', '-')}",
@@ -215,6 +225,7 @@ class MqttSink:
             ca = None if self.config.ca_file is None else str(self.config.ca_file)
             client.tls_set(ca_certs=ca)
         self._connect_answered = threading.Event()
+        self._connect_reason = None
         try:
             client.connect(self.host, self.port, keepalive=15)
         except (OSError, ValueError) as exc:
@@ -222,8 +233,8 @@ class MqttSink:
             return None
         client.loop_start()
         if not self._connect_answered.wait(CONNECT_TIMEOUT_S) or not self._connected:
-            reason = getattr(self, "_connect_reason", None)
-            self._last_error = f"refused: {reason}" if reason else "no answer to CONNECT"
+            reason = self._connect_reason
+            self._last_error = "no answer to CONNECT" if reason is None else f"refused: {reason}"
             client.loop_stop()
             return None
         return client
@@ -233,6 +244,7 @@ class MqttSink:
             start = self._acked
             self._in_flight.clear()
             self._done.clear()
+            self._early.clear()
         feed = JournalFeed(self.context.journal, start)
         sent_status: dict[str, Any] | None = None
         try:
@@ -256,10 +268,14 @@ class MqttSink:
 
     def _publish(self, client: Any, record: dict[str, Any]) -> None:
         payload = json.dumps(record, separators=(",", ":"))
+        # Never hold our lock inside paho: it calls on_publish holding its own.
+        info = client.publish(self.results_topic, payload, qos=1)
         with self._lock:
-            # The lock spans the call: the acknowledgement can arrive before publish() returns.
-            info = client.publish(self.results_topic, payload, qos=1)
-            self._in_flight[info.mid] = int(record["id"])
+            if info.mid in self._early:  # acknowledged before publish() returned
+                self._early.discard(info.mid)
+                self._acknowledge(int(record["id"]))
+            else:
+                self._in_flight[info.mid] = int(record["id"])
         self._published += 1
 
     def _publish_status(self, client: Any, status: dict[str, Any]) -> None:
@@ -270,11 +286,11 @@ class MqttSink:
             return not self._in_flight and self._acked >= self.context.records
 
     def _past_deadline(self) -> bool:
-        return time.monotonic() >= getattr(self, "_deadline", 0.0)
+        return time.monotonic() >= self._deadline
 
     def _say_goodbye(self, client: Any) -> None:
         """Leave a retained final status (a clean disconnect does not send the last will)."""
         final = dict(self._status or {})
         final.setdefault("state", "stopped")
         info = client.publish(self.status_topic, json.dumps(final), qos=1, retain=True)
-        info.wait_for_publish(max(0.1, getattr(self, "_deadline", 0.0) - time.monotonic()))
+        info.wait_for_publish(max(0.1, self._deadline - time.monotonic()))
