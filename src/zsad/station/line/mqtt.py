@@ -90,6 +90,7 @@ class MqttSink:
             "broker": f"{self.host}:{self.port}",
             "topic": self.config.topic,
             "connected": self._connected,
+            "published": self._published,
             "acknowledged": acked,
             "backlog": max(0, self.context.records - acked),
             "outage_since": self._outage_since,
