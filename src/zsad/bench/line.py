@@ -85,6 +85,7 @@ def _run_once(
 ) -> dict[str, Any]:
     from zsad.station.frames import HotFolder
     from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaConfig
+    from zsad.station.line.sinks import build_sinks
     from zsad.station.station import Station, StationOptions
 
     out = work / f"out-{repeat}-{'on' if sinks_on else 'off'}"
@@ -99,7 +100,7 @@ def _run_once(
             opcua=OpcuaConfig(f"opc.tcp://127.0.0.1:{opcua_port}", "none"),
             http=HttpConfig(f"127.0.0.1:{http_port}"),
         )
-        sinks = line.sinks()
+        sinks = build_sinks(line)
         clients.append(_SseListener(http_port))
         if broker.available:
             clients.append(_MqttListener(broker.port, f"bench/{repeat}/results"))
