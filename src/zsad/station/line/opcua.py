@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -228,7 +229,9 @@ class OpcuaSink:
         try:
             return int(json.loads(path.read_text())["acknowledged_id"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise ZsadError(f"{path}: not an acknowledgement file ({exc}); delete it to go on") from exc
+            raise ZsadError(
+                f"{path}: not an acknowledgement file ({exc}); delete it to go on"
+            ) from exc
 
     # ------------------------------------------------------------------ server thread
 
@@ -279,10 +282,8 @@ class OpcuaSink:
     def _start_error(self, exc: Exception) -> str:
         if isinstance(exc, ZsadError):
             return str(exc)
-        return (
-            f"--opcua {self.config.url}: cannot listen on {self.host}:{self.port} "
-            f"({getattr(exc, 'strerror', None) or exc})"
-        )
+        reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else str(exc)
+        return f"--opcua {self.config.url}: cannot listen on {self.host}:{self.port} ({reason})"
 
     async def _start_server(self, feed: JournalFeed) -> None:
         from asyncua import Server, ua
@@ -320,9 +321,10 @@ class OpcuaSink:
         await server.load_certificate(credentials.certificate_der)
         await server.load_private_key(credentials.private_key_pem, format="pem")
         await server.set_application_uri(credentials.application_uri)
+        trusted = None
         if self.config.trusted is not None:
             trusted = trusted_certificates(self.config.trusted)
-            server.set_certificate_validator(_TrustList(trusted).validate)
+        server.iserver.set_user_manager(SecureSessionsOnly(trusted))
 
     async def _build(self, server: Any, index: int) -> dict[str, Any]:
         from asyncua import ua
@@ -423,7 +425,9 @@ class OpcuaSink:
         if not isinstance(value, int) or not 0 <= value < self._tally.seen:
             return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
         variant = ua.Variant(value, ua.VariantType.Int64)
-        await self._server.write_attribute_value(self._nodes[ACKNOWLEDGED_ID], ua.DataValue(variant))
+        await self._server.write_attribute_value(
+            self._nodes[ACKNOWLEDGED_ID], ua.DataValue(variant)
+        )
         return []
 
     def _acknowledged_written(self, node: Any, attribute: Any, data: Any) -> None:
@@ -453,20 +457,28 @@ class OpcuaSink:
         await asyncio.to_thread(write_json, path, payload)
 
 
-class _TrustList:
-    """Admits only clients whose certificate is one of ``trusted`` (DER bytes)."""
+class SecureSessionsOnly:
+    """Admits a session only over a secure channel, and with a trust list only for a client
+    certificate on it: asyncua also opens unsecured channels (for discovery), and a session
+    over one must not read or acknowledge anything."""
 
-    def __init__(self, trusted: frozenset[bytes]) -> None:
+    def __init__(self, trusted: frozenset[bytes] | None) -> None:
         self.trusted = trusted
 
-    async def validate(self, certificate: Any, _application: Any) -> None:
-        """Refuse a client certificate that is not on the list."""
-        from asyncua import ua
-        from asyncua.common.utils import ServiceError
-        from cryptography.hazmat.primitives import serialization
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: bytes | None = None,
+    ) -> Any:
+        """The user of a session: None (refused) unless its channel carries a certificate that
+        is admitted."""
+        from asyncua.crypto.permission_rules import User, UserRole
 
-        if certificate.public_bytes(serialization.Encoding.DER) not in self.trusted:
-            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+        if not certificate or (self.trusted is not None and certificate not in self.trusted):
+            return None
+        return User(role=UserRole.User, name="client certificate")
 
 
 def _same(a: Any, b: Any) -> bool:
