@@ -64,7 +64,9 @@ def server_credentials(certificate: Path, private_key: Path) -> ServerCredential
     try:
         data = private_key.read_bytes()
     except OSError as exc:
-        raise ZsadError(f"--opcua-key {private_key}: cannot read it ({exc.strerror or exc})") from exc
+        raise ZsadError(
+            f"--opcua-key {private_key}: cannot read it ({exc.strerror or exc})"
+        ) from exc
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             key = serialization.load_pem_private_key(data, password=None)
@@ -100,6 +102,5 @@ def trusted_certificates(folder: Path) -> frozenset[bytes]:
             f"--opcua-trust {folder}: holds no client certificate (*.der, *.pem, *.crt, *.cer)"
         )
     return frozenset(
-        load_certificate(p, "--opcua-trust").public_bytes(serialization.Encoding.DER)
-        for p in files
+        load_certificate(p, "--opcua-trust").public_bytes(serialization.Encoding.DER) for p in files
     )
