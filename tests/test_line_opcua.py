@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import signal
@@ -104,7 +105,8 @@ def _wait_for_records(out: Path, count: int, station: subprocess.Popen[str]) -> 
 
 
 def _stop(station: subprocess.Popen[str]) -> str:
-    station.send_signal(signal.SIGTERM)
+    if station.poll() is None:
+        station.send_signal(signal.SIGTERM)
     _, stderr = station.communicate(timeout=60)
     assert station.returncode == 0, stderr
     return stderr
@@ -223,7 +225,9 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
                 }
 
             # A PLC that drops the connection finds everything where it was.
-            async with Client(url, timeout=30) as client:
+            client = Client(url, timeout=30)
+            await client.connect()
+            try:
                 view = await Station(client).open()
                 await _assert_matches_journal(view, records)
                 # The writable node acknowledges too.
@@ -233,11 +237,22 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
                 beat = (await view.read("Station.Heartbeat"))["Station.Heartbeat"]
                 await view.wait_for("Station.Heartbeat", beat + 1)
                 await view.wait_for("Station.AcknowledgedResultId", 7)
+                # A station that stops says so before the connection ends.
+                states = Notifications()
+                subscription = await client.create_subscription(20, states)
+                await subscription.subscribe_data_change(view.node("Station.State"))
+                station.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 30
+                while station.poll() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert states.values["Station.State"][-1] == "stopped"
+            finally:
+                with contextlib.suppress(Exception):  # the server may be gone already
+                    await client.disconnect()
 
         asyncio.run(plc())
     finally:
-        if station.poll() is None:
-            _stop(station)
+        _stop(station)
     status = json.loads((out / "status.json").read_text())
     described = status["sinks"]["opcua"]
     assert described["endpoint"] == url and described["error"] is None

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -32,6 +33,7 @@ NAMESPACE = "urn:zsad:station"
 ACKNOWLEDGED = "opcua-ack.json"  # in OUT: the last id the PLC acknowledged, kept over restarts
 START_TIMEOUT_S = 60.0
 HEARTBEAT_S = 1.0
+LINGER_S = 0.3
 NO_TIME = datetime(1601, 1, 1, tzinfo=timezone.utc)  # OPC UA's "no time" (DateTime 0)
 
 # The station object's variables: node id -> OPC UA built-in type and value before any result.
@@ -268,6 +270,7 @@ class OpcuaSink:
                 if task is not stopping and task.exception() is not None:
                     exc = task.exception()
                     self._error = f"OPC UA server failed: {type(exc).__name__}: {exc}"
+                    self._context.echo(f"zsad: opcua: {self._error}; the station scores on")
         finally:
             for task in [stopping, *tasks]:
                 task.cancel()
@@ -275,6 +278,8 @@ class OpcuaSink:
                 await self._show(status_values(self._context.status()))
                 if self._ack_changed.is_set():
                     await self._store_acknowledged()
+                # Long enough for subscribers to be told "stopped" or "error" before the end.
+                await asyncio.sleep(LINGER_S)
             await self._server.stop()
             feed.close()
             self._state = "stopped"
@@ -300,7 +305,7 @@ class OpcuaSink:
         # The secure channel (the client's certificate) is the credential: no user tokens.
         server.set_identity_tokens([ua.AnonymousIdentityToken])
         if self.config.security == "none":
-            await server.set_application_uri(NAMESPACE)
+            await server.set_application_uri(f"urn:zsad:station:{socket.gethostname()}")
         else:
             await self._load_credentials(server)
         index = await server.register_namespace(NAMESPACE)
