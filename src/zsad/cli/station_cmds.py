@@ -121,6 +121,7 @@ def watch(
     (it is not scanned) but may not be the hot folder itself.
     """
     from zsad.formats.atomic import check_writable_folder
+    from zsad.station.line.sinks import build_sinks
     from zsad.station.run import check_watch_folders, watch_folder
 
     check_watch_folders(in_dir, out)
@@ -138,7 +139,7 @@ def watch(
             idle_exit_s=exit_when_idle,
             poll_s=poll_s,
             echo=echo_err,
-            sinks=line.sinks(),
+            sinks=build_sinks(line),
         )
 
 

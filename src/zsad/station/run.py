@@ -34,7 +34,7 @@ def run_station(
 ) -> dict[str, Any]:
     """Score frames from ``source_factory(done)`` one by one into OUT until stopped; returns the
     final status. OUT is resumed: nothing in its journal is scored again. ``sinks`` (e.g.
-    ``LineConfig(...).sinks()``) are fed from the journal while the station runs."""
+    ``build_sinks(LineConfig(...))``) are fed from the journal while the station runs."""
     stream = detector.stream(bank, threshold=threshold)
     for note in detector.notes:
         echo(f"zsad: {note}")

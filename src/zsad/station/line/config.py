@@ -13,7 +13,6 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from zsad.errors import ZsadError
-from zsad.station.line.hub import Sink
 
 MQTT_PASSWORD_ENV = "ZSAD_MQTT_PASSWORD"
 HTTP_TOKEN_ENV = "ZSAD_HTTP_TOKEN"
@@ -167,21 +166,3 @@ class LineConfig:
         for config in (self.mqtt, self.opcua, self.http):
             if config is not None:
                 config.check()
-
-    def sinks(self) -> list[Sink]:
-        """The sinks, built (their packages imported) only when asked for."""
-        self.check()
-        sinks: list[Sink] = []
-        if self.mqtt is not None:
-            from zsad.station.line.mqtt import MqttSink
-
-            sinks.append(MqttSink(self.mqtt))
-        if self.opcua is not None:
-            from zsad.station.line.opcua import OpcuaSink
-
-            sinks.append(OpcuaSink(self.opcua))
-        if self.http is not None:
-            from zsad.station.line.http import HttpSink
-
-            sinks.append(HttpSink(self.http))
-        return sinks
