@@ -497,10 +497,17 @@ _LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
         "sign-and-encrypt",
     ),
     "opcua_cert": (
-        _line_option("--opcua-cert", Path | None, "Server certificate (DER or PEM)."),
+        _line_option(
+            "--opcua-cert",
+            Path | None,
+            "Server certificate (DER or PEM) with its application URI in subjectAltName.",
+        ),
         None,
     ),
-    "opcua_key": (_line_option("--opcua-key", Path | None, "Server private key (PEM)."), None),
+    "opcua_key": (
+        _line_option("--opcua-key", Path | None, "Server private key (RSA, unencrypted)."),
+        None,
+    ),
     "opcua_trust": (
         _line_option(
             "--opcua-trust",
