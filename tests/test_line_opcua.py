@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from helpers import ENV, one_line_error, station_records, write_frame, zsad
+from zsad.errors import ZsadError
 
 asyncua = pytest.importorskip("asyncua")
 from asyncua import Client, ua  # noqa: E402
@@ -380,3 +381,55 @@ def test_bad_opcua_settings_are_one_line_errors(bundle: Path, tmp_path: Path) ->
     one_line_error(busy, f"127.0.0.1:{port}: cannot listen on 127.0.0.1:{port} (Address already")
     journal = tmp_path / "out" / "results.jsonl"
     assert not journal.exists() or journal.read_text() == ""
+
+
+def test_an_unreadable_image_is_a_failed_result_and_acknowledgements_outlive_restarts(
+    tmp_path: Path,
+) -> None:
+    from zsad.station.journal import Journal
+    from zsad.station.line.config import OpcuaConfig
+    from zsad.station.line.hub import LineContext
+    from zsad.station.line.opcua import OpcuaSink
+
+    journal = Journal(tmp_path / "results.jsonl")
+    scored = {"index": 0, "name": "a.png", "path": "/hot/a.png", "score": 0.2, "decision": "OK"}
+    journal.append({**scored, "threshold": 0.5, "time": "2026-01-02T03:04:05.678+00:00"})
+    unreadable = {"index": None, "name": "b.png", "path": "/hot/b.png", "score": None}
+    journal.append({**unreadable, "decision": "rejected", "error": "cannot decode", "time": None})
+    (tmp_path / "opcua-ack.json").write_text('{"acknowledged_id": 0}')
+    context = LineContext(tmp_path, echo=lambda line: None)
+    context.journal_grew(journal.count)
+    url = f"opc.tcp://127.0.0.1:{_free_port()}"
+    sink = OpcuaSink(OpcuaConfig(url, "none"))
+    sink.start(context)
+
+    async def plc() -> dict[str, Any]:
+        async with Client(url, timeout=30) as client:
+            view = await Station(client).open()
+            return await view.read(
+                "Station.Counters.Parts", "Station.Counters.Rejected",
+                "Station.LastResult.ResultId", "Station.LastResult.ResultState",
+                "Station.LastResult.Decision", "Station.LastResult.Index",
+                "Station.AcknowledgedResultId",
+            )  # fmt: skip
+
+    try:
+        got = asyncio.run(plc())
+        described = sink.describe()
+    finally:
+        sink.stop(3.0)
+        journal.close()
+    assert got == {
+        "Station.Counters.Parts": 1,
+        "Station.Counters.Rejected": 1,
+        "Station.LastResult.ResultId": 1,
+        "Station.LastResult.ResultState": 4,
+        "Station.LastResult.Decision": "rejected",
+        "Station.LastResult.Index": -1,
+        "Station.AcknowledgedResultId": 0,
+    }
+    assert described["state"] == "serving" and described["acknowledged_id"] == 0
+    # A damaged acknowledgement file is named, not ignored.
+    (tmp_path / "opcua-ack.json").write_text("{")
+    with pytest.raises(ZsadError, match="opcua-ack.json: not an acknowledgement file"):
+        OpcuaSink(OpcuaConfig(url, "none")).start(context)
