@@ -429,7 +429,10 @@ def test_an_unreadable_image_is_a_failed_result_and_acknowledgements_outlive_res
         "Station.AcknowledgedResultId": 0,
     }
     assert described["state"] == "serving" and described["acknowledged_id"] == 0
-    # A damaged acknowledgement file is named, not ignored.
+    # A damaged acknowledgement file, or one from another journal, is named, not ignored.
     (tmp_path / "opcua-ack.json").write_text("{")
     with pytest.raises(ZsadError, match="opcua-ack.json: not an acknowledgement file"):
+        OpcuaSink(OpcuaConfig(url, "none")).start(context)
+    (tmp_path / "opcua-ack.json").write_text('{"acknowledged_id": 2}')
+    with pytest.raises(ZsadError, match="acknowledges result 2 but the journal holds 2 records"):
         OpcuaSink(OpcuaConfig(url, "none")).start(context)

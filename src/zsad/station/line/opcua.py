@@ -312,6 +312,11 @@ class OpcuaSink:
         self._nodes = await self._build(server, index)
         # The counters and last result of every record journaled so far.
         last = await asyncio.to_thread(self._catch_up, feed)
+        if self._acknowledged >= self._tally.seen:
+            raise ZsadError(
+                f"{self._context.out / ACKNOWLEDGED}: acknowledges result {self._acknowledged} "
+                f"but the journal holds {self._tally.seen} records; delete it to go on"
+            )
         await self._show({**status_values(self._context.status()), **self._tally.values()})
         if last is not None:
             await self._show(result_values(last))
