@@ -189,8 +189,9 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
     url = f"opc.tcp://127.0.0.1:{_free_port()}"
     # A threshold below every score: each part is NG, so the NG counter moves with the parts.
     station = _watch(
-        in_dir, out, bundle, "--threshold", "-1e9", "--opcua", url, "--opcua-security", "none"
-    )
+        in_dir, out, bundle, "--threshold", "-1e9", "--status-every", "1",
+        "--opcua", url, "--opcua-security", "none",
+    )  # fmt: skip
     try:
         first = _wait_for_records(out, 5, station)
 
@@ -198,10 +199,10 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
             async with Client(url, timeout=30) as client:
                 view = await Station(client).open()
                 await _assert_matches_journal(view, first)
-                assert (await view.read("Station.State"))["Station.State"] in (
-                    "running",
-                    "warming-up",
-                )
+                # Warm-up is over: the next status (each second here) says so.
+                machine = "Station.VisionStateMachine.CurrentState"
+                await view.wait_for("Station.State", "running")
+                await view.wait_for(machine, "Operational")
                 seen = Notifications()
                 subscription = await client.create_subscription(20, seen)
                 watched = ["Station.LastResult.ResultId", "Station.Counters.NG"]
@@ -241,12 +242,15 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
                 # A station that stops says so before the connection ends.
                 states = Notifications()
                 subscription = await client.create_subscription(20, states)
-                await subscription.subscribe_data_change(view.node("Station.State"))
+                await subscription.subscribe_data_change(
+                    [view.node("Station.State"), view.node(machine)]
+                )
                 station.send_signal(signal.SIGTERM)
                 deadline = time.monotonic() + 30
                 while station.poll() is None and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 assert states.values["Station.State"][-1] == "stopped"
+                assert states.values[machine][-1] == "Halted"
             finally:
                 with contextlib.suppress(Exception):  # the server may be gone already
                     await client.disconnect()
