@@ -497,10 +497,25 @@ _LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
         "sign-and-encrypt",
     ),
     "opcua_cert": (
-        _line_option("--opcua-cert", Path | None, "Server certificate (DER or PEM)."),
+        _line_option(
+            "--opcua-cert",
+            Path | None,
+            "Server certificate (DER or PEM) with its application URI in subjectAltName.",
+        ),
         None,
     ),
-    "opcua_key": (_line_option("--opcua-key", Path | None, "Server private key (PEM)."), None),
+    "opcua_key": (
+        _line_option("--opcua-key", Path | None, "Server private key (RSA, unencrypted)."),
+        None,
+    ),
+    "opcua_trust": (
+        _line_option(
+            "--opcua-trust",
+            Path | None,
+            "Folder of the client certificates admitted (default: any client certificate).",
+        ),
+        None,
+    ),
     "http": (
         _line_option(
             "--http",
@@ -542,7 +557,9 @@ def line_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             ),
             opcua=None
             if v["opcua"] is None
-            else OpcuaConfig(v["opcua"], v["opcua_security"], v["opcua_cert"], v["opcua_key"]),
+            else OpcuaConfig(
+                v["opcua"], v["opcua_security"], v["opcua_cert"], v["opcua_key"], v["opcua_trust"]
+            ),
             http=None if v["http"] is None else HttpConfig(v["http"], v["http_token_file"]),
         )
         config.check()

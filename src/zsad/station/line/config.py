@@ -92,23 +92,44 @@ class OpcuaConfig:
     security: OpcuaSecurity = "sign-and-encrypt"
     certificate: Path | None = None
     private_key: Path | None = None
+    trusted: Path | None = None  # folder of the client certificates admitted (default: any)
+
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port) to listen on: exactly the host in the URL."""
+        parts = urlsplit(self.url)
+        try:
+            port = parts.port or 4840
+        except ValueError as exc:
+            raise ZsadError(f"--opcua {self.url}: bad port ({exc})") from exc
+        if parts.scheme != "opc.tcp" or not parts.hostname:
+            raise ZsadError(f"--opcua {self.url}: give opc.tcp://HOST:PORT")
+        return parts.hostname, port
 
     def check(self) -> None:
         """Refuse bad settings before the station starts."""
-        parts = urlsplit(self.url)
-        if parts.scheme != "opc.tcp" or not parts.hostname:
-            raise ZsadError(f"--opcua {self.url}: give opc.tcp://HOST:PORT")
-        if self.security != "none":
-            files = (("--opcua-cert", self.certificate), ("--opcua-key", self.private_key))
-            for flag, path in files:
-                if path is None:
-                    raise ZsadError(
-                        f"--opcua-security {self.security} needs {flag} (see docs/line.md for "
-                        "how to make a certificate); --opcua-security none serves without "
-                        "security, to anonymous clients"
-                    )
-                if not path.is_file():
-                    raise ZsadError(f"{flag} {path}: no such file")
+        from zsad.station.line.certificates import server_credentials, trusted_certificates
+
+        self.endpoint()
+        if self.security == "none":
+            if self.certificate or self.private_key or self.trusted:
+                raise ZsadError(
+                    "--opcua-cert/--opcua-key/--opcua-trust: only with --opcua-security sign or "
+                    "sign-and-encrypt (--opcua-security none serves without certificates)"
+                )
+            return
+        files = (("--opcua-cert", self.certificate), ("--opcua-key", self.private_key))
+        for flag, path in files:
+            if path is None:
+                raise ZsadError(
+                    f"--opcua-security {self.security} needs {flag} (see docs/line.md for "
+                    "how to make a certificate); --opcua-security none serves without "
+                    "security, to anonymous clients"
+                )
+            if not path.is_file():
+                raise ZsadError(f"{flag} {path}: no such file")
+        server_credentials(self.certificate, self.private_key)
+        if self.trusted is not None:
+            trusted_certificates(self.trusted)
 
 
 @dataclass(frozen=True)
