@@ -37,10 +37,11 @@ STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
 MAX_LIMIT = 1000  # records per /api/results page
+MAX_ID = 10**18 - 1  # the largest record id a request may name (18 digits)
 MAX_BODY = 4096  # bytes of a POST body
 MAX_STREAMS = 32  # open event streams (operator screens) at once
 RECENT_NG = 12  # NG parts the status lists
-RESULT_FILE = re.compile(r"^/api/results/(\d{1,18})(?:/(overlay\.png|map\.npy))?$")
+RESULT_FILE = re.compile(r"^/api/results/([0-9]{1,18})(?:/(overlay\.png|map\.npy))?$")
 FILES = {"overlay.png": ("overlay", "image/png"), "map.npy": ("map", "application/octet-stream")}
 
 
@@ -324,7 +325,13 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-def _int_param(query: dict[str, list[str]], name: str, default: int, high: int) -> int:
+def _whole(text: str | None) -> int | None:
+    """A header's whole number (ASCII digits, at most 18 of them), else None."""
+    text = (text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
     values = query.get(name)
     if not values:
         return default
@@ -332,8 +339,8 @@ def _int_param(query: dict[str, list[str]], name: str, default: int, high: int) 
         value = int(values[-1])
     except ValueError:
         raise HttpError(400, f"{name}={values[-1][:40]!r}: give a whole number") from None
-    if not 0 <= value <= high:
-        raise HttpError(400, f"{name}={value}: give a number from 0 to {high}")
+    if not low <= value <= high:
+        raise HttpError(400, f"{name}={value}: give a number from {low} to {high}")
     return value
 
 
@@ -360,6 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "zsad"
     sys_version = ""
+    default_request_version = "HTTP/1.0"  # so even a garbled request line gets a status line
     timeout = 20  # a client that stops reading or writing is dropped, not waited on
 
     def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
@@ -375,8 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/status":
             return _json(200, sink.overview())
         if path == "/api/results":
-            since = _int_param(query, "since", 0, 10**18)
-            limit = _int_param(query, "limit", 100, MAX_LIMIT)
+            since = _int_param(query, "since", 0, 0, MAX_ID)
+            limit = _int_param(query, "limit", 100, 1, MAX_LIMIT)
             results = sink.results(since, limit)
             following = int(results[-1]["id"]) + 1 if results else since
             return _json(200, {"results": results, "next": following})
@@ -401,23 +409,24 @@ class _Handler(BaseHTTPRequestHandler):
         sink = self.server.sink
         # The token is checked before the body is read: no work for a caller without one.
         sink.authorize(self.headers.get("Authorization"))
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        length = _whole(self.headers.get("Content-Length"))
+        if length is None:
             raise HttpError(411, "send a Content-Length with the JSON body")
-        if int(length) > MAX_BODY:
+        if length > MAX_BODY:
             raise HttpError(413, f"the body is over {MAX_BODY} bytes")
-        body = self.rfile.read(int(length))
+        body = self.rfile.read(length)
         value = sink.set_threshold(body, self.client_address[0])
         return _json(202, {"threshold": value, "applies": "from the next image"})
 
     def _stream(self, sink: HttpSink, query: dict[str, list[str]]) -> None:
         last = self.headers.get("Last-Event-ID")
         if last is not None:
-            if not last.strip().isdigit() or len(last.strip()) > 18:
+            last_id = _whole(last)
+            if last_id is None:
                 raise HttpError(400, f"Last-Event-ID {last[:40]!r}: give a record id")
-            start = int(last) + 1
+            start = last_id + 1
         else:
-            start = _int_param(query, "since", sink.overview()["records"], 10**18)
+            start = _int_param(query, "since", sink.overview()["records"], 0, MAX_ID)
         sink.stream(self, start)
 
     def begin_stream(self) -> None:
