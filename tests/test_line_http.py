@@ -268,11 +268,15 @@ def test_events_resume_after_the_last_event_id_and_keep_alive(line) -> None:
         time.sleep(0.05)
     assert served.sink.describe()["streams"] == 1
     resumed.close()
-    # Without an id or since: only what comes next.
+    # Without an id or since: only what comes next; an id past the end (another journal's)
+    # goes on from the end too.
     fresh = _Events(served.port)
+    ahead = _Events(served.port, **{"Last-Event-ID": "5000"})
     served.append()
     assert [r["id"] for r in fresh.results(1)] == [6]
+    assert [r["id"] for r in ahead.results(1)] == [6]
     fresh.close()
+    ahead.close()
     for bad in ("-1", "abc", "1" * 40, "²"):
         status, answer = _call(served.port, "GET", "/api/events", **{"Last-Event-ID": bad})
         assert status == 400 and "Last-Event-ID" in answer["error"]

@@ -25,11 +25,10 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from zsad.errors import ZsadError
-from zsad.station.line.config import HttpConfig
 from zsad.station.line.feed import JournalFeed
 from zsad.station.line.hub import LineContext
 
@@ -40,9 +39,22 @@ MAX_LIMIT = 1000  # records per /api/results page
 MAX_ID = 10**18 - 1  # the largest record id a request may name (18 digits)
 MAX_BODY = 4096  # bytes of a POST body
 MAX_STREAMS = 32  # open event streams (operator screens) at once
-RECENT_NG = 12  # NG parts the status lists
+RECENT_NG = 8  # NG parts the status lists
 RESULT_FILE = re.compile(r"^/api/results/([0-9]{1,18})(?:/(overlay\.png|map\.npy))?$")
 FILES = {"overlay.png": ("overlay", "image/png"), "map.npy": ("map", "application/octet-stream")}
+
+
+class HttpSettings(Protocol):
+    """What the sink needs of its ``HttpConfig`` (zsad.station.line.config, which imports this
+    module lazily to build the sink, so this module may not import it back)."""
+
+    address: str
+
+    def bind(self) -> tuple[str, int]:
+        """(host, port) to listen on."""
+
+    def token(self) -> str | None:
+        """The token state changes need, or None (read-only)."""
 
 
 class HttpError(Exception):
@@ -89,7 +101,7 @@ class HttpSink:
 
     name = "http"
 
-    def __init__(self, config: HttpConfig, *, keepalive_s: float = 15.0) -> None:
+    def __init__(self, config: HttpSettings, *, keepalive_s: float = 15.0) -> None:
         self.config = config
         self.keepalive_s = keepalive_s
         self.context: LineContext | None = None
@@ -141,8 +153,10 @@ class HttpSink:
         self._stop.set()
         with self._changed:
             self._changed.notify_all()
-        if self._server is not None:
+        if self._threads:  # shutdown() waits for serve_forever, so only once it runs
+            assert self._server is not None
             self._server.shutdown()
+        if self._server is not None:
             self._server.server_close()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -170,7 +184,7 @@ class HttpSink:
                             self._tally.add(record)
                         self._changed.notify_all()
                 else:
-                    self.context.wait_for_records(feed.position, 0.5)
+                    self.context.wait_for_records(feed.position, 0.25)
         finally:
             feed.close()
 
@@ -189,10 +203,15 @@ class HttpSink:
             tally = self._tally.view()
         return {"station": self.context.status(), "read_only": self.token is None, **tally}
 
+    def known(self) -> int:
+        """How many records the journal holds: the id the next one gets."""
+        assert self.context is not None
+        return max(self.context.records, self._tally.records)
+
     def results(self, since: int, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` journal records from id ``since`` on."""
-        assert self.context is not None and self._query is not None
-        if since >= max(self.context.records, self._tally.records):
+        assert self._query is not None
+        if since >= self.known():
             return []  # past the end: nothing, without reading the journal to its end
         with self._query_lock:
             self._query.seek(since)
@@ -426,8 +445,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HttpError(400, f"Last-Event-ID {last[:40]!r}: give a record id")
             start = last_id + 1
         else:
-            start = _int_param(query, "since", sink.overview()["records"], 0, MAX_ID)
-        sink.stream(self, start)
+            start = _int_param(query, "since", sink.known(), 0, MAX_ID)
+        # An id past the end is from another journal (OUT was replaced): go on from its end.
+        sink.stream(self, min(start, sink.known()))
 
     def begin_stream(self) -> None:
         """Headers of an event stream (the body runs until the connection closes)."""

@@ -3,7 +3,7 @@
 "use strict";
 
 const TREND = 200; // parts in the score trend
-const NG_LIST = 12; // thumbnails of the last NG parts
+const NG_LIST = 8; // thumbnails of the last NG parts
 
 const view = {
   next: 0, // id of the next record expected: anything below was counted already
