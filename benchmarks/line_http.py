@@ -5,12 +5,13 @@ without it, on the same frames in the same run.
                                    [--out DIR] [--screenshot docs/img/dashboard.png]
 
 Each run starts `zsad watch` on an empty hot folder, waits until it (and, with the sink, its
-client) is up, then moves all frames in at once and times the scored records (first to last
-record time, warm-up excluded). Runs alternate off/on so drift in a shared machine hits both.
-Clients: `browser` (headless Debian chromium on the operator page, as an operator would have it),
-`sse` (a Python client doing what the page does: the event stream plus each new overlay) or `none`
-(the sink serving nobody). The threshold is the 90th percentile of an untimed first pass, so about
-one part in ten is NG. Without --bundle a zsad-tiny STAPS bundle is exported into the work folder.
+client) is up, then moves all frames in at once and measures images/s from the scored records
+(first to last record time, warm-up excluded) and the CPU time the station process used for
+them. Runs alternate off/on so drift in a shared machine hits both. Clients: `browser` (headless
+Debian chromium on the operator page, as an operator would have it), `sse` (a Python client doing
+what the page does: the event stream plus each new overlay) or `none` (the sink serving nobody).
+The threshold is the 90th percentile of an untimed first pass, so about one part in ten is NG.
+Without --bundle a zsad-tiny STAPS bundle is exported into the work folder.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -49,6 +52,12 @@ def frames(folder: Path, count: int, size: int) -> list[Path]:
         paths.append(folder / f"part_{i:04d}.png")
         Image.fromarray(image).save(paths[-1])
     return paths
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -164,7 +173,6 @@ def run_once(args: argparse.Namespace, work: Path, label: str, served: bool) -> 
     port = free_port()
     command = [*ZSAD, "watch", str(hot), "--out", str(out), "--bundle", str(args.bundle)]
     command += ["--bank", str(args.bank), "--poll-s", "0.05", "--status-every", "1"]
-    command += ["--exit-when-idle", "3"]
     if args.threshold is not None:
         command += ["--threshold", str(args.threshold)]
     if served:
@@ -181,19 +189,28 @@ def run_once(args: argparse.Namespace, work: Path, label: str, served: bool) -> 
     elif served and args.client == "sse":
         client = SseClient(port)
         client.ready.wait(30)
+    cpu_start = cpu_seconds(station.pid)
     for frame in sorted(args.staged.iterdir()):
         shutil.copy(frame, hot / f".{frame.name}")
     for frame in sorted(hot.iterdir()):
         frame.rename(hot / frame.name[1:])  # all frames arrive at once, complete
     prober = Prober(port) if served else None
+    journal = out / "results.jsonl"
+    while station.poll() is None and (
+        not journal.is_file() or journal.read_bytes().count(b"\n") < args.frames
+    ):
+        time.sleep(0.05)
+    if station.poll() is not None:
+        raise SystemExit(station.communicate()[1])
+    cpu_s = cpu_seconds(station.pid) - cpu_start  # the station's own threads, this work only
+    probed = prober.summary() if prober else {}
     shot = None
     if isinstance(client, BrowserClient) and args.screenshot:
-        while station.poll() is None and client.count() < args.frames:
-            time.sleep(0.2)
-        time.sleep(1.0)  # the last overlay
+        time.sleep(1.5)  # the page shows the last part and its overlay
         shot = args.screenshot
         client.driver.save_screenshot(str(shot))
-    _, stderr = station.communicate(timeout=3600)
+    station.send_signal(signal.SIGTERM)
+    _, stderr = station.communicate(timeout=600)
     if client is not None:
         client.close()
     if station.returncode != 0:
@@ -210,8 +227,9 @@ def run_once(args: argparse.Namespace, work: Path, label: str, served: bool) -> 
         "client": args.client if served else None,
         "scored": len(scored),
         "images_per_s": round(rate, 2),
+        "cpu_ms_per_image": round(cpu_s * 1e3 / len(scored), 1),
         "screenshot": str(shot) if shot else None,
-        **(prober.summary() if prober else {}),
+        **probed,
         "scores": [r["score"] for r in scored],
     }
 
@@ -252,6 +270,8 @@ def main() -> None:
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "scores"}), flush=True)
     off = statistics.median(r["images_per_s"] for r in runs if not r["http"])
     on = statistics.median(r["images_per_s"] for r in runs if r["http"])
+    cpu_off = statistics.median(r["cpu_ms_per_image"] for r in runs if not r["http"])
+    cpu_on = statistics.median(r["cpu_ms_per_image"] for r in runs if r["http"])
     summary = {
         "frames": args.frames,
         "size": args.size,
@@ -261,10 +281,13 @@ def main() -> None:
         "images_per_s_off": off,
         "images_per_s_on": on,
         "on_over_off": round(on / off, 3),
+        "station_cpu_ms_per_image_off": cpu_off,
+        "station_cpu_ms_per_image_on": cpu_on,
         "runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs],
     }
-    print(f"| http sink | images/s (median of {args.repeats}) |\n|---|---|")
-    print(f"| off | {off:.2f} |\n| on, {args.client} client | {on:.2f} ({on / off:.1%} of off) |")
+    print(f"| http sink (median of {args.repeats}) | images/s | station CPU ms/image |")
+    print(f"|---|---|---|\n| off | {off:.2f} | {cpu_off:.1f} |")
+    print(f"| on, {args.client} client | {on:.2f} ({on / off:.0%}) | {cpu_on:.1f} |")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "line_http.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -395,7 +395,11 @@ def _browser(profile: Path) -> Any:
         CHROMIUM.is_file() and CHROMEDRIVER.is_file(),
         f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER})",
     )
-    webdriver = pytest.importorskip("selenium.webdriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+    require_service(webdriver is not None, "needs selenium (the dev extra)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (

@@ -145,10 +145,11 @@ function renderNg() {
     img.loading = "lazy";
     if (overlayUrl(record)) img.src = overlayUrl(record);
     const label = document.createElement("span");
-    label.textContent = `#${record.id} ${record.name}`;
+    label.textContent = `#${record.id} `;
     const score = document.createElement("em");
     score.textContent = fmt(record.score, 3);
-    link.append(img, label, score);
+    label.append(score);
+    link.append(img, label);
     item.append(link);
     list.append(item);
   }
