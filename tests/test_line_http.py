@@ -262,6 +262,10 @@ def test_events_resume_after_the_last_event_id_and_keep_alive(line) -> None:
     served.append(decision="NG")
     live = resumed.results(1)[0]
     assert live["id"] == 5 and live["decision"] == "NG"
+    # Each new status of the station follows as a status event (no id: resuming is by record).
+    served.context.publish_status({"state": "stopped", "threshold": 0.5})
+    event_id, _, data = next(e for e in resumed if e[1] == "status")
+    assert event_id == "" and json.loads(data)["station"]["state"] == "stopped"
     # The first stream's client left: its next keep-alive finds out and ends it.
     deadline = time.monotonic() + 10
     while served.sink.describe()["streams"] != 1 and time.monotonic() < deadline:
@@ -408,6 +412,7 @@ def _browser(profile: Path) -> Any:
         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,860",
     ):  # fmt: skip
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
     return webdriver.Chrome(options=options, service=service)
 
@@ -457,6 +462,8 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
         assert len(shown_ng) == expected["ng"]
         state = driver.find_element(By.ID, "state").text.lower()
         assert state in ("running", "warming-up"), state
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors  # no script error, nothing the page's security policy blocked
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     finally:
