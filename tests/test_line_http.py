@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ENV, require_service
+from helpers import ENV, one_line_error, require_service, zsad
 from helpers import assert_each_once as _assert_each_once
 from helpers import station_records as _records
 from helpers import write_frame as _png
@@ -392,6 +392,19 @@ def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
     assert json.loads((out / "threshold.json").read_text())["threshold"] == 0
     _assert_each_once(out, names)
     assert json.loads((out / "status.json").read_text())["sinks"]["http"]["read_only"] is False
+
+
+def test_a_port_in_use_is_a_one_line_error(bundle: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = zsad(
+            "watch", str(tmp_path), "--out", str(tmp_path / "out"), "--bundle", str(bundle),
+            "--http", f"127.0.0.1:{port}", "--threshold", "0.5", "--exit-when-idle", "0",
+        )  # fmt: skip
+    one_line_error(result, f"--http 127.0.0.1:{port}", "cannot listen")
+    assert json.loads((tmp_path / "out" / "status.json").read_text())["state"] == "error"
 
 
 def _browser(profile: Path) -> Any:
