@@ -369,7 +369,7 @@ def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
         # Abuse on the side: none of it reaches the station.
         assert _call(port, "GET", "/api/results?since=99999999999999")[1]["results"] == []
         assert _call(port, "GET", "/api/results/0/../../../../etc/passwd")[0] == 404
-        assert _raw(port, b"\x16\x03\x01garbage\r\n\r\n")[:1] in (b"", b"{", b"H")
+        assert _raw(port, b"\x16\x03\x01 TLS, not HTTP\r\n\r\n").startswith(b"HTTP/1.0 400")
         assert _call(port, "POST", "/api/threshold", b'{"threshold": 0}')[0] == 401
         # The operator's new threshold, from the next image on: every part scores above 0.
         status, _ = _call(port, "POST", "/api/threshold", b'{"threshold": 0}',
