@@ -6,7 +6,7 @@ is small (a status, pages of journal records, PNG files, one event stream per sc
 station's and adds no dependency; an ASGI stack would bring a framework and a server for the
 same few endpoints.
 
-The station is never slowed by a client: every handler reads the journal through this sink's own
+A client never holds up the station: every handler reads the journal through this sink's own
 ``JournalFeed`` and takes no lock of the station's beyond ``LineContext``'s (a status copy, a
 threshold request). State changes need a token (``Authorization: Bearer``); without one configured
 the API is read-only.

@@ -206,6 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             return  # the client went away
+        except Exception as exc:  # an unreadable file, a broken journal: say so, serve on
+            self._send(*_json(500, {"error": f"{type(exc).__name__}: {exc}"}))
+            return
         if answer is not None:
             self._send(*answer)
 
