@@ -4,6 +4,7 @@ one-line error check."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def popen_watch(*args: str, env: dict[str, str] | None = None) -> subprocess.Pop
     script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
     return subprocess.Popen(
         [sys.executable, "-c", script, "watch", *args],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**ENV, **(env or {})},
@@ -79,6 +80,15 @@ def wait_for_lines(
         assert process.poll() is None, process.communicate()[1]
         time.sleep(0.02)
     raise AssertionError(f"{journal} never reached {count} lines")
+
+
+def stop_station(process: subprocess.Popen[str]) -> str:
+    """SIGTERM a station, check it stopped cleanly; returns its stderr."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    return stderr
 
 
 def free_port() -> int:

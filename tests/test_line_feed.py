@@ -60,3 +60,21 @@ def test_a_feed_on_a_journal_not_yet_written_waits_for_it(tmp_path: Path) -> Non
     assert feed.read() == []
     _journal(path, 1)
     assert [r["id"] for r in feed.read()] == [0]
+
+
+def test_a_corrupt_line_stops_the_feed_before_it_with_its_number(tmp_path: Path) -> None:
+    import pytest
+
+    from zsad.errors import ZsadError
+
+    path = tmp_path / "results.jsonl"
+    _journal(path, 2)
+    with path.open("ab") as handle:
+        handle.write(b"not json\n")
+    _journal(path, 1)
+    feed = JournalFeed(path)
+    with pytest.raises(ZsadError, match="record 2 is not JSON"):
+        feed.read()
+    assert feed.position == 2
+    with pytest.raises(ZsadError, match="record 2 is not JSON"):
+        feed.read()

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from helpers import ENV, one_line_error, require_service, zsad
 from helpers import assert_each_once as _assert_each_once
+from helpers import free_port, one_line_error, popen_watch, require_service, stop_station, zsad
 from helpers import station_records as _records
 from helpers import write_frame as _png
 from zsad.station.journal import Journal
@@ -28,12 +26,6 @@ from zsad.station.line.hub import LineContext
 
 TOKEN = "s3cret-token"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _call(
@@ -111,7 +103,7 @@ class _Line:
         self.out = out
         self.journal = Journal(out / "results.jsonl")
         self.context = LineContext(out, echo=lambda line: None)
-        self.port = _free_port()
+        self.port = free_port()
         self.sink = HttpSink(
             HttpConfig(f"127.0.0.1:{self.port}", token_file), keepalive_s=keepalive_s
         )
@@ -308,16 +300,9 @@ def test_malformed_requests_get_json_errors_and_the_server_serves_on(line) -> No
 
 
 def _watch(in_dir: Path, out: Path, bundle: Path, port: int, *extra: str) -> subprocess.Popen[str]:
-    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
-    args = ["watch", str(in_dir), "--out", str(out), "--bundle", str(bundle), "--bank", "4"]
+    args = [str(in_dir), "--out", str(out), "--bundle", str(bundle), "--bank", "4"]
     args += ["--poll-s", "0.05", "--status-every", "0.5", "--http", f"127.0.0.1:{port}", *extra]
-    return subprocess.Popen(
-        [sys.executable, "-c", script, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    return popen_watch(*args)
 
 
 def _until(check: Callable[[], Any], station: subprocess.Popen[str], what: str) -> Any:
@@ -334,17 +319,10 @@ def _until(check: Callable[[], Any], station: subprocess.Popen[str], what: str) 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _stop(station: subprocess.Popen[str]) -> str:
-    station.send_signal(signal.SIGTERM)
-    _, stderr = station.communicate(timeout=60)
-    assert station.returncode == 0, stderr
-    return stderr
-
-
 def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
     bundle: Path, tmp_path: Path
 ) -> None:
-    in_dir, out, port = tmp_path / "in", tmp_path / "out", _free_port()
+    in_dir, out, port = tmp_path / "in", tmp_path / "out", free_port()
     in_dir.mkdir()
     (tmp_path / "token").write_text(TOKEN)
     names = [f"part_{i:02d}.png" for i in range(9)]
@@ -387,7 +365,7 @@ def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
         assert all(r["threshold"] == 0 and r["decision"] == "NG" for r in live)
         stream.close()
     finally:
-        stderr = _stop(station)
+        stderr = stop_station(station)
     assert "threshold set to 0.0 by http 127.0.0.1" in stderr
     assert json.loads((out / "threshold.json").read_text())["threshold"] == 0
     _assert_each_once(out, names)
@@ -436,7 +414,7 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    in_dir, out, port = tmp_path / "in", tmp_path / "out", _free_port()
+    in_dir, out, port = tmp_path / "in", tmp_path / "out", free_port()
     in_dir.mkdir()
     driver = _browser(tmp_path / "profile")
     station = _watch(in_dir, out, bundle, port, "--threshold", "0.41")
@@ -481,5 +459,5 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     finally:
         driver.quit()
-        _stop(station)
+        stop_station(station)
     _assert_each_once(out, names)

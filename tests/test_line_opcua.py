@@ -9,14 +9,22 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import ENV, one_line_error, station_records, write_frame, zsad
+from helpers import (
+    free_port,
+    one_line_error,
+    popen_watch,
+    station_records,
+    stop_station,
+    wait_for_lines,
+    write_frame,
+    zsad,
+)
 from zsad.errors import ZsadError
 
 asyncua = pytest.importorskip("asyncua")
@@ -25,12 +33,6 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noq
 
 NAMESPACE = "urn:zsad:station"
 CLIENT_URI = "urn:zsad:test:plc"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _certificate(folder: Path, name: str, uri: str, *, client: bool) -> tuple[Path, Path]:
@@ -86,31 +88,15 @@ def _certificate(folder: Path, name: str, uri: str, *, client: bool) -> tuple[Pa
 
 
 def _watch(in_dir: Path, out: Path, bundle: Path, *args: str) -> subprocess.Popen[str]:
-    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
-    command = [sys.executable, "-c", script, "watch", str(in_dir), "--out", str(out)]
-    command += ["--bundle", str(bundle), "--bank", "4", "--poll-s", "0.05", *args]
-    return subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
-    )
+    return popen_watch(
+        str(in_dir), "--out", str(out), "--bundle", str(bundle), "--bank", "4", "--poll-s", "0.05",
+        *args,
+    )  # fmt: skip
 
 
 def _wait_for_records(out: Path, count: int, station: subprocess.Popen[str]) -> list[dict]:
-    deadline = time.monotonic() + 120
-    journal = out / "results.jsonl"
-    while time.monotonic() < deadline:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= count:
-            return station_records(out)
-        assert station.poll() is None, station.communicate()[1]
-        time.sleep(0.05)
-    raise AssertionError(f"{journal} never reached {count} records")
-
-
-def _stop(station: subprocess.Popen[str]) -> str:
-    if station.poll() is None:
-        station.send_signal(signal.SIGTERM)
-    _, stderr = station.communicate(timeout=60)
-    assert station.returncode == 0, stderr
-    return stderr
+    wait_for_lines(out / "results.jsonl", count, station)
+    return station_records(out)
 
 
 class Station:
@@ -186,7 +172,7 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
     in_dir.mkdir()
     for i in range(5):
         write_frame(in_dir / f"{i:03d}.png", i, "stain" if i == 3 else None)
-    url = f"opc.tcp://127.0.0.1:{_free_port()}"
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
     # A threshold below every score: each part is NG, so the NG counter moves with the parts.
     station = _watch(
         in_dir, out, bundle, "--threshold", "-1e9", "--status-every", "1",
@@ -257,7 +243,7 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
 
         asyncio.run(plc())
     finally:
-        _stop(station)
+        stop_station(station)
     status = json.loads((out / "status.json").read_text())
     described = status["sinks"]["opcua"]
     assert described["endpoint"] == url and described["error"] is None
@@ -286,7 +272,7 @@ def test_signed_and_encrypted_for_trusted_clients_with_counts_from_earlier_runs(
     client_key = client_key.rename(pki / "plc-key.pem")
     for i in range(4, 6):
         write_frame(in_dir / f"{i:03d}.png", i)
-    url = f"opc.tcp://127.0.0.1:{_free_port()}"
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
     station = _watch(
         in_dir, out, bundle, "--threshold", "-1e9", "--opcua", url,
         "--opcua-security", "sign-and-encrypt", "--opcua-cert", str(server_cert),
@@ -338,7 +324,7 @@ def test_signed_and_encrypted_for_trusted_clients_with_counts_from_earlier_runs(
     try:
         asyncio.run(plc())
     finally:
-        stderr = _stop(station)
+        stderr = stop_station(station)
     assert "admitted: the clients in" in stderr
     assert json.loads((out / "opcua-ack.json").read_text())["acknowledged_id"] == 5
 
@@ -403,7 +389,7 @@ def test_an_unreadable_image_is_a_failed_result_and_acknowledgements_outlive_res
     (tmp_path / "opcua-ack.json").write_text('{"acknowledged_id": 0}')
     context = LineContext(tmp_path, echo=lambda line: None)
     context.journal_grew(journal.count)
-    url = f"opc.tcp://127.0.0.1:{_free_port()}"
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
     sink = OpcuaSink(OpcuaConfig(url, "none"))
     sink.start(context)
 

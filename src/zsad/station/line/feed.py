@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from zsad.errors import ZsadError
+
 
 class JournalFeed:
     """Reads the records of ``path`` from record ``start`` on, as they are appended.
@@ -52,12 +54,18 @@ class JournalFeed:
 
     def read(self, limit: int = 256) -> list[dict[str, Any]]:
         """Up to ``limit`` new complete records, oldest first, each carrying its ``id``."""
-        first = self._next
+        number, offset = self._next, self._offset
         records = []
-        for number, line in enumerate(self._lines(limit), start=first):
-            record = json.loads(line)
+        for line in self._lines(limit):
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                # Stay before the bad line: nothing past it is handed out as if it were fine.
+                self._next, self._offset = number, offset
+                raise ZsadError(f"{self.path}: record {number} is not JSON ({exc})") from exc
             record.setdefault("id", number)
             records.append(record)
+            number, offset = number + 1, offset + len(line)
         return records
 
     def close(self) -> None:

@@ -21,9 +21,10 @@ import time
 from collections import deque
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from zsad.errors import ZsadError
+from zsad.station.line.config import HttpConfig
 from zsad.station.line.feed import JournalFeed
 from zsad.station.line.http_handler import FILES, HttpError, make_server
 from zsad.station.line.hub import LineContext
@@ -33,19 +34,6 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
 MAX_STREAMS = 32  # open event streams (operator screens) at once
 RECENT_NG = 8  # NG parts the status lists
-
-
-class HttpSettings(Protocol):
-    """What the sink needs of its ``HttpConfig`` (zsad.station.line.config, which imports this
-    module lazily to build the sink, so this module may not import it back)."""
-
-    address: str
-
-    def bind(self) -> tuple[str, int]:
-        """(host, port) to listen on."""
-
-    def token(self) -> str | None:
-        """The token state changes need, or None (read-only)."""
 
 
 class _Tally:
@@ -83,7 +71,7 @@ class HttpSink:
 
     name = "http"
 
-    def __init__(self, config: HttpSettings, *, keepalive_s: float = 15.0) -> None:
+    def __init__(self, config: HttpConfig, *, keepalive_s: float = 15.0) -> None:
         self.config = config
         self.keepalive_s = keepalive_s
         self.context: LineContext | None = None
@@ -96,6 +84,7 @@ class HttpSink:
         self._changed = threading.Condition()  # the tally grew or a new status came
         self._tally = _Tally()
         self._status_version = 0
+        self._follow_error: str | None = None
         self._query_lock = threading.Lock()
         self._query: JournalFeed | None = None
         self._static: dict[str, tuple[bytes, str]] = {}
@@ -127,7 +116,12 @@ class HttpSink:
 
     def describe(self) -> dict[str, Any]:
         """The address, whether state changes are allowed, and the open event streams."""
-        return {"url": self.url, "read_only": self.token is None, "streams": self.streams}
+        return {
+            "url": self.url,
+            "read_only": self.token is None,
+            "streams": self.streams,
+            "error": self._follow_error,
+        }
 
     def stop(self, timeout: float) -> None:
         """Close the event streams and the listener."""
@@ -158,7 +152,14 @@ class HttpSink:
         feed = JournalFeed(self.context.journal)
         try:
             while not self._stop.is_set():
-                records = feed.read(512)
+                try:
+                    records = feed.read(512)
+                except ZsadError as exc:  # a journal line edited by hand: say so, try again later
+                    if self._follow_error != str(exc):
+                        self.context.echo(f"zsad: http: {exc}")
+                    self._follow_error = str(exc)
+                    self._stop.wait(30.0)
+                    continue
                 if records:
                     with self._changed:
                         for record in records:

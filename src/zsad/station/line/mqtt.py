@@ -200,6 +200,11 @@ class MqttSink:
             self._outage_since, delay = None, BACKOFF_S[0]
             try:
                 self._publish_while_connected(client)
+            except ZsadError as exc:  # a journal line edited by hand: say so, try again later
+                if self._last_error != str(exc):
+                    self.context.echo(f"zsad: mqtt: {exc}")
+                self._last_error = str(exc)
+                self._stop.wait(BACKOFF_S[1])
             finally:
                 client.disconnect()
                 client.loop_stop()
