@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +57,47 @@ def zsad(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess
         timeout=600,
         env=ENV,
     )
+
+
+def popen_watch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `zsad watch ARGS` in a fresh interpreter (stdout/stderr piped)."""
+    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", script, "watch", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**ENV, **(env or {})},
+    )
+
+
+def wait_for_lines(
+    journal: Path, count: int, process: subprocess.Popen[str], timeout: float = 120
+) -> None:
+    """Wait until ``journal`` holds ``count`` lines; fail at once if ``process`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= count:
+            return
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    raise AssertionError(f"{journal} never reached {count} lines")
+
+
+def stop_station(process: subprocess.Popen[str]) -> str:
+    """SIGTERM a station, check it stopped cleanly; returns its stderr."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    return stderr
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

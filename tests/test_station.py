@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ENV, one_line_error, zsad
+from helpers import ENV, one_line_error, popen_watch, wait_for_lines, zsad
 from helpers import assert_each_once as _assert_each_once
 from helpers import station_records as _records
 from helpers import write_frame as _png
@@ -115,27 +115,6 @@ def test_a_second_station_on_the_same_results_is_refused(bundle: Path, tmp_path:
     Journal(tmp_path / "results.jsonl").close()
 
 
-def _popen_watch(*args: str) -> subprocess.Popen[str]:
-    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
-    return subprocess.Popen(
-        [sys.executable, "-c", script, "watch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-
-
-def _wait_for_lines(journal: Path, count: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= count:
-            return
-        assert process.poll() is None, process.communicate()[1]
-        time.sleep(0.02)
-    raise AssertionError(f"{journal} never reached {count} lines")
-
-
 def test_kill_9_mid_run_then_restart_scores_every_image_exactly_once(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -147,11 +126,11 @@ def test_kill_9_mid_run_then_restart_scores_every_image_exactly_once(
     common = ["--bundle", str(bundle), "--out", str(out), "--bank", "4", "--poll-s", "0.05"]
     # Killed twice: once just after warm-up, once mid-stream.
     for lines in (5, 12):
-        run = _popen_watch(str(in_dir), *common)
-        _wait_for_lines(out / "results.jsonl", lines, run)
+        run = popen_watch(str(in_dir), *common)
+        wait_for_lines(out / "results.jsonl", lines, run)
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)
-    last = _popen_watch(str(in_dir), *common, "--exit-when-idle", "0.5")
+    last = popen_watch(str(in_dir), *common, "--exit-when-idle", "0.5")
     _, stderr = last.communicate(timeout=300)
     assert last.returncode == 0, stderr
     assert "resumed at image" in stderr and "bank refilled with 4" in stderr
@@ -163,8 +142,8 @@ def test_sigterm_finishes_the_current_image_and_exits_0(bundle: Path, tmp_path: 
     in_dir.mkdir()
     for i in range(40):
         _png(in_dir / f"{i:03d}.png", i)
-    run = _popen_watch(str(in_dir), "--bundle", str(bundle), "--out", str(out), "--bank", "4")
-    _wait_for_lines(out / "results.jsonl", 6, run)
+    run = popen_watch(str(in_dir), "--bundle", str(bundle), "--out", str(out), "--bank", "4")
+    wait_for_lines(out / "results.jsonl", 6, run)
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 0, stderr

@@ -298,6 +298,31 @@ def triton(
     )
 
 
+def line(
+    out: Annotated[Path, typer.Option("--out", help="Folder for bench.json and bench.md.")],
+    frames: Annotated[int, typer.Option("--frames", min=10, help="Frames per run.")] = 200,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Alternating runs with sinks off and on.")
+    ] = 3,
+    bank: Annotated[int, typer.Option("--bank", min=2, help="STAPS rolling bank size.")] = 32,
+    model: ModelOpt = "zsad-tiny",
+    image_size: Annotated[int, typer.Option("--image-size", help="Encoder input size.")] = 224,
+    seed: SeedOpt = 0,
+) -> None:
+    """Station images/s with the line interfaces off and on, and their delivery latency.
+
+    Runs the same generated frames through a station with no sinks and with MQTT (to a
+    mosquitto the bench starts, when one is installed), OPC UA and HTTP on, alternating, each
+    with a subscriber; delivery latency is journal time to arrival, p50/p99.
+    """
+    from zsad.bench.line import bench_line
+
+    bench_line(
+        out, frames=frames, repeats=repeats, bank=bank, model=model, image_size=image_size,
+        seed=seed,
+    )  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     """Attach the bench sub-commands (station included) to the app."""
     if not bench_app.registered_commands:
@@ -307,6 +332,7 @@ def register(app: typer.Typer) -> None:
             ("scoring", scoring),
             ("pipeline", pipeline),
             ("triton", triton),
+            ("line", line),
         ):
             bench_app.command(name)(command)
     app.add_typer(bench_app, name="bench")

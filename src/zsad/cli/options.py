@@ -473,3 +473,135 @@ def headclip_options(
         return HeadclipFlags(**{n: values[f"hc_{n}"] for n in names})
 
     return option_group("headclip", parameters, build)
+
+
+LINE_PANEL = "Line interfaces (MQTT, OPC UA, HTTP)"
+
+
+def _line_option(flag: str, annotation: Any, help: str, **extra: Any) -> Any:
+    return Annotated[annotation, typer.Option(flag, help=help, rich_help_panel=LINE_PANEL, **extra)]
+
+
+_LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "mqtt": (
+        _line_option(
+            "--mqtt",
+            str | None,
+            "Publish every result to an MQTT broker: mqtt://HOST:1883 or mqtts://HOST:8883 "
+            "(QoS 1, in order, at least once; resumes after outages and restarts).",
+        ),
+        None,
+    ),
+    "mqtt_topic": (
+        _line_option(
+            "--mqtt-topic",
+            str,
+            "Topic prefix: results go to PREFIX/results, the retained status (and the "
+            "'offline' last will) to PREFIX/status.",
+        ),
+        "zsad/station",
+    ),
+    "mqtt_username": (_line_option("--mqtt-username", str | None, "Broker user name."), None),
+    "mqtt_password_file": (
+        _line_option(
+            "--mqtt-password-file",
+            Path | None,
+            "File holding the broker password (default: $ZSAD_MQTT_PASSWORD).",
+        ),
+        None,
+    ),
+    "mqtt_ca": (
+        _line_option("--mqtt-ca", Path | None, "CA certificate (PEM) to verify the broker's TLS."),
+        None,
+    ),
+    "mqtt_client_id": (
+        _line_option("--mqtt-client-id", str | None, "MQTT client id (default: from the topic)."),
+        None,
+    ),
+    "opcua": (
+        _line_option(
+            "--opcua",
+            str | None,
+            "Serve the station over OPC UA at this endpoint, e.g. opc.tcp://127.0.0.1:4840.",
+        ),
+        None,
+    ),
+    "opcua_security": (
+        _line_option(
+            "--opcua-security",
+            Literal["none", "sign", "sign-and-encrypt"],
+            "Basic256Sha256 Sign or SignAndEncrypt with --opcua-cert/--opcua-key; 'none' "
+            "serves without security to anonymous clients.",
+        ),
+        "sign-and-encrypt",
+    ),
+    "opcua_cert": (
+        _line_option(
+            "--opcua-cert",
+            Path | None,
+            "Server certificate (DER or PEM) with its application URI in subjectAltName.",
+        ),
+        None,
+    ),
+    "opcua_key": (
+        _line_option("--opcua-key", Path | None, "Server private key (RSA, unencrypted)."),
+        None,
+    ),
+    "opcua_trust": (
+        _line_option(
+            "--opcua-trust",
+            Path | None,
+            "Folder of the client certificates admitted (default: any client certificate).",
+        ),
+        None,
+    ),
+    "http": (
+        _line_option(
+            "--http",
+            str | None,
+            "Serve the HTTP API and the operator page at HOST:PORT (e.g. 127.0.0.1:8080).",
+        ),
+        None,
+    ),
+    "http_token_file": (
+        _line_option(
+            "--http-token-file",
+            Path | None,
+            "File holding the token that changes (a new threshold) need (default: "
+            "$ZSAD_HTTP_TOKEN; without one the API is read-only).",
+        ),
+        None,
+    ),
+}
+
+
+def line_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The MQTT, OPC UA and HTTP options of a station, given as ``line`` (a LineConfig)."""
+    from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaConfig
+
+    parameters = [option_parameter(f"line_{n}", *spec) for n, spec in _LINE_OPTIONS.items()]
+
+    def build(values: dict[str, Any]) -> LineConfig:
+        v = {name: values[f"line_{name}"] for name in _LINE_OPTIONS}
+        config = LineConfig(
+            mqtt=None
+            if v["mqtt"] is None
+            else MqttConfig(
+                v["mqtt"],
+                v["mqtt_topic"],
+                v["mqtt_username"],
+                v["mqtt_password_file"],
+                v["mqtt_ca"],
+                v["mqtt_client_id"],
+            ),
+            opcua=None
+            if v["opcua"] is None
+            else OpcuaConfig(
+                v["opcua"], v["opcua_security"], v["opcua_cert"], v["opcua_key"], v["opcua_trust"]
+            ),
+            http=None if v["http"] is None else HttpConfig(v["http"], v["http_token_file"]),
+        )
+        config.check()
+        return config
+
+    return option_group("line", parameters, build)

@@ -23,6 +23,7 @@ from zsad.cli.options import (
     ThresholdOpt,
     encoder_options,
     headclip_options,
+    line_options,
     scoring_options,
 )
 
@@ -84,6 +85,7 @@ DryRunOpt = Annotated[
 ]
 
 
+@line_options()
 @stream_scoring_options
 @headclip_options()
 @encoder_options()
@@ -103,12 +105,15 @@ def watch(
     encoder: Any,
     headclip: HeadclipFlags,
     scoring: Any,
+    line: Any,
 ) -> None:
     """Inspect images as they arrive in a hot folder, in arrival order, until stopped.
 
     Writes one line per image to OUT/results.jsonl (arrival index, score, OK/NG, map, overlay,
     timings), appended and fsync'd one at a time, with maps in OUT/maps and overlays in
     OUT/overlays. Restarting with the same OUT resumes: nothing is scored twice or skipped.
+    --mqtt, --opcua and --http connect the station to the line (docs/line.md); each is fed
+    from the journal, so a sink that is down loses nothing.
     Files that never decode go to OUT/rejected/ with a .reason.txt. OUT/status.json shows
     throughput, backlog and memory. SIGINT/SIGTERM finish the current image and exit 0.
     Writers should write to a dot-file or *.tmp and rename; such names are ignored, and so
@@ -116,6 +121,7 @@ def watch(
     (it is not scanned) but may not be the hot folder itself.
     """
     from zsad.formats.atomic import check_writable_folder
+    from zsad.station.line.sinks import build_sinks
     from zsad.station.run import check_watch_folders, open_when_available, watch_folder
 
     check_watch_folders(in_dir, out)
@@ -136,6 +142,7 @@ def watch(
             idle_exit_s=exit_when_idle,
             poll_s=poll_s,
             echo=echo_err,
+            sinks=build_sinks(line),
         )
 
 

@@ -5,6 +5,8 @@ kill between records loses nothing already written. A kill (or power loss) insid
 leave a partial last line; it is cut off when the journal is opened again, and the image it
 described has no record, so it is scored again: no record is lost, none is duplicated.
 Only one process may append: the journal holds an exclusive lock on ``.lock`` beside it.
+Each record carries its ``id``, its 0-based line number, so consumers fed from the journal (the
+line sinks) can de-duplicate what they receive twice.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Journal:
                 f"{path}: another zsad process is writing these results (lock held)"
             ) from None
         self.repaired_bytes = self._cut_partial_line()
+        self.count = self._count_lines()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _cut_partial_line(self) -> int:
@@ -63,6 +66,15 @@ class Journal:
                 os.fsync(handle.fileno())
             return size - keep
 
+    def _count_lines(self) -> int:
+        if not self.path.exists():
+            return 0
+        count = 0
+        with self.path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                count += block.count(b"\n")
+        return count
+
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record written so far, in order."""
         with self.path.open("rb") as handle:
@@ -74,13 +86,15 @@ class Journal:
                 yield record
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably: a single write of one line, then fsync."""
-        data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        """Write one record durably, under the next id: a single write of one line, then fsync."""
+        line = {"id": self.count, **record}
+        data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
         os.fsync(self._fd)
+        self.count += 1
 
     def close(self) -> None:
         """Release the file and the lock."""

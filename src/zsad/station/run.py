@@ -14,6 +14,7 @@ from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
 from zsad.formats.atomic import write_json
 from zsad.runtime.preprocess import decode_side
 from zsad.station.frames import HotFolder, PathList, same_folder
+from zsad.station.line.hub import Sink
 from zsad.station.station import RETRY_FIRST_S, RETRY_MAX_S, STATUS, Station, StationOptions
 
 Echo = Callable[[str], None]
@@ -32,9 +33,11 @@ def run_station(
     idle_exit_s: float | None = None,
     poll_s: float = 0.2,
     echo: Echo = echo_stderr,
+    sinks: list[Sink] | None = None,
 ) -> dict[str, Any]:
     """Score frames from ``source_factory(done)`` one by one into OUT until stopped; returns the
-    final status. OUT is resumed: nothing in its journal is scored again."""
+    final status. OUT is resumed: nothing in its journal is scored again. ``sinks`` (e.g.
+    ``build_sinks(LineConfig(...))``) are fed from the journal while the station runs."""
     stream = detector.stream(bank, threshold=threshold)
     for note in detector.notes:
         echo(f"zsad: {note}")
@@ -47,6 +50,7 @@ def run_station(
         idle_exit_s=idle_exit_s,
         move_rejected=move_rejected,
         echo=echo,
+        sinks=list(sinks or []),
     )
     return Station(detector.backend, stream.scorer, source_factory, options).run()
 

@@ -18,6 +18,7 @@ in a row is rejected instead of tried a third time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,14 @@ from zsad.runtime.encode import encode_image
 from zsad.runtime.preprocess import decode_side
 from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
 from zsad.station.journal import Journal
+from zsad.station.line.hub import LineContext, LineHub, Sink
 
 RESULTS = "results.jsonl"
 STATUS = "status.json"
 STATE = "station-state.json"
 REJECTED = "rejected"
 IN_PROGRESS = "in-progress.json"
+THRESHOLD = "threshold.json"  # a threshold set while running (HTTP API); it outlives restarts
 POISON_DEATHS = 2  # deaths in a row with the same frame in hand before it is rejected
 POISON_REASON = "the station stopped twice while processing this frame"
 # A remote encoder that is down is retried after 0.5 s, 1 s, 2 s ... at most this often.
@@ -69,6 +72,7 @@ class StationOptions:
     idle_exit_s: float | None = None  # watch: stop after this long with nothing to do
     move_rejected: bool = True  # hot folder: move bad files out; a path list: copy them
     echo: Callable[[str], None] = echo_stderr
+    sinks: list[Sink] = field(default_factory=list)  # MQTT, OPC UA, HTTP: fed from the journal
 
 
 class _Stop(Exception):
@@ -145,17 +149,26 @@ class Station:
         """Resume from OUT, then process frames until stopped, idle or out of input."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.out / RESULTS)
+        self.line = LineHub(LineContext(self.out, self.options.echo), self.options.sinks)
+        self.line.context.journal_grew(self.journal.count)
         try:
+            self.line.start()
             return self._run()
         except OSError as exc:
             # Not the frame's fault: a restart must not count it against the frame in hand.
             self._release_in_hand(quiet=True)
             # A full disk or a broken mount: the journal is still whole, so say so and stop.
-            raise ZsadError(
+            error = ZsadError(
                 f"{exc.filename or self.out}: {exc.strerror or exc}; every result written so far "
                 "is intact, fix this and restart to resume"
-            ) from exc
+            )
+            self._report_error(error)
+            raise error from exc
+        except ZsadError as exc:
+            self._report_error(exc)
+            raise
         finally:
+            self.line.stop()
             self.journal.close()
 
     # ------------------------------------------------------------------ run
@@ -166,6 +179,7 @@ class Station:
                 f"zsad: {self.journal.path}: cut a partial last line "
                 f"({self.journal.repaired_bytes} bytes) left by an interrupted write"
             )
+        self._load_threshold()
         done = self._resume()
         self.done = done
         self._reject_poison()
@@ -204,6 +218,7 @@ class Station:
             finally:
                 self._blocking = False
             self._watch_source()
+            self._take_threshold_request()
             now = time.monotonic()
             if now - self._status_at >= self.options.status_interval_s:
                 self._status("running")
@@ -416,11 +431,14 @@ class Station:
                 "write_ms": round(write_s * 1e3, 2),
                 "latency_ms": round((time.monotonic() - held.seen_at) * 1e3, 1),
             }
-            self.journal.append(record)
+            self._append(record)
             self.scored += 1
             self._stamps.append(time.monotonic())
             self._latencies.append(record["timing"]["latency_ms"])
-            self._last = {k: record[k] for k in ("path", "score", "decision")}
+            self._last = {
+                "id": self.journal.count - 1,
+                **{k: record[k] for k in ("index", "path", "score", "decision", "threshold")},
+            }
         self._save_state()
 
     def _record(self, held: _Held, result: Scored, image: np.ndarray | None) -> dict[str, Any]:
@@ -446,6 +464,10 @@ class Station:
             "error": None,
         }
 
+    def _append(self, record: dict[str, Any]) -> None:
+        self.journal.append(record)
+        self.line.context.journal_grew(self.journal.count)
+
     # ------------------------------------------------------------------ rejections
 
     def _reject(self, item: Rejection) -> None:
@@ -465,7 +487,7 @@ class Station:
             "time": _now_iso(),
         }
         # Journal first: a kill before the move leaves a record, and the restart finishes it.
-        self.journal.append(record)
+        self._append(record)
         self.done.add(item.key)
         self.rejected += 1
         self._finish_rejection(record)
@@ -512,6 +534,39 @@ class Station:
         self._source_missing_since = since
         self._status("running")
 
+    def _take_threshold_request(self) -> None:
+        """Apply a threshold a sink asked for (an operator, with a token) from the next image."""
+        request = self.line.context.take_threshold_request()
+        if request is None:
+            return
+        value, source = request
+        write_json(self.out / THRESHOLD, {"threshold": value, "source": source, "time": _now_iso()})
+        self.options.threshold = value
+        self.options.echo(f"zsad: threshold set to {value} by {source}")
+        self._status("running")
+
+    def _load_threshold(self) -> None:
+        saved = self.out / THRESHOLD
+        if not saved.is_file():
+            return
+        try:
+            set_at = json.loads(saved.read_text())
+            value = set_at["threshold"]
+            value = None if value is None else float(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ZsadError(f"{saved}: not a threshold file ({exc}); delete it to go on") from exc
+        self.options.threshold = value
+        self.options.echo(
+            f"zsad: threshold {value} from {saved} (set by {set_at.get('source')} at "
+            f"{set_at.get('time')}); delete that file to use the bundle's or --threshold"
+        )
+
+    def _report_error(self, error: ZsadError) -> None:
+        """Tell status.json and the sinks that the station stopped on an error."""
+        # The disk that failed may hold status.json too; the sinks hear it before the write.
+        with contextlib.suppress(OSError):
+            self._status("error", error=str(error))
+
     def _save_state(self) -> None:
         state = self.scorer.state()
         if state and state != self._state_written:
@@ -552,9 +607,12 @@ class Station:
             **self.scorer.describe(),
             **extra,
         }
+        if self.line.sinks:
+            status["sinks"] = self.line.describe()
+        self.line.context.publish_status(status)
         write_json(self.out / STATUS, status)
         self._status_at = now
-        if state != "stopped":
+        if state not in ("stopped", "error"):
             last = self._last or {}
             score = "-" if last.get("score") is None else f"{last['score']:.4g}"
             self.options.echo(

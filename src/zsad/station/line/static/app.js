@@ -1,0 +1,247 @@
+// The operator page: a snapshot from /api/status and /api/results, then live results and status
+// from /api/events (server-sent events; the browser resumes with Last-Event-ID after a drop).
+"use strict";
+
+const TREND = 200; // parts in the score trend
+const NG_LIST = 8; // thumbnails of the last NG parts
+
+const view = {
+  next: 0, // id of the next record expected: anything below was counted already
+  counts: { parts: 0, ok: 0, ng: 0, no_decision: 0, rejected: 0 },
+  trend: [], // {id, score, threshold, decision}
+  ng: [], // the last NG records, newest first
+  threshold: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+async function getJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return response.json();
+}
+
+function fmt(value, digits = 4) {
+  return value === null || value === undefined ? "–" : Number(value).toPrecision(digits);
+}
+
+function overlayUrl(record) {
+  return record.overlay ? `/api/results/${record.id}/overlay.png` : null;
+}
+
+// ------------------------------------------------------------------ state from the server
+
+async function start() {
+  const overview = await getJSON("/api/status");
+  view.trend = [];
+  view.next = overview.records;
+  view.counts = overview.counts;
+  view.ng = overview.recent_ng;
+  const since = Math.max(0, overview.records - TREND);
+  const page = await getJSON(`/api/results?since=${since}&limit=${TREND}`);
+  for (const record of page.results) {
+    if (record.id < overview.records && record.index !== null) addToTrend(record);
+  }
+  applyStatus(overview.station);
+  if (overview.latest) showLatest(overview.latest);
+  renderCounts();
+  renderNg();
+  drawTrend();
+  connect();
+}
+
+function connect() {
+  const events = new EventSource(`/api/events?since=${view.next}`);
+  events.addEventListener("result", (event) => onResult(JSON.parse(event.data)));
+  events.addEventListener("status", (event) => applyStatus(JSON.parse(event.data).station));
+  events.onopen = () => setLive(true);
+  events.onerror = () => setLive(false);
+}
+
+function onResult(record) {
+  if (record.id < view.next) return; // already counted (a resumed stream repeats nothing, but be sure)
+  view.next = record.id + 1;
+  if (record.decision === "rejected") {
+    view.counts.rejected += 1;
+    renderCounts();
+    return;
+  }
+  view.counts.parts += 1;
+  const key = { OK: "ok", NG: "ng" }[record.decision] || "no_decision";
+  view.counts[key] += 1;
+  if (record.decision === "NG") {
+    view.ng.unshift(record);
+    view.ng.length = Math.min(view.ng.length, NG_LIST);
+    renderNg();
+  }
+  addToTrend(record);
+  showLatest(record);
+  renderCounts();
+  drawTrend();
+}
+
+function addToTrend(record) {
+  view.trend.push({
+    id: record.id, score: record.score, threshold: record.threshold, decision: record.decision,
+  });
+  if (view.trend.length > TREND) view.trend.shift();
+}
+
+// ------------------------------------------------------------------ rendering
+
+function applyStatus(station) {
+  const state = $("state");
+  state.textContent = station.state;
+  state.className = `pill ${station.state}`;
+  $("rate").textContent = station.images_per_s_last_minute ?? "–";
+  $("latency").textContent =
+    station.latency_ms_p50 === null || station.latency_ms_p50 === undefined
+      ? "–" : `${Math.round(station.latency_ms_p50)} ms`;
+  view.threshold = station.threshold ?? null;
+  $("threshold").textContent = fmt(view.threshold);
+  $("backlog").textContent = station.backlog ?? "–";
+  drawTrend();
+}
+
+function setLive(on) {
+  const live = $("live");
+  live.textContent = on ? "live" : "offline";
+  live.classList.toggle("on", on);
+}
+
+function showLatest(record) {
+  const url = overlayUrl(record);
+  const img = $("latest-img");
+  if (url) img.src = url;
+  img.hidden = !url;
+  $("latest-empty").hidden = Boolean(url);
+  $("latest-empty").textContent = url ? "" : "no overlay for this part";
+  $("latest-name").textContent = `#${record.id}  ${record.name}`;
+  $("latest-meta").textContent = `${record.time.slice(11, 23)} UTC · ${record.phase || ""}`;
+  const decision = $("decision");
+  const known = record.decision === "OK" || record.decision === "NG";
+  decision.textContent = known ? record.decision : "no threshold";
+  decision.className = `decision ${known ? record.decision.toLowerCase() : "none"}`;
+  $("decision-score").textContent = `score ${fmt(record.score)}`;
+}
+
+function renderCounts() {
+  for (const name of ["parts", "ok", "ng", "rejected"]) {
+    $(`count-${name}`).textContent = view.counts[name];
+  }
+}
+
+function renderNg() {
+  const list = $("ng-parts");
+  list.replaceChildren();
+  for (const record of view.ng) {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = overlayUrl(record) || `/api/results/${record.id}`;
+    link.target = "_blank";
+    link.title = `${record.name}: score ${fmt(record.score)} at ${record.time}`;
+    const img = document.createElement("img");
+    img.alt = record.name;
+    img.loading = "lazy";
+    if (overlayUrl(record)) img.src = overlayUrl(record);
+    const label = document.createElement("span");
+    label.textContent = `#${record.id} `;
+    const score = document.createElement("em");
+    score.textContent = fmt(record.score, 3);
+    label.append(score);
+    link.append(img, label);
+    item.append(link);
+    list.append(item);
+  }
+  $("ng-empty").hidden = view.ng.length > 0;
+}
+
+function drawTrend() {
+  const canvas = $("trend");
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  canvas.width = Math.round(width * ratio);
+  canvas.height = Math.round(height * ratio);
+  const g = canvas.getContext("2d");
+  g.scale(ratio, ratio);
+  g.clearRect(0, 0, width, height);
+  const points = view.trend.filter((p) => Number.isFinite(p.score));
+  $("trend-note").textContent = points.length ? `last ${points.length} parts` : "";
+  const pad = { left: 48, right: 12, top: 10, bottom: 20 };
+  const values = points.map((p) => p.score);
+  const thresholds = points.map((p) => p.threshold).concat([view.threshold])
+    .filter((t) => t !== null && t !== undefined && Number.isFinite(t));
+  if (!values.length) {
+    g.fillStyle = "#8a96a8";
+    g.font = "13px system-ui, sans-serif";
+    g.fillText("no scores yet", pad.left, height / 2);
+    return;
+  }
+  let low = Math.min(...values, ...thresholds);
+  let high = Math.max(...values, ...thresholds);
+  const margin = (high - low) * 0.08 || Math.abs(high) * 0.1 || 1;
+  low -= margin;
+  high += margin;
+  const x = (i) => pad.left + (points.length === 1 ? 0.5 : i / (points.length - 1))
+    * (width - pad.left - pad.right);
+  const y = (v) => pad.top + (1 - (v - low) / (high - low)) * (height - pad.top - pad.bottom);
+
+  g.strokeStyle = "#263041";
+  g.fillStyle = "#8a96a8";
+  g.font = "11px system-ui, sans-serif";
+  g.lineWidth = 1;
+  for (let k = 0; k <= 4; k++) {
+    const v = low + (k / 4) * (high - low);
+    g.beginPath();
+    g.moveTo(pad.left, y(v));
+    g.lineTo(width - pad.right, y(v));
+    g.stroke();
+    g.fillText(v.toPrecision(3), 4, y(v) + 4);
+  }
+
+  // The threshold each part was judged by, as a dashed step line.
+  g.strokeStyle = "#f2c14e";
+  g.setLineDash([6, 4]);
+  g.lineWidth = 1.5;
+  g.beginPath();
+  let drawing = false;
+  points.forEach((p, i) => {
+    if (p.threshold === null || p.threshold === undefined) { drawing = false; return; }
+    const left = i === 0 ? pad.left : (x(i - 1) + x(i)) / 2;
+    const right = i === points.length - 1 ? width - pad.right : (x(i) + x(i + 1)) / 2;
+    if (drawing) g.lineTo(left, y(p.threshold)); else g.moveTo(left, y(p.threshold));
+    g.lineTo(right, y(p.threshold));
+    drawing = true;
+  });
+  g.stroke();
+  g.setLineDash([]);
+  if (view.threshold !== null && Number.isFinite(view.threshold)) {
+    g.fillStyle = "#f2c14e";
+    const label = `threshold ${fmt(view.threshold, 3)}`;
+    g.fillText(label, width - pad.right - g.measureText(label).width, y(view.threshold) - 5);
+  }
+
+  g.strokeStyle = "#5d6b80";
+  g.lineWidth = 1.5;
+  g.beginPath();
+  points.forEach((p, i) => (i ? g.lineTo(x(i), y(p.score)) : g.moveTo(x(i), y(p.score))));
+  g.stroke();
+  const colours = { OK: "#22a45d", NG: "#e0443e" };
+  for (const [i, p] of points.entries()) {
+    g.fillStyle = colours[p.decision] || "#c8d0dc";
+    g.beginPath();
+    g.arc(x(i), y(p.score), p.decision === "NG" ? 4.5 : 3, 0, 2 * Math.PI);
+    g.fill();
+  }
+}
+
+window.addEventListener("resize", drawTrend);
+function boot() {
+  start().catch((error) => {
+    $("state").textContent = "unreachable";
+    $("latest-empty").textContent = String(error);
+    setTimeout(boot, 3000);
+  });
+}
+boot();
