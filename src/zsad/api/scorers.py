@@ -35,6 +35,7 @@ STAPS_SCORE_SETTINGS = (
     "alpha",
     "stas_k",
     "beta",
+    "stas_semantic",
 )
 
 

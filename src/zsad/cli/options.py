@@ -259,6 +259,13 @@ _SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         {"min": 0.0, "max": 1.0},
     ),
     (
+        "stas_semantic",
+        "--stas-semantic",
+        "STAS: semantic affinity from the CLS cosines: rescale (min-max over the set's cosine "
+        "matrix, or the images in a rolling bank, as STAPS states) or clip (max(cos, 0)).",
+        {"kind": Literal["rescale", "clip"]},
+    ),
+    (
         "order",
         "--order",
         "STAS sequence: shuffle (seeded) or input (the order the images were given in).",
