@@ -50,10 +50,15 @@ def test_losses_match_their_definitions() -> None:
     expected_dice = 1 - (2 * 1.5 + 1) / (1.8 + 2 + 1)
     torch.testing.assert_close(dice_loss(probs_abnormal, mask), torch.tensor(expected_dice))
     logits = torch.tensor([[2.0, -1.0]])
-    total = headclip_loss(logits, torch.tensor([1]), probs, mask, local_weight=2.0)
+    total = headclip_loss(logits, torch.tensor([1]), probs[:, None], mask, local_weight=2.0)
     expected_ce = torch.nn.functional.cross_entropy(logits, torch.tensor([1]))
     local = expected_focal + expected_dice + dice_loss(probs[:, 0], 1 - mask)
     torch.testing.assert_close(total, expected_ce + 2.0 * local, atol=1e-5, rtol=1e-4)
+    # Several read-out blocks: the local loss of each map, summed (AnomalyCLIP's training).
+    flipped = probs.flip(-1)
+    both = headclip_loss(logits, torch.tensor([1]), torch.stack([probs, flipped], 1), mask)
+    other = headclip_loss(logits, torch.tensor([1]), flipped[:, None], mask) - expected_ce
+    torch.testing.assert_close(both, expected_ce + local + other, atol=1e-5, rtol=1e-4)
 
 
 def _heldout_pixel_auroc(clip, artifact, batch) -> float:

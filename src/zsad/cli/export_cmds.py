@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from zsad.cli.options import encoder_options
+from zsad.cli.options import encoder_options, local_path_options
 from zsad.formats.methods import EXPORTABLE
 
 ComputeCapabilityOpt = Annotated[
@@ -23,6 +23,7 @@ MaxBatchOpt = Annotated[
 ]
 
 
+@local_path_options()
 @encoder_options(only=("model", "weights", "pretrained", "image_size"))
 def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (created if needed).")],
@@ -50,12 +51,14 @@ def export(
     max_batch: MaxBatchOpt = 16,
     *,
     encoder: Any,
+    local_path: dict[str, Any],
 ) -> None:
     """Export the image encoder to ONNX (FP32 and FP16) and optionally a TensorRT engine.
 
     The bundle folder gets encoder.onnx, encoder.fp16.onnx, encoder.engine (with --engine),
     calibration.safetensors (headclip) and bundle.json. Export checks itself (ONNX checker,
     ONNX Runtime vs PyTorch, FP16 vs FP32) and fails instead of writing a bad bundle.
+    A headclip encoder computes the local path its calibration was trained with.
     Run it with `zsad infer --bundle OUT` (ONNX Runtime) or
     `zsad infer --engine OUT/encoder.engine` (TensorRT).
     """
@@ -76,6 +79,7 @@ def export(
         engine=engine,
         compute_capabilities=parse_compute_capabilities(compute_capability),
         max_batch=max_batch,
+        local_path=local_path,
     )
     typer.echo(f"exported {encoder.model} ({method}) -> {out}")
 
