@@ -37,17 +37,26 @@ for run in "${runs[@]}"; do
   done
 done
 
-python - "$out" <<'PY'
+python - "$out" "${runs[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-keys = ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro")
-lines = ["| run | semantic | image AUROC | image AP | pixel AUROC | pixel AUPRO |", "|---|---|---|---|---|---|"]
-for path in sorted(out.glob("*/metrics.json")):
-    name, semantic = path.parent.name.rsplit("-", 1)
-    mean = json.loads(path.read_text())["mean"]
-    lines.append(f"| {name} | {semantic} | " + " | ".join(f"{100 * mean[k]:.1f}" for k in keys) + " |")
+keys = (("image", "auroc"), ("image", "ap"), ("pixel", "auroc"), ("pixel", "aupro"))
+lines = [
+    "| run | STAS semantic | image AUROC | image AP | pixel AUROC | pixel AUPRO |",
+    "|---|---|---|---|---|---|",
+]
+for run in sys.argv[2:]:
+    name, flags = run.split("|", 1)
+    for semantic in ("rescale", "clip"):
+        path = out / f"{name}-{semantic}" / "metrics.json"
+        if not path.is_file():
+            continue
+        mean = json.loads(path.read_text())["mean"]
+        shown = semantic if json.loads(path.read_text())["settings"]["use_stas"] and "musc" not in flags else "none (RsCIN)"
+        cells = " | ".join(f"{100 * mean[a][b]:.1f}" for a, b in keys)
+        lines.append(f"| `{flags}` | {shown} | {cells} |")
 (out / "table.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from zsad.errors import ZsadError
 from zsad.model.headclip import anomaly_maps, gaussian_blur, global_scores, joint_scores
 from zsad.scoring.headclip import global_scores as np_global_scores
 from zsad.scoring.headclip import (
@@ -109,3 +110,28 @@ def test_torch_and_numpy_scoring_agree_on_the_same_tokens() -> None:
     scores_t = joint_scores(global_t, maps_t, r=0.3, top_k=2.0)
     np.testing.assert_allclose(maps_t.numpy(), maps, atol=1e-5)
     np.testing.assert_allclose(scores_t.numpy(), scores, atol=1e-5)
+
+
+def test_a_legacy_bundle_local_output_scores_as_one_readout() -> None:
+    # Bundles exported before read-out blocks output local tokens as (N, P, D).
+    from zsad.api.scorers import HeadclipScoring, MethodOptions
+    from zsad.formats.artifact import HeadclipArtifact
+    from zsad.formats.local_path import LocalPath
+
+    rng = np.random.default_rng(7)
+    cls, local, text = _unit(rng, 2, 8), _unit(rng, 2, 16, 8), _unit(rng, 2, 8)
+    artifact = HeadclipArtifact(
+        text_embeddings=text,
+        head_weights=np.ones((3, 2), np.float32),
+        backbone="zsad-tiny",
+        image_size=56,
+        local_path=LocalPath.legacy((2, 3, 4)),
+        hyperparameters={"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0},
+    )
+    scoring = HeadclipScoring.from_artifact(artifact, 56, MethodOptions())
+    scores, maps = scoring(cls, local)
+    expected_scores, expected_maps = score_headclip(cls, local[:, None], text, image_size=56)
+    np.testing.assert_array_equal(maps, expected_maps)
+    np.testing.assert_array_equal(scores, expected_scores)
+    with pytest.raises(ZsadError, match="--readout-layers 3: the calibration artifact was"):
+        HeadclipScoring.from_artifact(artifact, 56, MethodOptions(readout_layers=(3,)))

@@ -36,7 +36,13 @@ def test_stas_reduces_to_rscin(seed):
         expected = rscin(scores, cls, k_list)
         for window in (0, 3):
             got = stas(
-                scores, cls, order, window=window, alpha=1.0, k_list=k_list, beta=0.0,
+                scores,
+                cls,
+                order,
+                window=window,
+                alpha=1.0,
+                k_list=k_list,
+                beta=0.0,
                 semantic="clip",
             )
             np.testing.assert_array_equal(got, expected)
@@ -76,9 +82,7 @@ def test_bank_rows_are_rescaled_over_all_images_in_use():
     _, cls = _random_case(8, 3)
     positions = np.arange(8)
     full = semantic_temporal_affinity(cls, positions, window=2, gamma=0.5, alpha=0.8)
-    row = semantic_temporal_affinity(
-        cls, positions, np.array([7]), window=2, gamma=0.5, alpha=0.8
-    )
+    row = semantic_temporal_affinity(cls, positions, np.array([7]), window=2, gamma=0.5, alpha=0.8)
     np.testing.assert_allclose(row, full[[7]], atol=1e-12)
     assert row[0].min() > 0.0  # the row's own minimum is not the matrix minimum
 

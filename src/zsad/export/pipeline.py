@@ -246,9 +246,7 @@ def export_model(
         artifact.local_path.require(f"--calibration {calibration}", **(local_path or {}))
         trained = artifact.local_path
     clip = load_clip(model, weights=weights, pretrained=pretrained)
-    encoder = DualPathEncoder(
-        clip, image_size=image_size, local_path=trained, outputs=spec.outputs
-    )
+    encoder = DualPathEncoder(clip, image_size=image_size, local_path=trained, outputs=spec.outputs)
     cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
     extra = {} if "mean" not in cfg else {"mean": cfg["mean"], "std": cfg["std"]}
     source: dict[str, Any] = {"model": model, "weights": str(weights) if weights else None}

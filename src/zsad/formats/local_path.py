@@ -59,7 +59,8 @@ class LocalPath:
         the first CSA block."""
         if self.kind not in KINDS:
             raise ZsadError(f"--local-path {self.kind!r}: choose from {', '.join(KINDS)}")
-        for flag, layers in (("--csa-layers", self.csa_layers), ("--readout-layers", self.readout_layers)):
+        named = (("--csa-layers", self.csa_layers), ("--readout-layers", self.readout_layers))
+        for flag, layers in named:
             if not layers or list(layers) != sorted(set(layers)):
                 raise ZsadError(f"{flag} {list(layers)}: need increasing 0-based block indices")
             if not 0 <= layers[0] <= layers[-1] < n_layers:
@@ -68,8 +69,8 @@ class LocalPath:
                 )
         if self.readout_layers[0] < self.csa_layers[0]:
             raise ZsadError(
-                f"--readout-layers {list(self.readout_layers)}: the local stream starts at CSA block "
-                f"{self.csa_layers[0]}"
+                f"--readout-layers {list(self.readout_layers)}: the local stream starts at CSA "
+                f"block {self.csa_layers[0]}"
             )
 
     def to_meta(self) -> dict[str, Any]:

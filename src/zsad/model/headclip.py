@@ -10,7 +10,7 @@ the blur is a plain convolution).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -155,7 +155,9 @@ def anomaly_maps(patch_logits: torch.Tensor, image_size: int, sigma: float = SIG
     # Upsampling and blur are linear: averaging the read-outs first gives the same map.
     combined = ((1.0 - probs[..., 0] + probs[..., 1]) / 2.0).mean(dim=1)
     maps = F.interpolate(
-        _grid(combined.unsqueeze(1)), size=(image_size, image_size), mode="bilinear",
+        _grid(combined.unsqueeze(1)),
+        size=(image_size, image_size),
+        mode="bilinear",
         align_corners=False,
     )[:, 0]
     return gaussian_blur(maps, sigma) if sigma > 0 else maps
