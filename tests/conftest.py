@@ -57,6 +57,7 @@ def headclip_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from helpers import BUNDLE_SIZE as SIZE
     from helpers import zsad
     from zsad.formats.artifact import HeadclipArtifact, save_artifact
+    from zsad.formats.local_path import LocalPath
 
     root = tmp_path_factory.mktemp("headclip-bundle")
     rng = np.random.default_rng(3)
@@ -64,7 +65,8 @@ def headclip_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     hyper = {"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0}
     weights = rng.uniform(0.2, 1.8, size=(5, 4)).astype(np.float32)
-    artifact = HeadclipArtifact(text, weights, "zsad-tiny", SIZE, (2, 3, 4, 5, 6), hyper)
+    local_path = LocalPath("residual", (2, 3, 4, 5, 6), (4, 6))  # two read-outs, averaged
+    artifact = HeadclipArtifact(text, weights, "zsad-tiny", SIZE, local_path, hyper)
     save_artifact(root / "headclip.safetensors", artifact)
     out = root / "bundle"
     result = zsad(

@@ -10,7 +10,14 @@ import pytest
 from safetensors.numpy import save_file
 
 from zsad.errors import ZsadError
-from zsad.formats.artifact import HeadclipArtifact, load_artifact, save_artifact
+from zsad.formats.artifact import (
+    LEGACY_FORMAT,
+    HeadclipArtifact,
+    _digest,
+    load_artifact,
+    save_artifact,
+)
+from zsad.formats.local_path import LocalPath
 
 
 def _artifact() -> HeadclipArtifact:
@@ -21,7 +28,7 @@ def _artifact() -> HeadclipArtifact:
         head_weights=rng.random((5, 4)).astype(np.float32),
         backbone="zsad-tiny",
         image_size=112,
-        csa_layers=(2, 3, 4, 5, 6),
+        local_path=LocalPath("residual", (2, 3, 4, 5, 6), (4, 6)),
         hyperparameters={"jas_r": 0.5, "top_k": 1.0, "epoch_losses": [2.0, 1.5]},
         extra={"prompts.ctx": rng.random((2, 12, 64)).astype(np.float32)},
     )
@@ -38,8 +45,27 @@ def test_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.head_weights, original.head_weights)
     np.testing.assert_array_equal(loaded.extra["prompts.ctx"], original.extra["prompts.ctx"])
     assert loaded.backbone == "zsad-tiny" and loaded.image_size == 112
-    assert loaded.csa_layers == (2, 3, 4, 5, 6)
+    assert loaded.local_path == LocalPath("residual", (2, 3, 4, 5, 6), (4, 6))
     assert loaded.hyperparameters == original.hyperparameters
+
+
+def test_an_artifact_from_before_the_local_path_variants_loads_as_the_sum(tmp_path: Path) -> None:
+    # The first format had no local-path fields: its head weights were trained on the CSA sum,
+    # read once after the last CSA block.
+    original = _artifact()
+    tensors = {"text_embeddings": original.text_embeddings, "head_weights": original.head_weights}
+    meta = {
+        "format": LEGACY_FORMAT,
+        "backbone": "zsad-tiny",
+        "image_size": "112",
+        "csa_layers": "2,3,4,5,6",
+        "hyperparameters": json.dumps(original.hyperparameters),
+    }
+    path = tmp_path / "old.safetensors"
+    save_file(tensors, str(path), metadata={**meta, "sha256": _digest(tensors, meta)})
+    loaded = load_artifact(path)
+    assert loaded.local_path == LocalPath("sum", (2, 3, 4, 5, 6), (6,))
+    np.testing.assert_array_equal(loaded.head_weights, original.head_weights)
 
 
 def test_mismatched_backbone_or_size_is_refused(tmp_path: Path) -> None:

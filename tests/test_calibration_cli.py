@@ -10,6 +10,7 @@ import pytest
 from helpers import one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 from zsad.formats.artifact import load_artifact
+from zsad.formats.local_path import LocalPath
 
 TINY = ("--model", "zsad-tiny", "--image-size", "56", "--batch-size", "4")
 
@@ -49,12 +50,24 @@ def test_calibrate_writes_an_artifact_and_resumes(dataset: Path, tmp_path: Path)
 def test_ablation_flags(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "ablation.safetensors"
     args = ("--out", str(out), "--epochs", "1", "--no-lhw", "--no-jas", "--categories", "grid")
-    result = zsad("calibrate", str(dataset), *args, *TINY)
+    # The paper's own reading of the local path, read out after two blocks (as in its Table 7).
+    variant = ("--local-path", "sum", "--csa-layers", "2-6", "--readout-layers", "4,6")
+    result = zsad("calibrate", str(dataset), *args, *variant, *TINY)
     assert result.returncode == 0, result.stderr
+    assert "(first step) ->" in result.stdout
     artifact = load_artifact(out)
     np.testing.assert_array_equal(artifact.head_weights, 1.0)
+    assert artifact.head_weights.shape == (5, 4)
+    assert artifact.local_path == LocalPath("sum", (2, 3, 4, 5, 6), (4, 6))
     assert artifact.hyperparameters["jas_r"] == 1.0
     assert artifact.hyperparameters["categories"] == ["grid"]
+    # Inference takes the artifact's local path; asking for another one is an error.
+    image = str(dataset / "wood" / "test" / "good" / "000.png")
+    headclip = ("--method", "headclip", "--calibration", str(out), "--model", "zsad-tiny")
+    wrong = zsad("infer", image, *headclip, "--local-path", "residual")
+    one_line_error(wrong, "--local-path residual", "trained with local path sum")
+    bad = ("--out", str(tmp_path / "b.safetensors"), "--readout-layers", "1", *TINY)
+    one_line_error(zsad("calibrate", str(dataset), *bad), "--readout-layers", "starts at CSA")
 
 
 def test_user_errors_are_one_line(dataset: Path, tmp_path: Path) -> None:

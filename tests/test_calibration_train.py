@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from zsad.calibration.losses import dice_loss, focal_loss, headclip_loss
+from zsad.calibration.run import summary_line
 from zsad.calibration.train import (
     CalibrationConfig,
     build_model,
@@ -50,10 +51,15 @@ def test_losses_match_their_definitions() -> None:
     expected_dice = 1 - (2 * 1.5 + 1) / (1.8 + 2 + 1)
     torch.testing.assert_close(dice_loss(probs_abnormal, mask), torch.tensor(expected_dice))
     logits = torch.tensor([[2.0, -1.0]])
-    total = headclip_loss(logits, torch.tensor([1]), probs, mask, local_weight=2.0)
+    total = headclip_loss(logits, torch.tensor([1]), probs[:, None], mask, local_weight=2.0)
     expected_ce = torch.nn.functional.cross_entropy(logits, torch.tensor([1]))
     local = expected_focal + expected_dice + dice_loss(probs[:, 0], 1 - mask)
     torch.testing.assert_close(total, expected_ce + 2.0 * local, atol=1e-5, rtol=1e-4)
+    # Several read-out blocks: the local loss of each map, summed (AnomalyCLIP's training).
+    flipped = probs.flip(-1)
+    both = headclip_loss(logits, torch.tensor([1]), torch.stack([probs, flipped], 1), mask)
+    other = headclip_loss(logits, torch.tensor([1]), flipped[:, None], mask) - expected_ce
+    torch.testing.assert_close(both, expected_ce + local + other, atol=1e-5, rtol=1e-4)
 
 
 def _heldout_pixel_auroc(clip, artifact, batch) -> float:
@@ -100,7 +106,8 @@ def test_runs_are_deterministic_and_resume_exactly(small_data: Path, tmp_path: P
         model = build_model(load_clip(MODEL), MODEL, config)
         return calibrate(model, samples, config, backbone=MODEL, **kwargs)
 
-    reference = run()
+    step_losses: list[float] = []
+    reference = run(on_step=lambda _step, loss: step_losses.append(loss))
     checkpoint = tmp_path / "run.ckpt"
 
     def stop_after_four(step: int, _loss: float) -> None:
@@ -114,6 +121,10 @@ def test_runs_are_deterministic_and_resume_exactly(small_data: Path, tmp_path: P
     assert resumed.resumed_from == (1, 0)  # 3 steps per epoch; step 4 was not saved
     assert resumed.steps == 3
     assert resumed.epoch_losses == reference.epoch_losses
+    # The summary's starting loss is the first step's, also after a resume (not epoch 1's mean).
+    assert reference.first_loss == resumed.first_loss == step_losses[0]
+    line = summary_line(tmp_path / "a.safetensors", "0" * 64, resumed, "cpu")
+    assert f"loss {step_losses[0]:.4f} (first step) -> {reference.epoch_losses[-1]:.4f}" in line
     np.testing.assert_array_equal(
         resumed.artifact.text_embeddings, reference.artifact.text_embeddings
     )

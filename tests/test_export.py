@@ -16,9 +16,10 @@ from onnx import TensorProto
 from zsad.errors import ZsadError
 from zsad.export import parity
 from zsad.export.fp16 import convert_to_fp16
-from zsad.export.pipeline import export_bundle
+from zsad.export.pipeline import export_bundle, export_model
 from zsad.formats.artifact import HeadclipArtifact, save_artifact
 from zsad.formats.bundle import Bundle
+from zsad.formats.local_path import LocalPath
 from zsad.formats.methods import METHODS
 from zsad.model import DualPathEncoder, load_clip
 from zsad.runtime.open import open_backend
@@ -35,9 +36,19 @@ def _has_rtx() -> bool:
     return True
 
 
-def _encoder(method: str, clip: torch.nn.Module | None = None) -> DualPathEncoder:
+# Two read-outs of the residual stream: the bundle must carry one local map source per block.
+LOCAL_PATH = LocalPath("residual", (2, 3, 4, 5, 6, 7), (4, 7))
+
+
+def _encoder(
+    method: str, clip: torch.nn.Module | None = None, local_path: LocalPath | None = None
+) -> DualPathEncoder:
     clip = clip if clip is not None else load_clip("zsad-tiny", seed=0)
-    return DualPathEncoder(clip, image_size=SIZE, outputs=METHODS[method].outputs)
+    if local_path is None and method == "headclip":
+        local_path = LOCAL_PATH
+    return DualPathEncoder(
+        clip, image_size=SIZE, local_path=local_path, outputs=METHODS[method].outputs
+    )
 
 
 def _quiet(message: str) -> None:
@@ -68,10 +79,11 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, HeadclipAr
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     art = HeadclipArtifact(
         text_embeddings=text,
-        head_weights=rng.uniform(0.2, 1.8, size=(5, 4)).astype(np.float32),
+        head_weights=rng.uniform(0.2, 1.8, size=(6, 4)).astype(np.float32),
         backbone="zsad-tiny",
         image_size=SIZE,
-        csa_layers=(2, 3, 4, 5, 6),
+        local_path=LOCAL_PATH,
+        hyperparameters={"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0},
     )
     path = tmp_path_factory.mktemp("artifact") / "headclip.safetensors"
     save_artifact(path, art)
@@ -164,7 +176,9 @@ def test_headclip_export_bakes_the_head_weights(
         calibration=path,
         log=_quiet,
     )
-    assert meta["outputs"] == ["cls", "local"] and meta["csa_layers"] == [2, 3, 4, 5, 6]
+    assert meta["outputs"] == ["cls", "local"]
+    assert meta["local_path"] == LOCAL_PATH.to_meta()
+    assert meta["output_shapes"]["local"] == ["batch", 2, (SIZE // 14) ** 2, 64]
     assert meta["calibration"]["file"] == "calibration.safetensors"
     for numbers in meta["parity"]["fp16_vs_fp32"].values():
         assert numbers["cosine"] >= parity.FP16_MIN_COSINE
@@ -185,6 +199,36 @@ def test_headclip_export_bakes_the_head_weights(
     copied = load_artifact(bundle.file(bundle.calibration))  # type: ignore[arg-type]
     np.testing.assert_array_equal(copied.text_embeddings, art.text_embeddings)
 
+    # The torch-free runtime scores both read-outs: one map each, averaged.
+    from zsad.api.detector import Detector
+    from zsad.scoring.headclip import score_headclip
+
+    image = (np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    with Detector.from_bundle(tmp_path, device="cpu") as detector:
+        result = detector.predict(image)
+        outputs = detector.encode_one(image)
+    assert outputs["local"].shape == (1, 2, (SIZE // 14) ** 2, 64)
+    score, maps = score_headclip(
+        outputs["cls"], outputs["local"], art.text_embeddings, image_size=SIZE
+    )
+    np.testing.assert_allclose(result.anomaly_map, maps[0], atol=1e-6)
+    _, first_only = score_headclip(
+        outputs["cls"], outputs["local"][:, :1], art.text_embeddings, image_size=SIZE
+    )
+    assert np.abs(first_only - maps).max() > 1e-4
+
+    # A bundle whose encoder and calibration disagree on the local path is refused.
+    meta = json.loads((tmp_path / "bundle.json").read_text())
+    meta["local_path"] = {**meta["local_path"], "readout_layers": [7]}
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ZsadError, match="its calibration was trained with residual"):
+        Detector.from_bundle(tmp_path, device="cpu")
+    # A bundle.json from before the variants: the sum, read after the last CSA block.
+    del meta["local_path"]
+    meta["csa_layers"] = [2, 3, 4, 5, 6]
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
+    assert Bundle.load(tmp_path).local_path == LocalPath("sum", (2, 3, 4, 5, 6), (6,))
+
 
 def test_headclip_export_refuses_missing_or_mismatched_artifacts(
     tmp_path: Path, artifact: tuple[Path, HeadclipArtifact]
@@ -197,8 +241,9 @@ def test_headclip_export_refuses_missing_or_mismatched_artifacts(
             _encoder("headclip"), tmp_path, backbone="ViT-B-16", method="headclip", calibration=path
         )
     other = tmp_path / "other.safetensors"
-    save_artifact(other, HeadclipArtifact(**{**art.__dict__, "csa_layers": (1, 2, 3, 4, 5)}))
-    with pytest.raises(ZsadError, match="CSA layers"):
+    summed = LocalPath("sum", LOCAL_PATH.csa_layers, LOCAL_PATH.readout_layers)
+    save_artifact(other, HeadclipArtifact(**{**art.__dict__, "local_path": summed}))
+    with pytest.raises(ZsadError, match="trained with local path sum"):
         export_bundle(
             _encoder("headclip"),
             tmp_path,
@@ -209,6 +254,17 @@ def test_headclip_export_refuses_missing_or_mismatched_artifacts(
     with pytest.raises(ZsadError, match="only --method headclip"):
         export_bundle(
             _encoder("staps"), tmp_path, backbone="zsad-tiny", method="staps", calibration=path
+        )
+    # export_model builds the encoder from the artifact; a different request is an error.
+    with pytest.raises(ZsadError, match="--readout-layers 7: .* trained with local path"):
+        export_model(
+            tmp_path,
+            model="zsad-tiny",
+            method="headclip",
+            image_size=SIZE,
+            calibration=path,
+            local_path={"readout_layers": (7,)},
+            log=_quiet,
         )
     assert not (tmp_path / "bundle.json").exists()
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from zsad.errors import ZsadError
+from zsad.formats.local_path import LocalPath
 from zsad.model import load_clip
 from zsad.model.headclip import LEARNED, HeadCLIP, encoder_from_artifact, probability_maps
 from zsad.model.prompts import PromptLearner
@@ -70,7 +71,7 @@ def test_only_prompts_deep_tokens_and_head_weights_train(tokenizer) -> None:
     assert counts == {
         "prompts.ctx": 2 * 12 * 64,
         "prompts.deep_tokens": 3 * 4 * 64,
-        "encoder.head_weights": 5 * 4,  # CSA blocks 2..6 of 8, 4 heads
+        "encoder.head_weights": 6 * 4,  # CSA blocks 2..7 of 8 (the residual default), 4 heads
     }
     frozen = HeadCLIP(_clip(), tokenizer, image_size=SIZE, train_head_weights=False)
     assert not frozen.encoder.head_weights.requires_grad
@@ -85,8 +86,8 @@ def test_a_training_step_changes_only_the_learned_tensors(tokenizer) -> None:
     pixels = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     out = model(pixels)
     probs = probability_maps(out.patch_logits, SIZE)
-    assert probs.shape == (2, 2, SIZE, SIZE)
-    loss = probs[:, 1].mean() + out.image_logits.softmax(-1)[:, 1].mean()
+    assert probs.shape == (2, 1, 2, SIZE, SIZE)  # one read-out block
+    loss = probs[:, :, 1].mean() + out.image_logits.softmax(-1)[:, 1].mean()
     loss.backward()
     optimizer.step()
     for name, value in clip.state_dict().items():
@@ -99,11 +100,12 @@ def test_artifact_holds_what_inference_needs(tokenizer) -> None:
     clip = _clip()
     model = HeadCLIP(clip, tokenizer, image_size=SIZE, seed=3)
     with torch.no_grad():
-        model.encoder.head_weights.mul_(torch.linspace(0.5, 1.5, 20).view(5, 4))
+        model.encoder.head_weights.mul_(torch.linspace(0.5, 1.5, 24).view(6, 4))
     artifact = model.to_artifact("zsad-tiny", {"note": 1})
     assert artifact.text_embeddings.shape == (2, 64)
     np.testing.assert_allclose(np.linalg.norm(artifact.text_embeddings, axis=1), 1, atol=1e-6)
-    assert artifact.csa_layers == (2, 3, 4, 5, 6) and artifact.image_size == SIZE
+    assert artifact.local_path == LocalPath("residual", (2, 3, 4, 5, 6, 7), (7,))
+    assert artifact.image_size == SIZE
     assert set(artifact.extra) == {"prompts.ctx", "prompts.deep_tokens"}
     assert artifact.hyperparameters == {"note": 1, "temperature": 0.07}
 
@@ -118,6 +120,19 @@ def test_artifact_holds_what_inference_needs(tokenizer) -> None:
     np.testing.assert_array_equal(encoder.head_weights.detach().numpy(), artifact.head_weights)
     pixels = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
+        torch.testing.assert_close(encoder(pixels).local, model.encoder(pixels).local)
+
+
+def test_the_encoder_follows_the_artifacts_local_path(tokenizer) -> None:
+    path = LocalPath("sum", (2, 3, 4), (3, 4))
+    model = HeadCLIP(_clip(), tokenizer, image_size=SIZE, local_path=path)
+    artifact = model.to_artifact("zsad-tiny", {})
+    assert artifact.local_path == path and artifact.head_weights.shape == (3, 4)
+    encoder = encoder_from_artifact(_clip(), artifact)
+    assert encoder.local_path == path
+    pixels = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert encoder(pixels).local.shape == (1, 2, 16, 64)
         torch.testing.assert_close(encoder(pixels).local, model.encoder(pixels).local)
 
 

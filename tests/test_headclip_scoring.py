@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from zsad.errors import ZsadError
 from zsad.model.headclip import anomaly_maps, gaussian_blur, global_scores, joint_scores
 from zsad.scoring.headclip import global_scores as np_global_scores
 from zsad.scoring.headclip import (
@@ -48,10 +49,10 @@ def test_torch_blur_is_scipy_gaussian_filter(shape: tuple[int, ...], sigma: floa
 
 def test_maps_follow_the_paper_formula() -> None:
     rng = np.random.default_rng(2)
-    local = _unit(rng, 3, 16, 8)
+    local = _unit(rng, 3, 1, 16, 8)
     text = _unit(rng, 2, 8)
     maps = headclip_maps(local, text, image_size=None, sigma=0)
-    logits = local @ text.T / 0.07
+    logits = local[:, 0] @ text.T / 0.07
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     expected = ((1 - probs[..., 0] + probs[..., 1]) / 2).reshape(3, 4, 4)
     np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
@@ -60,6 +61,17 @@ def test_maps_follow_the_paper_formula() -> None:
     np.testing.assert_allclose(
         headclip_maps(local, text[::-1], image_size=None, sigma=0), 1 - maps, atol=1e-6
     )
+    with pytest.raises(ValueError, match=r"expected \(N, L, P, D\)"):
+        headclip_maps(local[:, 0], text)
+
+
+def test_several_readouts_give_one_map_each_averaged() -> None:
+    rng = np.random.default_rng(5)
+    local, text = _unit(rng, 2, 3, 16, 8), _unit(rng, 2, 8)
+    maps = headclip_maps(local, text, image_size=40)
+    each = [headclip_maps(local[:, [layer]], text, image_size=40) for layer in range(3)]
+    np.testing.assert_allclose(maps, np.mean(each, axis=0), atol=1e-6)
+    assert np.abs(each[0] - each[1]).max() > 1e-3  # the read-outs really differ
 
 
 def test_jas_mixes_global_and_top_k_mean() -> None:
@@ -89,7 +101,7 @@ def test_global_score_is_the_abnormal_probability() -> None:
 
 def test_torch_and_numpy_scoring_agree_on_the_same_tokens() -> None:
     rng = np.random.default_rng(3)
-    cls, local, text = _unit(rng, 4, 16), _unit(rng, 4, 64, 16), _unit(rng, 2, 16)
+    cls, local, text = _unit(rng, 4, 16), _unit(rng, 4, 2, 64, 16), _unit(rng, 2, 16)
     scores, maps = score_headclip(cls, local, text, image_size=112, r=0.3, top_k=2.0)
 
     text_t = torch.from_numpy(text)
@@ -98,3 +110,28 @@ def test_torch_and_numpy_scoring_agree_on_the_same_tokens() -> None:
     scores_t = joint_scores(global_t, maps_t, r=0.3, top_k=2.0)
     np.testing.assert_allclose(maps_t.numpy(), maps, atol=1e-5)
     np.testing.assert_allclose(scores_t.numpy(), scores, atol=1e-5)
+
+
+def test_a_legacy_bundle_local_output_scores_as_one_readout() -> None:
+    # Bundles exported before read-out blocks output local tokens as (N, P, D).
+    from zsad.api.scorers import HeadclipScoring, MethodOptions
+    from zsad.formats.artifact import HeadclipArtifact
+    from zsad.formats.local_path import LocalPath
+
+    rng = np.random.default_rng(7)
+    cls, local, text = _unit(rng, 2, 8), _unit(rng, 2, 16, 8), _unit(rng, 2, 8)
+    artifact = HeadclipArtifact(
+        text_embeddings=text,
+        head_weights=np.ones((3, 2), np.float32),
+        backbone="zsad-tiny",
+        image_size=56,
+        local_path=LocalPath.legacy((2, 3, 4)),
+        hyperparameters={"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0},
+    )
+    scoring = HeadclipScoring.from_artifact(artifact, 56, MethodOptions())
+    scores, maps = scoring(cls, local)
+    expected_scores, expected_maps = score_headclip(cls, local[:, None], text, image_size=56)
+    np.testing.assert_array_equal(maps, expected_maps)
+    np.testing.assert_array_equal(scores, expected_scores)
+    with pytest.raises(ZsadError, match="--readout-layers 3: the calibration artifact was"):
+        HeadclipScoring.from_artifact(artifact, 56, MethodOptions(readout_layers=(3,)))

@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zsad.model import DualPathEncoder, default_csa_layers, default_taps, load_clip
+from zsad.errors import ZsadError
+from zsad.formats.local_path import LocalPath, default_csa_layers
+from zsad.model import DualPathEncoder, default_taps, load_clip
 
 NATIVE = 224
 
@@ -23,20 +25,25 @@ def _pixels(size: int, n: int = 2, seed: int = 1) -> torch.Tensor:
 
 def test_default_layer_choices_match_the_papers_for_vit_l() -> None:
     assert default_taps(24) == (5, 11, 17, 23)
-    assert default_csa_layers(24) == tuple(range(5, 20))
+    # AnomalyCLIP's DPAM_layer=20: V-V in the last 19 blocks; HeadCLIP's text: blocks 5..19.
+    assert default_csa_layers(24) == tuple(range(5, 24))
+    assert default_csa_layers(24, "sum") == tuple(range(5, 20))
     assert default_taps(8) == (1, 3, 5, 7)
+    assert LocalPath.resolve(24) == LocalPath("residual", tuple(range(5, 24)), (23,))
+    assert LocalPath.resolve(24, "sum") == LocalPath("sum", tuple(range(5, 20)), (19,))
 
 
 def test_shapes(clip_model: open_clip.CLIP) -> None:
-    enc = DualPathEncoder(clip_model, image_size=98, taps=(0, 2), csa_layers=(1, 2, 3))
+    path = LocalPath("residual", (1, 2, 3), (2, 3))
+    enc = DualPathEncoder(clip_model, image_size=98, taps=(0, 2), local_path=path)
     with torch.inference_mode():
         out = enc(_pixels(98, n=3))
     grid = 98 // 14
     assert out.cls.shape == (3, 64)
     assert out.taps.shape == (3, 2, 1 + grid * grid, 64)
-    assert out.local.shape == (3, grid * grid, 64)
+    assert out.local.shape == (3, 2, grid * grid, 64)
     assert torch.allclose(out.cls.norm(dim=-1), torch.ones(3), atol=1e-5)
-    assert torch.allclose(out.local.norm(dim=-1), torch.ones(3, grid * grid), atol=1e-5)
+    assert torch.allclose(out.local.norm(dim=-1), torch.ones(3, 2, grid * grid), atol=1e-5)
 
 
 def test_cls_and_taps_equal_open_clip_at_native_size(clip_model: open_clip.CLIP) -> None:
@@ -83,13 +90,17 @@ def test_outputs_at_518_agree_with_open_clip_built_at_518(clip_model: open_clip.
 def _reference_local(
     clip_model: open_clip.CLIP, enc: DualPathEncoder, x: torch.Tensor
 ) -> torch.Tensor:
-    """CSA written out head by head from the paper's equations (3)-(6)."""
+    """The local path written out head by head: CSA from the paper's equations (3)-(5); the
+    stream starts at zero (eq. 6, "sum") or, as in AnomalyCLIP's code, at the residual stream
+    entering the first CSA block ("residual"), and is read after each read-out block."""
     visual = clip_model.visual
+    path = enc.local_path
     h = enc._embed(x)
-    total = torch.zeros_like(h)
+    stream = None
+    read = []
     for i, block in enumerate(visual.transformer.resblocks):
-        if i in enc.csa_layers:
-            j = enc.csa_layers.index(i)
+        if i in path.csa_layers:
+            j = path.csa_layers.index(i)
             width = h.shape[-1]
             v = F.linear(
                 block.ln_1(h),
@@ -102,14 +113,22 @@ def _reference_local(
                 vk = v[..., k * d : (k + 1) * d]
                 attn = torch.softmax(vk @ vk.transpose(-1, -2) / d**0.5, dim=-1)
                 heads.append(enc.head_weights[j, k] * (attn @ vk))
-            total = total + block.attn.out_proj(torch.cat(heads, dim=-1))
+            if stream is None:
+                stream = h.clone() if path.kind == "residual" else torch.zeros_like(h)
+            stream = stream + block.attn.out_proj(torch.cat(heads, dim=-1))
         h = block(h)
-    out = visual.ln_post(total[:, 1:]) @ visual.proj
-    return F.normalize(out, dim=-1)
+        if i in path.readout_layers:
+            read.append(F.normalize(visual.ln_post(stream[:, 1:]) @ visual.proj, dim=-1))
+    return torch.stack(read, dim=1)
 
 
-def test_local_path_matches_the_written_out_equations(clip_model: open_clip.CLIP) -> None:
-    enc = DualPathEncoder(clip_model, image_size=56, csa_layers=(2, 3, 5))
+@pytest.mark.parametrize("kind", ["residual", "sum"])
+@pytest.mark.parametrize("readout", [(5,), (2, 5, 7)])
+def test_local_path_matches_the_written_out_equations(
+    clip_model: open_clip.CLIP, kind: str, readout: tuple[int, ...]
+) -> None:
+    path = LocalPath(kind, (2, 3, 5), readout)
+    enc = DualPathEncoder(clip_model, image_size=56, local_path=path)
     with torch.no_grad():
         enc.head_weights.copy_(
             torch.rand(enc.head_weights.shape, generator=torch.Generator().manual_seed(3))
@@ -118,6 +137,33 @@ def test_local_path_matches_the_written_out_equations(clip_model: open_clip.CLIP
         torch.testing.assert_close(
             enc(x).local, _reference_local(clip_model, enc, x), atol=1e-5, rtol=1e-4
         )
+
+
+def test_the_two_local_paths_differ_exactly_by_the_starting_residual(
+    clip_model: open_clip.CLIP,
+) -> None:
+    csa, readout = tuple(range(2, 8)), (3, 5, 7)
+    residual = DualPathEncoder(
+        clip_model, image_size=56, local_path=LocalPath("residual", csa, readout)
+    )
+    summed = DualPathEncoder(clip_model, image_size=56, local_path=LocalPath("sum", csa, readout))
+    # The residual stream entering block 2 is the raw stream after block 1.
+    entering = DualPathEncoder(clip_model, image_size=56, taps=(1,), outputs=("taps",))
+    x = _pixels(56)
+    with torch.no_grad():
+        start = entering(x).taps[:, 0]
+        difference = residual.local_streams(x) - summed.local_streams(x)
+        for layer in range(len(readout)):
+            torch.testing.assert_close(difference[:, layer], start, atol=1e-5, rtol=1e-4)
+        cosine = (residual(x).local * summed(x).local).sum(dim=-1)
+    assert cosine.mean() < 0.99  # the residual is not a small correction
+
+
+def test_a_readout_before_the_first_csa_block_is_refused(clip_model: open_clip.CLIP) -> None:
+    with pytest.raises(ZsadError, match="starts at CSA block 3"):
+        DualPathEncoder(clip_model, image_size=56, local_path=LocalPath("sum", (3, 4), (2, 4)))
+    with pytest.raises(ZsadError, match="blocks 0..7"):
+        LocalPath.resolve(8, "residual", (3, 9))
 
 
 def test_zeroing_one_head_changes_local_only(clip_model: open_clip.CLIP) -> None:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from zsad.scoring import pseudo_temporal_order, rscin, stas
+from zsad.scoring.stas import semantic_affinity, semantic_temporal_affinity
 
 # cos(0, 1) = 0.8, cos(0, 2) = 0, cos(1, 2) = 0.6
 CLS3 = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
@@ -34,8 +35,56 @@ def test_stas_reduces_to_rscin(seed):
     for k_list in [(1, 2, 3), (1, 8, 9), (4,)]:
         expected = rscin(scores, cls, k_list)
         for window in (0, 3):
-            got = stas(scores, cls, order, window=window, alpha=1.0, k_list=k_list, beta=0.0)
+            got = stas(
+                scores,
+                cls,
+                order,
+                window=window,
+                alpha=1.0,
+                k_list=k_list,
+                beta=0.0,
+                semantic="clip",
+            )
             np.testing.assert_array_equal(got, expected)
+            rescaled = stas(scores, cls, order, window=window, alpha=1.0, k_list=k_list, beta=0.0)
+            assert not np.allclose(rescaled, expected)
+
+
+def _gram_vectors(gram: np.ndarray) -> np.ndarray:
+    """Unit vectors whose pairwise cosines are ``gram``."""
+    return np.linalg.cholesky(gram)
+
+
+# One product's images: cosines in a narrow band 0.6..1.0.
+NARROW = np.array([[1.0, 0.9, 0.6], [0.9, 1.0, 0.7], [0.6, 0.7, 1.0]])
+
+
+def test_semantic_affinity_rescales_the_whole_matrix():
+    cls = _gram_vectors(NARROW)
+    expected = (NARROW - 0.6) / 0.4
+    np.testing.assert_allclose(semantic_affinity(cls, "rescale"), expected, atol=1e-12)
+    np.testing.assert_allclose(semantic_affinity(cls, "clip"), NARROW, atol=1e-12)
+    np.testing.assert_array_equal(semantic_affinity(np.ones((3, 2)) / 2**0.5), np.ones((3, 3)))
+    with pytest.raises(ValueError, match="semantic"):
+        semantic_affinity(cls, "affine")
+
+
+def test_stas_rescaled_semantics_hand_computed():
+    # S = [[1, .75, 0], [.75, 1, .25], [0, .25, 1]]; s = [0, 1, .5]; k = 2 keeps self + best.
+    k2 = np.array([0.75 / 1.75, 1.0 / 1.75, (0.5 + 0.25) / 1.25])
+    expected = (np.array([0.0, 1.0, 0.5]) + k2) / 2
+    got = stas([10.0, 30.0, 20.0], _gram_vectors(NARROW), alpha=1.0, k_list=(1, 2), beta=0.0)
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_bank_rows_are_rescaled_over_all_images_in_use():
+    # A bank scores one new row; its min-max must span the bank's whole matrix, as for a set.
+    _, cls = _random_case(8, 3)
+    positions = np.arange(8)
+    full = semantic_temporal_affinity(cls, positions, window=2, gamma=0.5, alpha=0.8)
+    row = semantic_temporal_affinity(cls, positions, np.array([7]), window=2, gamma=0.5, alpha=0.8)
+    np.testing.assert_allclose(row, full[[7]], atol=1e-12)
+    assert row[0].min() > 0.0  # the row's own minimum is not the matrix minimum
 
 
 def test_ema_along_order_hand_computed():

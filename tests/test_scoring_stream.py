@@ -71,8 +71,11 @@ def test_a_streamed_score_is_msm_against_the_last_k_images() -> None:
         assert results[t].score == pytest.approx(results[t].raw_score)
 
 
-def test_stas_row_and_ema_carry_over_from_the_bank() -> None:
-    config = SetScoringConfig(r_list=(1,), use_stas=True, beta=0.5, device="cpu")
+@pytest.mark.parametrize("semantic", ["rescale", "clip"])
+def test_stas_row_and_ema_carry_over_from_the_bank(semantic: str) -> None:
+    config = SetScoringConfig(
+        r_list=(1,), use_stas=True, beta=0.5, device="cpu", stas_semantic=semantic
+    )
     rolling = RollingStaps(config, bank=3)
     images = _stream(6)
     results = _run(rolling, images)
@@ -80,9 +83,15 @@ def test_stas_row_and_ema_carry_over_from_the_bank() -> None:
     raw = np.array([r.raw_score for r in results[1:5]])
     cls = np.array([images[i][1] for i in range(1, 5)], np.float64)
     unit = cls / np.linalg.norm(cls, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    if semantic == "rescale":
+        # Min-max over the cosine matrix of all four images in use, not over image 4's row.
+        row = (cosine[-1] - cosine.min()) / (cosine.max() - cosine.min())
+    else:
+        row = np.clip(cosine[-1], 0, 1)
     lag = np.abs(np.arange(1, 5) - 4)
     temporal = np.where(lag <= config.window, config.gamma**lag, 0.0)
-    affinity = config.alpha * np.clip(unit @ unit[-1], 0, 1) + (1 - config.alpha) * temporal
+    affinity = config.alpha * row + (1 - config.alpha) * temporal
     refined = propagate(raw, affinity[None], config.stas_k, own=raw[-1:])[0]
     assert results[4].score == pytest.approx(0.5 * results[3].score + 0.5 * refined)
 

@@ -28,7 +28,7 @@ SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     rolling = RollingStaps(SetScoringConfig(r_list=(1,)), bank=3)
     streamed = [r for i in range(6) for r in rolling.add(taps[i], cls[i], i)]
     assert [r.position for r in streamed] == list(range(6))
-    local = rng.random((6, 16, 4), np.float32)
+    local = rng.random((6, 2, 16, 4), np.float32)
     text = rng.random((2, 4), np.float32)
     joint, maps = score_headclip(cls, local, text, image_size=56)
     assert joint.shape == (6,) and maps.shape == (6, 56, 56)

@@ -114,17 +114,22 @@ class Detector:
         scoring: SetScoringConfig | None = None,
         jas_r: float | None = None,
         top_k: float | None = None,
+        local_path: str | None = None,
+        csa_layers: Sequence[int] | None = None,
+        readout_layers: Sequence[int] | None = None,
         progress: bool = False,
     ) -> Detector:
         """From a `zsad export` bundle folder, one of its .onnx files or its engine; no torch.
 
         A folder runs ONNX Runtime (FP16 on CUDA, FP32 on CPU), an .engine/.plan file TensorRT.
         ``device``: auto, cpu or cuda. ``threshold`` overrides the bundle's OK/NG threshold.
+        HeadCLIP's ``local_path``/``csa_layers``/``readout_layers`` (None: the calibration's)
+        must match what the calibration was trained with.
         """
         path = Path(path)
         engine = path if path.suffix in ENGINE_SUFFIXES else None
         spec = EncoderSpec(device=device, bundle=None if engine else path, engine=engine)
-        options = MethodOptions(scoring or SetScoringConfig(), jas_r, top_k)
+        options = _options(scoring, jas_r, top_k, local_path, csa_layers, readout_layers)
         return cls.from_spec(spec, method, options=options, threshold=threshold, progress=progress)
 
     @classmethod
@@ -172,10 +177,14 @@ class Detector:
         scoring: SetScoringConfig | None = None,
         jas_r: float | None = None,
         top_k: float | None = None,
+        local_path: str | None = None,
+        csa_layers: Sequence[int] | None = None,
+        readout_layers: Sequence[int] | None = None,
         progress: bool = False,
     ) -> Detector:
         """From an open_clip model on PyTorch (the export extra): ``weights`` FILE, else the
-        ``pretrained`` tag; HeadCLIP also needs ``calibration`` (from `zsad calibrate`)."""
+        ``pretrained`` tag; HeadCLIP also needs ``calibration`` (from `zsad calibrate`), whose
+        local path ``local_path``/``csa_layers``/``readout_layers`` must match when given."""
         spec = EncoderSpec(
             model=model,
             weights=None if weights is None else Path(weights),
@@ -183,7 +192,7 @@ class Detector:
             image_size=image_size,
             device=device,
         )
-        options = MethodOptions(scoring or SetScoringConfig(), jas_r, top_k)
+        options = _options(scoring, jas_r, top_k, local_path, csa_layers, readout_layers)
         return cls.from_spec(
             spec,
             method,
@@ -380,6 +389,25 @@ class Stream:
         ]
 
 
+def _options(
+    scoring: SetScoringConfig | None,
+    jas_r: float | None,
+    top_k: float | None,
+    local_path: str | None,
+    csa_layers: Sequence[int] | None,
+    readout_layers: Sequence[int] | None,
+) -> MethodOptions:
+    """MethodOptions from the constructors' keyword arguments."""
+    return MethodOptions(
+        scoring or SetScoringConfig(),
+        jas_r,
+        top_k,
+        local_path,
+        None if csa_layers is None else tuple(csa_layers),
+        None if readout_layers is None else tuple(readout_layers),
+    )
+
+
 def _label(image: ImageInput) -> str | None:
     return str(image) if isinstance(image, (str, os.PathLike)) else None
 
@@ -411,7 +439,15 @@ def _headclip_encoder(
         if spec.triton is not None:
             return backend, _served_artifact(backend)
         bundle = backend.bundle  # type: ignore[attr-defined]
-        return backend, load_artifact(bundle.file(bundle.calibration))
+        artifact = load_artifact(bundle.file(bundle.calibration))
+        if bundle.local_path != artifact.local_path:
+            backend.close()
+            raise ZsadError(
+                f"--bundle {bundle.root}: the encoder computes local path "
+                f"{bundle.local_path.describe()}, its calibration was trained with "
+                f"{artifact.local_path.describe()}"
+            )
+        return backend, artifact
     if calibration is None:
         raise ZsadError(
             "--method headclip: needs --calibration ARTIFACT (from zsad calibrate) or a "

@@ -35,6 +35,7 @@ STAPS_SCORE_SETTINGS = (
     "alpha",
     "stas_k",
     "beta",
+    "stas_semantic",
 )
 
 
@@ -45,6 +46,10 @@ class MethodOptions:
     scoring: SetScoringConfig = field(default_factory=SetScoringConfig)
     jas_r: float | None = None  # HeadCLIP: None = the artifact's
     top_k: float | None = None
+    # HeadCLIP's local path is fixed by training: None takes the artifact's, a value must match it.
+    local_path: str | None = None
+    csa_layers: tuple[int, ...] | None = None
+    readout_layers: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,16 +65,25 @@ class HeadclipScoring:
     def from_artifact(
         cls, artifact: HeadclipArtifact, image_size: int, options: MethodOptions
     ) -> HeadclipScoring:
-        """The artifact's hyperparameters, with ``options`` overriding JAS r and top-k."""
+        """The artifact's hyperparameters, with ``options`` overriding JAS r and top-k; a local
+        path in ``options`` other than the artifact's is an error."""
+        artifact.local_path.require(
+            "the calibration artifact",
+            local_path=options.local_path,
+            csa_layers=options.csa_layers,
+            readout_layers=options.readout_layers,
+        )
         hp = artifact.hyperparameters
         r = hp["jas_r"] if options.jas_r is None else options.jas_r
         k = hp["top_k"] if options.top_k is None else options.top_k
         return cls(artifact, image_size, float(r), float(k))
 
     def __call__(self, cls: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(cls (N, D), local (N, P, D)) -> (image scores (N,), pixel maps (N, S, S))."""
+        """(cls (N, D), local (N, L, P, D)) -> (image scores (N,), pixel maps (N, S, S))."""
         from zsad.scoring.headclip import score_headclip
 
+        if local.ndim == 3:
+            local = local[:, None]  # bundles exported before read-out blocks: one read-out
         hp = self.artifact.hyperparameters
         return score_headclip(
             cls,
@@ -89,6 +103,7 @@ class HeadclipScoring:
             "jas_r": self.r,
             "top_k": self.top_k,
             "backbone": self.artifact.backbone,
+            "local_path": self.artifact.local_path.to_meta(),
         }
 
 

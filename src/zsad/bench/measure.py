@@ -34,6 +34,7 @@ class EncoderShape:
     layers_run: int
     csa_layers: int  # 0 when the local (CSA) path is not computed
     embed_dim: int
+    readouts: int = 1  # local-path read-out blocks, each projected with ln_post + proj
 
 
 def encoder_shape(encoder: Any) -> EncoderShape:
@@ -49,6 +50,7 @@ def encoder_shape(encoder: Any) -> EncoderShape:
         embed_dim=int(encoder.proj.shape[1])
         if encoder.proj is not None
         else int(block.ln_1.weight.numel()),
+        readouts=len(encoder.local_path.readout_layers),
     )
 
 
@@ -58,10 +60,11 @@ def encoder_flops(shape: EncoderShape) -> dict[str, float]:
     embed = 2.0 * (t - 1) * 3 * shape.patch_size**2 * d
     # qkv + out projections, QK^T and AV, then the two MLP matmuls.
     block = 2.0 * t * d * 3 * d + 2.0 * t * d * d + 4.0 * t * t * d + 4.0 * t * d * m
-    # CSA per layer: the V projection, V V^T and A V, the out projection; then ln_post + proj.
+    # CSA per layer: the V projection, V V^T and A V, the out projection; then ln_post + proj
+    # per read-out.
     csa = shape.csa_layers * (4.0 * t * d * d + 4.0 * t * t * d)
     if shape.csa_layers:
-        csa += 2.0 * t * d * shape.embed_dim
+        csa += shape.readouts * 2.0 * t * d * shape.embed_dim
     tower = embed + shape.layers_run * block
     return {"tower": tower, "csa": csa, "total": tower + csa}
 

@@ -3,7 +3,8 @@
 Local loss on the upsampled probability maps: focal([P_normal, P_abnormal], mask) +
 dice(P_abnormal, mask) + dice(P_normal, 1 - mask); global loss: cross-entropy of the CLS
 logits against the image label. Total = global + local_weight * local, local_weight 1 in the
-paper's eq. (11).
+paper's eq. (11). With several read-out blocks the local loss is summed over their maps, as
+AnomalyCLIP's training script does.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def headclip_loss(
     masks: torch.Tensor,
     local_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Cross-entropy on the image label plus focal + two dice terms on the pixel maps."""
-    local = focal_loss(probs, masks)
-    local = local + dice_loss(probs[:, 1], masks) + dice_loss(probs[:, 0], 1.0 - masks)
+    """Cross-entropy on the image label plus focal + two dice terms on each read-out's pixel
+    maps; ``probs`` is (B, L, 2, H, W)."""
+    local = image_logits.new_zeros(())
+    for layer in probs.unbind(dim=1):
+        local = local + focal_loss(layer, masks)
+        local = local + dice_loss(layer[:, 1], masks) + dice_loss(layer[:, 0], 1.0 - masks)
     return F.cross_entropy(image_logits, labels) + local_weight * local

@@ -57,7 +57,10 @@ def calibrate_dataset(
 def summary_line(out: Path, digest: str, result: CalibrationResult, device: str) -> str:
     """One line on what was trained, how the loss went and how fast."""
     losses = result.epoch_losses
-    trend = f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no epochs run"
+    trend = "no epochs run"
+    if losses and result.first_loss is not None:
+        # The first step's loss, not the first epoch's mean: with one epoch that mean is the last.
+        trend = f"loss {result.first_loss:.4f} (first step) -> {losses[-1]:.4f} (last epoch)"
     per_step = result.seconds / result.steps if result.steps else 0.0
     resumed = ""
     if result.resumed_from is not None:

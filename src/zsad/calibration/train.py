@@ -38,6 +38,7 @@ from zsad.data.images import load_image, load_mask
 from zsad.errors import ZsadError
 from zsad.formats.artifact import HeadclipArtifact
 from zsad.formats.atomic import atomic_open
+from zsad.formats.local_path import DEFAULT_KIND, LocalPath
 from zsad.model.headclip import HeadCLIP, probability_maps
 from zsad.model.prompts import DEEP_LAYERS, N_CTX, N_DEEP
 from zsad.runtime.preprocess import preprocess_image
@@ -60,6 +61,9 @@ class CalibrationConfig:
     batch_size: int = 8
     seed: int = 0
     lhw: bool = True  # False: head weights stay at 1 (the paper's "without LHW" ablation)
+    local_path: str = DEFAULT_KIND  # see zsad.formats.local_path
+    csa_layers: tuple[int, ...] | None = None  # None: the local path's default for the model
+    readout_layers: tuple[int, ...] | None = None  # None: after the last CSA block
     n_ctx: int = N_CTX
     n_deep: int = N_DEEP
     deep_layers: int = DEEP_LAYERS
@@ -91,6 +95,7 @@ class CalibrationResult:
 
     artifact: HeadclipArtifact
     epoch_losses: list[float]
+    first_loss: float | None  # the very first step's, before any update (None: no step run)
     steps: int
     seconds: float
     resumed_from: tuple[int, int] | None = None  # (epoch, batch) of the checkpoint used
@@ -100,10 +105,17 @@ def build_model(
     clip_model: torch.nn.Module, model_name: str, config: CalibrationConfig
 ) -> HeadCLIP:
     """A HeadCLIP around a loaded open_clip model, with open_clip's tokenizer for ``model_name``."""
+    local_path = LocalPath.resolve(
+        len(clip_model.visual.transformer.resblocks),
+        config.local_path,
+        config.csa_layers,
+        config.readout_layers,
+    )
     return HeadCLIP(
         clip_model,
         open_clip.get_tokenizer(model_name),
         image_size=config.image_size,
+        local_path=local_path,
         n_ctx=config.n_ctx,
         n_deep=config.n_deep,
         deep_layers=config.deep_layers,
@@ -204,6 +216,8 @@ def calibrate(
                     pending = loader.submit(load_batch, batches[state.batch + 1], config.image_size)
                 loss = _step(model, optimizer, pixels, masks, labels, config, device)
                 steps += 1
+                if state.first_loss is None:
+                    state.first_loss = loss
                 state.loss_sum += loss
                 state.loss_count += 1
                 state.batch += 1
@@ -229,6 +243,7 @@ def calibrate(
     return CalibrationResult(
         artifact=model.to_artifact(backbone, hyperparameters),
         epoch_losses=state.epoch_losses,
+        first_loss=state.first_loss,
         steps=steps,
         seconds=time.perf_counter() - start,
         resumed_from=resumed_from,
@@ -264,6 +279,7 @@ class _TrainState:
     loss_sum: float = 0.0  # over the current epoch's completed batches
     loss_count: int = 0
     epoch_losses: list[float] = field(default_factory=list)
+    first_loss: float | None = None  # kept in checkpoints, so a resumed run still reports it
 
 
 def _fingerprint(config: CalibrationConfig, backbone: str, samples: Sequence[Sample]) -> str:

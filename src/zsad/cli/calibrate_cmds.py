@@ -11,6 +11,7 @@ from zsad.cli.options import (
     ProgressOpt,
     SeedOpt,
     encoder_options,
+    local_path_options,
     option_group,
     option_parameter,
 )
@@ -93,6 +94,7 @@ def _training_options() -> Any:
 
 
 @_training_options()
+@local_path_options()
 @encoder_options(only=("model", "weights", "pretrained", "image_size", "device"))
 def calibrate(
     train_root: Annotated[
@@ -114,6 +116,7 @@ def calibrate(
     progress: ProgressOpt = True,
     *,
     encoder: Any,
+    local_path: dict[str, Any],
     training: dict[str, Any],
 ) -> None:
     """Train HeadCLIP (prompts, deep text tokens, head weights) and write the artifact.
@@ -131,7 +134,8 @@ def calibrate(
     from zsad.calibration.train import CalibrationConfig
 
     size = model_image_size(encoder.model, encoder.image_size)
-    config = CalibrationConfig(image_size=size, seed=seed, **training)
+    chosen = {k: v for k, v in local_path.items() if v is not None}
+    config = CalibrationConfig(image_size=size, seed=seed, **training, **chosen)
     ckpt = checkpoint or out.with_name(out.name + ".ckpt")
     try:
         result, digest, ckpt, device = calibrate_dataset(

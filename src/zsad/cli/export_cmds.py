@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from zsad.cli.options import QueueDelayOpt, encoder_options
+from zsad.cli.options import QueueDelayOpt, encoder_options, local_path_options
 from zsad.formats.methods import EXPORTABLE
 
 ComputeCapabilityOpt = Annotated[
@@ -63,40 +63,48 @@ EnsembleOpt = Annotated[
 ]
 
 
+ExportMethodOpt = Annotated[
+    Literal[EXPORTABLE],
+    typer.Option(
+        "--method",
+        help="staps: outputs cls + taps (training-free set scoring); headclip: cls + local "
+        "with the artifact's head weights baked in (needs --calibration).",
+    ),
+]
+CalibrationFileOpt = Annotated[
+    Path | None,
+    typer.Option("--calibration", help="HeadCLIP artifact (.safetensors from zsad calibrate)."),
+]
+EngineKindOpt = Annotated[
+    Literal["none", "rtx", "trt"],
+    typer.Option(
+        "--engine",
+        help="Also build an engine: none; rtx (TensorRT-RTX, builds without a GPU, for RTX "
+        "20xx-50xx); trt (full TensorRT, builds on the target GPU: Jetson, datacenter).",
+    ),
+]
+
+
+@local_path_options()
 @encoder_options(only=("model", "weights", "pretrained", "image_size"))
 def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (created if needed).")],
-    method: Annotated[
-        Literal[EXPORTABLE],
-        typer.Option(
-            "--method",
-            help="staps: outputs cls + taps (training-free set scoring); headclip: cls + local "
-            "with the artifact's head weights baked in (needs --calibration).",
-        ),
-    ] = "staps",
-    calibration: Annotated[
-        Path | None,
-        typer.Option("--calibration", help="HeadCLIP artifact (.safetensors from zsad calibrate)."),
-    ] = None,
-    engine: Annotated[
-        Literal["none", "rtx", "trt"],
-        typer.Option(
-            "--engine",
-            help="Also build an engine: none; rtx (TensorRT-RTX, builds without a GPU, for RTX "
-            "20xx-50xx); trt (full TensorRT, builds on the target GPU: Jetson, datacenter).",
-        ),
-    ] = "none",
+    method: ExportMethodOpt = "staps",
+    calibration: CalibrationFileOpt = None,
+    engine: EngineKindOpt = "none",
     compute_capability: ComputeCapabilityOpt = None,
     max_batch: MaxBatchOpt = 16,
     triton_repo: TritonRepoOpt = None,
     *,
     encoder: Any,
+    local_path: dict[str, Any],
 ) -> None:
     """Export the image encoder to ONNX (FP32 and FP16) and optionally a TensorRT engine.
 
     The bundle folder gets encoder.onnx, encoder.fp16.onnx, encoder.engine (with --engine),
     calibration.safetensors (headclip) and bundle.json. Export checks itself (ONNX checker,
     ONNX Runtime vs PyTorch, FP16 vs FP32) and fails instead of writing a bad bundle.
+    A headclip encoder computes the local path its calibration was trained with.
     Run it with `zsad infer --bundle OUT` (ONNX Runtime) or
     `zsad infer --engine OUT/encoder.engine` (TensorRT).
     """
@@ -117,6 +125,7 @@ def export(
         engine=engine,
         compute_capabilities=parse_compute_capabilities(compute_capability),
         max_batch=max_batch,
+        local_path=local_path,
     )
     typer.echo(f"exported {encoder.model} ({method}) -> {out}")
     if triton_repo is not None:

@@ -297,6 +297,13 @@ _SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         {"min": 0.0, "max": 1.0},
     ),
     (
+        "stas_semantic",
+        "--stas-semantic",
+        "STAS: semantic affinity from the CLS cosines: rescale (min-max over the set's cosine "
+        "matrix, or the images in a rolling bank, as STAPS states) or clip (max(cos, 0)).",
+        {"kind": Literal["rescale", "clip"]},
+    ),
+    (
         "order",
         "--order",
         "STAS sequence: shuffle (seeded) or input (the order the images were given in).",
@@ -447,19 +454,83 @@ _HEADCLIP_OPTIONS = {
 }
 
 
+_TRAINED_WITH = (
+    " Training (zsad calibrate) defaults to the residual path; elsewhere the default is the "
+    "calibration's, and another value is an error."
+)
+_LOCAL_PATH_OPTIONS = {
+    "local_path": (
+        Annotated[
+            Literal["residual", "sum"] | None,
+            typer.Option(
+                "--local-path",
+                help="HeadCLIP local path: residual (AnomalyCLIP's code: a second residual "
+                "stream, the stream entering the first CSA block plus each CSA output) or sum "
+                "(the paper's eq. 6: the sum of the CSA outputs)." + _TRAINED_WITH,
+                rich_help_panel=HEADCLIP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "csa_layers": (
+        Annotated[
+            str | None,
+            typer.Option(
+                "--csa-layers",
+                help="HeadCLIP: 0-based blocks running CSA, e.g. 5-23 (residual's default for "
+                "24 blocks; sum: 5-19; scaled for other depths)." + _TRAINED_WITH,
+                rich_help_panel=HEADCLIP_PANEL,
+            ),
+        ],
+        None,
+    ),
+    "readout_layers": (
+        Annotated[
+            str | None,
+            typer.Option(
+                "--readout-layers",
+                help="HeadCLIP: 0-based blocks after which the local tokens are read, one map "
+                "each, averaged; e.g. 5,11,17,23 for the paper's Table 7 setting '6, 12, 18, "
+                "24'. Default: the last CSA block." + _TRAINED_WITH,
+                rich_help_panel=HEADCLIP_PANEL,
+            ),
+        ],
+        None,
+    ),
+}
+
+
+def _local_path_values(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The local-path options as MethodOptions/CalibrationConfig fields (None: not given)."""
+    from zsad.formats.local_path import parse_layers
+
+    chosen = {n: values[prefix + n] for n in _LOCAL_PATH_OPTIONS}
+    for name in ("csa_layers", "readout_layers"):
+        if chosen[name] is not None:
+            chosen[name] = parse_layers(f"--{name.replace('_', '-')}", chosen[name])
+    return chosen
+
+
+def local_path_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--local-path, --csa-layers and --readout-layers, given as ``local_path`` (a dict)."""
+    parameters = [option_parameter(f"lp_{n}", *spec) for n, spec in _LOCAL_PATH_OPTIONS.items()]
+    return option_group("local_path", parameters, lambda v: _local_path_values(v, "lp_"))
+
+
 @dataclass(frozen=True)
 class HeadclipFlags:
-    """--calibration, --jas-r and --top-k as given."""
+    """--calibration, --jas-r, --top-k and the local-path options as given."""
 
     calibration: Path | None = None
     jas_r: float | None = None
     top_k: float | None = None
+    local_path: dict[str, Any] | None = None
 
     def options(self, scoring: Any) -> Any:
         """MethodOptions with these HeadCLIP choices and ``scoring``."""
         from zsad.api.scorers import MethodOptions
 
-        return MethodOptions(scoring, self.jas_r, self.top_k)
+        return MethodOptions(scoring, self.jas_r, self.top_k, **(self.local_path or {}))
 
 
 def headclip_options(
@@ -468,9 +539,11 @@ def headclip_options(
     """The HeadCLIP options (with --calibration unless told not), given as ``headclip``."""
     names = ("calibration", "jas_r", "top_k") if calibration else ("jas_r", "top_k")
     parameters = [option_parameter(f"hc_{n}", *_HEADCLIP_OPTIONS[n]) for n in names]
+    parameters += [option_parameter(f"hc_{n}", *spec) for n, spec in _LOCAL_PATH_OPTIONS.items()]
 
     def build(values: dict[str, Any]) -> HeadclipFlags:
-        return HeadclipFlags(**{n: values[f"hc_{n}"] for n in names})
+        flags = {n: values[f"hc_{n}"] for n in names}
+        return HeadclipFlags(**flags, local_path=_local_path_values(values, "hc_"))
 
     return option_group("headclip", parameters, build)
 

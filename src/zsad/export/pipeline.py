@@ -51,10 +51,11 @@ def _log(message: str) -> None:
 def apply_calibration(encoder: DualPathEncoder, artifact_path: Path, backbone: str) -> None:
     """Load a HeadCLIP artifact's head weights into the encoder (they are baked into the ONNX)."""
     artifact = load_artifact(artifact_path, backbone=backbone, image_size=encoder.image_size)
-    if tuple(artifact.csa_layers) != tuple(encoder.csa_layers):
+    if artifact.local_path != encoder.local_path:
         raise ZsadError(
-            f"--calibration {artifact_path}: CSA layers {list(artifact.csa_layers)} differ from "
-            f"the encoder's {list(encoder.csa_layers)}"
+            f"--calibration {artifact_path}: trained with local path "
+            f"{artifact.local_path.describe()}; the encoder computes "
+            f"{encoder.local_path.describe()}"
         )
     encoder.load_head_weights(artifact.head_weights, f"--calibration {artifact_path}")
 
@@ -144,7 +145,6 @@ def export_bundle(
         "std": [float(v) for v in std],
         "resize": "bicubic, no crop",
         "taps": list(encoder.taps),
-        "csa_layers": list(encoder.csa_layers),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"},
         "outputs": list(encoder.outputs),
         "output_shapes": {k: ["batch", *v.shape[1:]] for k, v in reference.items()},
@@ -155,6 +155,7 @@ def export_bundle(
         },
         "engine": None,
         "calibration": calibration_meta,
+        **({"local_path": encoder.local_path.to_meta()} if "local" in encoder.outputs else {}),
         "parity": {
             "batch": len(pixels),
             "thresholds": {
@@ -226,16 +227,26 @@ def export_model(
     engine: str = "none",
     compute_capabilities: Sequence[str] = (),
     max_batch: int = 16,
+    local_path: dict[str, Any] | None = None,
     log: Callable[[str], None] = _log,
 ) -> dict[str, Any]:
-    """Load the open_clip ``model`` and export it as a bundle for ``method`` (see export_bundle)."""
+    """Load the open_clip ``model`` and export it as a bundle for ``method`` (see export_bundle).
+
+    HeadCLIP's encoder computes the local path its calibration was trained with; ``local_path``
+    (keys local_path, csa_layers, readout_layers; None values take the artifact's) must agree.
+    """
     from zsad.model import DualPathEncoder, load_clip
 
     spec = get_method(method, among=EXPORTABLE)
     if compute_capabilities and engine != "rtx":
         raise ZsadError("--compute-capability: only used with --engine rtx")
+    trained = None
+    if calibration is not None:
+        artifact = load_artifact(calibration, backbone=model, image_size=image_size)
+        artifact.local_path.require(f"--calibration {calibration}", **(local_path or {}))
+        trained = artifact.local_path
     clip = load_clip(model, weights=weights, pretrained=pretrained)
-    encoder = DualPathEncoder(clip, image_size=image_size, outputs=spec.outputs)
+    encoder = DualPathEncoder(clip, image_size=image_size, local_path=trained, outputs=spec.outputs)
     cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
     extra = {} if "mean" not in cfg else {"mean": cfg["mean"], "std": cfg["std"]}
     source: dict[str, Any] = {"model": model, "weights": str(weights) if weights else None}

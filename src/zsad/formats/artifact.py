@@ -2,7 +2,9 @@
 
 It holds what zero-shot inference needs (the two final text embeddings and the learned head
 weights) plus the learned prompt tensors, and a SHA-256 over all of it so that a tampered or
-truncated file is rejected instead of giving wrong scores.
+truncated file is rejected instead of giving wrong scores. It records the local path the head
+weights were trained with (:mod:`zsad.formats.local_path`); a file in the first format, written
+before the variants existed, loads as the variant it was trained with: the CSA sum, read once.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from safetensors.numpy import load, save
 
 from zsad.errors import ZsadError
 from zsad.formats.atomic import atomic_open
+from zsad.formats.local_path import LocalPath
 
-FORMAT = "zsad-headclip/1"
+FORMAT = "zsad-headclip/2"
+LEGACY_FORMAT = "zsad-headclip/1"  # no local-path fields: the CSA sum, read after the last block
 TEXT_EMBEDDINGS = "text_embeddings"
 HEAD_WEIGHTS = "head_weights"
 
@@ -34,7 +38,7 @@ class HeadclipArtifact:
     head_weights: np.ndarray  # (n_csa_layers, n_heads) float32
     backbone: str
     image_size: int
-    csa_layers: tuple[int, ...]
+    local_path: LocalPath
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # prompt tensors, for resuming
 
@@ -61,7 +65,9 @@ def save_artifact(path: str | os.PathLike[str], artifact: HeadclipArtifact) -> s
         "format": FORMAT,
         "backbone": artifact.backbone,
         "image_size": str(artifact.image_size),
-        "csa_layers": ",".join(str(i) for i in artifact.csa_layers),
+        "local_path": artifact.local_path.kind,
+        "csa_layers": ",".join(str(i) for i in artifact.local_path.csa_layers),
+        "readout_layers": ",".join(str(i) for i in artifact.local_path.readout_layers),
         "hyperparameters": json.dumps(artifact.hyperparameters, sort_keys=True),
     }
     digest = _digest(tensors, meta)
@@ -104,17 +110,26 @@ def parse_artifact(data: bytes, where: str) -> HeadclipArtifact:
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
     except (SafetensorError, ValueError) as exc:
         raise ZsadError(f"{where}: not a safetensors artifact ({exc})") from exc
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise ZsadError(f"{where}: not a zsad HeadCLIP artifact (format {meta.get('format')!r})")
     stored = meta.pop("sha256", None)
     if stored != _digest(tensors, meta):
         raise ZsadError(f"{where}: checksum mismatch (file altered or corrupt)")
+    csa = _layers(meta["csa_layers"])
+    if meta["format"] == LEGACY_FORMAT:
+        local_path = LocalPath.legacy(csa)
+    else:
+        local_path = LocalPath(meta["local_path"], csa, _layers(meta["readout_layers"]))
     return HeadclipArtifact(
         text_embeddings=tensors.pop(TEXT_EMBEDDINGS),
         head_weights=tensors.pop(HEAD_WEIGHTS),
         backbone=meta["backbone"],
         image_size=int(meta["image_size"]),
-        csa_layers=tuple(int(i) for i in meta["csa_layers"].split(",") if i),
+        local_path=local_path,
         hyperparameters=json.loads(meta["hyperparameters"]),
         extra={k.removeprefix("extra."): v for k, v in tensors.items()},
     )
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in text.split(",") if i)

@@ -18,6 +18,7 @@ from typing import Any
 
 from zsad.errors import ZsadError
 from zsad.formats.atomic import write_json
+from zsad.formats.local_path import LocalPath
 
 BUNDLE_JSON = "bundle.json"
 FORMAT = "zsad-bundle/1"
@@ -124,6 +125,16 @@ class Bundle:
             calibration=(meta.get("calibration") or {}).get("file"),
             meta=meta,
         )
+
+    @property
+    def local_path(self) -> LocalPath | None:
+        """The HeadCLIP local path the encoder computes (None without a local output); bundles
+        from before the variants computed the CSA sum, read after the last CSA block."""
+        if "local" not in self.outputs:
+            return None
+        if "local_path" in self.meta:
+            return LocalPath.from_meta(self.meta["local_path"])
+        return LocalPath.legacy(tuple(self.meta["csa_layers"]))
 
     def file(self, name: str) -> Path:
         """Path of a listed file after checking its SHA-256 against bundle.json."""

@@ -4,7 +4,6 @@ from zsad.model.encoder import (
     OUTPUTS,
     DualPathEncoder,
     EncoderOutputs,
-    default_csa_layers,
     default_taps,
 )
 from zsad.model.loading import DEFAULT_MODEL, TINY_MODEL, load_clip
@@ -15,7 +14,6 @@ __all__ = [
     "TINY_MODEL",
     "DualPathEncoder",
     "EncoderOutputs",
-    "default_csa_layers",
     "default_taps",
     "load_clip",
 ]

@@ -1,4 +1,9 @@
-"""The dual-path CLIP image encoder: residual-stream taps, the CLS embedding, and CSA+LHW tokens."""
+"""The dual-path CLIP image encoder: residual-stream taps, the CLS embedding, and CSA+LHW tokens.
+
+The local tokens follow a :class:`~zsad.formats.local_path.LocalPath`: by default AnomalyCLIP's
+second residual stream (a copy of the stream entering the first CSA block plus every CSA
+block's output), or the plain sum of the CSA outputs; either is read after each read-out block.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad.errors import ZsadError
+from zsad.formats.local_path import LocalPath
 
 OUTPUTS = ("cls", "taps", "local")
 
@@ -21,19 +27,13 @@ class EncoderOutputs(NamedTuple):
 
     cls: torch.Tensor | None  # (B, D_embed), L2-normalised CLIP image embedding
     taps: torch.Tensor | None  # (B, n_taps, 1+P, C), raw residual stream after the tapped blocks
-    local: torch.Tensor | None  # (B, P, D_embed), L2-normalised CSA+LHW tokens in the joint space
+    # (B, L, P, D_embed): L2-normalised local tokens in the joint space, one row per read-out block
+    local: torch.Tensor | None
 
 
 def default_taps(n_layers: int) -> tuple[int, ...]:
     """0-based blocks at the quarter points: (5, 11, 17, 23) for a 24-block ViT-L."""
     return tuple(n_layers * k // 4 - 1 for k in range(1, 5))
-
-
-def default_csa_layers(n_layers: int) -> tuple[int, ...]:
-    """0-based CSA blocks: HeadCLIP's 5..19 for 24 blocks, scaled proportionally otherwise."""
-    first = math.floor(5 * n_layers / 24 + 0.5)
-    last = math.floor(19 * n_layers / 24 + 0.5)
-    return tuple(range(first, last + 1))
 
 
 def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
@@ -61,7 +61,7 @@ class DualPathEncoder(nn.Module):
         *,
         image_size: int = 518,
         taps: Sequence[int] | None = None,
-        csa_layers: Sequence[int] | None = None,
+        local_path: LocalPath | None = None,
         outputs: Iterable[str] = OUTPUTS,
     ) -> None:
         super().__init__()
@@ -82,15 +82,14 @@ class DualPathEncoder(nn.Module):
         if unknown or not self.outputs:
             raise ZsadError(f"outputs {sorted(unknown) or '[]'}: choose from {', '.join(OUTPUTS)}")
         self.taps = tuple(taps) if taps is not None else default_taps(n_layers)
-        self.csa_layers = (
-            tuple(csa_layers) if csa_layers is not None else default_csa_layers(n_layers)
-        )
-        for name, layers in (("taps", self.taps), ("csa_layers", self.csa_layers)):
-            bad = [i for i in layers if not 0 <= i < n_layers]
-            if bad or not layers:
-                raise ZsadError(
-                    f"{name} {list(layers)}: need 0-based block indices in 0..{n_layers - 1}"
-                )
+        bad = [i for i in self.taps if not 0 <= i < n_layers]
+        if bad or not self.taps:
+            raise ZsadError(
+                f"taps {list(self.taps)}: need 0-based block indices in 0..{n_layers - 1}"
+            )
+        self.local_path = local_path if local_path is not None else LocalPath.resolve(n_layers)
+        self.local_path.check(n_layers)
+        self.csa_layers = self.local_path.csa_layers
 
         self.conv1 = visual.conv1
         self.class_embedding = visual.class_embedding
@@ -106,7 +105,7 @@ class DualPathEncoder(nn.Module):
         if "taps" in self.outputs:
             last_needed = max(last_needed, *self.taps)
         if "local" in self.outputs:
-            last_needed = max(last_needed, *self.csa_layers)
+            last_needed = max(last_needed, self.local_path.readout_layers[-1])
         self.n_run = last_needed + 1
 
     def load_head_weights(self, weights: np.ndarray, source: str) -> None:
@@ -127,26 +126,51 @@ class DualPathEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> EncoderOutputs:
         """Encode normalised pixels (B, 3, S, S) with S the build-time image size."""
+        x, tapped, streams = self._run(pixels)
+        local = None
+        if "local" in self.outputs:
+            local = torch.stack([self._project(s[:, 1:]) for s in streams], dim=1)
+        return EncoderOutputs(
+            cls=self._project(x[:, 0]) if "cls" in self.outputs else None,
+            taps=torch.stack(tapped, dim=1) if "taps" in self.outputs else None,
+            local=local,
+        )
+
+    def local_streams(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, L, 1+P, C): the local stream at each read-out block, before ln_post and proj."""
+        if "local" not in self.outputs:
+            raise ZsadError("local_streams: this encoder was built without the local output")
+        return torch.stack(self._run(pixels)[2], dim=1)
+
+    def _run(
+        self, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The residual stream after the last block run, the taps and the local read-outs."""
         x = self._embed(pixels)
         want_taps = "taps" in self.outputs
         want_local = "local" in self.outputs
         tapped: list[torch.Tensor] = []
-        local: torch.Tensor | None = None
+        streams: list[torch.Tensor] = []
+        stream: torch.Tensor | None = None
         csa_index = {layer: j for j, layer in enumerate(self.csa_layers)}
+        readout = set(self.local_path.readout_layers)
         for i in range(self.n_run):
             block = self.blocks[i]
             if want_local and i in csa_index:
                 contribution = self._csa(block, x, self.head_weights[csa_index[i]])
-                # Out-of-place on purpose: an in-place add aliased every layer in one public code.
-                local = contribution if local is None else local + contribution
+                if stream is None and self.local_path.kind == "residual":
+                    stream = x + contribution
+                else:
+                    # Out-of-place on purpose: an in-place add aliased every layer in one public
+                    # code, and the read-outs kept so far must not change.
+                    stream = contribution if stream is None else stream + contribution
             x = self._run_block(block, x)
             if want_taps and i in self.taps:
                 tapped.append(x)
-        return EncoderOutputs(
-            cls=self._project(x[:, 0]) if "cls" in self.outputs else None,
-            taps=torch.stack(tapped, dim=1) if want_taps else None,
-            local=self._project(local[:, 1:]) if want_local else None,
-        )
+            if want_local and i in readout:
+                assert stream is not None  # LocalPath.check: no read-out before the first CSA
+                streams.append(stream)
+        return x, tapped, streams
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.shape[-2:] != (self.image_size, self.image_size):

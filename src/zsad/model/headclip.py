@@ -10,7 +10,7 @@ the blur is a plain convolution).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 
 from zsad.errors import ZsadError
 from zsad.formats.artifact import HeadclipArtifact
+from zsad.formats.local_path import LocalPath
 from zsad.formats.methods import METHODS
 from zsad.model.encoder import DualPathEncoder
 from zsad.model.prompts import DEEP_LAYERS, N_CTX, N_DEEP, PromptLearner
@@ -41,7 +42,7 @@ class HeadclipOutputs(NamedTuple):
     """One forward pass: the logits of both paths against the current (normal, abnormal) text."""
 
     image_logits: torch.Tensor  # (B, 2) CLS similarity / temperature
-    patch_logits: torch.Tensor  # (B, P, 2) local-token similarity / temperature
+    patch_logits: torch.Tensor  # (B, L, P, 2) local-token similarity / temperature, per read-out
 
 
 class HeadCLIP(nn.Module):
@@ -53,7 +54,7 @@ class HeadCLIP(nn.Module):
         tokenizer: Callable[[list[str]], torch.Tensor],
         *,
         image_size: int = 518,
-        csa_layers: Sequence[int] | None = None,
+        local_path: LocalPath | None = None,
         n_ctx: int = N_CTX,
         n_deep: int = N_DEEP,
         deep_layers: int = DEEP_LAYERS,
@@ -64,7 +65,7 @@ class HeadCLIP(nn.Module):
         super().__init__()
         clip_model.requires_grad_(False)
         self.encoder = DualPathEncoder(
-            clip_model, image_size=image_size, csa_layers=csa_layers, outputs=HEADCLIP_OUTPUTS
+            clip_model, image_size=image_size, local_path=local_path, outputs=HEADCLIP_OUTPUTS
         )
         self.encoder.head_weights.requires_grad_(train_head_weights)
         self.prompts = PromptLearner(
@@ -115,18 +116,18 @@ class HeadCLIP(nn.Module):
             head_weights=state["encoder.head_weights"],
             backbone=backbone,
             image_size=self.encoder.image_size,
-            csa_layers=self.encoder.csa_layers,
+            local_path=self.encoder.local_path,
             hyperparameters={**hyperparameters, "temperature": self.temperature},
             extra={name: value for name, value in state.items() if name.startswith("prompts.")},
         )
 
 
 def encoder_from_artifact(clip_model: nn.Module, artifact: HeadclipArtifact) -> DualPathEncoder:
-    """A DualPathEncoder (outputs cls, local) at the artifact's size, layers and head weights."""
+    """A DualPathEncoder (outputs cls, local) at the artifact's size, local path and weights."""
     encoder = DualPathEncoder(
         clip_model,
         image_size=artifact.image_size,
-        csa_layers=artifact.csa_layers,
+        local_path=artifact.local_path,
         outputs=HEADCLIP_OUTPUTS,
     )
     encoder.load_head_weights(artifact.head_weights, "calibration artifact")
@@ -134,22 +135,30 @@ def encoder_from_artifact(clip_model: nn.Module, artifact: HeadclipArtifact) -> 
 
 
 def probability_maps(patch_logits: torch.Tensor, image_size: int) -> torch.Tensor:
-    """(B, P, 2) logits -> (B, 2, S, S) softmax probabilities, bilinear (align_corners=False)."""
+    """(B, L, P, 2) logits -> (B, L, 2, S, S) softmax probabilities per read-out, bilinear
+    (align_corners=False)."""
     probs = patch_logits.softmax(dim=-1)
-    return F.interpolate(
-        _grid(probs.transpose(1, 2)),
+    batch, layers = probs.shape[:2]
+    maps = F.interpolate(
+        _grid(probs.transpose(2, 3).flatten(0, 1)),
         size=(image_size, image_size),
         mode="bilinear",
         align_corners=False,
     )
+    return maps.unflatten(0, (batch, layers))
 
 
 def anomaly_maps(patch_logits: torch.Tensor, image_size: int, sigma: float = SIGMA) -> torch.Tensor:
-    """(B, P, 2) logits -> (B, S, S) maps (1 - P_normal + P_abnormal) / 2, upsampled, blurred."""
+    """(B, L, P, 2) logits -> (B, S, S) maps: (1 - P_normal + P_abnormal) / 2 averaged over the
+    read-outs, upsampled, blurred."""
     probs = patch_logits.softmax(dim=-1)
-    combined = _grid(((1.0 - probs[..., 0] + probs[..., 1]) / 2.0).unsqueeze(1))
+    # Upsampling and blur are linear: averaging the read-outs first gives the same map.
+    combined = ((1.0 - probs[..., 0] + probs[..., 1]) / 2.0).mean(dim=1)
     maps = F.interpolate(
-        combined, size=(image_size, image_size), mode="bilinear", align_corners=False
+        _grid(combined.unsqueeze(1)),
+        size=(image_size, image_size),
+        mode="bilinear",
+        align_corners=False,
     )[:, 0]
     return gaussian_blur(maps, sigma) if sigma > 0 else maps
 

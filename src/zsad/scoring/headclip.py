@@ -1,6 +1,7 @@
 """HeadCLIP scoring in NumPy: text-similarity pixel maps, global scores and the joint anomaly score.
 
-The inputs are the encoder's L2-normalised outputs (``cls`` (N, D) and ``local`` (N, P, D)) and
+The inputs are the encoder's L2-normalised outputs (``cls`` (N, D) and ``local`` (N, L, P, D),
+one row per read-out block of the local path) and
 the two text embeddings of a calibration artifact (rows normal, abnormal), so a device needs
 neither torch nor the text encoder. The torch module used for training
 (:mod:`zsad.model.headclip`) computes the same maps; the tests hold the two together.
@@ -8,6 +9,8 @@ neither torch nor the text encoder. The torch module used for training
 Defaults and where they come from:
 
 - temperature 0.07: AnomalyCLIP's similarity scale, which HeadCLIP keeps;
+- several read-out blocks: one map per block, averaged (AnomalyCLIP's test script sums them;
+  the mean keeps the map in [0, 1], which JAS mixes with a probability);
 - upsampling: bilinear with ``align_corners=False``, what AnomalyCLIP's
   ``F.interpolate(..., mode="bilinear")`` does (unlike MuSc's maps, which use ``True``);
 - blur: ``scipy.ndimage.gaussian_filter`` with sigma 4 (reflect borders, truncate 4), as
@@ -67,17 +70,19 @@ def headclip_maps(
     image_size: int | None = None,
     sigma: float = SIGMA,
 ) -> np.ndarray:
-    """(N, P, D) local tokens -> (N, S, S) pixel maps (1 - P_normal + P_abnormal) / 2, blurred.
+    """(N, L, P, D) local tokens -> (N, S, S) pixel maps (1 - P_normal + P_abnormal) / 2 per
+    read-out block, averaged, upsampled and blurred.
 
     ``image_size`` None keeps the patch grid (no upsampling); ``sigma`` <= 0 skips the blur.
     """
     local = np.asarray(local_tokens, np.float32)
-    if local.ndim != 3:
-        raise ValueError(f"local tokens of shape {local.shape}: expected (N, P, D)")
+    if local.ndim != 4:
+        raise ValueError(f"local tokens of shape {local.shape}: expected (N, L, P, D)")
     text = _check_text(text_embeddings, local.shape[-1])
     probs = _softmax(local @ text.T / temperature)
-    # Upsampling is linear, so combining on the patch grid first gives the same map, cheaper.
-    grid = patch_grid((1.0 - probs[..., 0] + probs[..., 1]) / 2.0)
+    # Upsampling and blur are linear, so combining (and averaging the read-outs) on the patch
+    # grid first gives the same map, cheaper.
+    grid = patch_grid(((1.0 - probs[..., 0] + probs[..., 1]) / 2.0).mean(axis=1))
     if image_size is not None:
         side = grid.shape[-1]
         resize = resize_matrix(side, image_size)

@@ -15,7 +15,7 @@ from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
 from zsad.scoring.maps import patch_grid
 from zsad.scoring.msm import mutual_scores
-from zsad.scoring.stas import pseudo_temporal_order, rscin, stas
+from zsad.scoring.stas import SEMANTICS, pseudo_temporal_order, rscin, stas
 
 # The set-scoring methods this pipeline runs (the rest of the registry scores images alone).
 METHODS = tuple(name for name, m in REGISTRY.items() if m.set_scorer.endswith(":staps_set_scorer"))
@@ -45,6 +45,7 @@ class SetScoringConfig:
     alpha: float = _default(stas, "alpha")
     stas_k: tuple[int, ...] = _default(stas, "k_list")
     beta: float = _default(stas, "beta")
+    stas_semantic: str = _default(stas, "semantic")
     use_bgmps: bool = True
     embed: str = _default(bgmps, "embed")
     cluster: str = _default(bgmps, "cluster")
@@ -59,6 +60,10 @@ class SetScoringConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.stas_semantic not in SEMANTICS:
+            raise ValueError(
+                f"stas_semantic must be one of {SEMANTICS}, got {self.stas_semantic!r}"
+            )
 
 
 @dataclass
@@ -139,6 +144,7 @@ def score_set(
             alpha=config.alpha,
             k_list=config.stas_k,
             beta=config.beta,
+            semantic=config.stas_semantic,
         )
         info["order"] = order.tolist()
     else:

@@ -5,13 +5,21 @@ every image keeps its k strongest edges (itself included, since its self-affinit
 row maximum), row-normalises them and takes the weighted mean of those images' scores; the
 results are averaged over the k list.
 
-Semantic affinity: S = max(cos, 0) of the L2-normalised CLS embeddings. This lies in [0, 1] as
-STAPS asks, and it is the plain cosine RsCIN uses whenever the cosine is non-negative, which
-holds in practice for CLIP image embeddings. Unlike (cos + 1) / 2 it keeps RsCIN's weights
-exactly, so ``stas(alpha=1, window=0, beta=0)`` *is* ``rscin`` and the temporal terms are a
-strict extension; the affine map would also squeeze CLIP's typical 0.5..0.95 cosines into
-0.75..0.975 and let the temporal term swamp semantics. Negative cosines (no affinity) are set to
-0 so that no row's weights can sum to zero or change sign.
+Semantic affinity S of the L2-normalised CLS embeddings, two readings of STAPS (section 3.2),
+whose cosine matrix "is further rescaled into the range [0, 1]":
+
+- ``"rescale"`` (default, the paper's): min-max over the whole cosine matrix of the images
+  scored together, S = (cos - min) / (max - min). For a set that is the N x N matrix of the set;
+  for a rolling bank it is the matrix of the images in use (the filled bank slots and the new
+  image), so a bank row is rescaled as the same images would be as a set. The diagonal (1) is
+  the maximum, so every image stays its own strongest neighbour. Images of one product have
+  cosines in a narrow band (say 0.6..1.0); rescaling keeps their semantic differences at the
+  scale of the temporal term instead of a few hundredths.
+- ``"clip"``: S = max(cos, 0), RsCIN's plain cosine whenever it is non-negative, so
+  ``stas(alpha=1, window=0, beta=0, semantic="clip")`` *is* ``rscin``.
+
+RsCIN itself always uses the clipped cosine (MuSc's weighting). Negative values never occur in
+either reading, so no row's weights can sum to zero or change sign.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+# How STAS maps CLS cosines to a semantic affinity in [0, 1] (see the module docstring).
+SEMANTICS = ("rescale", "clip")
 
 
 def _minmax(scores: ArrayLike) -> np.ndarray:
@@ -77,11 +88,13 @@ def semantic_temporal_affinity(
     window: int,
     gamma: float,
     alpha: float,
+    semantic: str = "rescale",
 ) -> np.ndarray:
     """alpha * S + (1 - alpha) * T of the images ``rows`` (default: all) against all, (R, M).
 
-    S = max(cos, 0) of the CLS embeddings; T = gamma^|t_i - t_j| within ``window`` steps of
-    the time steps ``positions``, else 0.
+    S: the CLS cosines min-max rescaled over all M x M pairs (``"rescale"``) or max(cos, 0)
+    (``"clip"``); T = gamma^|t_i - t_j| within ``window`` steps of the time steps
+    ``positions``, else 0.
     """
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window}")
@@ -91,10 +104,24 @@ def semantic_temporal_affinity(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     x = _unit_rows(cls, positions.size)
     rows = slice(None) if rows is None else rows
-    semantic = np.clip(x[rows] @ x.T, 0.0, 1.0)
+    similarity = semantic_affinity(x, semantic)[rows]
     lag = np.abs(positions[rows][:, None] - positions[None, :])
     temporal = np.where(lag <= window, gamma ** lag.astype(np.float64), 0.0)
-    return alpha * semantic + (1.0 - alpha) * temporal
+    return alpha * similarity + (1.0 - alpha) * temporal
+
+
+def semantic_affinity(unit_cls: np.ndarray, semantic: str = "rescale") -> np.ndarray:
+    """(M, M) semantic affinity in [0, 1] of unit-length CLS rows: rescaled or clipped cosines."""
+    if semantic not in SEMANTICS:
+        raise ValueError(f"semantic must be one of {SEMANTICS}, got {semantic!r}")
+    cosine = unit_cls @ unit_cls.T
+    if semantic == "clip":
+        return np.clip(cosine, 0.0, 1.0)
+    low, high = cosine.min(), cosine.max()
+    if not high - low > 0:
+        # Identical embeddings: every pair is as similar as an image to itself.
+        return np.ones_like(cosine)
+    return (cosine - low) / (high - low)
 
 
 def _positions(order: ArrayLike | None, n: int) -> np.ndarray:
@@ -131,6 +158,7 @@ def stas(
     alpha: float = 0.8,
     k_list: Sequence[int] = (1, 2, 3),
     beta: float = 0.5,
+    semantic: str = "rescale",
 ) -> np.ndarray:
     """STAPS STAS: propagate scores over alpha*S + (1-alpha)*T, then EMA along the order.
 
@@ -140,14 +168,17 @@ def stas(
     short neighbourhood in line with the paper's "lightweight locality regulariser";
     alpha=0.8 keeps semantics dominant, so the temporal bonus (0.1 at lag 1, 0.05 at lag 2)
     only reorders near-ties between similar images, consistent with the reported insensitivity
-    to the shuffle seed; k_list=(1, 2, 3) is MuSc's MVTec list; beta=0.5 is the paper's best.
+    to the shuffle seed; k_list=(1, 2, 3) is MuSc's MVTec list; beta=0.5 is the paper's best;
+    ``semantic`` "rescale" is the paper's min-max over the set's cosine matrix, "clip" max(cos, 0).
     """
     s = _minmax(scores)
     n = s.size
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     positions = _positions(order, n)
-    affinity = semantic_temporal_affinity(cls, positions, window=window, gamma=gamma, alpha=alpha)
+    affinity = semantic_temporal_affinity(
+        cls, positions, window=window, gamma=gamma, alpha=alpha, semantic=semantic
+    )
     refined = propagate(s, affinity, k_list)
 
     time_order = np.argsort(positions)

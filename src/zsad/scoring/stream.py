@@ -11,7 +11,9 @@ arrival and then takes the oldest image's place in the bank:
   which a *set's* anomalies stand out. A bank of mostly good parts has none, so a fit would pick
   experts by noise, and every refit would change the units of the score mid-run.
 - STAS (when enabled): the new image's row of alpha*S + (1-alpha)*T over the bank and itself,
-  with T taken from real arrival indices; without STAS, the semantic part only (RsCIN's rule).
+  with T taken from real arrival indices and S rescaled over the cosine matrix of the images in
+  use (the filled bank slots and the new image; ``--stas-semantic clip``: max(cos, 0)); without
+  STAS, the semantic part only with RsCIN's clipped cosine.
   Scores stay in raw distance units: propagation is affine-equivariant, so batch STAPS's
   min-max over the set is not needed, and a threshold means the same thing at any hour of the
   run. The EMA carries over from the previous image (and across restarts).
@@ -174,10 +176,11 @@ class RollingStaps:
         cfg = self.config
         if cfg.use_stas:
             window, gamma, alpha, k_list = cfg.window, cfg.gamma, cfg.alpha, cfg.stas_k
+            semantic = cfg.stas_semantic
         else:
-            window, gamma, alpha, k_list = 0, 1.0, 1.0, cfg.rscin_k
+            window, gamma, alpha, k_list, semantic = 0, 1.0, 1.0, cfg.rscin_k, "clip"
         affinity = semantic_temporal_affinity(
-            cls, positions, rows, window=window, gamma=gamma, alpha=alpha
+            cls, positions, rows, window=window, gamma=gamma, alpha=alpha, semantic=semantic
         )
         return propagate(raw, affinity, k_list, own=raw if rows is None else raw[rows])
 
