@@ -248,20 +248,23 @@ class _SseListener(_Listener):
     def _listen(self) -> None:
         import http.client
 
-        deadline = time.monotonic() + 30
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        last: int | None = None
+        while not self._stop.is_set():
+            headers = {} if last is None else {"Last-Event-ID": str(last)}
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/api/events")
+                # No read timeout: the server sends keep-alives; stop() ends a daemon thread.
+                connection = http.client.HTTPConnection("127.0.0.1", self.port)
+                connection.request("GET", "/api/events", headers=headers)
                 response = connection.getresponse()
                 while not self._stop.is_set():
                     line = response.readline()
                     if not line:
                         break
                     if line.startswith(b"id:"):
-                        self.arrived.setdefault(int(line[3:].strip()), time.time())
+                        last = int(line[3:].strip())
+                        self.arrived.setdefault(last, time.time())
             except OSError:
-                time.sleep(0.05)  # the server is not up yet, or a keep-alive timed out
+                time.sleep(0.05)  # the server is not up yet
 
 
 class _OpcuaListener(_Listener):
