@@ -9,7 +9,8 @@ The fixtured categories (FIXTURED_CATEGORIES: bracket, chip) are parts held in a
 same part at the same place, within a pixel or two, frame after frame. Beside surface defects
 they carry defects of place (a hole not drilled or drilled where none belongs, a missing pin):
 what they show is normal elsewhere on the part, only not there, so only a comparison by
-position (aligned MSM) can tell; small specks test small defects.
+position (aligned MSM) can tell; small specks test small defects. loose_chip is the same chip
+laid anywhere within an eighth of the image of its place, where aligned MSM must not be used.
 
 The output is a pure function of the arguments: every image draws from its own generator,
 seeded from (seed, CRC-32 of the category, CRC-32 of its folder, index), so the same seed
@@ -33,7 +34,14 @@ from zsad.data.images import StrPath
 from zsad.errors import ZsadError
 
 FIXTURED_CATEGORIES: tuple[str, ...] = ("bracket", "chip")
-SYNTHETIC_CATEGORIES: tuple[str, ...] = ("grid", "fabric", "wood", "disc", *FIXTURED_CATEGORIES)
+SYNTHETIC_CATEGORIES: tuple[str, ...] = (
+    "grid",
+    "fabric",
+    "wood",
+    "disc",
+    *FIXTURED_CATEGORIES,
+    "loose_chip",
+)
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "grid": ("crack", "stain", "hole"),
     "fabric": ("scratch", "stain", "hole"),
@@ -41,6 +49,7 @@ DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "disc": ("scratch", "stain", "missing"),
     "bracket": ("missing_hole", "extra_hole", "scratch", "speck"),
     "chip": ("missing_pin", "scratch", "speck"),
+    "loose_chip": ("missing_pin", "scratch", "speck"),
 }
 MIN_DEFECT_FRACTION = 0.005
 MAX_DEFECT_FRACTION = 0.05
@@ -59,6 +68,7 @@ _STAIN_RGB: dict[str, tuple[float, float, float]] = {
     "disc": (0.55, 0.27, 0.10),
     "bracket": (0.55, 0.27, 0.10),
     "chip": (0.80, 0.80, 0.78),
+    "loose_chip": (0.80, 0.80, 0.78),
 }
 # Fixtured parts sit within this many pixels (per 128) of their place.
 _FIXTURE_JITTER = 2.0 / 128
@@ -345,10 +355,11 @@ def _render_bracket(rng: np.random.Generator, size: int) -> _Scene:
     )
 
 
-def _render_chip(rng: np.random.Generator, size: int) -> _Scene:
-    """A 12-pin IC in a test socket on a green board: dark body, tinned pins above and below."""
+def _render_chip(rng: np.random.Generator, size: int, loose: bool = False) -> _Scene:
+    """A 12-pin IC in a test socket on a green board: dark body, tinned pins above and below;
+    ``loose``: laid anywhere within an eighth of the image of its place."""
     y, x = _coords(size)
-    dy, dx = _fixture_offset(rng, size)
+    dy, dx = rng.uniform(-0.12, 0.12, size=2) * size if loose else _fixture_offset(rng, size)
     board = 0.5 + 0.02 * _smooth_noise(rng, size, 1.5)
     backdrop = board[:, :, None] * np.array([0.25, 0.62, 0.32])
     body = (np.abs(y - (0.5 * size + dy)) <= 0.17 * size) & (
@@ -532,6 +543,7 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, int], _Scene]] = {
     "disc": _render_disc,
     "bracket": _render_bracket,
     "chip": _render_chip,
+    "loose_chip": lambda rng, size: _render_chip(rng, size, loose=True),
 }
 # Defects that choose their own place on the part (a feature of it, or solid surface).
 _PLACED: dict[str, Callable[[_Scene, np.random.Generator], np.ndarray]] = {
