@@ -28,6 +28,10 @@ band and the product buffer; the (P, N_B, K_A) float32 table is extra, as in glo
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -63,6 +67,60 @@ def _window_mask(xp: ModuleType, x0: int, x1: int, c0: int, c1: int, w: int, dty
     return xp.asarray(np.where(np.abs(offset) <= w, 0.0, -np.inf), dtype=dtype)
 
 
+@dataclass(frozen=True)
+class _Tiling:
+    """The shapes of one aligned search: sides A (tiles) and B (bands) on a square grid."""
+
+    a_grid: Any  # (K_A, side, side, C)
+    b_grid: Any  # (N_B, side, side, C)
+    window: int
+    up: int  # halo rows above a tile's row: 0 in a symmetric set, else the window
+    symmetric: bool
+    tile: int  # columns per tile
+    rows_per_band: int
+
+
+def _fill(xp: ModuleType, plan: _Tiling, blocks: range, best: Any, budget: int) -> None:
+    """Run the tiles of column blocks ``blocks`` (x0 values) into ``best`` (running maxima)."""
+    k_a, side, _, c = plan.a_grid.shape
+    n_b, w, up = plan.b_grid.shape[0], plan.window, plan.up
+    dtype = plan.a_grid.dtype
+    band_width = min(side, plan.tile + 2 * w)
+    buffer = xp.empty(plan.tile * k_a * min(side, up + w + 1) * band_width * n_b, dtype=dtype)
+    for x0 in blocks:
+        x1 = min(side, x0 + plan.tile)
+        c0, c1 = max(0, x0 - w), min(side, x1 + w)
+        t, u = x1 - x0, c1 - c0
+        mask = _window_mask(xp, x0, x1, c0, c1, w, dtype)[:, None, None, :, None]
+        for y0 in range(0, side, plan.rows_per_band):
+            y1 = min(side, y0 + plan.rows_per_band)
+            r0, r1 = max(0, y0 - up), min(side, y1 + w)
+            # (rows, U, N_B, C): a halo of consecutive rows is one contiguous matrix.
+            band = xp.ascontiguousarray(plan.b_grid[:, r0:r1, c0:c1].transpose(1, 2, 0, 3))
+            for y in range(y0, y1):
+                h0, h1 = max(0, y - up), min(side, y + w + 1)
+                rows = h1 - h0
+                a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
+                halo = band[h0 - r0 : h1 - r0].reshape(rows * u * n_b, c)
+                cos = buffer[: t * k_a * rows * u * n_b].reshape(t * k_a, rows * u * n_b)
+                xp.matmul(a_tile.reshape(t * k_a, c), halo.T, out=cos)
+                cos = cos.reshape(t, k_a, rows, u, n_b)
+                cos += mask
+                if plan.symmetric:
+                    seen = best[y, x0:x1]
+                    xp.maximum(seen, cos.max(axis=(2, 3)), out=seen)
+                seen = best[h0:h1, c0:c1]
+                xp.maximum(seen, cos.max(axis=0).transpose(1, 2, 3, 0), out=seen)
+    del buffer
+
+
+def _cpu_workers(n_blocks: int) -> int:
+    """Threads for the column blocks: the CPUs this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    return max(1, min(n_blocks, cpus))
+
+
 def aligned_nearest_cosines(
     xp: ModuleType, query: Any, ref: Any, window: int, symmetric: bool, budget: int
 ) -> Any:
@@ -73,53 +131,71 @@ def aligned_nearest_cosines(
     k_a, n_patches, c = a_side.shape
     n_b = b_side.shape[0]
     side = grid_side(n_patches)
-    a_grid = a_side.reshape(k_a, side, side, c)
-    b_grid = b_side.reshape(n_b, side, side, c)
-    up = 0 if symmetric else window  # halo rows above the tile row
-    best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
-
+    up = 0 if symmetric else window
+    on_cpu = xp is np
+    tile = min(side, max(1, -(-_CPU_TILE_ROWS // k_a))) if on_cpu else side
+    workers = _cpu_workers(-(-side // tile)) if on_cpu else 1
+    # Each worker holds a product buffer and a band, and all but the first a table of its own.
+    share = budget // workers
     itemsize = query.dtype.itemsize
-    tile = side if xp is not np else min(side, max(1, -(-_CPU_TILE_ROWS // k_a)))
-    band_width = min(side, tile + 2 * window)
     halo_rows = min(side, up + window + 1)
-    product = tile * k_a * halo_rows * band_width * n_b
-    while tile > 1 and product * itemsize > budget // 2:
-        tile = max(1, tile // 2)
-        band_width = min(side, tile + 2 * window)
-        product = tile * k_a * halo_rows * band_width * n_b
-    buffer = xp.empty(product, dtype=query.dtype)
-    row_bytes = band_width * n_b * c * itemsize
-    rows_per_band = max(1, (budget // 2) // row_bytes - up - window)
 
-    for x0 in range(0, side, tile):
-        x1 = min(side, x0 + tile)
-        c0, c1 = max(0, x0 - window), min(side, x1 + window)
-        t, u = x1 - x0, c1 - c0
-        mask = _window_mask(xp, x0, x1, c0, c1, window, query.dtype)[:, None, None, :, None]
-        for y0 in range(0, side, rows_per_band):
-            y1 = min(side, y0 + rows_per_band)
-            r0, r1 = max(0, y0 - up), min(side, y1 + window)
-            # (rows, U, N_B, C): a halo of consecutive rows is one contiguous matrix.
-            band = xp.ascontiguousarray(b_grid[:, r0:r1, c0:c1].transpose(1, 2, 0, 3))
-            for y in range(y0, y1):
-                h0, h1 = max(0, y - up), min(side, y + window + 1)
-                rows = h1 - h0
-                a_tile = xp.ascontiguousarray(a_grid[:, y, x0:x1].transpose(1, 0, 2))
-                halo = band[h0 - r0 : h1 - r0].reshape(rows * u * n_b, c)
-                cos = buffer[: t * k_a * rows * u * n_b].reshape(t * k_a, rows * u * n_b)
-                xp.matmul(a_tile.reshape(t * k_a, c), halo.T, out=cos)
-                cos = cos.reshape(t, k_a, rows, u, n_b)
-                cos += mask
-                if symmetric:
-                    seen = best[y, x0:x1]
-                    xp.maximum(seen, cos.max(axis=(2, 3)), out=seen)
-                seen = best[h0:h1, c0:c1]
-                xp.maximum(seen, cos.max(axis=0).transpose(1, 2, 3, 0), out=seen)
-    best = best.reshape(n_patches, n_b, k_a)
+    def product_bytes(columns: int) -> int:
+        return columns * k_a * halo_rows * min(side, columns + 2 * window) * n_b * itemsize
+
+    while tile > 1 and product_bytes(tile) > share // 2:
+        tile = max(1, tile // 2)
+    row_bytes = min(side, tile + 2 * window) * n_b * c * itemsize
+    plan = _Tiling(
+        a_side.reshape(k_a, side, side, c),
+        b_side.reshape(n_b, side, side, c),
+        window,
+        up,
+        symmetric,
+        tile,
+        max(1, (share // 2) // row_bytes - up - window),
+    )
+    blocks = range(0, side, tile)
+    workers = min(workers, len(blocks))
+    tables = [xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32) for _ in range(workers)]
+    if workers == 1:
+        with _one_blas_thread(on_cpu):
+            _fill(xp, plan, blocks, tables[0], share)
+    else:
+        # Column blocks in parallel, one BLAS thread each: small GEMMs on several BLAS threads
+        # spend their time synchronising. Neighbouring blocks scatter into shared columns, so
+        # each worker keeps its own table and the tables are merged by max.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with _one_blas_thread(on_cpu), ThreadPoolExecutor(workers) as pool:
+            jobs = [
+                pool.submit(_fill, xp, plan, blocks[k::workers], tables[k], share)
+                for k in range(workers)
+            ]
+            for job in jobs:
+                job.result()
+        for other in tables[1:]:
+            xp.maximum(tables[0], other, out=tables[0])
+    best = tables[0].reshape(n_patches, n_b, k_a)
     if symmetric:
         # An image is never its own reference; its self-pairs were multiplied along the way.
         best.reshape(n_patches, n_b * k_a)[:, :: n_b + 1] = -np.inf
     return best
+
+
+@contextmanager
+def _one_blas_thread(active: bool) -> Iterator[None]:
+    """Limit NumPy's BLAS to one thread (threadpoolctl, installed with scikit-learn)."""
+    if not active:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # without it BLAS keeps its threads: slower, same result
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def alignment_check(features: Any, window: int, *, seed: int = 0) -> dict[str, Any]:
