@@ -4,12 +4,14 @@ over the whole grid, defects of place on a fixtured part, and the alignment chec
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import one_line_error, zsad
+from helpers import ENV, one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 from zsad.scoring import mutual_scores
 from zsad.scoring.aligned import aligned_nearest_cosines, alignment_check, alignment_report
@@ -212,3 +214,18 @@ def test_infer_reports_alignment_and_cli_checks_the_option(fixtured: Path, tmp_p
     assert "zsad: alignment:" in result.stderr or "zsad: warning: alignment:" in result.stderr
     bad = zsad("infer", images, "-r", "--align-window", "-1", *common)
     one_line_error(bad, "--align-window")
+
+
+def test_station_reports_alignment_after_warm_up(fixtured: Path, tmp_path: Path) -> None:
+    paths = sorted((fixtured / "chip" / "test").glob("*/*.png"))
+    out = tmp_path / "station"
+    args = [sys.executable, "-m", "zsad", "infer", "--stream", "--out", str(out)]
+    args += ["--model", "zsad-tiny", "--pretrained", "random", "--image-size", "56"]
+    args += ["--bank", "3", "--align-window", "1", "--no-overlays"]
+    listing = "\n".join(map(str, paths)) + "\n"
+    result = subprocess.run(args, input=listing, capture_output=True, text=True, env=ENV)
+    assert result.returncode == 0, result.stderr
+    reports = [line for line in result.stderr.splitlines() if "alignment:" in line]
+    assert len(reports) == 1, result.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["alignment"]["align_window"] == 1 and status["alignment"]["pairs"] >= 1
