@@ -229,3 +229,14 @@ def test_station_reports_alignment_after_warm_up(fixtured: Path, tmp_path: Path)
     assert len(reports) == 1, result.stderr
     status = json.loads((out / "status.json").read_text())
     assert status["alignment"]["align_window"] == 1 and status["alignment"]["pairs"] >= 1
+
+
+def test_python_api_takes_the_window_like_the_cli() -> None:
+    import zsad
+    from zsad.api.scorers import staps_settings
+
+    config = zsad.SetScoringConfig(align_window=2)
+    assert zsad.MethodOptions(config).scoring.align_window == 2
+    # A threshold stored with a stream's settings tells aligned from global scoring.
+    assert staps_settings(config, 8)["align_window"] == 2
+    assert staps_settings(zsad.SetScoringConfig(), 8)["align_window"] is None
