@@ -27,6 +27,7 @@ band and the product buffer; the (P, N_B, K_A) float32 table is extra, as in glo
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -186,16 +187,23 @@ def aligned_nearest_cosines(
 @contextmanager
 def _one_blas_thread(active: bool) -> Iterator[None]:
     """Limit NumPy's BLAS to one thread (threadpoolctl, installed with scikit-learn)."""
-    if not active:
+    controller = _blas_controller() if active else None
+    if controller is None:  # without threadpoolctl BLAS keeps its threads: slower, same result
         yield
         return
+    with controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS, found once: a fresh search takes milliseconds,
+    too long to repeat for every map of every image on a stream."""
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # without it BLAS keeps its threads: slower, same result
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
 def alignment_check(features: Any, window: int, *, seed: int = 0) -> dict[str, Any]:
