@@ -116,9 +116,15 @@ def _fill(xp: ModuleType, plan: _Tiling, blocks: range, best: Any, budget: int) 
 
 
 def _cpu_workers(n_blocks: int) -> int:
-    """Threads for the column blocks: the CPUs this process may run on."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    """Threads for the column blocks: as many as NumPy's BLAS would use (the CPUs, or what
+    OPENBLAS_NUM_THREADS and the like allow), so aligned and global MSM use the same cores."""
+    controller = _blas_controller()
+    blas = controller.select(user_api="blas").lib_controllers if controller else []
+    if blas:
+        cpus = max(lib.num_threads for lib in blas)
+    else:
+        affinity = getattr(os, "sched_getaffinity", None)
+        cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
     return max(1, min(n_blocks, cpus))
 
 
