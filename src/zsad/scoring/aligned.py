@@ -20,9 +20,12 @@ multiplied once (the sideways ones twice: max is idempotent). Bank scoring takes
 B = the queries and the full halo rows y-w..y+w, and uses the scatter reduction only.
 
 Cost: (N-1) * P * (2w+1)^2 * C multiply-adds instead of (N-1) * P^2 * C, times the band's corner
-overhead. On the GPU a tile is a whole grid row (few large launches); on the CPU T is chosen so
-the GEMM stays a good BLAS shape while the overhead stays small. ``memory_budget_mb`` bounds the
-band and the product buffer; the (P, N_B, K_A) float32 table is extra, as in global MSM.
+overhead. On the GPU a tile is a whole grid row (few large launches). On the CPU T is chosen so
+the GEMM stays a good BLAS shape while the overhead stays small, and the column blocks run on as
+many threads as BLAS would use, each with one BLAS thread (small GEMMs split across BLAS
+threads spend their time synchronising) and its own table, merged by max at the end.
+``memory_budget_mb`` bounds the bands and product buffers; the (P, N_B, K_A) float32 tables are
+extra, as in global MSM.
 """
 
 from __future__ import annotations
