@@ -45,7 +45,7 @@ from zsad.scoring._xp import to_numpy
 
 # CPU tiles hold about this many GEMM rows (T * K_A): enough for BLAS to run near its peak
 # while the band's corners stay a small overhead at the usual windows.
-_CPU_TILE_ROWS = 64
+_CPU_TILE_ROWS = 40
 # The check compares this many image pairs and this many patches of each pair.
 _CHECK_PAIRS = 8
 _CHECK_PATCHES = 256
