@@ -240,3 +240,15 @@ def test_python_api_takes_the_window_like_the_cli() -> None:
     # A threshold stored with a stream's settings tells aligned from global scoring.
     assert staps_settings(config, 8)["align_window"] == 2
     assert staps_settings(zsad.SetScoringConfig(), 8)["align_window"] is None
+
+
+def test_eval_stores_the_alignment_check_per_category(fixtured: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = zsad(
+        "eval", str(fixtured), "--categories", "chip", "--align-window", "1", "--out", str(out),
+        "--model", "zsad-tiny", "--pretrained", "random", "--image-size", "56", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["categories"]["chip"]["alignment"]["align_window"] == 1
+    assert "alignment" not in metrics["mean"]
