@@ -44,7 +44,10 @@ def _windowed_brute_force(query: np.ndarray, ref: np.ndarray, window: int, symme
 
 @pytest.mark.parametrize("window", [0, 1, 2, 4])
 @pytest.mark.parametrize("budget", [3000, 256 * MB])
-def test_window_search_matches_its_definition(window: int, budget: int) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_window_search_matches_its_definition(monkeypatch, window, budget, workers) -> None:
+    # Threads share one table, alternate chunks of rows in two phases: no lost maximum.
+    monkeypatch.setattr("zsad.scoring.aligned._cpu_workers", lambda rows: workers)
     rng = np.random.default_rng(window)
     features = _unit(rng.normal(size=(5, 49, 8)))
     bank = _unit(rng.normal(size=(3, 49, 8)))

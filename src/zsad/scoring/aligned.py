@@ -21,11 +21,11 @@ B = the queries and the full halo rows y-w..y+w, and uses the scatter reduction 
 
 Cost: (N-1) * P * (2w+1)^2 * C multiply-adds instead of (N-1) * P^2 * C, times the band's corner
 overhead. On the GPU a tile is a whole grid row (few large launches). On the CPU T is chosen so
-the GEMM stays a good BLAS shape while the overhead stays small, and the column blocks run on as
+the GEMM stays a good BLAS shape while the overhead stays small, and chunks of rows run on as
 many threads as BLAS would use, each with one BLAS thread (small GEMMs split across BLAS
-threads spend their time synchronising) and its own table, merged by max at the end.
-``memory_budget_mb`` bounds the bands and product buffers; the (P, N_B, K_A) float32 tables are
-extra, as in global MSM.
+threads spend their time synchronising); alternate chunks run in two phases, so that threads
+never write the same rows of the shared table. ``memory_budget_mb`` bounds the bands and
+product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
 """
 
 from __future__ import annotations
@@ -84,31 +84,32 @@ class _Tiling:
     rows_per_band: int
 
 
-def _fill(xp: ModuleType, plan: _Tiling, blocks: range, best: Any, budget: int) -> None:
-    """Run the tiles of column blocks ``blocks`` (x0 values) into ``best`` (running maxima)."""
+def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
+    """Run the tiles of grid rows ``rows`` into ``best`` (running maxima). They write rows
+    ``rows.start - plan.up`` to ``rows.stop + plan.window - 1`` of it, no others."""
     k_a, side, _, c = plan.a_grid.shape
     n_b, w, up = plan.b_grid.shape[0], plan.window, plan.up
     dtype = plan.a_grid.dtype
     band_width = min(side, plan.tile + 2 * w)
     buffer = xp.empty(plan.tile * k_a * min(side, up + w + 1) * band_width * n_b, dtype=dtype)
-    for x0 in blocks:
+    for x0 in range(0, side, plan.tile):
         x1 = min(side, x0 + plan.tile)
         c0, c1 = max(0, x0 - w), min(side, x1 + w)
         t, u = x1 - x0, c1 - c0
         mask = _window_mask(xp, x0, x1, c0, c1, w, dtype)[:, None, None, :, None]
-        for y0 in range(0, side, plan.rows_per_band):
-            y1 = min(side, y0 + plan.rows_per_band)
+        for y0 in range(rows.start, rows.stop, plan.rows_per_band):
+            y1 = min(rows.stop, y0 + plan.rows_per_band)
             r0, r1 = max(0, y0 - up), min(side, y1 + w)
             # (rows, U, N_B, C): a halo of consecutive rows is one contiguous matrix.
             band = xp.ascontiguousarray(plan.b_grid[:, r0:r1, c0:c1].transpose(1, 2, 0, 3))
             for y in range(y0, y1):
                 h0, h1 = max(0, y - up), min(side, y + w + 1)
-                rows = h1 - h0
+                height = h1 - h0
                 a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
-                halo = band[h0 - r0 : h1 - r0].reshape(rows * u * n_b, c)
-                cos = buffer[: t * k_a * rows * u * n_b].reshape(t * k_a, rows * u * n_b)
+                halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)
+                cos = buffer[: t * k_a * height * u * n_b].reshape(t * k_a, height * u * n_b)
                 xp.matmul(a_tile.reshape(t * k_a, c), halo.T, out=cos)
-                cos = cos.reshape(t, k_a, rows, u, n_b)
+                cos = cos.reshape(t, k_a, height, u, n_b)
                 cos += mask
                 if plan.symmetric:
                     seen = best[y, x0:x1]
@@ -118,8 +119,8 @@ def _fill(xp: ModuleType, plan: _Tiling, blocks: range, best: Any, budget: int) 
     del buffer
 
 
-def _cpu_workers(n_blocks: int) -> int:
-    """Threads for the column blocks: as many as NumPy's BLAS would use (the CPUs, or what
+def _cpu_workers(n_rows: int) -> int:
+    """Threads for the row chunks: as many as NumPy's BLAS would use (the CPUs, or what
     OPENBLAS_NUM_THREADS and the like allow), so aligned and global MSM use the same cores."""
     controller = _blas_controller()
     blas = controller.select(user_api="blas").lib_controllers if controller else []
@@ -128,7 +129,7 @@ def _cpu_workers(n_blocks: int) -> int:
     else:
         affinity = getattr(os, "sched_getaffinity", None)
         cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
-    return max(1, min(n_blocks, cpus))
+    return max(1, min(n_rows, cpus))
 
 
 def aligned_nearest_cosines(
@@ -144,8 +145,8 @@ def aligned_nearest_cosines(
     up = 0 if symmetric else window
     on_cpu = xp is np
     tile = min(side, max(1, -(-_CPU_TILE_ROWS // k_a))) if on_cpu else side
-    workers = _cpu_workers(-(-side // tile)) if on_cpu else 1
-    # Each worker holds a product buffer and a band, and all but the first a table of its own.
+    workers = _cpu_workers(side) if on_cpu else 1
+    # Each worker holds a product buffer and a band.
     share = budget // workers
     itemsize = query.dtype.itemsize
     halo_rows = min(side, up + window + 1)
@@ -165,28 +166,24 @@ def aligned_nearest_cosines(
         tile,
         max(1, (share // 2) // row_bytes - up - window),
     )
-    blocks = range(0, side, tile)
-    workers = min(workers, len(blocks))
-    tables = [xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32) for _ in range(workers)]
-    if workers == 1:
-        with _one_blas_thread(on_cpu):
-            _fill(xp, plan, blocks, tables[0], share)
-    else:
-        # Column blocks in parallel, one BLAS thread each: small GEMMs on several BLAS threads
-        # spend their time synchronising. Neighbouring blocks scatter into shared columns, so
-        # each worker keeps its own table and the tables are merged by max.
-        from concurrent.futures import ThreadPoolExecutor
+    best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
+    # Chunks of rows at least as tall as a tile's reach beyond its row: every other chunk writes
+    # rows no other one in its phase does, so the workers share one table without locks.
+    height = max(up + window, 1, -(-side // (2 * workers)))
+    chunks = [range(y, min(side, y + height)) for y in range(0, side, height)]
+    with _one_blas_thread(on_cpu):
+        if workers == 1 or len(chunks) < 2:
+            _fill(xp, plan, range(side), best)
+        else:
+            # One BLAS thread per worker: small GEMMs on several BLAS threads spend their time
+            # synchronising.
+            from concurrent.futures import ThreadPoolExecutor
 
-        with _one_blas_thread(on_cpu), ThreadPoolExecutor(workers) as pool:
-            jobs = [
-                pool.submit(_fill, xp, plan, blocks[k::workers], tables[k], share)
-                for k in range(workers)
-            ]
-            for job in jobs:
-                job.result()
-        for other in tables[1:]:
-            xp.maximum(tables[0], other, out=tables[0])
-    best = tables[0].reshape(n_patches, n_b, k_a)
+            with ThreadPoolExecutor(workers) as pool:
+                for phase in (chunks[0::2], chunks[1::2]):
+                    for job in [pool.submit(_fill, xp, plan, rows, best) for rows in phase]:
+                        job.result()
+    best = best.reshape(n_patches, n_b, k_a)
     if symmetric:
         # An image is never its own reference; its self-pairs were multiplied along the way.
         best.reshape(n_patches, n_b * k_a)[:, :: n_b + 1] = -np.inf
