@@ -72,8 +72,8 @@ for step in "${steps[@]}"; do
     scoring)
         say "bench scoring"
         # shellcheck disable=SC2086 # SCORING is a list of options
-        zsad bench scoring --n "50,100,$n" --bank 16,32,64 --no-numpy ${SCORING:-} \
-            --out "$out/scoring"
+        zsad bench scoring --n "50,100,$n" --bank 16,32,64 --no-numpy --align-window 1,2,3,5 \
+            ${SCORING:-} --out "$out/scoring"
         ;;
     pipeline)
         bundles

@@ -62,6 +62,24 @@ def test_bench_scoring(tmp_path: Path) -> None:
     assert [r["bank"] for r in data["rows"] if r["mode"] == "bank"] == [2]
 
 
+def test_bench_scoring_aligned_rows_beside_global(tmp_path: Path) -> None:
+    args = ["scoring", "--n", "4", "--bank", "3", "--patches", "49", "--channels", "8"]
+    plots = ["scoring_vs_n.png", "scoring_vs_bank.png"]
+    data = _bench(tmp_path, *args, "--taps", "0", "--align-window", "1,2", plots=plots)
+    rows = [(r["mode"], r["window"]) for r in data["rows"]]
+    assert rows == [("set", None), ("set", 1), ("set", 2), ("bank", None), ("bank", 1), ("bank", 2)]
+    by_key = {(r["mode"], r["window"]): r for r in data["rows"]}
+    for mode in ("set", "bank"):
+        for window in (1, 2):
+            row = by_key[mode, window]
+            assert {"numpy_s", "numpy_peak_mb", "fraction_of_matmul", "speedup_vs_global"} <= set(
+                row
+            )
+    # Useful FLOPs: the patch pairs within the window (7 x 7 grid: 19^2 and 29^2 of 49^2).
+    assert bm.window_pairs(49, 1) == 19**2 and bm.window_pairs(49, 2) == 29**2
+    assert bm.window_pairs(49, None) == bm.window_pairs(49, 6) == 49**2
+
+
 @pytest.mark.parametrize("numpy_path", ["--numpy", "--no-numpy"])
 def test_bench_scoring_gpu_columns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_as_gpu, numpy_path: str

@@ -114,7 +114,8 @@ def test_masks_cover_a_plausible_area(dataset: Path) -> None:
 
 
 def test_defect_pixels_stand_out_from_good_images(dataset: Path) -> None:
-    for category in SYNTHETIC_CATEGORIES:
+    # A loose part has no typical look at a given pixel, so this holds for the others only.
+    for category in (c for c in SYNTHETIC_CATEGORIES if not c.startswith("loose_")):
         samples = read_mvtec(dataset, categories=[category])
         goods = np.stack([load_image(s.path) for s in samples if s.label == 0]).astype(float)
         # The per-pixel median of good images is what "normal" looks like at each place.

@@ -12,17 +12,30 @@ from typing import TYPE_CHECKING, Any
 from zsad.errors import ZsadError
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "Result", "SetResult", "Stream", "ZsadError", "__version__"]
+__all__ = [
+    "Detector",
+    "MethodOptions",
+    "Result",
+    "SetResult",
+    "SetScoringConfig",
+    "Stream",
+    "ZsadError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from zsad.api.detector import Detector, Stream
     from zsad.api.results import Result, SetResult
+    from zsad.api.scorers import MethodOptions
+    from zsad.scoring.pipeline import SetScoringConfig
 
 _LAZY = {
     "Detector": "zsad.api.detector",
     "Stream": "zsad.api.detector",
     "Result": "zsad.api.results",
     "SetResult": "zsad.api.results",
+    "MethodOptions": "zsad.api.scorers",
+    "SetScoringConfig": "zsad.scoring.pipeline",
 }
 
 

@@ -364,14 +364,20 @@ class Stream:
         position = self._next
         self._next += 1
         self._labels[position] = _label(image)
-        return self.results(self.scorer.add(outputs, position))
+        scored = self.scorer.add(outputs, position)
+        for note in self.scorer.notes():
+            self.detector._note(note)
+        return self.results(scored)
 
     def flush(self) -> list[Result]:
         """Score the images still held (the end of a finite stream shorter than the bank)."""
         try:
-            return self.results(self.scorer.flush())
+            scored = self.scorer.flush()
         except ValueError as exc:
             raise ZsadError(f"stream: {exc}") from exc
+        for note in self.scorer.notes():
+            self.detector._note(note)
+        return self.results(scored)
 
     def results(self, scored: list[Scored]) -> list[Result]:
         """Scorer output as Results."""

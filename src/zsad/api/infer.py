@@ -10,6 +10,7 @@ from zsad.api.detector import Detector
 from zsad.api.records import write_set
 from zsad.errors import echo_stderr
 from zsad.formats.atomic import write_json, write_jsonl
+from zsad.scoring.aligned import alignment_report
 
 
 def infer_to_folder(
@@ -28,6 +29,8 @@ def infer_to_folder(
         echo(f"zsad: skipped {failure.error}")
     for note in detector.notes:
         echo(f"zsad: {note}")
+    if "alignment" in scored.info:
+        echo(f"zsad: {alignment_report(scored.info['alignment'])}")
     records = write_set(out, scored, paths, overlays=overlays, progress=detector.progress)
     write_jsonl(out / "results.jsonl", records)
     ranked = sorted(scored.scored, key=lambda r: -(r.score or 0.0))

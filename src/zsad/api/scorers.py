@@ -28,6 +28,7 @@ SetScorer = Callable[[EncodedImages], SetScores]
 STAPS_SCORE_SETTINGS = (
     "r_list",
     "topmin_max",
+    "align_window",
     "rscin_k",
     "use_stas",
     "window",
@@ -227,6 +228,10 @@ class StreamScorer(Protocol):
         """Settings and memory facts for status.json."""
         ...
 
+    def notes(self) -> list[str]:
+        """Lines a user should see (e.g. the alignment report), each returned once."""
+        ...
+
 
 class StapsScorer:
     """STAPS against a rolling bank (see zsad.scoring.stream)."""
@@ -280,13 +285,20 @@ class StapsScorer:
     def describe(self) -> dict[str, Any]:
         """Bank size, fill and memory."""
         per_image = self.rolling.bytes_per_image()
-        return {
+        facts = {
             "method": "staps",
             "bank": self.rolling.bank,
             "bank_filled": self.rolling.filled,
             "bank_mb_per_image": round(per_image / 2**20, 3),
             "bank_mb": round(per_image * self.rolling.bank / 2**20, 1),
         }
+        if self.rolling.alignment is not None:
+            facts["alignment"] = self.rolling.alignment
+        return facts
+
+    def notes(self) -> list[str]:
+        """The alignment report of the warm-up set (aligned MSM only), once."""
+        return self.rolling.notes()
 
 
 class HeadclipScorer:
@@ -328,3 +340,7 @@ class HeadclipScorer:
     def describe(self) -> dict[str, Any]:
         """The method."""
         return {"method": "headclip"}
+
+    def notes(self) -> list[str]:
+        """Nothing to report."""
+        return []

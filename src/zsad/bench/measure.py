@@ -226,10 +226,30 @@ def unit_features(n: int, patches: int, channels: int, seed: int = 0) -> np.ndar
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def msm_flops(n_query: int, n_ref: int, patches: int, channels: int, symmetric: bool) -> float:
-    """Useful GEMM FLOPs of mutual scoring: each image pair once when symmetric, else every pair."""
+def msm_flops(
+    n_query: int,
+    n_ref: int,
+    patches: int,
+    channels: int,
+    symmetric: bool,
+    window: int | None = None,
+) -> float:
+    """Useful GEMM FLOPs of mutual scoring: each image pair once when symmetric, else every pair;
+    with ``window`` (aligned MSM), only the patch pairs within it on a square grid."""
     pairs = n_query * (n_query - 1) / 2 if symmetric else n_query * n_ref
-    return 2.0 * pairs * patches * patches * channels
+    return 2.0 * pairs * window_pairs(patches, window) * channels
+
+
+def window_pairs(patches: int, window: int | None) -> int:
+    """Ordered patch pairs of one image pair that MSM compares: all, or those within ``window``
+    grid cells of each other (Chebyshev) on a square grid."""
+    if window is None:
+        return patches * patches
+    side = int(round(np.sqrt(patches)))
+    reach = np.arange(side)
+    # Cells within the window along one axis, per position; a 2-D window is their product.
+    per_axis = np.minimum(reach + window, side - 1) - np.maximum(reach - window, 0) + 1
+    return int(per_axis.sum()) ** 2
 
 
 def musc_baseline_mb(n: int, patches: int) -> float:

@@ -22,13 +22,17 @@ COLUMNS = [
     "mode",
     "n",
     "bank",
+    "window",
+    "gflop",
     "numpy_s",
     "numpy_peak_mb",
     "numpy_gflops",
     "fraction_of_matmul",
+    "speedup_vs_global",
     "gpu_s",
     "gpu_tflops",
     "gpu_fraction_of_peak",
+    "gpu_speedup_vs_global",
     "baseline_s",
     "baseline_peak_mb",
     "speedup_vs_baseline",
@@ -51,8 +55,10 @@ def bench_scoring(
     max_baseline_mb: float = 2048.0,
     numpy: bool = True,
     seed: int = 0,
+    windows: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Time MSM per set size N and bank size K; writes OUT/bench.json, bench.md and plots."""
+    """Time MSM per set size N and bank size K, global and aligned at each of ``windows``
+    (--align-window); writes OUT/bench.json, bench.md and plots."""
     if min(ns) < 2:
         raise ZsadError("--n: mutual scoring needs at least 2 images")
     gpu_reason = gpu_scoring_unavailable()
@@ -69,7 +75,7 @@ def bench_scoring(
     rows: list[dict[str, Any]] = []
     for size in ns:
         feats = bm.unit_features(size, patches, channels, seed)
-        row: dict[str, Any] = {"mode": "set", "n": size, "bank": None}
+        row: dict[str, Any] = {"mode": "set", "n": size, "bank": None, "window": None}
         row.update(_msm_row(feats, None, shape, numpy, gpu_peak))
         need = bm.musc_baseline_mb(size, patches)
         row["baseline_matrix_mb"] = round(need, 1)
@@ -79,13 +85,15 @@ def bench_scoring(
             row.update(_score_set_columns(size, taps, shape, seed, device))
         say(f"N {size}: " + _msm_summary(row))
         rows.append(row)
+        rows += _aligned_rows(feats, None, row, windows or [], shape, numpy, gpu_peak)
     queries = bm.unit_features(min(ns), patches, channels, seed + 1)
     for k in banks:
         ref = bm.unit_features(k, patches, channels, seed + 2)
-        row = {"mode": "bank", "n": len(queries), "bank": k}
+        row = {"mode": "bank", "n": len(queries), "bank": k, "window": None}
         row.update(_msm_row(queries, ref, shape, numpy, gpu_peak))
         say(f"bank {k}: " + _msm_summary(row))
         rows.append(row)
+        rows += _aligned_rows(queries, ref, row, windows or [], shape, numpy, gpu_peak)
     config = {
         "n": ns,
         "bank": banks,
@@ -96,6 +104,7 @@ def bench_scoring(
         "max_baseline_mb": max_baseline_mb,
         "seed": seed,
         "numpy": numpy,
+        "align_windows": windows or [],
         "baseline": BASELINE,
     }
     body = {
@@ -118,24 +127,48 @@ def gpu_scoring_unavailable() -> str | None:
     return None if xp is not np else "CuPy did not find a CUDA device"
 
 
+def _aligned_rows(
+    feats: np.ndarray,
+    bank: np.ndarray | None,
+    global_row: dict[str, Any],
+    windows: list[int],
+    shape: tuple[int, int, float],
+    numpy: bool,
+    gpu_peak: float | None,
+) -> list[dict[str, Any]]:
+    """Aligned MSM at each window beside the global row it is compared with."""
+    rows = []
+    for window in windows:
+        row = {k: global_row[k] for k in ("mode", "n", "bank")} | {"window": window}
+        row.update(_msm_row(feats, bank, shape, numpy, gpu_peak, window))
+        for device, key in (("numpy", "speedup_vs_global"), ("gpu", "gpu_speedup_vs_global")):
+            if f"{device}_s" in row and f"{device}_s" in global_row:
+                row[key] = round(global_row[f"{device}_s"] / row[f"{device}_s"], 2)
+        say(f"  --align-window {window}: " + _msm_summary(row))
+        rows.append(row)
+    return rows
+
+
 def _msm_row(
     feats: np.ndarray,
     bank: np.ndarray | None,
     shape: tuple[int, int, float],
     numpy: bool,
     gpu_peak: float | None,
+    window: int | None = None,
 ) -> dict[str, Any]:
-    """MSM at one shape: NumPy time, memory and matmul fraction; GPU time against its peak."""
+    """MSM at one shape: NumPy time, memory and matmul fraction; GPU time against its peak.
+    With ``window``, aligned MSM, held to the FLOPs of the pairs inside the window."""
     from zsad.scoring import mutual_scores
 
     patches, channels, budget = shape
     n = feats.shape[0]
-    flops = bm.msm_flops(n, 0 if bank is None else bank.shape[0], patches, channels, bank is None)
+    n_ref = 0 if bank is None else bank.shape[0]
+    flops = bm.msm_flops(n, n_ref, patches, channels, bank is None, window)
     row: dict[str, Any] = {"gflop": round(flops / 1e9, 2)}
+    options = {"bank": bank, "memory_budget_mb": budget, "align_window": window}
     if numpy:
-        seconds, peak = bm.traced_peak(
-            lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="cpu")
-        )
+        seconds, peak = bm.traced_peak(lambda: mutual_scores(feats, device="cpu", **options))
         rows = max(patches, int(budget * 2**20) // (patches * 4))
         matmul = bm.numpy_matmul_seconds(rows, channels, patches, flops)
         row.update(
@@ -147,9 +180,7 @@ def _msm_row(
             fraction_of_matmul=round(matmul / seconds, 3),
         )
     if gpu_peak is not None:
-        gpu_s, pool_mb = _gpu_timed(
-            lambda: mutual_scores(feats, bank=bank, memory_budget_mb=budget, device="gpu")
-        )
+        gpu_s, pool_mb = _gpu_timed(lambda: mutual_scores(feats, device="gpu", **options))
         row.update(
             gpu_s=_sig(gpu_s),
             gpu_s_per_image=_sig(gpu_s / n),
@@ -235,8 +266,8 @@ def _msm_summary(row: dict[str, Any]) -> str:
 
 
 def _plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    sets = [r for r in rows if r["mode"] == "set"]
-    banks = [r for r in rows if r["mode"] == "bank"]
+    sets = [r for r in rows if r["mode"] == "set" and r["window"] is None]
+    banks = [r for r in rows if r["mode"] == "bank" and r["window"] is None]
     labels = {
         "numpy_s": "MSM, NumPy",
         "gpu_s": "MSM, GPU",

@@ -128,6 +128,14 @@ def scoring(
         ),
     ] = True,
     seed: SeedOpt = 0,
+    align_window: Annotated[
+        str | None,
+        typer.Option(
+            "--align-window",
+            help="Comma-separated windows w: also time aligned MSM (fixtured parts) at each, "
+            "against global MSM at the same shape.",
+        ),
+    ] = None,
 ) -> None:
     """MSM and full-set scoring time and peak memory versus N and bank size, beside baselines."""
     from zsad.bench.scoring import bench_scoring
@@ -143,6 +151,7 @@ def scoring(
         max_baseline_mb=max_baseline_mb,
         numpy=numpy,
         seed=seed,
+        windows=_ints(align_window, "--align-window") if align_window else None,
     )
 
 

@@ -18,12 +18,27 @@ def make_data(
         str | None,
         typer.Option("--categories", help="Comma-separated subset of the synthetic categories."),
     ] = None,
+    n_train: Annotated[
+        int, typer.Option("--n-train", min=0, help="Good training images per category.")
+    ] = 10,
+    n_good: Annotated[int, typer.Option("--n-good", min=0, help="Good test images.")] = 8,
+    n_defect: Annotated[
+        int, typer.Option("--n-defect", min=0, help="Test images per defect type.")
+    ] = 4,
 ) -> None:
     """Generate small synthetic categories (textures and objects with defects and masks)."""
     from zsad.data.synthetic import make_dataset
 
     names = categories.split(",") if categories else None
-    written = make_dataset(out_dir, seed=seed, categories=names, size=size)
+    written = make_dataset(
+        out_dir,
+        seed=seed,
+        categories=names,
+        size=size,
+        n_train=n_train,
+        n_good=n_good,
+        n_defect=n_defect,
+    )
     typer.echo(f"wrote {len(written)} categories to {out_dir}: {', '.join(written)}")
 
 

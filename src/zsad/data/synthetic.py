@@ -5,6 +5,13 @@ Each category is a texture or a simple object whose good images share their stat
 judges a patch normal when it appears in other images, has something to match. Defects are
 painted onto exactly the pixels of their mask, so the masks are exact ground truth.
 
+The fixtured categories (FIXTURED_CATEGORIES: bracket, chip) are parts held in a fixture: the
+same part at the same place, within a pixel or two, frame after frame. Beside surface defects
+they carry defects of place (a hole not drilled or drilled where none belongs, a missing pin):
+what they show is normal elsewhere on the part, only not there, so only a comparison by
+position (aligned MSM) can tell; small specks test small defects. loose_chip is the same chip
+laid anywhere within an eighth of the image of its place, where aligned MSM must not be used.
+
 The output is a pure function of the arguments: every image draws from its own generator,
 seeded from (seed, CRC-32 of the category, CRC-32 of its folder, index), so the same seed
 writes byte-identical PNGs and changing one count leaves the other images unchanged.
@@ -26,12 +33,23 @@ from scipy import ndimage
 from zsad.data.images import StrPath
 from zsad.errors import ZsadError
 
-SYNTHETIC_CATEGORIES: tuple[str, ...] = ("grid", "fabric", "wood", "disc")
+FIXTURED_CATEGORIES: tuple[str, ...] = ("bracket", "chip")
+SYNTHETIC_CATEGORIES: tuple[str, ...] = (
+    "grid",
+    "fabric",
+    "wood",
+    "disc",
+    *FIXTURED_CATEGORIES,
+    "loose_chip",
+)
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "grid": ("crack", "stain", "hole"),
     "fabric": ("scratch", "stain", "hole"),
     "wood": ("scratch", "crack", "stain"),
     "disc": ("scratch", "stain", "missing"),
+    "bracket": ("missing_hole", "extra_hole", "scratch", "speck"),
+    "chip": ("missing_pin", "scratch", "speck"),
+    "loose_chip": ("missing_pin", "scratch", "speck"),
 }
 MIN_DEFECT_FRACTION = 0.005
 MAX_DEFECT_FRACTION = 0.05
@@ -48,7 +66,12 @@ _STAIN_RGB: dict[str, tuple[float, float, float]] = {
     "fabric": (0.80, 0.66, 0.20),
     "wood": (0.10, 0.12, 0.28),
     "disc": (0.55, 0.27, 0.10),
+    "bracket": (0.55, 0.27, 0.10),
+    "chip": (0.80, 0.80, 0.78),
+    "loose_chip": (0.80, 0.80, 0.78),
 }
+# Fixtured parts sit within this many pixels (per 128) of their place.
+_FIXTURE_JITTER = 2.0 / 128
 
 
 @dataclass
@@ -59,6 +82,9 @@ class _Scene:
     region: np.ndarray
     anchors: np.ndarray
     backdrop: np.ndarray
+    # Fixtured parts: the part without its holes/pins, and where those features sit.
+    surface: np.ndarray | None = None
+    sites: list[np.ndarray] | None = None
 
 
 def make_dataset(
@@ -95,8 +121,11 @@ def render_sample(
     if defect is not None:
         if defect not in DEFECT_TYPES[category]:
             raise ValueError(f"category {category!r} has no defect type {defect!r}")
-        mask = _place_defect(scene, rng, defect)
-        _PAINTERS[defect](scene, mask, rng, category)
+        if defect in _PLACED:
+            mask = _PLACED[defect](scene, rng)
+        else:
+            mask = _place_defect(scene, rng, defect)
+            _PAINTERS[defect](scene, mask, rng, category)
     return _to_uint8(scene.image), mask
 
 
@@ -279,6 +308,132 @@ def _render_disc(rng: np.random.Generator, size: int) -> _Scene:
     )
 
 
+def _fixture_offset(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The part's (y, x) offset from its nominal place: a pixel or two."""
+    return rng.uniform(-1.0, 1.0, size=2) * _FIXTURE_JITTER * size
+
+
+def _render_bracket(rng: np.random.Generator, size: int) -> _Scene:
+    """A brushed steel bracket in a fixture: six bolt holes, a slot, on a dark nest."""
+    y, x = _coords(size)
+    dy, dx = _fixture_offset(rng, size)
+    nest = 0.12 + 0.012 * _smooth_noise(rng, size, 1.0)
+    backdrop = nest[:, :, None] * np.array([1.0, 1.0, 1.05])
+    top, bottom, left, right = (
+        0.22 * size + dy,
+        0.78 * size + dy,
+        0.14 * size + dx,
+        0.86 * size + dx,
+    )
+    plate = (y >= top) & (y < bottom) & (x >= left) & (x < right)
+    brushed = 0.66 + 0.03 * _smooth_noise(rng, size, (0.4, 6.0)) + 0.05 * (x - left) / size
+    surface = np.where(
+        plate[:, :, None], brushed[:, :, None] * np.array([1.0, 1.0, 1.03]), backdrop
+    )
+    radius = 0.045 * size
+    sites = [
+        np.array([cy * size + dy, cx * size + dx])
+        for cy in (0.32, 0.68)
+        for cx in (0.26, 0.5, 0.74)
+    ]
+    holes = np.zeros((size, size), dtype=bool)
+    for centre in sites:
+        holes |= np.hypot(y - centre[0], x - centre[1]) <= radius
+    slot = (np.abs(y - (0.5 * size + dy)) <= 0.025 * size) & (
+        np.abs(x - (0.5 * size + dx)) <= 0.16 * size
+    )
+    surface = np.where(slot[:, :, None], backdrop, surface)
+    image = np.where(holes[:, :, None], backdrop, surface)
+    solid = plate & ~holes & ~slot
+    return _Scene(
+        image=image,
+        region=solid,
+        anchors=ndimage.binary_erosion(solid, iterations=int(0.06 * size)),
+        backdrop=backdrop,
+        surface=surface,
+        sites=sites,
+    )
+
+
+def _render_chip(rng: np.random.Generator, size: int, loose: bool = False) -> _Scene:
+    """A 12-pin IC in a test socket on a green board: dark body, tinned pins above and below;
+    ``loose``: laid anywhere within an eighth of the image of its place."""
+    y, x = _coords(size)
+    dy, dx = rng.uniform(-0.12, 0.12, size=2) * size if loose else _fixture_offset(rng, size)
+    board = 0.5 + 0.02 * _smooth_noise(rng, size, 1.5)
+    backdrop = board[:, :, None] * np.array([0.25, 0.62, 0.32])
+    body = (np.abs(y - (0.5 * size + dy)) <= 0.17 * size) & (
+        np.abs(x - (0.5 * size + dx)) <= 0.34 * size
+    )
+    moulding = 0.13 + 0.015 * _smooth_noise(rng, size, 0.8)
+    surface = np.where(body[:, :, None], moulding[:, :, None] * np.ones(3), backdrop)
+    pins = np.zeros((size, size), dtype=bool)
+    sites = []
+    for row in (-1, 1):
+        for column in range(6):
+            centre = np.array([(0.5 + row * 0.235) * size + dy, (0.25 + 0.1 * column) * size + dx])
+            sites.append(centre)
+            pins |= (np.abs(y - centre[0]) <= 0.065 * size) & (np.abs(x - centre[1]) <= 0.03 * size)
+    tin = (0.74 + 0.03 * _smooth_noise(rng, size, 0.6))[:, :, None] * np.array([1.0, 1.0, 0.97])
+    image = np.where(pins[:, :, None], tin, surface)
+    return _Scene(
+        image=image,
+        region=body,
+        anchors=ndimage.binary_erosion(body, iterations=int(0.05 * size)),
+        backdrop=backdrop,
+        surface=surface,
+        sites=sites,
+    )
+
+
+def _feature_mask(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """The pixels of one of the part's holes or pins, chosen at random."""
+    assert scene.sites is not None and scene.surface is not None
+    centre = scene.sites[rng.integers(len(scene.sites))]
+    differs = np.abs(scene.image - scene.surface).max(axis=2) > 0
+    labels, _ = ndimage.label(differs)
+    return labels == labels[int(round(centre[0])), int(round(centre[1]))]
+
+
+def _missing_feature(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """A hole not drilled or a pin not fitted: the part's plain surface where it belongs."""
+    mask = _feature_mask(scene, rng)
+    assert scene.surface is not None
+    scene.image[mask] = scene.surface[mask]
+    return mask
+
+
+def _extra_hole(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """A bolt hole drilled where the drawing has none, on solid metal."""
+    size = scene.region.shape[0]
+    y, x = _coords(size)
+    points = np.argwhere(scene.anchors)
+    radius = 0.045 * size
+    for _ in range(_MAX_DEFECT_TRIES):
+        centre = points[rng.integers(len(points))]
+        mask = np.hypot(y - centre[0], x - centre[1]) <= radius
+        if mask.sum() and (mask <= scene.region).all():
+            scene.image[mask] = scene.backdrop[mask]
+            return mask
+    raise RuntimeError(f"could not place an extra hole on a {size}px image")
+
+
+def _speck(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """A small speck of dirt or a weld spatter, dark on light surfaces and light on dark ones."""
+    size = scene.region.shape[0]
+    points = np.argwhere(scene.anchors)
+    for _ in range(_MAX_DEFECT_TRIES):
+        centre = points[rng.integers(len(points))].astype(np.float64)
+        radius = np.sqrt(rng.uniform(0.006, 0.01) * size * size / np.pi)
+        y, x = _coords(size)
+        mask = (np.hypot(y - centre[0], x - centre[1]) <= radius) & scene.region
+        if MIN_DEFECT_FRACTION <= mask.mean() <= MAX_DEFECT_FRACTION:
+            level = 0.08 if scene.image[mask].mean() > 0.4 else 0.85
+            _fill(scene, mask, np.array([level, 0.9 * level, 0.8 * level]), rng)
+            return mask
+    raise RuntimeError(f"could not place a speck on a {size}px image")
+
+
 def _place_defect(scene: _Scene, rng: np.random.Generator, defect: str) -> np.ndarray:
     """Draw defect shapes until one covers a plausible fraction of the image."""
     size = scene.region.shape[0]
@@ -386,6 +541,16 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, int], _Scene]] = {
     "fabric": _render_fabric,
     "wood": _render_wood,
     "disc": _render_disc,
+    "bracket": _render_bracket,
+    "chip": _render_chip,
+    "loose_chip": lambda rng, size: _render_chip(rng, size, loose=True),
+}
+# Defects that choose their own place on the part (a feature of it, or solid surface).
+_PLACED: dict[str, Callable[[_Scene, np.random.Generator], np.ndarray]] = {
+    "missing_hole": _missing_feature,
+    "missing_pin": _missing_feature,
+    "extra_hole": _extra_hole,
+    "speck": _speck,
 }
 _SHAPES: dict[str, Callable[[np.random.Generator, int, np.ndarray], np.ndarray]] = {
     "scratch": _scratch_shape,

@@ -37,6 +37,9 @@ def category_metrics(samples: list[Sample], scored: SetResult, size: int) -> dic
                 masks[i] = load_mask(sample.mask_path, size=(size, size))
         maps = np.stack([r.anomaly_map for _, r in kept])
         metrics["pixel"] = pixel_metrics(masks, maps)
+    if "alignment" in scored.info:
+        # With --align-window: how well this category's images suit the window.
+        metrics["alignment"] = scored.info["alignment"]
     return metrics
 
 

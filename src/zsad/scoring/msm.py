@@ -12,6 +12,9 @@ cosines over the other images (np.partition), which are exactly its k smallest d
 
 Memory: the table takes N * P * K * 4 bytes (219 MB at N = K = 200, P = 1369); on top of it,
 ``memory_budget_mb`` bounds the cosine tile and the top-k temporaries.
+
+With ``align_window`` the table is filled by zsad.scoring.aligned instead (fixtured parts: each
+patch only searches a window around its own position); the top-k step is the same.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from zsad.scoring._xp import array_module, to_numpy
+from zsad.scoring.aligned import aligned_nearest_cosines, grid_side
 
 
 def _check_features(array: ArrayLike, name: str) -> Any:
@@ -107,6 +111,7 @@ def mutual_scores(
     memory_budget_mb: float = 64.0,
     device: str = "auto",
     half: bool = True,
+    align_window: int | None = None,
 ) -> np.ndarray:
     """Score each patch by its mean distance to its nearest patches in the k closest other images.
 
@@ -120,13 +125,18 @@ def mutual_scores(
     ``device``: "auto" (CuPy if it finds a CUDA device, else NumPy), "cpu" or "gpu". On the GPU,
     ``half`` casts features to float16: cuBLAS accumulates in float32 but the cosine tile is
     stored in float16 (spacing 2^-11 below 1, so d^2 is good to ~5e-4 absolute); ``half=False``
-    keeps float32 throughout. Returns (N, P) float32.
+    keeps float32 throughout. ``align_window`` w (fixtured parts): a patch's nearest neighbour
+    in another image is searched only among the patches within w grid cells of its own position
+    (a square grid; w >= side - 1 is global MSM); None searches the whole image.
+    Returns (N, P) float32.
     """
     query = _check_features(features, "features")
     if not 0.0 < topmin_max <= 1.0:
         raise ValueError(f"topmin_max must be in (0, 1], got {topmin_max}")
     if memory_budget_mb <= 0:
         raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+    if align_window is not None and align_window < 0:
+        raise ValueError(f"align_window must be >= 0 grid cells, got {align_window}")
     n, _, c = query.shape
     if bank is None:
         if n < 2:
@@ -146,5 +156,16 @@ def mutual_scores(
     budget = int(memory_budget_mb * 2**20)
     q = xp.ascontiguousarray(xp.asarray(query), dtype=dtype)
     ref = q if bank is None else xp.ascontiguousarray(xp.asarray(bank), dtype=dtype)
-    best = _nearest_cosines(xp, q, ref, symmetric=bank is None, budget=budget)
+    if align_window is None or align_window >= grid_side(q.shape[1]) - 1:
+        # A window over the whole grid is global MSM, which the global kernel computes cheaper.
+        best = _nearest_cosines(xp, q, ref, symmetric=bank is None, budget=budget)
+    else:
+        if ref.shape[1] != q.shape[1]:
+            raise ValueError(
+                f"aligned scoring needs the bank's patch grid ({ref.shape[1]} patches) to match "
+                f"the features' ({q.shape[1]})"
+            )
+        cos = aligned_nearest_cosines(xp, q, ref, align_window, bank is None, budget)
+        # (P, N, K) -> the (K, N, P) view the top-k step reads.
+        best = cos.transpose(2, 1, 0)
     return to_numpy(_mean_smallest_distances(xp, best, k, budget))

@@ -11,6 +11,7 @@ import numpy as np
 
 from zsad.formats.methods import METHODS as REGISTRY
 from zsad.scoring._xp import array_module
+from zsad.scoring.aligned import alignment_check
 from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
 from zsad.scoring.maps import patch_grid
@@ -38,6 +39,7 @@ class SetScoringConfig:
     topmin_max: float = _default(mutual_scores, "topmin_max")
     memory_budget_mb: float = _default(mutual_scores, "memory_budget_mb")
     device: str = _default(mutual_scores, "device")
+    align_window: int | None = _default(mutual_scores, "align_window")
     rscin_k: tuple[int, ...] = _default(rscin, "k_list")
     use_stas: bool = True
     window: int = _default(stas, "window")
@@ -64,6 +66,8 @@ class SetScoringConfig:
             raise ValueError(
                 f"stas_semantic must be one of {SEMANTICS}, got {self.stas_semantic!r}"
             )
+        if self.align_window is not None and self.align_window < 0:
+            raise ValueError(f"align_window must be >= 0 grid cells, got {self.align_window}")
 
 
 @dataclass
@@ -101,8 +105,16 @@ def expert_maps(
             config.topmin_max,
             memory_budget_mb=config.memory_budget_mb,
             device=config.device,
+            align_window=config.align_window,
         )
     return experts
+
+
+def check_alignment(taps: Any, config: SetScoringConfig) -> dict[str, Any]:
+    """alignment_check on the deepest tap at the smallest r: do these parts suit the window?"""
+    assert config.align_window is not None
+    tap = array_module(config.device).asarray(taps[:, -1])
+    return alignment_check(lnamd(tap, min(config.r_list)), config.align_window, seed=config.seed)
 
 
 def score_set(
@@ -111,6 +123,8 @@ def score_set(
     """Score N images against each other: maps from MSM experts, image scores refined by CLS."""
     experts = expert_maps(taps, config, progress=progress)
     info: dict[str, Any] = {"method": config.method, "n_experts": int(experts.shape[0])}
+    if config.align_window is not None:
+        info["alignment"] = check_alignment(taps, config)
     if config.method == "staps" and config.use_bgmps:
         fused = bgmps(
             experts,

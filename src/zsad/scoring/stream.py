@@ -5,8 +5,10 @@ the other K-1, as in batch STAPS); that also starts the EMA. Every later image i
 arrival and then takes the oldest image's place in the bank:
 
 - MSM per expert (tap, r) against the K bank images, averaging its k = int(K * topmin) nearest
-  images. The bank is one preallocated ring (E, K, P, C) on the scoring device, in the dtype MSM
-  multiplies in, so memory is flat and a GPU bank is never copied per image.
+  images (aligned MSM with ``align_window``; the warm-up set then also gets the alignment check,
+  kept in ``alignment`` and reported once through ``notes``). The bank is one preallocated
+  ring (E, K, P, C) on the scoring device, in the dtype MSM multiplies in, so memory is flat
+  and a GPU bank is never copied per image.
 - The map is the mean of the expert maps (MuSc's fusion), not BGMPS: BGMPS picks the experts in
   which a *set's* anomalies stand out. A bank of mostly good parts has none, so a fit would pick
   experts by noise, and every refit would change the units of the score mid-run.
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from zsad.scoring._xp import array_module
+from zsad.scoring.aligned import alignment_check, alignment_report
 from zsad.scoring.lnamd import lnamd
 from zsad.scoring.msm import mutual_scores, working_dtype
 from zsad.scoring.pipeline import SetScoringConfig
@@ -61,6 +64,8 @@ class RollingStaps:
         self._ema: float | None = None
         self.map_range: tuple[float, float] | None = None
         self._features: Any = None  # (E, K, P, C) on the scoring device
+        self.alignment: dict[str, Any] | None = None  # the warm-up set's alignment check
+        self._notes: list[str] = []
 
     @property
     def warming_up(self) -> bool:
@@ -107,6 +112,11 @@ class RollingStaps:
         """Put an already scored image back in the bank after a restart, oldest first."""
         self._push(self._lnamd(taps), cls, position, raw_score)
         self._ema = float(score)
+
+    def notes(self) -> list[str]:
+        """Lines a user should see (the alignment report), each returned once."""
+        lines, self._notes = self._notes, []
+        return lines
 
     def state(self) -> dict[str, Any]:
         """What a restart needs besides the bank: the overlay colour range."""
@@ -159,7 +169,11 @@ class RollingStaps:
         cfg = self.config
         if query is None:
             return mutual_scores(
-                bank, cfg.topmin_max, memory_budget_mb=cfg.memory_budget_mb, device=cfg.device
+                bank,
+                cfg.topmin_max,
+                memory_budget_mb=cfg.memory_budget_mb,
+                device=cfg.device,
+                align_window=cfg.align_window,
             )
         return mutual_scores(
             query[None],
@@ -167,6 +181,7 @@ class RollingStaps:
             bank=bank,
             memory_budget_mb=cfg.memory_budget_mb,
             device=cfg.device,
+            align_window=cfg.align_window,
         )[0]
 
     def _refine(
@@ -187,8 +202,20 @@ class RollingStaps:
     def _beta(self) -> float:
         return self.config.beta if self.config.use_stas else 0.0
 
+    def _check_alignment(self) -> None:
+        """The alignment check on the warm-up set: deepest tap, smallest r (as for a set)."""
+        cfg = self.config
+        if cfg.align_window is None:
+            return
+        r_index = cfg.r_list.index(min(cfg.r_list))
+        expert = self._features.shape[0] - len(cfg.r_list) + r_index
+        features = self._features[expert, : self._fill].astype(self.xp.float32)
+        self.alignment = alignment_check(features, cfg.align_window, seed=cfg.seed)
+        self._notes.append(alignment_report(self.alignment))
+
     def _score_held(self) -> list[StreamResult]:
         n = self._fill
+        self._check_alignment()
         fused = np.mean([self._msm(None, e) for e in range(self._features.shape[0])], axis=0)
         fused = fused.astype(np.float32)
         raw = fused.max(axis=1).astype(np.float64)

@@ -363,6 +363,8 @@ class Station:
         )
         results = self.scorer.add(outputs, position)
         score_s = time.perf_counter() - encoded
+        for note in self.scorer.notes():
+            self.options.echo(f"zsad: {note}")
         self._write_results(results, score_s, {position: frame.image})
         self._release_in_hand()
 
@@ -411,6 +413,8 @@ class Station:
         except ValueError as exc:
             self.options.echo(f"zsad: {len(self._held)} image(s) left unscored: {exc}")
             return
+        for note in self.scorer.notes():
+            self.options.echo(f"zsad: {note}")
         self._write_results(results, time.perf_counter() - start, {})
         self._release_in_hand()
 
