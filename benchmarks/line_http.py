@@ -7,7 +7,7 @@ without it, on the same frames in the same run.
 Each run starts `zsad watch` on an empty hot folder, waits until it (and, with the sink, its
 client) is up, then moves all frames in at once and measures images/s from the scored records
 (first to last record time, warm-up excluded) and the CPU time the station process used for
-them. Runs alternate off/on so drift in a shared machine hits both. Clients: `browser` (headless
+them. Runs alternate off/on so drift in the machine's load hits both. Clients: `browser` (headless
 Debian chromium on the operator page, as an operator would have it), `sse` (a Python client doing
 what the page does: the event stream plus each new overlay) or `none` (the sink serving nobody).
 The threshold is the 90th percentile of an untimed first pass, so about one part in ten is NG.
