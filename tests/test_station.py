@@ -32,7 +32,11 @@ from zsad.station.station import Station, StationOptions
 
 def _station(bundle: Path, in_dir: Path, out: Path, **options) -> Station:
     backend = open_backend(bundle, device="cpu")
-    scorer = StapsScorer(RollingStaps(SetScoringConfig(use_stas=False, device="cpu"), bank=4))
+    scorer = StapsScorer(
+        RollingStaps(
+            SetScoringConfig(use_stas=False, device="cpu"), bank=4, image_size=backend.image_size
+        )
+    )
     return Station(
         backend,
         scorer,
@@ -266,7 +270,9 @@ def test_rolling_staps_ranks_planted_defects_highest(category: str) -> None:
 
     spec = EncoderSpec("zsad-tiny", pretrained="random", image_size=224, device="cpu")
     backend = open_encoder(spec, ("cls", "taps"))
-    rolling = RollingStaps(SetScoringConfig(device="cpu", use_stas=False), bank=8)
+    rolling = RollingStaps(
+        SetScoringConfig(device="cpu", use_stas=False), bank=8, image_size=backend.image_size
+    )
     rng = np.random.default_rng(1)
     defects = {14, 21, 29, 37}
     results = []

@@ -83,7 +83,13 @@ def bundle_threshold(bundle: Bundle, method: str) -> dict[str, Any] | None:
     return entry
 
 
+# Settings recorded with a threshold only from some version on, and the value every threshold
+# stored before then was calibrated with: STAPS raw scores were grid maxima until MuSc's
+# upsampled maximum became the default.
+UNRECORDED_SETTINGS = {"image_score": "grid"}
+
+
 def mismatched_settings(entry: dict[str, Any], settings: dict[str, Any]) -> Sequence[str]:
     """Settings that differ between a stored threshold and the current scoring."""
-    stored = entry.get("settings") or {}
+    stored = {**UNRECORDED_SETTINGS, **(entry.get("settings") or {})}
     return sorted(k for k in stored.keys() & settings.keys() if stored[k] != settings[k])

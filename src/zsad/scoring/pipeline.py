@@ -13,7 +13,7 @@ from zsad.formats.methods import METHODS as REGISTRY
 from zsad.scoring._xp import array_module
 from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
-from zsad.scoring.maps import patch_grid
+from zsad.scoring.maps import IMAGE_SCORES, patch_grid, raw_image_scores
 from zsad.scoring.msm import mutual_scores
 from zsad.scoring.stas import pseudo_temporal_order, rscin, stas
 
@@ -39,6 +39,7 @@ class SetScoringConfig:
     memory_budget_mb: float = _default(mutual_scores, "memory_budget_mb")
     device: str = _default(mutual_scores, "device")
     rscin_k: tuple[int, ...] = _default(rscin, "k_list")
+    image_score: str = "upsampled"
     use_stas: bool = True
     window: int = _default(stas, "window")
     gamma: float = _default(stas, "gamma")
@@ -59,6 +60,8 @@ class SetScoringConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {self.image_score!r}")
 
 
 @dataclass
@@ -67,7 +70,7 @@ class SetScores:
 
     image_scores: np.ndarray  # (N,)
     patch_maps: np.ndarray  # (N, g, g)
-    raw_image_scores: np.ndarray  # (N,) max of each map, before RsCIN/STAS
+    raw_image_scores: np.ndarray  # (N,) by config.image_score, before RsCIN/STAS
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,9 +104,17 @@ def expert_maps(
 
 
 def score_set(
-    taps: np.ndarray, cls: np.ndarray, config: SetScoringConfig, *, progress: bool = False
+    taps: np.ndarray,
+    cls: np.ndarray,
+    config: SetScoringConfig,
+    *,
+    image_size: int,
+    progress: bool = False,
 ) -> SetScores:
-    """Score N images against each other: maps from MSM experts, image scores refined by CLS."""
+    """Score N images against each other: maps from MSM experts, image scores refined by CLS.
+
+    ``image_size`` is the encoder's input size: the pixel map whose maximum is the raw score.
+    """
     experts = expert_maps(taps, config, progress=progress)
     info: dict[str, Any] = {"method": config.method, "n_experts": int(experts.shape[0])}
     if config.method == "staps" and config.use_bgmps:
@@ -123,7 +134,7 @@ def score_set(
         }
     else:
         maps = experts.mean(axis=0)
-    raw = maps.max(axis=1)
+    raw = raw_image_scores(maps, config.image_score, image_size)
     if config.method == "staps" and config.use_stas:
         order = (
             pseudo_temporal_order(len(raw), config.seed)
