@@ -19,7 +19,7 @@ from zsad.scoring.stas import rscin
 
 
 def _hand_upsample(grid: list[list[int]], size: int) -> np.ndarray:
-    """Bilinear upsampling with align_corners=True written out pixel by pixel, in exact fractions."""
+    """Bilinear upsampling, align_corners=True, written out pixel by pixel in exact fractions."""
     h, w = len(grid), len(grid[0])
     out = np.empty((size, size), object)
     for i in range(size):
