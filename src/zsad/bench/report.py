@@ -60,4 +60,5 @@ def markdown_header(command: str, env: dict[str, Any]) -> str:
     return (
         f"# zsad bench {command}\n\nDevice: {env.get('gpu', env['processor'])} "
         f"({env['cpu_count']} CPU cores); {versions}\n\n"
+        f"CPU instruction set (from /proc/cpuinfo): {env.get('instruction_set', 'not read')}\n\n"
     )
