@@ -39,7 +39,13 @@ def _bench(tmp_path: Path, *args: str, plots: list[str]) -> dict:
     return data
 
 
-def test_bench_scoring(tmp_path: Path) -> None:
+def test_bench_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A matmul slower than MSM on the first row only: that row is flagged, the others are not.
+    slow = iter([1e3])
+    plain = bm.numpy_matmul_seconds
+    monkeypatch.setattr(
+        bm, "numpy_matmul_seconds", lambda *a, **k: next(slow, None) or plain(*a, **k)
+    )
     data = _bench(
         tmp_path,
         "scoring",
@@ -56,6 +62,9 @@ def test_bench_scoring(tmp_path: Path) -> None:
         plots=["scoring_vs_n.png", "scoring_vs_bank.png"],
     )
     sets = [r for r in data["rows"] if r["mode"] == "set"]
+    assert sets[0]["fraction_of_matmul"] > 1 and sets[0]["flag"]
+    assert all(r["fraction_of_matmul"] > 1 or "flag" not in r for r in data["rows"][1:])
+    assert "not a real fraction" in (tmp_path / "bench.md").read_text()
     assert [r["n"] for r in sets] == [3, 4]
     for key in ("numpy_s", "numpy_peak_mb", "fraction_of_matmul", "baseline_s", "score_set_s"):
         assert key in sets[0]
