@@ -138,6 +138,7 @@ def test_bench_encoder_reports_unavailable_backends(
     md = (tmp_path / "bench.md").read_text()
     assert "above the matmul peak measured beside it" in md
     assert data["environment"]["instruction_set"]
+    assert len(data["environment"]["load_average_at_end"]) == 3
 
 
 def test_bench_pipeline(tmp_path: Path) -> None:

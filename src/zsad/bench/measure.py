@@ -284,6 +284,7 @@ def environment(device: str) -> dict[str, Any]:
         "processor": _cpu_name(),
         "instruction_set": cpu_instruction_set(),
         "cpu_count": _cpu_count(),
+        "load_average": load_average(),
         "device": device,
         "versions": versions,
     }
@@ -357,6 +358,14 @@ def cpu_instruction_set(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
             present = set(value.split())
             return " ".join(f for f in _ISA_FLAGS if f in present) or "no vector extension listed"
     return f"unknown (no flags in {cpuinfo})"
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages now: how busy the machine was around a measurement."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _cpu_count() -> int:
