@@ -83,9 +83,8 @@ def bundle_threshold(bundle: Bundle, method: str) -> dict[str, Any] | None:
     return entry
 
 
-# Settings recorded with a threshold only from some version on, and the value every threshold
-# stored before then was calibrated with: STAPS raw scores were grid maxima until MuSc's
-# upsampled maximum became the default.
+# Settings a stored threshold may lack, and the value such a threshold was calibrated with: a
+# STAPS threshold without "image_score" was calibrated on patch-grid maxima.
 UNRECORDED_SETTINGS = {"image_score": "grid"}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 # An image's raw score: "upsampled" (MuSc: the maximum of the pixel map at the input size) or
-# "grid" (the maximum of the patch grid, which thresholds calibrated before the switch assume).
+# "grid" (the maximum of the patch grid, which thresholds stored without the setting assume).
 IMAGE_SCORES = ("upsampled", "grid")
 
 
