@@ -114,7 +114,7 @@ def test_bench_encoder_reports_unavailable_backends(
         "--batch",
         "1,2",
         "--backend",
-        "torch-fp32,torch-fp16",
+        "torch-fp32,torch-fp16,onnxruntime",
         "--device",
         "cpu",
         "--warmup",
@@ -130,6 +130,8 @@ def test_bench_encoder_reports_unavailable_backends(
     for key in ("p50_ms", "p90_ms", "p99_ms", "images_per_s", "peak_memory_mb", "achieved_tflops"):
         assert key in row
     assert "torch-fp16" in data["unavailable"]
+    # Refused inside its own process, the reason still comes back as one line.
+    assert data["unavailable"]["onnxruntime"].endswith("pass --bundle DIR")
     # Peaks are sampled beside each row (before each of 5 rounds and after the last): medians.
     first, second = (r["matmul_peak_samples_tflops"] for r in data["rows"])
     assert len(first) == len(second) == 6 and max(first) < min(second)

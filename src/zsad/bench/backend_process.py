@@ -2,10 +2,10 @@
 
 Timed in one process, a later backend's process-wide resident peak would include an earlier
 one's (ONNX Runtime's row would show torch's weights). So `zsad bench encoder` runs each backend
-in a child interpreter that loads only that backend; the bench sends it JSON
-commands on stdin and reads JSON answers on stdout. On Linux the child resets its resident
-high-water mark (``/proc/self/clear_refs``) before each row, so a row's memory is the peak of the
-backend's own process during that row; elsewhere it is the child's peak since it started.
+in a child interpreter that loads only that backend; the bench sends it JSON commands on stdin
+and reads JSON answers on stdout. On Linux the child resets its resident high-water mark
+(``/proc/self/clear_refs``) before each row, so a row's memory is the peak of the backend's own
+process during that row; elsewhere it is the child's peak since it started.
 
 Run as ``python -m zsad.bench.backend_process``; nothing else should start it.
 """
@@ -278,9 +278,10 @@ def serve(commands: IO[str], answers: IO[str]) -> None:
             try:
                 answer = server.handle(message)
             except ZsadError as exc:
-                answer = {"error": f"{message.get('name', 'backend')}: {exc}"}
+                answer = {"error": str(exc)}
             except Exception as exc:  # noqa: BLE001 - any failure goes back as one line
-                answer = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                first = (str(exc).splitlines() or [""])[0]
+                answer = {"error": f"{type(exc).__name__}: {first}"}
             answers.write(json.dumps(answer) + "\n")
             answers.flush()
     finally:
