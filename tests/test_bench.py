@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
-from zsad.bench.encoder import bundle_flops
+from zsad.bench.backend_process import bundle_flops
 from zsad.cli.app import _register, app
 
 _register()
@@ -39,7 +39,13 @@ def _bench(tmp_path: Path, *args: str, plots: list[str]) -> dict:
     return data
 
 
-def test_bench_scoring(tmp_path: Path) -> None:
+def test_bench_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A matmul slower than MSM on the first row only: that row is flagged, the others are not.
+    slow = iter([1e3])
+    plain = bm.numpy_matmul_seconds
+    monkeypatch.setattr(
+        bm, "numpy_matmul_seconds", lambda *a, **k: next(slow, None) or plain(*a, **k)
+    )
     data = _bench(
         tmp_path,
         "scoring",
@@ -56,6 +62,9 @@ def test_bench_scoring(tmp_path: Path) -> None:
         plots=["scoring_vs_n.png", "scoring_vs_bank.png"],
     )
     sets = [r for r in data["rows"] if r["mode"] == "set"]
+    assert sets[0]["fraction_of_matmul"] > 1 and sets[0]["flag"]
+    assert all(r["fraction_of_matmul"] > 1 or "flag" not in r for r in data["rows"][1:])
+    assert "not a real fraction" in (tmp_path / "bench.md").read_text()
     assert [r["n"] for r in sets] == [3, 4]
     for key in ("numpy_s", "numpy_peak_mb", "fraction_of_matmul", "baseline_s", "score_set_s"):
         assert key in sets[0]
@@ -94,8 +103,9 @@ def test_bench_scoring_gpu_columns(
     assert data["environment"]["gpu"] == "Stand-in GPU"
     assert data["gpu_matmul_peak_tflops"] == {"float16": 0.5}
     row, bank_row = data["rows"]
+    # The speedup is rounded to 2 decimals, the times to significant digits.
     assert row["gpu_speedup_vs_gpu_baseline"] == pytest.approx(
-        row["gpu_baseline_s"] / row["gpu_s"], rel=0.02
+        row["gpu_baseline_s"] / row["gpu_s"], rel=0.02, abs=0.01
     )
     assert row["gpu_fraction_of_peak"] == pytest.approx(row["gpu_tflops"] / 0.5, abs=2e-3)
     for key in ("gpu_pool_mb", "score_set_gpu_s"):
@@ -106,7 +116,13 @@ def test_bench_scoring_gpu_columns(
     assert numpy_keys.isdisjoint(row) == (numpy_path == "--no-numpy")
 
 
-def test_bench_encoder_reports_unavailable_backends(tmp_path: Path) -> None:
+def test_bench_encoder_reports_unavailable_backends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A peak far below anything the encoder reaches: every row must be flagged, not reported
+    # as a plain fraction above 1.
+    samples = iter(np.linspace(1e-9, 2e-9, 100))
+    monkeypatch.setattr(bm, "matmul_peak_tflops", lambda *a, **k: float(next(samples)))
     data = _bench(
         tmp_path,
         "encoder",
@@ -117,7 +133,7 @@ def test_bench_encoder_reports_unavailable_backends(tmp_path: Path) -> None:
         "--batch",
         "1,2",
         "--backend",
-        "torch-fp32,torch-fp16",
+        "torch-fp32,torch-fp16,onnxruntime",
         "--device",
         "cpu",
         "--warmup",
@@ -133,6 +149,17 @@ def test_bench_encoder_reports_unavailable_backends(tmp_path: Path) -> None:
     for key in ("p50_ms", "p90_ms", "p99_ms", "images_per_s", "peak_memory_mb", "achieved_tflops"):
         assert key in row
     assert "torch-fp16" in data["unavailable"]
+    # Refused inside its own process, the reason still comes back as one line.
+    assert data["unavailable"]["onnxruntime"].endswith("pass --bundle DIR")
+    # Peaks are sampled beside each row (before each of 5 rounds and after the last): medians.
+    first, second = (r["matmul_peak_samples_tflops"] for r in data["rows"])
+    assert len(first) == len(second) == 6 and max(first) < min(second)
+    assert row["matmul_peak_tflops"] == pytest.approx(np.median(first), rel=1e-3)
+    assert all(r["fraction_of_peak"] > 1 and r["flag"] for r in data["rows"])
+    md = (tmp_path / "bench.md").read_text()
+    assert "above the matmul peak measured beside it" in md
+    assert data["environment"]["instruction_set"]
+    assert len(data["environment"]["load_average_at_end"]) == 3
 
 
 def test_bench_pipeline(tmp_path: Path) -> None:
@@ -218,6 +245,9 @@ def test_bench_encoder_counts_bundle_flops(tmp_path: Path, monkeypatch: pytest.M
     assert ort_row["gflop_per_image"] == pytest.approx(torch_row["gflop_per_image"], rel=1e-3)
     assert ort_row["achieved_tflops"] > 0
     assert "encoder.onnx graph" in data["flop_source"]["onnxruntime"]
+    # Each backend in its own process: ONNX Runtime's row does not carry torch's memory.
+    assert "own process" in data["config"]["peak_memory_mb"]
+    assert 0 < ort_row["peak_memory_mb"] < torch_row["peak_memory_mb"] - 100
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # a runtime-only install
     flops, reason = bundle_flops(bundle)
@@ -269,3 +299,13 @@ def test_bench_station_samples_the_gpu_pool(
     assert data["gpu_pool_growth_mb_per_1000_images"] in (None, 0.0)
     assert {s["gpu_pool_mb"] for s in data["samples"]} == {3.0}
     assert "GPU pool (CuPy" in (tmp_path / "bench.md").read_text()
+
+
+def test_instruction_set_is_read_from_cpuinfo(tmp_path: Path) -> None:
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f amx_tile\n")
+    assert bm.cpu_instruction_set(x86) == "sse4_2 avx avx2 fma avx512f amx_tile"
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16\n")
+    assert bm.cpu_instruction_set(arm) == "asimd sve bf16"
+    assert bm.cpu_instruction_set(tmp_path / "missing").startswith("unknown")

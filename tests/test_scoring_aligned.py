@@ -175,7 +175,7 @@ def test_stream_reports_alignment_once_after_warm_up() -> None:
     rng = np.random.default_rng(0)
     part = rng.normal(size=(1, 2, 1 + 64, 16)).astype(np.float32)
     config = SetScoringConfig(r_list=(1,), use_stas=False, align_window=1, device="cpu")
-    rolling = RollingStaps(config, bank=4)
+    rolling = RollingStaps(config, bank=4, image_size=112)  # an 8 x 8 grid of 14 px patches
     for position in range(6):
         taps = part[0] + 0.05 * rng.normal(size=part.shape[1:]).astype(np.float32)
         rolling.add(taps, rng.normal(size=8), position)

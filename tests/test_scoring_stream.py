@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from zsad.scoring.lnamd import lnamd
+from zsad.scoring.maps import upsample_maps
 from zsad.scoring.msm import mutual_scores
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stas import propagate
 from zsad.scoring.stream import RollingStaps
 
 TAPS, PATCHES, CHANNELS, DIM = 2, 16, 8, 6
+SIZE = 56  # a 4x4 patch grid at 14 px per patch
 
 
 def _stream(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -37,7 +39,7 @@ def _run(rolling: RollingStaps, images: list, start: int = 0) -> list:
 
 
 def test_warm_up_holds_the_first_k_images_then_streams() -> None:
-    rolling = RollingStaps(SetScoringConfig(r_list=(1, 3), device="cpu"), bank=5)
+    rolling = RollingStaps(SetScoringConfig(r_list=(1, 3), device="cpu"), bank=5, image_size=SIZE)
     images = _stream(8)
     assert _run(rolling, images[:4]) == [] and rolling.warming_up
     held = _run(rolling, images[4:5], start=4)
@@ -55,7 +57,7 @@ def test_warm_up_holds_the_first_k_images_then_streams() -> None:
 def test_a_streamed_score_is_msm_against_the_last_k_images() -> None:
     config = SetScoringConfig(r_list=(1, 3), use_stas=False, rscin_k=(1,), device="cpu")
     k = 4
-    rolling = RollingStaps(config, bank=k)
+    rolling = RollingStaps(config, bank=k, image_size=SIZE)
     images = _stream(12)
     results = _run(rolling, images)
     for t in (7, 11):
@@ -66,7 +68,9 @@ def test_a_streamed_score_is_msm_against_the_last_k_images() -> None:
                 experts.append(mutual_scores(feats[-1:], bank=feats[:-1], device="cpu")[0])
         expected = np.mean(experts, axis=0)
         np.testing.assert_allclose(results[t].patch_map, expected, rtol=1e-6)
-        assert results[t].raw_score == pytest.approx(expected.max(), rel=1e-6)
+        # The raw score is MuSc's: the maximum of the map upsampled to the input size.
+        pixels = upsample_maps(expected.reshape(1, 4, 4), SIZE)
+        assert results[t].raw_score == pytest.approx(pixels.max(), rel=1e-6)
         # k = 1 keeps only the row's strongest affinity: the image itself, so no smoothing.
         assert results[t].score == pytest.approx(results[t].raw_score)
 
@@ -76,7 +80,7 @@ def test_stas_row_and_ema_carry_over_from_the_bank(semantic: str) -> None:
     config = SetScoringConfig(
         r_list=(1,), use_stas=True, beta=0.5, device="cpu", stas_semantic=semantic
     )
-    rolling = RollingStaps(config, bank=3)
+    rolling = RollingStaps(config, bank=3, image_size=SIZE)
     images = _stream(6)
     results = _run(rolling, images)
     # Image 4 is propagated over images 1..4 (its bank and itself), then averaged with 3's score.
@@ -99,10 +103,10 @@ def test_stas_row_and_ema_carry_over_from_the_bank(semantic: str) -> None:
 def test_a_restart_from_records_continues_with_the_same_scores() -> None:
     config = SetScoringConfig(r_list=(1, 3), use_stas=True, beta=0.5, device="cpu")
     images = _stream(20)
-    straight = _run(RollingStaps(config, bank=4), images)
-    first = RollingStaps(config, bank=4)
+    straight = _run(RollingStaps(config, bank=4, image_size=SIZE), images)
+    first = RollingStaps(config, bank=4, image_size=SIZE)
     before = _run(first, images[:11])
-    resumed = RollingStaps(config, bank=4)
+    resumed = RollingStaps(config, bank=4, image_size=SIZE)
     resumed.load_state(first.state())
     for r in before[-4:]:
         resumed.restore(*images[r.position], r.position, r.raw_score, r.score)
@@ -114,7 +118,7 @@ def test_a_restart_from_records_continues_with_the_same_scores() -> None:
 
 
 def test_memory_stays_flat_over_a_long_stream() -> None:
-    rolling = RollingStaps(SetScoringConfig(r_list=(1, 3), device="cpu"), bank=6)
+    rolling = RollingStaps(SetScoringConfig(r_list=(1, 3), device="cpu"), bank=6, image_size=SIZE)
     images = _stream(30)
     _run(rolling, images[:10])
     ring = rolling._features
@@ -130,15 +134,15 @@ def test_memory_stays_flat_over_a_long_stream() -> None:
 
 
 def test_flush_scores_a_short_stream_and_refuses_a_single_image() -> None:
-    rolling = RollingStaps(SetScoringConfig(r_list=(1,), device="cpu"), bank=8)
+    rolling = RollingStaps(SetScoringConfig(r_list=(1,), device="cpu"), bank=8, image_size=SIZE)
     _run(rolling, _stream(3))
     assert [r.position for r in rolling.flush()] == [0, 1, 2]
-    lone = RollingStaps(SetScoringConfig(r_list=(1,), device="cpu"), bank=8)
+    lone = RollingStaps(SetScoringConfig(r_list=(1,), device="cpu"), bank=8, image_size=SIZE)
     _run(lone, _stream(1))
     with pytest.raises(ValueError, match="at least 2"):
         lone.flush()
     with pytest.raises(ValueError, match="at least 2"):
-        RollingStaps(SetScoringConfig(), bank=1)
+        RollingStaps(SetScoringConfig(), bank=1, image_size=SIZE)
 
 
 @pytest.mark.gpu
@@ -146,8 +150,8 @@ def test_a_bank_on_the_gpu_gives_the_cpu_scores(cupy_device) -> None:
     cupy = cupy_device
     images = _stream(14)
     config = SetScoringConfig(r_list=(1, 3), use_stas=True)
-    cpu = _run(RollingStaps(replace(config, device="cpu"), bank=4), images)
-    rolling = RollingStaps(replace(config, device="gpu"), bank=4)
+    cpu = _run(RollingStaps(replace(config, device="cpu"), bank=4, image_size=SIZE), images)
+    rolling = RollingStaps(replace(config, device="gpu"), bank=4, image_size=SIZE)
     gpu = _run(rolling, images)
     assert isinstance(rolling._features, cupy.ndarray) and rolling._features.dtype == np.float16
     np.testing.assert_allclose([r.score for r in gpu], [r.score for r in cpu], atol=2e-3)

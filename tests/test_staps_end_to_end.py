@@ -54,7 +54,7 @@ def test_defects_outrank_good_images_and_maps_hit_the_masks(
     encoded_categories: dict[str, tuple], category: str, config: SetScoringConfig
 ) -> None:
     encoded, labels, masks = encoded_categories[category]
-    scores = score_set(encoded.outputs["taps"], encoded.outputs["cls"], config)
+    scores = score_set(encoded.outputs["taps"], encoded.outputs["cls"], config, image_size=SIZE)
     assert image_metrics(labels, scores.image_scores)["auroc"] >= 0.9
     maps = upsample_maps(scores.patch_maps, SIZE)
     assert pixel_metrics(masks, maps)["auroc"] >= 0.9
@@ -62,7 +62,9 @@ def test_defects_outrank_good_images_and_maps_hit_the_masks(
 
 def test_staps_records_its_choices(encoded_categories: dict[str, tuple]) -> None:
     encoded, _, _ = encoded_categories["fabric"]
-    scores = score_set(encoded.outputs["taps"], encoded.outputs["cls"], SetScoringConfig(seed=3))
+    scores = score_set(
+        encoded.outputs["taps"], encoded.outputs["cls"], SetScoringConfig(seed=3), image_size=SIZE
+    )
     n = len(encoded)
     assert sorted(scores.info["order"]) == list(range(n))
     weights = scores.info["bgmps"]["weights"]
@@ -77,8 +79,8 @@ def test_input_order_changes_only_the_sequence_not_the_maps(
 ) -> None:
     encoded, _, _ = encoded_categories["wood"]
     taps, cls = encoded.outputs["taps"], encoded.outputs["cls"]
-    shuffled = score_set(taps, cls, SetScoringConfig(order="shuffle"))
-    arrival = score_set(taps, cls, SetScoringConfig(order="input"))
+    shuffled = score_set(taps, cls, SetScoringConfig(order="shuffle"), image_size=SIZE)
+    arrival = score_set(taps, cls, SetScoringConfig(order="input"), image_size=SIZE)
     np.testing.assert_array_equal(shuffled.patch_maps, arrival.patch_maps)
     assert arrival.info["order"] == list(range(len(cls)))
     assert not np.allclose(shuffled.image_scores, arrival.image_scores)
@@ -87,7 +89,7 @@ def test_input_order_changes_only_the_sequence_not_the_maps(
 def test_fewer_than_two_images_is_rejected() -> None:
     taps = np.zeros((1, 4, 17, 8), np.float32)
     with pytest.raises(ValueError, match="at least 2"):
-        score_set(taps, np.ones((1, 4), np.float32), SetScoringConfig())
+        score_set(taps, np.ones((1, 4), np.float32), SetScoringConfig(), image_size=SIZE)
 
 
 def test_gpu_code_path_on_numpy_gives_the_cpu_maps(
@@ -97,11 +99,11 @@ def test_gpu_code_path_on_numpy_gives_the_cpu_maps(
     encoded, _, _ = encoded_categories["wood"]
     taps, cls = encoded.outputs["taps"], encoded.outputs["cls"]
     config = SetScoringConfig(method="musc")
-    cpu = score_set(taps, cls, replace(config, device="cpu"))
+    cpu = score_set(taps, cls, replace(config, device="cpu"), image_size=SIZE)
     monkeypatch.setattr("zsad.scoring.pipeline.array_module", lambda device: numpy_as_gpu)
     monkeypatch.setattr("zsad.scoring.msm.array_module", lambda device: numpy_as_gpu)
     monkeypatch.setattr(sys.modules["zsad.scoring.lnamd"], "module_of", lambda a: numpy_as_gpu)
-    disguised = score_set(taps, cls, config)
+    disguised = score_set(taps, cls, config, image_size=SIZE)
     np.testing.assert_allclose(disguised.patch_maps, cpu.patch_maps, atol=2e-3)
     np.testing.assert_allclose(disguised.image_scores, cpu.image_scores, atol=2e-3)
 
@@ -112,7 +114,7 @@ def test_scoring_on_the_gpu_gives_the_cpu_maps(
 ) -> None:
     encoded, _, _ = encoded_categories["fabric"]
     taps, cls = encoded.outputs["taps"], encoded.outputs["cls"]
-    cpu = score_set(taps, cls, SetScoringConfig(device="cpu"))
-    gpu = score_set(taps, cls, SetScoringConfig(device="gpu"))
+    cpu = score_set(taps, cls, SetScoringConfig(device="cpu"), image_size=SIZE)
+    gpu = score_set(taps, cls, SetScoringConfig(device="gpu"), image_size=SIZE)
     np.testing.assert_allclose(gpu.patch_maps, cpu.patch_maps, atol=2e-3)
     assert np.corrcoef(gpu.image_scores, cpu.image_scores)[0, 1] > 0.999

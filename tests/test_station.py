@@ -32,7 +32,11 @@ from zsad.station.station import Station, StationOptions
 
 def _station(bundle: Path, in_dir: Path, out: Path, **options) -> Station:
     backend = open_backend(bundle, device="cpu")
-    scorer = StapsScorer(RollingStaps(SetScoringConfig(use_stas=False, device="cpu"), bank=4))
+    scorer = StapsScorer(
+        RollingStaps(
+            SetScoringConfig(use_stas=False, device="cpu"), bank=4, image_size=backend.image_size
+        )
+    )
     return Station(
         backend,
         scorer,
@@ -218,6 +222,16 @@ def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
     result = zsad("watch", str(in_dir), "--out", str(tmp_path / "out2"), "--bundle", str(copy),
                   "--bank", "5", "--exit-when-idle", "0.3")  # fmt: skip
     assert result.returncode == 0 and "recalibrate" in result.stderr and "bank" in result.stderr
+    # A threshold stored without the raw-score rule was calibrated on patch-grid maxima.
+    assert stored["settings"]["image_score"] == "upsampled"
+    meta = json.loads((copy / "bundle.json").read_text())
+    del meta["thresholds"]["staps"]["settings"]["image_score"]
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    watch = ("watch", str(in_dir), "--bundle", str(copy), "--bank", "4", "--exit-when-idle", "0.3")
+    result = zsad(*watch, "--out", str(tmp_path / "out3"))
+    assert result.returncode == 0 and "(image_score)" in result.stderr
+    result = zsad(*watch, "--out", str(tmp_path / "out4"), "--image-score", "grid")
+    assert result.returncode == 0 and "recalibrate" not in result.stderr
 
 
 def test_f1_max_threshold_from_a_labelled_folder(bundle: Path, tmp_path: Path) -> None:
@@ -245,7 +259,9 @@ def test_rolling_staps_ranks_planted_defects_highest(category: str) -> None:
 
     spec = EncoderSpec("zsad-tiny", pretrained="random", image_size=224, device="cpu")
     backend = open_encoder(spec, ("cls", "taps"))
-    rolling = RollingStaps(SetScoringConfig(device="cpu", use_stas=False), bank=8)
+    rolling = RollingStaps(
+        SetScoringConfig(device="cpu", use_stas=False), bank=8, image_size=backend.image_size
+    )
     rng = np.random.default_rng(1)
     defects = {14, 21, 29, 37}
     results = []

@@ -66,7 +66,11 @@ def _station(
     if run is not None:
         encode = backend.run
         backend.run = lambda pixels: run(pixels, encode)  # type: ignore[method-assign]
-    scorer = StapsScorer(RollingStaps(SetScoringConfig(use_stas=False, device="cpu"), bank=bank))
+    scorer = StapsScorer(
+        RollingStaps(
+            SetScoringConfig(use_stas=False, device="cpu"), bank=bank, image_size=backend.image_size
+        )
+    )
     options.setdefault("echo", lambda line: None)
     return Station(
         backend,

@@ -23,9 +23,9 @@ SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     rng = np.random.default_rng(0)
     taps = rng.standard_normal((6, 2, 1 + 16, 8)).astype(np.float32)
     cls = rng.standard_normal((6, 4)).astype(np.float32)
-    scores = score_set(taps, cls, SetScoringConfig(r_list=(1, 3)))
+    scores = score_set(taps, cls, SetScoringConfig(r_list=(1, 3)), image_size=56)
     assert scores.patch_maps.shape == (6, 4, 4)
-    rolling = RollingStaps(SetScoringConfig(r_list=(1,)), bank=3)
+    rolling = RollingStaps(SetScoringConfig(r_list=(1,)), bank=3, image_size=56)
     streamed = [r for i in range(6) for r in rolling.add(taps[i], cls[i], i)]
     assert [r.position for r in streamed] == list(range(6))
     local = rng.random((6, 2, 16, 4), np.float32)

@@ -66,7 +66,7 @@ class Detector:
         if self.method.needs_calibration and headclip is None:
             raise ZsadError(f"--method {method}: needs HeadCLIP calibration (an artifact)")
         self._score_set, self.settings = _factory(self.method.set_scorer)(
-            self.method.name, self.options, headclip, progress
+            self.method.name, self.options, headclip, progress, backend.image_size
         )
 
     # ------------------------------------------------------------------ constructors
@@ -320,7 +320,9 @@ class Detector:
             )
         if bank < 2:
             raise ZsadError(f"--bank {bank}: a bank holds at least 2 images")
-        scorer, settings = _factory(self.method.stream_scorer)(self.options, self.headclip, bank)
+        scorer, settings = _factory(self.method.stream_scorer)(
+            self.options, self.headclip, bank, self.image_size
+        )
         limit = threshold if threshold is not None else self.threshold(settings)
         return Stream(self, scorer, settings, limit)
 

@@ -30,6 +30,7 @@ STAPS_SCORE_SETTINGS = (
     "topmin_max",
     "align_window",
     "rscin_k",
+    "image_score",
     "use_stas",
     "window",
     "gamma",
@@ -124,9 +125,14 @@ def _first_failure(encoded: EncodedImages) -> str:
 
 
 def staps_set_scorer(
-    method: str, options: MethodOptions, headclip: HeadclipScoring | None, progress: bool
+    method: str,
+    options: MethodOptions,
+    headclip: HeadclipScoring | None,
+    progress: bool,
+    image_size: int,
 ) -> tuple[SetScorer, dict[str, Any]]:
-    """MuSc or STAPS over a set: every image against every other (at least 2)."""
+    """MuSc or STAPS over a set: every image against every other (at least 2); raw image
+    scores from the maps at ``image_size``, the encoder's input size."""
     scoring = replace(options.scoring, method=method)
 
     def score(encoded: EncodedImages) -> SetScores:
@@ -138,7 +144,11 @@ def staps_set_scorer(
                 + _first_failure(encoded)
             )
         result = score_set(
-            encoded.outputs["taps"], encoded.outputs["cls"], scoring, progress=progress
+            encoded.outputs["taps"],
+            encoded.outputs["cls"],
+            scoring,
+            image_size=image_size,
+            progress=progress,
         )
         info = {k: v for k, v in result.info.items() if k != "order"}
         return result.image_scores, result.patch_maps, info
@@ -147,7 +157,11 @@ def staps_set_scorer(
 
 
 def headclip_set_scorer(
-    method: str, options: MethodOptions, headclip: HeadclipScoring | None, progress: bool
+    method: str,
+    options: MethodOptions,
+    headclip: HeadclipScoring | None,
+    progress: bool,
+    image_size: int,
 ) -> tuple[SetScorer, dict[str, Any]]:
     """HeadCLIP over a set: each image on its own."""
     assert headclip is not None
@@ -162,17 +176,17 @@ def headclip_set_scorer(
 
 
 def staps_stream_scorer(
-    options: MethodOptions, headclip: HeadclipScoring | None, bank: int
+    options: MethodOptions, headclip: HeadclipScoring | None, bank: int, image_size: int
 ) -> tuple[StreamScorer, dict[str, Any]]:
     """STAPS against a rolling bank of the last ``bank`` images."""
     from zsad.scoring.stream import RollingStaps
 
-    rolling = RollingStaps(replace(options.scoring, method="staps"), bank)
+    rolling = RollingStaps(replace(options.scoring, method="staps"), bank, image_size)
     return StapsScorer(rolling), staps_settings(options.scoring, bank)
 
 
 def headclip_stream_scorer(
-    options: MethodOptions, headclip: HeadclipScoring | None, bank: int
+    options: MethodOptions, headclip: HeadclipScoring | None, bank: int, image_size: int
 ) -> tuple[StreamScorer, dict[str, Any]]:
     """HeadCLIP one image at a time (no bank)."""
     assert headclip is not None

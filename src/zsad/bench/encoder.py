@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gc
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +10,11 @@ import numpy as np
 
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
-from zsad.bench.backends import (
-    bundle_backend,
-    check_backends,
-    check_device,
-    load_clip,
-    torch_backend,
-)
+from zsad.bench.backend_process import MEMORY_METHODS, BackendProcess, release_torch_cache
+from zsad.bench.backends import check_backends, check_device
 from zsad.bench.report import resolve_device, say, warn, write_report
 from zsad.errors import ZsadError
-from zsad.formats.methods import METHODS
 
-MEMORY_NOTE = {
-    "cpu": "peak resident memory of the process so far (MiB)",
-    "cuda": "GPU memory in use after the row's runs less the bench's own before the first backend "
-    "(cudaMemGetInfo, MiB): ONNX Runtime's and TensorRT's allocations and contexts count too",
-}
 COLUMNS = [
     "backend",
     "batch",
@@ -36,8 +25,13 @@ COLUMNS = [
     "peak_memory_mb",
     "gflop_per_image",
     "achieved_tflops",
+    "matmul_peak_tflops",
     "fraction_of_peak",
+    "flag",
 ]
+# GEMMs per interleaved peak sample: enough to fill the cores, short beside a row's runs.
+PEAK_CALLS = {"cpu": 2, "cuda": 10}
+ABOVE_PEAK = "above the matmul peak measured beside it"
 
 
 def bench_encoder(
@@ -54,38 +48,52 @@ def bench_encoder(
     warmup: int = 3,
     iters: int = 20,
     min_time: float = 2.0,
+    rounds: int = 5,
 ) -> dict[str, Any]:
-    """Time each backend at each batch size; writes OUT/bench.json, bench.md and two plots."""
+    """Time each backend at each batch size; writes OUT/bench.json, bench.md and two plots.
+
+    Each backend runs in its own process. Each row's timed runs are split into ``rounds``
+    rounds with a matmul peak sample before each and after the last, all in this process while
+    the backend's waits, so the row's fraction of peak divides two medians taken under the same
+    load.
+    """
     check_backends(backends)
+    if rounds < 1:
+        raise ZsadError(f"--rounds {rounds}: at least 1")
     dev = resolve_device(device)
     env = bm.environment(dev)
-    peaks = {"float32": bm.matmul_peak_tflops(dev, "float32")}
-    baseline_mb = None
-    if dev.startswith("cuda"):
-        peaks["float16"] = bm.matmul_peak_tflops(dev, "float16")
-        _release_torch_cache(dev)
-        baseline_mb = _gpu_memory_in_use_mb(dev)
+    spec = {
+        "model": model,
+        "weights": None if weights is None else str(weights),
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "device": dev,
+        "bundle": None if bundle is None else str(bundle),
+    }
     rows: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
     flop_source: dict[str, str] = {}
+    methods: set[str] = set()
     for name in backends:
         try:
-            runner, flops, flop_source[name] = _open(
-                name, model, weights, pretrained, image_size, dev, bundle
-            )
+            check_device(name, dev)
+            worker = BackendProcess(name, spec)
         except ZsadError as exc:
             unavailable[name] = str(exc)
             warn(f"{name}: unavailable: {exc}")
             continue
-        peak = peaks.get("float16" if name != "torch-fp32" and "float16" in peaks else "float32")
-        timing = (warmup, iters, min_time)
-        try:
+        # Engines and torch-fp16 run FP16 math on a GPU: their peak is the FP16 GEMM's.
+        dtype = "float16" if dev.startswith("cuda") and name != "torch-fp32" else "float32"
+        with worker:  # the child releases its backend and exits before the next is opened
+            flop_source[name] = worker.flop_source
             for b in batches:
-                row = _time_batch(name, runner, b, timing, dev, baseline_mb)
-                rows.append(_with_flops(row, flops, peak))
-                say(f"{name} batch {b}: p50 {row['p50_ms']} ms, {row['images_per_s']} img/s")
-        finally:
-            runner.close()  # frees its GPU memory before the next backend is measured
+                row = _row(worker, b, (warmup, iters, min_time, rounds), dev, dtype)
+                methods.add(row.pop("memory_method"))
+                rows.append(row)
+                say(
+                    f"{name} batch {b}: p50 {row['p50_ms']} ms, {row['images_per_s']} img/s, "
+                    f"{row.get('fraction_of_peak', '-')} of peak"
+                )
     config = {
         "model": model if any(b.startswith("torch") for b in backends) else None,
         "bundle": str(bundle) if bundle else None,
@@ -95,109 +103,81 @@ def bench_encoder(
         "warmup": warmup,
         "iters": iters,
         "min_time_s": min_time,
+        "rounds": rounds,
         "clock": "perf_counter around run(), which returns host arrays (synchronised)",
-        "peak_memory_mb": MEMORY_NOTE["cpu" if baseline_mb is None else "cuda"],
+        "matmul_peak": f"median of {rounds + 1} samples per row ({PEAK_CALLS[_kind(dev)]} square "
+        "GEMMs each), one before each round of the row's timed runs and one after the last",
+        "peak_memory_mb": "; ".join(MEMORY_METHODS[m] for m in sorted(methods)),
     }
-    body = {
-        "matmul_peak_tflops": peaks,
-        "flop_source": flop_source,
-        "rows": rows,
-        "unavailable": unavailable,
-    }
+    body = {"flop_source": flop_source, "rows": rows, "unavailable": unavailable}
     md = bm.markdown_table(rows, COLUMNS)
+    md += f"\n- peak memory: {config['peak_memory_mb']}"
+    md += f"\n- matmul peak: {config['matmul_peak']}"
     md += "".join(f"\n- {k}: {v}" for k, v in flop_source.items())
     md += "".join(f"\n- {k}: unavailable ({v})" for k, v in unavailable.items())
+    if any(r.get("flag") for r in rows):
+        md += (
+            f"\n- flag: a fraction {ABOVE_PEAK} is not a real fraction: the backend ran faster "
+            "than the plain GEMM did under the same load, so that peak understates the device "
+            "(load changing within a round, or kernels faster than the GEMM)"
+        )
     return write_report(out, "encoder", env, config, body, md + "\n", _plots(out, rows))
 
 
-def bundle_flops(bundle: Path) -> tuple[float | None, str]:
-    """FLOPs per image from the bundle's FP32 ONNX graph: every bundle backend runs that math."""
-    from zsad.formats.bundle import FP32_ONNX
-
-    try:
-        return bm.onnx_graph_flops(bundle / FP32_ONNX), f"FLOPs from the {FP32_ONNX} graph"
-    except ImportError:
-        return None, "flops unavailable: the onnx package is not installed (pip install onnx)"
-    except Exception as exc:  # noqa: BLE001 - a missing count must not stop the timing
-        return None, f"flops unavailable: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+def _kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
-def _open(
-    name: str,
-    model: str,
-    weights: Path | None,
-    pretrained: str,
-    image_size: int,
-    device: str,
-    bundle: Path | None,
-) -> tuple[Any, float | None, str]:
-    """The backend for one --backend name, its FLOPs per image, and their source or absence."""
-    check_device(name, device)
-    if name.startswith("torch"):
-        clip = load_clip(model, weights, pretrained)
-        backend = torch_backend(clip, name, image_size, device, METHODS["staps"].outputs)
-        flops = bm.encoder_flops(bm.encoder_shape(backend.encoder))["total"]
-        return backend, flops, "FLOPs from the encoder config"
-    backend = bundle_backend(name, bundle, device)  # explains a missing --bundle
-    assert bundle is not None
-    return (backend, *bundle_flops(bundle))
-
-
-def _time_batch(
-    name: str,
-    runner: Any,
+def _row(
+    worker: BackendProcess,
     batch: int,
-    timing: tuple[int, int, float],
+    timing: tuple[int, int, float, int],
     device: str,
-    baseline_mb: float | None,
+    dtype: str,
 ) -> dict[str, Any]:
-    """Latency percentiles, images/s and memory of one backend at one batch size."""
-    warmup, iters, min_time = timing
-    _release_torch_cache(device)
-    size = runner.image_size
-    pixels = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-    # run() returns host arrays, so each timed call includes the device sync.
-    seconds = bm.time_runs(
-        lambda: runner.run(pixels), warmup=warmup, iters=iters, min_seconds=min_time
-    )
+    """Latency percentiles, images/s, memory and fraction of peak of one backend at one batch."""
+    warmup, iters, min_time, rounds = timing
+    worker.start_row(batch, warmup)
+    peaks: list[float] = []
+    seconds: list[float] = []
+    for _ in range(rounds):
+        peaks.append(_peak_sample(device, dtype))
+        seconds += worker.time(math.ceil(iters / rounds), min_time / rounds)
+    peaks.append(_peak_sample(device, dtype))
+    memory, method = worker.memory()
     stats = bm.percentiles(seconds)
-    row: dict[str, Any] = {"backend": name, "runner": runner.name, "batch": batch, **stats}
+    row: dict[str, Any] = {
+        "backend": worker.name,
+        "runner": worker.runner_name,
+        "batch": batch,
+        **stats,
+    }
     row["images_per_s"] = float(f"{batch / (stats['p50_ms'] / 1e3):.4g}")
-    if baseline_mb is None:
-        memory = bm.peak_rss_mb()
-    else:
-        memory = _gpu_memory_in_use_mb(device) - baseline_mb
-    row["peak_memory_mb"] = round(memory, 1)
-    return row
+    row["peak_memory_mb"] = memory
+    row["memory_method"] = method
+    row["matmul_peak_samples_tflops"] = peaks
+    return _with_flops(row, worker.flops, float(np.median(peaks)))
 
 
-def _with_flops(row: dict[str, Any], flops: float | None, peak: float | None) -> dict[str, Any]:
-    """Add GFLOP per image, achieved TFLOP/s and its fraction of the matmul peak."""
+def _peak_sample(device: str, dtype: str) -> float:
+    """One matmul peak sample, its GPU memory handed back before the backend's next round."""
+    peak = bm.matmul_peak_tflops(device, dtype, calls=PEAK_CALLS[_kind(device)])
+    release_torch_cache(device)
+    return peak
+
+
+def _with_flops(row: dict[str, Any], flops: float | None, peak: float) -> dict[str, Any]:
+    """Add GFLOP per image, achieved TFLOP/s and its fraction of the median matmul peak."""
+    row["matmul_peak_tflops"] = float(f"{peak:.4g}")
     if flops is None:
         return row
     achieved = flops * row["batch"] / (row["p50_ms"] / 1e3) / 1e12
     row["gflop_per_image"] = round(flops / 1e9, 3)
     row["achieved_tflops"] = round(achieved, 4)
-    row["matmul_peak_tflops"] = peak
     row["fraction_of_peak"] = round(achieved / peak, 3) if peak else None
+    if peak and achieved > peak:
+        row["flag"] = ABOVE_PEAK
     return row
-
-
-def _gpu_memory_in_use_mb(device: str) -> float:
-    """Memory in use on the GPU (total less free), whoever allocated it."""
-    import torch
-
-    free, total = torch.cuda.mem_get_info(torch.device(device))
-    return (total - free) / 2**20
-
-
-def _release_torch_cache(device: str) -> None:
-    # The caching allocator keeps what earlier rows used; drop it so each row shows its own need.
-    if device.startswith("cuda"):
-        import torch
-
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 def _plots(out: Path, rows: list[dict[str, Any]]) -> list[Path]:

@@ -175,12 +175,14 @@ def numpy_matmul_seconds(
     return (time.perf_counter() - start) * flops / (per_call * calls)
 
 
-def matmul_peak_tflops(device: str, dtype: str = "float32", size: int = 2048) -> float:
+def matmul_peak_tflops(
+    device: str, dtype: str = "float32", size: int = 2048, calls: int = 5
+) -> float:
     """Measured square-GEMM throughput (TFLOP/s) on this device: NumPy on CPU, torch on CUDA."""
     flops = 2.0 * size**3
     if device == "cpu":
-        seconds = numpy_matmul_seconds(size, size, size, 5 * flops)
-        return round(5 * flops / seconds / 1e12, 4)
+        seconds = numpy_matmul_seconds(size, size, size, calls * flops)
+        return round(calls * flops / seconds / 1e12, 4)
     import torch
 
     size = max(size, 8192)
@@ -191,13 +193,12 @@ def matmul_peak_tflops(device: str, dtype: str = "float32", size: int = 2048) ->
     for _ in range(3):
         a @ b
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    iters = 20
     start.record()
-    for _ in range(iters):
+    for _ in range(calls):
         a @ b
     end.record()
     torch.cuda.synchronize()
-    return round(flops * iters / (start.elapsed_time(end) / 1e3) / 1e12, 2)
+    return round(flops * calls / (start.elapsed_time(end) / 1e3) / 1e12, 2)
 
 
 def cupy_matmul_peak_tflops(dtype: str = "float16", size: int = 8192) -> float:
@@ -304,7 +305,9 @@ def environment(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "machine": platform.machine(),
         "processor": _cpu_name(),
+        "instruction_set": cpu_instruction_set(),
         "cpu_count": _cpu_count(),
+        "load_average": load_average(),
         "device": device,
         "versions": versions,
     }
@@ -340,6 +343,52 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# Vector extensions that decide GEMM speed, in the order they extend each other (x86, then Arm).
+_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimdhp",
+    "sve",
+    "sve2",
+    "bf16",
+    "i8mm",
+)
+
+
+def cpu_instruction_set(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's vector extensions as /proc/cpuinfo lists them (flags or Features), or why not."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return f"unknown ({cpuinfo} unreadable)"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            return " ".join(f for f in _ISA_FLAGS if f in present) or "no vector extension listed"
+    return f"unknown (no flags in {cpuinfo})"
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages now: how busy the machine was around a measurement."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _cpu_count() -> int:

@@ -57,7 +57,7 @@ def bench_pipeline(
             paths = _synthetic_paths(Path(tmp) / "data", count, 256, seed)
             if "staps" in encoders:
                 runner = encoders["staps"]
-                score = _staps_scorer(scoring)
+                score = _staps_scorer(scoring, size)
                 stages = _stages(runner, paths[:n], batch_size, score, Path(tmp) / "staps")
                 rows.append(_row("staps", runner.name, n, batch_size, stages))
             if "headclip" in encoders:
@@ -109,11 +109,11 @@ def _encoders(
     return {runner.bundle.method: runner}
 
 
-def _staps_scorer(config: Any) -> Scorer:
+def _staps_scorer(config: Any, image_size: int) -> Scorer:
     from zsad.scoring.pipeline import score_set
 
     def score(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        result = score_set(o["taps"], o["cls"], config)
+        result = score_set(o["taps"], o["cls"], config, image_size=image_size)
         return result.image_scores, result.patch_maps
 
     return score

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from zsad.bench.measure import load_average
 from zsad.formats.atomic import write_json
 
 
@@ -46,6 +47,7 @@ def write_report(
 ) -> dict[str, Any]:
     """Write OUT/bench.json and OUT/bench.md (linking the plots); returns the JSON payload."""
     names = [p.name for p in plots]
+    env = {**env, "load_average_at_end": load_average()}
     payload = {"command": command, "environment": env, "config": config, **body, "plots": names}
     write_json(out / "bench.json", payload)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,4 +62,7 @@ def markdown_header(command: str, env: dict[str, Any]) -> str:
     return (
         f"# zsad bench {command}\n\nDevice: {env.get('gpu', env['processor'])} "
         f"({env['cpu_count']} CPU cores); {versions}\n\n"
+        f"CPU instruction set (from /proc/cpuinfo): {env.get('instruction_set', 'not read')}\n\n"
+        f"Load average (1/5/15 min) at the start: {env.get('load_average')}, at the end: "
+        f"{env.get('load_average_at_end')}\n\n"
     )

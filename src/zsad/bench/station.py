@@ -48,6 +48,7 @@ def bench_station(
     scoring = SetScoringConfig(use_stas=False)
     detector = Detector.from_spec(spec, None, options=MethodOptions(scoring), progress=False)
     method, backend = detector.method.name, detector.backend
+    started_under = bm.load_average()
     with detector:
         scorer = detector.stream(bank=bank).scorer
         probe = _gpu_pool_probe(scoring) if method == "staps" else None
@@ -58,6 +59,7 @@ def bench_station(
     if defects and method == "staps":
         body["image_auroc"] = _auroc(records, defects)
     env = bm.environment("cuda" if backend.name.endswith("cuda") else "cpu")
+    env.update(load_average=started_under, load_average_at_end=env["load_average"])
     config = {
         "frames": frames,
         "bank": bank,

@@ -73,8 +73,18 @@ def encoder(
     warmup: WarmupOpt = 3,
     iters: ItersOpt = 20,
     min_time: MinTimeOpt = 2.0,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            min=1,
+            help="Split each row's timed runs into this many rounds, with a matmul peak sample "
+            "before each and after the last; the fraction of peak uses the median sample.",
+        ),
+    ] = 5,
 ) -> None:
-    """Encoder latency percentiles, images/s, peak memory and achieved TFLOP/s per backend/batch."""
+    """Encoder latency percentiles, images/s, peak memory and achieved TFLOP/s per backend/batch;
+    each backend in its own process."""
     from zsad.bench.encoder import bench_encoder
 
     backends = [b.strip() for b in backend.split(",") if b.strip()]
@@ -91,6 +101,7 @@ def encoder(
         warmup=warmup,
         iters=iters,
         min_time=min_time,
+        rounds=rounds,
     )
 
 

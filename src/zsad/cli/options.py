@@ -282,6 +282,14 @@ _SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         "LNAMD and MSM on auto, cpu or gpu (CuPy).",
         {"kind": Literal["auto", "cpu", "gpu"]},
     ),
+    (
+        "image_score",
+        "--image-score",
+        "Raw image score before RsCIN/STAS: upsampled (MuSc: max of the map upsampled to the "
+        "input size) or grid (max of the patch grid, the rule of thresholds stored without an "
+        "image_score setting).",
+        {"kind": Literal["upsampled", "grid"]},
+    ),
     ("rscin_k", "--rscin-k", "RsCIN neighbour counts k (MuSc, or STAPS with --no-stas).", {}),
     (
         "use_stas",

@@ -83,7 +83,12 @@ def bundle_threshold(bundle: Bundle, method: str) -> dict[str, Any] | None:
     return entry
 
 
+# Settings a stored threshold may lack, and the value such a threshold was calibrated with: a
+# STAPS threshold without "image_score" was calibrated on patch-grid maxima.
+UNRECORDED_SETTINGS = {"image_score": "grid"}
+
+
 def mismatched_settings(entry: dict[str, Any], settings: dict[str, Any]) -> Sequence[str]:
     """Settings that differ between a stored threshold and the current scoring."""
-    stored = entry.get("settings") or {}
+    stored = {**UNRECORDED_SETTINGS, **(entry.get("settings") or {})}
     return sorted(k for k in stored.keys() & settings.keys() if stored[k] != settings[k])

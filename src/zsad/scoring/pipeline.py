@@ -14,7 +14,7 @@ from zsad.scoring._xp import array_module
 from zsad.scoring.aligned import alignment_check
 from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
-from zsad.scoring.maps import patch_grid
+from zsad.scoring.maps import IMAGE_SCORES, patch_grid, raw_image_scores
 from zsad.scoring.msm import mutual_scores
 from zsad.scoring.stas import SEMANTICS, pseudo_temporal_order, rscin, stas
 
@@ -41,6 +41,7 @@ class SetScoringConfig:
     device: str = _default(mutual_scores, "device")
     align_window: int | None = _default(mutual_scores, "align_window")
     rscin_k: tuple[int, ...] = _default(rscin, "k_list")
+    image_score: str = "upsampled"
     use_stas: bool = True
     window: int = _default(stas, "window")
     gamma: float = _default(stas, "gamma")
@@ -68,6 +69,8 @@ class SetScoringConfig:
             )
         if self.align_window is not None and self.align_window < 0:
             raise ValueError(f"align_window must be >= 0 grid cells, got {self.align_window}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {self.image_score!r}")
 
 
 @dataclass
@@ -76,7 +79,7 @@ class SetScores:
 
     image_scores: np.ndarray  # (N,)
     patch_maps: np.ndarray  # (N, g, g)
-    raw_image_scores: np.ndarray  # (N,) max of each map, before RsCIN/STAS
+    raw_image_scores: np.ndarray  # (N,) by config.image_score, before RsCIN/STAS
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,9 +121,17 @@ def check_alignment(taps: Any, config: SetScoringConfig) -> dict[str, Any]:
 
 
 def score_set(
-    taps: np.ndarray, cls: np.ndarray, config: SetScoringConfig, *, progress: bool = False
+    taps: np.ndarray,
+    cls: np.ndarray,
+    config: SetScoringConfig,
+    *,
+    image_size: int,
+    progress: bool = False,
 ) -> SetScores:
-    """Score N images against each other: maps from MSM experts, image scores refined by CLS."""
+    """Score N images against each other: maps from MSM experts, image scores refined by CLS.
+
+    ``image_size`` is the encoder's input size: the pixel map whose maximum is the raw score.
+    """
     experts = expert_maps(taps, config, progress=progress)
     info: dict[str, Any] = {"method": config.method, "n_experts": int(experts.shape[0])}
     if config.align_window is not None:
@@ -142,7 +153,7 @@ def score_set(
         }
     else:
         maps = experts.mean(axis=0)
-    raw = maps.max(axis=1)
+    raw = raw_image_scores(maps, config.image_score, image_size)
     if config.method == "staps" and config.use_stas:
         order = (
             pseudo_temporal_order(len(raw), config.seed)

@@ -4,6 +4,8 @@ Warm-up: the first K images are held and scored as one set once the bank is full
 the other K-1, as in batch STAPS); that also starts the EMA. Every later image is scored on
 arrival and then takes the oldest image's place in the bank:
 
+- The raw score is the configured image score of the fused map (default MuSc's: the maximum of
+  the map upsampled to the encoder's input size ``image_size``), as in batch.
 - MSM per expert (tap, r) against the K bank images, averaging its k = int(K * topmin) nearest
   images (aligned MSM with ``align_window``; the warm-up set then also gets the alignment check,
   kept in ``alignment`` and reported once through ``notes``). The bank is one preallocated
@@ -31,6 +33,7 @@ import numpy as np
 from zsad.scoring._xp import array_module
 from zsad.scoring.aligned import alignment_check, alignment_report
 from zsad.scoring.lnamd import lnamd
+from zsad.scoring.maps import raw_image_scores
 from zsad.scoring.msm import mutual_scores, working_dtype
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stas import ema, propagate, semantic_temporal_affinity
@@ -40,7 +43,7 @@ PHASES = ("warm-up", "stream")
 
 @dataclass(frozen=True)
 class StreamResult:
-    """One scored image: the decision score (after STAS and EMA), the map's max, the map."""
+    """One scored image: the decision score (after STAS and EMA), the raw score, the map."""
 
     position: int
     score: float
@@ -52,11 +55,12 @@ class StreamResult:
 class RollingStaps:
     """STAPS over a stream: feed images with ``add`` in arrival order, get results back."""
 
-    def __init__(self, config: SetScoringConfig, bank: int) -> None:
+    def __init__(self, config: SetScoringConfig, bank: int, image_size: int) -> None:
         if bank < 2:
             raise ValueError(f"the bank needs at least 2 images, got {bank}")
         self.config = config
         self.bank = bank
+        self.image_size = image_size
         self.xp = array_module(config.device)
         self._dtype = working_dtype(self.xp)
         self._fill = 0
@@ -218,7 +222,7 @@ class RollingStaps:
         self._check_alignment()
         fused = np.mean([self._msm(None, e) for e in range(self._features.shape[0])], axis=0)
         fused = fused.astype(np.float32)
-        raw = fused.max(axis=1).astype(np.float64)
+        raw = raw_image_scores(fused, self.config.image_score, self.image_size)
         self._raw[:n] = raw
         refined = self._refine(raw, self._cls[:n], self._positions[:n], None)
         # The held images sit in slots 0..n-1 in arrival order.
@@ -235,7 +239,7 @@ class RollingStaps:
     def _score_one(self, features: list[Any], cls: np.ndarray, position: int) -> StreamResult:
         experts = [self._msm(values, e) for e, values in enumerate(features)]
         fused = np.mean(experts, axis=0).astype(np.float32)
-        raw = float(fused.max())
+        raw = float(raw_image_scores(fused[None], self.config.image_score, self.image_size)[0])
         n = self._fill
         # STAS row of the new image over the bank and itself; the ring is updated afterwards.
         refined = self._refine(
