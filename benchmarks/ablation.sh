@@ -4,14 +4,15 @@
 #
 #   benchmarks/ablation.sh OUT        e.g. benchmarks/ablation.sh /tmp/zsad-ablation
 #
-# Data: `zsad make-data --seed 0` (4 categories x 20 test images); encoder zsad-tiny (random
-# weights) at 224 px, on the CPU. Writes OUT/RUN/metrics.json per run and OUT/table.md.
+# Data: `zsad make-data --seed 0 --categories grid,fabric,wood,disc` (4 categories x 20 test
+# images); encoder zsad-tiny (random weights) at 224 px, on the CPU. Writes OUT/RUN/metrics.json
+# per run and OUT/table.md.
 set -euo pipefail
 
 out=${1:?usage: benchmarks/ablation.sh OUT}
 mkdir -p "$out"
 data=$out/data
-[ -d "$data" ] || zsad make-data "$data" --seed 0 >/dev/null
+[ -d "$data" ] || zsad make-data "$data" --seed 0 --categories grid,fabric,wood,disc >/dev/null
 
 runs=(
   "musc|--method musc"
