@@ -12,7 +12,9 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,6 +84,24 @@ def wait_for_lines(
         assert process.poll() is None, process.communicate()[1]
         time.sleep(0.02)
     raise AssertionError(f"{journal} never reached {count} lines")
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_status(out: Path) -> dict:
+    """OUT/status.json, or {} while it is not there (or being replaced)."""
+    try:
+        return json.loads((out / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def stop_station(process: subprocess.Popen[str]) -> str:

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import BUNDLE_SIZE, ENV, one_line_error
+from helpers import BUNDLE_SIZE, ENV, one_line_error, wait_until
 from helpers import assert_each_once as _assert_each_once
 from helpers import station_records as _records
 from helpers import write_frame as _png
@@ -93,15 +92,6 @@ def _arrive_in_order(folder: Path, names: list[str]) -> None:
     """Give the files increasing modification times: arrival order is mtime order."""
     for i, name in enumerate(names):
         os.utime(folder / name, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
-
-
-def _wait(condition: Callable[[], Any], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------------- 1. OUT and the hot folder
@@ -418,7 +408,7 @@ def test_a_hot_folder_that_goes_missing_is_reported_and_picked_up_again(
     runner.start()
     try:
         journal = out / "results.jsonl"
-        _wait(lambda: journal.exists() and journal.read_bytes().count(b"\n") == 2, "2 records")
+        wait_until(lambda: journal.exists() and journal.read_bytes().count(b"\n") == 2, "2 records")
         # Gone at once, as an unmounted share is (the files with it).
         away = tmp_path / "away"
         in_dir.rename(away)
@@ -426,7 +416,7 @@ def test_a_hot_folder_that_goes_missing_is_reported_and_picked_up_again(
         def status() -> dict[str, Any]:
             return json.loads((out / "status.json").read_text())
 
-        _wait(lambda: status()["source"] == "missing", "status.json to say missing")
+        wait_until(lambda: status()["source"] == "missing", "status.json to say missing")
         assert status()["source_missing_since"]
         missing = [line for line in lines if "is missing" in line]
         assert missing == [
@@ -436,8 +426,8 @@ def test_a_hot_folder_that_goes_missing_is_reported_and_picked_up_again(
         # Back with the files it had, which are not scored again, and a new one.
         away.rename(in_dir)
         _png(in_dir / "2.png", 2)
-        _wait(lambda: journal.read_bytes().count(b"\n") >= 3, "the new image's record")
-        _wait(lambda: status()["source"] == "ok", "status.json to say ok")
+        wait_until(lambda: journal.read_bytes().count(b"\n") >= 3, "the new image's record")
+        wait_until(lambda: status()["source"] == "ok", "status.json to say ok")
         assert status()["source_missing_since"] is None
         assert sum("is back" in line for line in lines) == 1
     finally:

@@ -4,14 +4,13 @@ run. The encoder here fails on command; the real server is in test_triton_server
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from helpers import assert_each_once, write_frame
+from helpers import assert_each_once, read_status, wait_until, write_frame
 from zsad.api.scorers import HeadclipScorer, HeadclipScoring, MethodOptions
 from zsad.errors import ServiceUnavailable
 from zsad.formats.artifact import load_artifact
@@ -51,22 +50,6 @@ def _station(bundle: Path, backend: Flaky, in_dir: Path, out: Path) -> Station:
     )
 
 
-def _status(out: Path) -> dict:
-    try:
-        return json.loads((out / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _wait_for(condition, what: str, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_an_outage_is_waited_out_and_reported(headclip_bundle: Path, tmp_path: Path) -> None:
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
@@ -77,16 +60,18 @@ def test_an_outage_is_waited_out_and_reported(headclip_bundle: Path, tmp_path: P
     runner.start()
     try:
         write_frame(in_dir / "a.png", 0)
-        _wait_for(lambda: backend.failures >= 2, "retries")  # 0.5 s, then 1 s apart
+        wait_until(lambda: backend.failures >= 2, "retries")  # 0.5 s, then 1 s apart
         time.sleep(0.1)  # inside the 1 s wait before the third try
-        status = _status(out)
+        status = read_status(out)
         assert status["state"] == "encoder-unreachable" and status["encoder"] == "unreachable"
         assert status["encoder_outages"] == 1 and "server unreachable" in status["encoder_error"]
         assert not (out / IN_PROGRESS).exists()  # waiting is not the frame's fault
         backend.down.clear()
         write_frame(in_dir / "b.png", 1)
-        _wait_for(lambda: _status(out).get("scored") == 2, "both frames")
-        assert _status(out)["encoder"] == "ok" and _status(out)["encoder_down_since"] is None
+        wait_until(lambda: read_status(out).get("scored") == 2, "both frames")
+        assert (
+            read_status(out)["encoder"] == "ok" and read_status(out)["encoder_down_since"] is None
+        )
     finally:
         station._stop.set()
         runner.join(timeout=30)
@@ -104,7 +89,7 @@ def test_a_stop_during_an_outage_leaves_the_frame_for_the_next_run(
     station = _station(headclip_bundle, backend, in_dir, out)
     runner = threading.Thread(target=station.run)
     runner.start()
-    _wait_for(lambda: backend.failures >= 1, "the first failure")
+    wait_until(lambda: backend.failures >= 1, "the first failure")
     station._stop.set()  # what SIGINT/SIGTERM do
     runner.join(timeout=30)
     assert not runner.is_alive()

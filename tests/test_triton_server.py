@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +21,11 @@ from helpers import (
     TORCH,
     assert_each_once,
     one_line_error,
+    read_status,
     require_service,
     triton_client_installed,
     triton_env,
+    wait_until,
     write_frame,
     zsad,
 )
@@ -212,22 +213,6 @@ def test_a_served_model_that_does_not_match_is_refused(
     one_line_error(result, needle)
 
 
-def _status(out: Path) -> dict:
-    try:
-        return json.loads((out / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _wait_for(condition, what: str, timeout: float = 90.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_station_rides_out_the_server_down_killed_and_restarted(
     repo: Path, tmp_path: Path
 ) -> None:
@@ -263,22 +248,30 @@ def test_a_station_rides_out_the_server_down_killed_and_restarted(
         text=True,
     )
     try:
-        _wait_for(lambda: _status(out).get("state") == "waiting-for-encoder", "start-up wait")
+        wait_until(
+            lambda: read_status(out).get("state") == "waiting-for-encoder",
+            "start-up wait",
+            timeout=90,
+        )
         names = [f"{i:03d}.png" for i in range(6)]
         for i, name in enumerate(names[:3]):
             write_frame(hot / name, i)
         server.start()
-        _wait_for(lambda: _status(out).get("scored") == 3, "the first frames")
+        wait_until(lambda: read_status(out).get("scored") == 3, "the first frames", timeout=90)
         server.kill()
         for i, name in enumerate(names[3:], start=3):
             write_frame(hot / name, i)
-        _wait_for(lambda: _status(out).get("state") == "encoder-unreachable", "the outage")
-        status = _status(out)
+        wait_until(
+            lambda: read_status(out).get("state") == "encoder-unreachable", "the outage", timeout=90
+        )
+        status = read_status(out)
         assert status["encoder"] == "unreachable" and status["encoder_outages"] == 1
         assert status["scored"] == 3 and status["encoder_error"]
         server.start()
-        _wait_for(lambda: _status(out).get("scored") == 6, "the frames after the restart")
-        assert _status(out)["encoder"] == "ok"
+        wait_until(
+            lambda: read_status(out).get("scored") == 6, "the frames after the restart", timeout=90
+        )
+        assert read_status(out)["encoder"] == "ok"
     finally:
         station.send_signal(signal.SIGINT)
         _, stderr = station.communicate(timeout=60)
