@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from zsad.bench import measure as bm
-from zsad.bench.report import markdown_header, say, warn
+from zsad.bench.report import say, warn, write_report
 from zsad.errors import ZsadError
 
 SETTLE = 5  # records per run left out of the latency figures
@@ -45,7 +45,6 @@ def bench_line(
     from zsad.api.encoders import EncoderSpec
     from zsad.api.scorers import MethodOptions
     from zsad.bench.station import _frames
-    from zsad.formats.atomic import write_json
     from zsad.scoring.pipeline import SetScoringConfig
 
     spec = EncoderSpec(model, None, "random", image_size, "cpu", None, None)
@@ -72,10 +71,7 @@ def bench_line(
     env = bm.environment("cpu")
     config = {"frames": frames, "repeats": repeats, "bank": bank, "model": model,
               "image_size": image_size, "mqtt": broker.available}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {"command": "line", "environment": env, "config": config, **body}
-    write_json(out / "bench.json", payload)
-    (out / "bench.md").write_text(_markdown(env, config, body))
+    payload = write_report(out, "line", env, config, body, _markdown(config, body), [])
     say(
         f"sinks off {body['images_per_s']['off']} img/s, on {body['images_per_s']['on']} img/s "
         f"(ratio {body['on_over_off']})"
@@ -118,26 +114,26 @@ def _run_once(
     )
     for client in clients:
         client.start(station)
-    start = time.perf_counter()
     station.run()
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    elapsed = _busy_seconds(records) or (time.perf_counter() - start)
     time.sleep(0.5)  # let the subscribers receive the last records
     for client in clients:
         client.stop()
     # The subscribers connect while the station starts: the first records may predate them.
     written = {r["id"]: _epoch(r["time"]) for r in records[SETTLE:]}
     return {
-        "images_per_s": (len(records) - 1) / elapsed,
+        "images_per_s": _stream_rate(records),
         "latency_ms": {c.name: c.latencies_ms(written) for c in clients},
     }
 
 
-def _busy_seconds(records: list[dict[str, Any]]) -> float | None:
-    """First to last record: the station's own pace, without start-up and idle exit."""
-    if len(records) < 2:
-        return None
-    return _epoch(records[-1]["time"]) - _epoch(records[0]["time"])
+def _stream_rate(records: list[dict[str, Any]]) -> float:
+    """Images/s over the streamed records, first to last: the station's own pace, without
+    start-up, the warm-up set (scored at once) and the idle exit."""
+    times = [_epoch(r["time"]) for r in records if r.get("phase") == "stream"]
+    if len(times) < 2 or times[-1] <= times[0]:
+        raise ZsadError("bench line: too few streamed images; give more --frames than --bank")
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def _epoch(iso: str) -> float:
@@ -329,10 +325,11 @@ def _body(runs: dict[str, list[float]], latency: dict[str, list[float]]) -> dict
     }
 
 
-def _markdown(env: dict[str, Any], config: dict[str, Any], body: dict[str, Any]) -> str:
-    text = markdown_header("line", env) + (
+def _markdown(config: dict[str, Any], body: dict[str, Any]) -> str:
+    text = (
         f"{config['frames']} frames, {config['model']} at {config['image_size']} px, bank "
-        f"{config['bank']}, overlays on; {config['repeats']} alternating runs each, medians.\n\n"
+        f"{config['bank']}, overlays on; {config['repeats']} alternating runs each, medians; "
+        "images/s over the streamed images (after the warm-up set).\n\n"
         "| sinks | images/s | runs |\n|---|---|---|\n"
     )
     for mode in ("off", "on"):
