@@ -50,6 +50,7 @@ def bench_line(
     spec = EncoderSpec(model, None, "random", image_size, "cpu", None, None)
     options = MethodOptions(SetScoringConfig(use_stas=False))
     detector = Detector.from_spec(spec, None, options=options, progress=False)
+    env = bm.environment("cpu")
     work = Path(tempfile.mkdtemp(prefix="zsad-bench-line-"))
     broker = _Broker(work / "broker")
     runs: dict[str, list[float]] = {"off": [], "on": []}
@@ -68,7 +69,6 @@ def bench_line(
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     body = _body(runs, latency)
-    env = bm.environment("cpu")
     config = {"frames": frames, "repeats": repeats, "bank": bank, "model": model,
               "image_size": image_size, "mqtt": broker.available}  # fmt: skip
     payload = write_report(out, "line", env, config, body, _markdown(config, body), [])
