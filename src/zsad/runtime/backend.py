@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from zsad.errors import ZsadError
+
 
 class EncoderBackend(Protocol):
     """Runs the image encoder; outputs are named 'cls', 'taps' and/or 'local' as NumPy arrays."""
@@ -41,3 +43,14 @@ class Lifecycle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def checked_pixels(pixels: np.ndarray, image_size: int, what: str) -> np.ndarray:
+    """``pixels`` as a contiguous float32 (B, 3, S, S) batch, or a one-line error naming ``what``
+    (this bundle, this engine, this model) and the shape it takes."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if pixels.ndim != 4 or pixels.shape[1:] != (3, image_size, image_size):
+        raise ZsadError(
+            f"input of shape {pixels.shape}: {what} takes (B, 3, {image_size}, {image_size})"
+        )
+    return pixels

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zsad.errors import ZsadError
-from zsad.runtime.backend import Lifecycle
+from zsad.runtime.backend import Lifecycle, checked_pixels
 
 if TYPE_CHECKING:
     from zsad.formats.bundle import Bundle
@@ -75,12 +75,7 @@ class OnnxBackend(Lifecycle):
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Encode a float32 batch (B, 3, S, S)."""
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4 or pixels.shape[1:] != (3, self.image_size, self.image_size):
-            raise ZsadError(
-                f"input of shape {pixels.shape}: this bundle takes (B, 3, {self.image_size}, "
-                f"{self.image_size})"
-            )
+        pixels = checked_pixels(pixels, self.image_size, "this bundle")
         if self.session is None:
             raise ZsadError(f"{self.name}: the backend was closed")
         values = self.session.run(list(self.outputs), {self.input_name: pixels})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zsad.errors import ZsadError
-from zsad.runtime.backend import Lifecycle
+from zsad.runtime.backend import Lifecycle, checked_pixels
 
 if TYPE_CHECKING:
     from zsad.formats.bundle import Bundle
@@ -176,11 +176,7 @@ class TensorRTBackend(Lifecycle):
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Encode a float32 batch (B, 3, S, S), in chunks of the engine's largest batch."""
-        if pixels.ndim != 4 or pixels.shape[1:] != (3, self.image_size, self.image_size):
-            raise ZsadError(
-                f"input of shape {pixels.shape}: this engine takes (B, 3, {self.image_size}, "
-                f"{self.image_size})"
-            )
+        pixels = checked_pixels(pixels, self.image_size, "this engine")
         parts = [
             self._run_chunk(pixels[i : i + self.max_batch])
             for i in range(0, len(pixels), self.max_batch)

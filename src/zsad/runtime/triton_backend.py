@@ -14,7 +14,7 @@ import numpy as np
 from zsad.errors import ServiceUnavailable, ZsadError
 from zsad.formats.bundle import Bundle
 from zsad.formats.triton import PARAM_BUNDLE, PARAM_CALIBRATION, PARAM_FILE
-from zsad.runtime.backend import Lifecycle
+from zsad.runtime.backend import Lifecycle, checked_pixels
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULT_TIMEOUT_S = 30.0
@@ -180,12 +180,7 @@ class TritonBackend(Lifecycle):
 
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Encode a float32 batch (B, 3, S, S) on the server."""
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4 or pixels.shape[1:] != (3, self.image_size, self.image_size):
-            raise ZsadError(
-                f"input of shape {pixels.shape}: this model takes (B, 3, {self.image_size}, "
-                f"{self.image_size})"
-            )
+        pixels = checked_pixels(pixels, self.image_size, "this model")
         if self.client is None:
             raise ZsadError(f"{self.name}: the backend was closed")
         if 0 < self.max_batch < len(pixels):  # the server refuses larger batches: split them
