@@ -113,7 +113,7 @@ def _run_once(
         detector.backend, scorer, lambda done: HotFolder(work / "in", done, exclude=out), options
     )
     for client in clients:
-        client.start(station)
+        client.start()
     station.run()
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     time.sleep(0.5)  # let the subscribers receive the last records
@@ -192,7 +192,7 @@ class _Listener:
         self.arrived: dict[int, float] = {}
         self._stop = threading.Event()
 
-    def start(self, station: Any) -> None:
+    def start(self) -> None:
         """Start listening (before the station runs)."""
         self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
@@ -225,7 +225,7 @@ class _MqttListener(_Listener):
     def _note(self, record_id: int) -> None:
         self.arrived.setdefault(record_id, time.time())
 
-    def start(self, station: Any) -> None:
+    def start(self) -> None:
         """The client runs on paho's thread from construction on."""
 
     def stop(self) -> None:

@@ -30,7 +30,7 @@ class LineContext:
         self._status: dict[str, Any] = {"state": "starting"}
         self._status_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._record_events: list[threading.Event] = []
-        self._threshold_requests: list[tuple[float | None, str]] = []
+        self._threshold_request: tuple[float | None, str] | None = None  # the newest wins
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ station side
@@ -55,10 +55,7 @@ class LineContext:
     def take_threshold_request(self) -> tuple[float | None, str] | None:
         """The newest threshold a sink asked for (value, who asked), once; None if none."""
         with self._lock:
-            if not self._threshold_requests:
-                return None
-            request = self._threshold_requests[-1]
-            self._threshold_requests.clear()
+            request, self._threshold_request = self._threshold_request, None
             return request
 
     # ------------------------------------------------------------------ sink side
@@ -97,7 +94,7 @@ class LineContext:
     def request_threshold(self, value: float | None, source: str) -> None:
         """Ask the station to use a new OK/NG threshold from its next image on."""
         with self._lock:
-            self._threshold_requests.append((value, source))
+            self._threshold_request = (value, source)
 
 
 class Sink(Protocol):
