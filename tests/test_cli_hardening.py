@@ -114,3 +114,17 @@ def test_eval_and_watch_check_out_before_any_work(folder: Path, tmp_path: Path) 
     one_line_error(result, f"--out {a_file}", "is not a folder")
     result = zsad("watch", str(folder), "--model", "zsad-tiny", "--out", str(a_file))
     one_line_error(result, f"--out {a_file}", "is not a folder")
+
+
+def test_a_failed_run_leaves_no_empty_out_behind(folder: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    made = tmp_path / "new" / "out"
+    result = zsad("infer", str(empty), "--model", "zsad-tiny", "--out", str(made))
+    assert result.returncode == 2 and "empty.png: cannot read image" in result.stderr
+    assert not (tmp_path / "new").exists()  # both folders it made are gone again
+    kept = tmp_path / "kept"
+    (kept / "earlier").mkdir(parents=True)
+    result = zsad("infer", str(empty), "--model", "zsad-tiny", "--out", str(kept))
+    assert result.returncode == 2
+    assert (kept / "earlier").is_dir()  # a folder the user had is never removed

@@ -100,36 +100,36 @@ def infer(
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
-    from zsad.formats.atomic import check_writable_folder
+    from zsad.formats.atomic import writable_folder
 
     if stream and images:
         raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
     if not stream and not images:
         raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
-    check_writable_folder(out)
-    if stream:
-        from zsad.station.run import open_when_available, stream_paths
+    with writable_folder(out):
+        if stream:
+            from zsad.station.run import open_when_available, stream_paths
 
-        opened = open_when_available(
-            lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
-        )
-        with opened as det:
-            stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
-        return
-    from zsad.api.infer import infer_to_folder
-    from zsad.data.datasets import read_folder
+            opened = open_when_available(
+                lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
+            )
+            with opened as det:
+                stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
+            return
+        from zsad.api.infer import infer_to_folder
+        from zsad.data.datasets import read_folder
 
-    paths = [s.path for s in read_folder(images, recursive=recursive)]
-    with detector(
-        encoder, method, headclip, scoring, threshold=threshold, progress=progress
-    ) as det:
-        summary = infer_to_folder(
-            det, paths, out, batch_size=batch_size, overlays=overlays, echo=echo_err
-        )
-    typer.echo(f"scored {summary['scored']} of {len(paths)} images -> {out / 'results.jsonl'}")
-    if summary["failed"]:
-        # Done, with failures: a script can tell this apart from 0 (all scored) and 2 (usage).
-        raise typer.Exit(PARTIAL_FAILURE_EXIT)
+        paths = [s.path for s in read_folder(images, recursive=recursive)]
+        with detector(
+            encoder, method, headclip, scoring, threshold=threshold, progress=progress
+        ) as det:
+            summary = infer_to_folder(
+                det, paths, out, batch_size=batch_size, overlays=overlays, echo=echo_err
+            )
+        typer.echo(f"scored {summary['scored']} of {len(paths)} images -> {out / 'results.jsonl'}")
+        if summary["failed"]:
+            # Done, with failures: a script can tell this apart from 0 (all scored) and 2 (usage).
+            raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 
 def demo(

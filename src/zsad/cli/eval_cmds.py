@@ -75,21 +75,21 @@ def evaluate(
     """
     from zsad.evaluation.report import dataset_samples, markdown_table
     from zsad.evaluation.report import evaluate as run_eval
-    from zsad.formats.atomic import check_writable_folder
+    from zsad.formats.atomic import writable_folder
 
-    check_writable_folder(out)
-    samples = dataset_samples(root, dataset, categories, labels, file_column, label_column)
-    with detector(encoder, method, headclip, scoring, progress=progress) as det:
-        payload = run_eval(
-            det,
-            samples,
-            out,
-            batch_size=batch_size,
-            overlays=overlays,
-            progress=progress,
-            echo=echo_err,
-        )
-    typer.echo(markdown_table(payload["categories"], payload["mean"]))
+    with writable_folder(out):
+        samples = dataset_samples(root, dataset, categories, labels, file_column, label_column)
+        with detector(encoder, method, headclip, scoring, progress=progress) as det:
+            payload = run_eval(
+                det,
+                samples,
+                out,
+                batch_size=batch_size,
+                overlays=overlays,
+                progress=progress,
+                echo=echo_err,
+            )
+        typer.echo(markdown_table(payload["categories"], payload["mean"]))
 
 
 def register(app: typer.Typer) -> None:

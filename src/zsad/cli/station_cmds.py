@@ -120,30 +120,30 @@ def watch(
     are files not named like images (notes.txt, Thumbs.db). OUT may sit inside the hot folder
     (it is not scanned) but may not be the hot folder itself.
     """
-    from zsad.formats.atomic import check_writable_folder
+    from zsad.formats.atomic import writable_folder
     from zsad.station.line.sinks import build_sinks
     from zsad.station.run import check_watch_folders, open_when_available, watch_folder
 
     check_watch_folders(in_dir, out)
-    check_writable_folder(out)
-    opened = open_when_available(
-        lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
-    )
-    with opened as det:
-        watch_folder(
-            det,
-            in_dir,
-            out,
-            retry_s=retry_s,
-            bank=bank,
-            threshold=threshold,
-            overlays=overlays,
-            status_every=status_every,
-            idle_exit_s=exit_when_idle,
-            poll_s=poll_s,
-            echo=echo_err,
-            sinks=build_sinks(line),
+    with writable_folder(out):
+        opened = open_when_available(
+            lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
         )
+        with opened as det:
+            watch_folder(
+                det,
+                in_dir,
+                out,
+                retry_s=retry_s,
+                bank=bank,
+                threshold=threshold,
+                overlays=overlays,
+                status_every=status_every,
+                idle_exit_s=exit_when_idle,
+                poll_s=poll_s,
+                echo=echo_err,
+                sinks=build_sinks(line),
+            )
 
 
 @stream_scoring_options

@@ -53,12 +53,14 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def check_writable_folder(path: Path, option: str = "--out") -> None:
+@contextmanager
+def writable_folder(path: Path, option: str = "--out") -> Iterator[Path]:
     """Create ``path`` if needed and prove a file can be written there, or fail in one line
-    before any work is done."""
+    before any work is done; if the work then fails, folders this made and left empty go again."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ZsadError(f"{option} {path}: exists and is not a folder")
+    made = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".zsad-write-test.{os.getpid()}"
@@ -66,3 +68,12 @@ def check_writable_folder(path: Path, option: str = "--out") -> None:
         probe.unlink()
     except OSError as exc:
         raise ZsadError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from exc
+    try:
+        yield path
+    except BaseException:
+        for folder in made:  # deepest first; a folder with anything in it stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
