@@ -236,6 +236,7 @@ def test_runtime_failures_are_one_line_errors(fakes: SimpleNamespace, tmp_path: 
         ({"fail": "cuDevicePrimaryCtxRetain"}, ["CUDA context failed"]),
         ({"blob": b"not an engine"}, ["could not deserialise the engine on Stand-in RTX 3090"]),
         ({"outputs": ("cls",)}, ["the engine takes ['pixels'] and gives ['cls']"]),
+        ({"outputs": ("cls", "taps", "local")}, ["gives ['cls', 'local', 'taps']"]),
         ({"fail": "cuStreamCreate"}, ["CUDA stream creation failed: no CUDA-capable device"]),
         ({"device": "cuda:1"}, ["CUDA device 1 failed: invalid argument"]),
         ({"device": "cpu"}, ["--device cpu: a TensorRT engine needs a GPU"]),

@@ -179,7 +179,7 @@ class TensorRTBackend(Lifecycle):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = sorted(set(names) - set(inputs))
-        if len(inputs) != 1 or not set(self.outputs) <= set(outputs):
+        if len(inputs) != 1 or set(self.outputs) != set(outputs):
             raise ZsadError(
                 f"{path}: the engine takes {inputs} and gives {outputs}; bundle.json expects one "
                 f"input and {list(self.outputs)}"
