@@ -16,17 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip GPU-marked tests cleanly on machines without a CUDA device."""
-    if _has_cuda():
+    from helpers import cuda_device_present
+
+    if not any("gpu" in item.keywords for item in items) or cuda_device_present():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
     for item in items:

@@ -185,3 +185,37 @@ def triton_env() -> Path:
         "safetensors; or set ZSAD_TRITON_ENV)",
     )
     return env
+
+
+def _torch_sees_a_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _cupy_sees_a_gpu() -> bool:
+    import cupy
+
+    return cupy.cuda.runtime.getDeviceCount() > 0
+
+
+def _driver_sees_a_gpu() -> bool:
+    from cuda.bindings import driver
+
+    (status,) = driver.cuInit(0)
+    if status != driver.CUresult.CUDA_SUCCESS:
+        return False
+    status, count = driver.cuDeviceGetCount()
+    return status == driver.CUresult.CUDA_SUCCESS and count > 0
+
+
+def cuda_device_present() -> bool:
+    """Whether cuda-python's driver API, CuPy or torch sees a CUDA device (any one suffices: a
+    station may have CuPy or cuda-python with no torch, or a CPU-only torch)."""
+    for probe in (_driver_sees_a_gpu, _cupy_sees_a_gpu, _torch_sees_a_gpu):
+        try:
+            if probe():
+                return True
+        except Exception:  # not installed, no driver, a broken install: this probe sees nothing
+            continue
+    return False

@@ -344,27 +344,38 @@ def test_unsupported_compute_capability_is_an_error(staps_bundle: Path) -> None:
         parse_compute_capabilities("86")
 
 
-@pytest.mark.gpu
-def test_engine_on_this_gpu_matches_onnx_runtime_fp32(tmp_path: Path) -> None:
-    """Build an engine for this GPU with whichever TensorRT flavour can target it, then compare."""
+@pytest.fixture(scope="module")
+def engine_on_this_gpu(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A bundle with an engine for this GPU from whichever TensorRT flavour can target it (its
+    directory and a description), or skip saying why none can."""
     from zsad.export.engine import RTX_DEFAULT_TARGETS
     from zsad.runtime.tensorrt_backend import gpu_compute_capability, import_tensorrt
 
-    capability, gpu = gpu_compute_capability(0)
-    flavours = []
-    if _has_rtx() and (capability in RTX_DEFAULT_TARGETS or capability == "7.5"):
+    try:
+        capability, gpu = gpu_compute_capability(0)
+    except ZsadError as exc:
+        pytest.skip(f"cannot ask the CUDA driver for the GPU: {exc}")
+    rtx_targets = ("7.5", *RTX_DEFAULT_TARGETS)
+    flavours, missing = [], []
+    if not _has_rtx():
+        missing.append("TensorRT-RTX is not installed (zsad[rtx])")
+    elif capability not in rtx_targets:
+        missing.append(
+            f"TensorRT-RTX targets compute {', '.join(rtx_targets)}, not {gpu}'s {capability}"
+        )
+    else:
         flavours.append("rtx")
     try:
         import_tensorrt("trt")
         flavours.append("trt")
     except ZsadError:
-        pass
+        missing.append("full TensorRT is not installed (zsad[trt])")
     if not flavours:
-        pytest.skip(f"no installed TensorRT flavour targets {gpu} (compute {capability})")
-    flavour = flavours[0]
+        pytest.skip("no TensorRT engine for this GPU: " + "; ".join(missing))
+    flavour, out = flavours[0], tmp_path_factory.mktemp("gpu-engine")
     export_bundle(
         _encoder("staps"),
-        tmp_path,
+        out,
         backbone="zsad-tiny",
         method="staps",
         engine=flavour,
@@ -372,13 +383,37 @@ def test_engine_on_this_gpu_matches_onnx_runtime_fp32(tmp_path: Path) -> None:
         max_batch=4,
         log=_quiet,
     )
+    return out, f"{flavour} engine on {gpu} (compute {capability})"
+
+
+@pytest.mark.gpu
+def test_engine_on_this_gpu_matches_onnx_runtime_fp32(engine_on_this_gpu: tuple[Path, str]) -> None:
+    out, what = engine_on_this_gpu
     pixels = parity.check_batch(SIZE, n=6, seed=2)  # more than max_batch: chunked
-    reference = open_backend(tmp_path / "encoder.onnx", device="cpu").run(pixels)
-    engine = open_backend(tmp_path / "encoder.engine", device="cuda").run(pixels)
-    numbers = parity.compare(reference, engine)
-    print(f"{flavour} engine on {gpu} (compute {capability}): {numbers}", file=sys.stderr)
+    reference = open_backend(out / "encoder.onnx", device="cpu").run(pixels)
+    with open_backend(out / "encoder.engine", device="cuda") as engine:
+        numbers = parity.compare(reference, engine.run(pixels))
+    print(f"{what}: {numbers}", file=sys.stderr)
     for values in numbers.values():
         assert values["cosine"] >= parity.ENGINE_MIN_COSINE
+
+
+@pytest.mark.gpu
+def test_engine_outputs_left_on_the_gpu_equal_the_host_outputs(
+    engine_on_this_gpu: tuple[Path, str], cupy_device
+) -> None:
+    from zsad.runtime.tensorrt_backend import TensorRTBackend
+
+    out, _ = engine_on_this_gpu
+    pixels = parity.check_batch(SIZE, n=6, seed=3)
+    bundle = Bundle.load(out)
+    with TensorRTBackend(bundle, "encoder.engine", device="cuda") as engine:
+        host = engine.run(pixels)
+    with TensorRTBackend(bundle, "encoder.engine", device="cuda", outputs_on="device") as engine:
+        device = engine.run(pixels)
+        for name, value in device.items():
+            assert isinstance(value, cupy_device.ndarray) and value.dtype == np.float32
+            np.testing.assert_allclose(value.get(), host[name], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu

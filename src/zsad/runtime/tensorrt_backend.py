@@ -15,6 +15,7 @@ import numpy as np
 
 from zsad.errors import ZsadError
 from zsad.runtime.backend import Lifecycle, checked_pixels
+from zsad.runtime.device import check_outputs_on, device_arrays, device_pointer
 
 if TYPE_CHECKING:
     from zsad.formats.bundle import Bundle
@@ -56,7 +57,8 @@ def _driver() -> Any:
         from cuda.bindings import driver
     except ImportError as exc:
         raise ZsadError(
-            "cuda-python is not installed (TensorRT buffers need it): pip install 'zsad[rtx]'"
+            "cuda-python is not installed (TensorRT buffers need it): pip install 'zsad[rtx]' "
+            "or 'zsad[trt]'"
         ) from exc
     return driver
 
@@ -67,7 +69,8 @@ def _check(result: tuple[Any, ...], what: str) -> Any:
     err, *values = result
     if err != cu.CUresult.CUDA_SUCCESS:
         _, text = cu.cuGetErrorString(err)
-        detail = text.decode() if isinstance(text, bytes) else str(err)
+        code = getattr(err, "name", str(err))
+        detail = f"{text.decode()} ({code})" if isinstance(text, bytes) else code
         raise ZsadError(f"CUDA {what} failed: {detail}")
     return values[0] if len(values) == 1 else tuple(values)
 
@@ -103,9 +106,20 @@ def gpu_compute_capability(index: int = 0) -> tuple[str, str]:
 
 
 class TensorRTBackend(Lifecycle):
-    """Runs a bundle's serialized engine; implements zsad.runtime.backend.EncoderBackend."""
+    """Runs a bundle's serialized engine; implements zsad.runtime.backend.EncoderBackend.
 
-    def __init__(self, bundle: Bundle, filename: str, *, device: str = "auto") -> None:
+    ``outputs_on="device"`` leaves the outputs on the GPU as CuPy float32 arrays the engine writes
+    into directly (no device -> host copy), for scoring on the same GPU.
+    """
+
+    def __init__(
+        self, bundle: Bundle, filename: str, *, device: str = "auto", outputs_on: str = "host"
+    ) -> None:
+        # close() undoes only what was set up, so a failure half-way through gives all of it back.
+        self._cu: Any = None
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._stream: Any = None
+        self._execution = self._engine = self._runtime = None
         info = bundle.engine
         if info is None or info.file != filename:
             raise ZsadError(f"{bundle.root / filename}: not the engine listed in bundle.json")
@@ -113,6 +127,8 @@ class TensorRTBackend(Lifecycle):
             raise ZsadError(
                 "--device cpu: a TensorRT engine needs a GPU; use --bundle for ONNX Runtime"
             )
+        self.outputs_on = check_outputs_on(outputs_on)
+        self._xp = device_arrays() if outputs_on == "device" else np
         trt = import_tensorrt(info.flavour)
         label = FLAVOURS[info.flavour].label
         if trt.__version__ != info.tensorrt_version:
@@ -132,66 +148,89 @@ class TensorRTBackend(Lifecycle):
             )
         blob = bundle.file(filename).read_bytes()
         cu = _driver()
-        self._cu = cu
-        self._device = _check(cu.cuDeviceGet(index), "device")
-        self._context = _check(cu.cuDevicePrimaryCtxRetain(self._device), "context")
+        handle = _check(cu.cuDeviceGet(index), "device")
+        self._context = _check(cu.cuDevicePrimaryCtxRetain(handle), "context")
+        self._cu, self._device = cu, handle
+        self.bundle = bundle
+        self.image_size = bundle.image_size
+        self.mean = bundle.mean
+        self.std = bundle.std
+        self.outputs = bundle.outputs
+        self.min_batch, self.max_batch = info.min_batch, info.max_batch
+        self.name = f"{info.flavour}-engine-{gpu}"
+        try:
+            self._load(trt, blob, f"{bundle.root / filename}", f"{label} {trt.__version__}", gpu)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, trt: Any, blob: bytes, path: str, version: str, gpu: str) -> None:
+        cu = self._cu
         _check(cu.cuCtxSetCurrent(self._context), "context")
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(blob)
         if engine is None:
             raise ZsadError(
-                f"{bundle.root / filename}: {label} {trt.__version__} could not deserialise the "
-                f"engine on {gpu} (compute {capability}); rebuild it for this GPU"
+                f"{path}: {version} could not deserialise the engine on {gpu}; rebuild it for "
+                "this GPU"
             )
         self._engine = engine
-        self._execution = engine.create_execution_context()
-        self._stream = _check(cu.cuStreamCreate(0), "stream creation")
-        self.bundle = bundle
-        self.image_size = bundle.image_size
-        self.mean = bundle.mean
-        self.std = bundle.std
-        self.outputs = bundle.outputs
-        self.max_batch = info.max_batch
-        self.name = f"{info.flavour}-engine-{gpu}"
-        self._input = next(
-            engine.get_tensor_name(i)
-            for i in range(engine.num_io_tensors)
-            if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT
-        )
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = sorted(set(names) - set(inputs))
+        if len(inputs) != 1 or set(self.outputs) != set(outputs):
+            raise ZsadError(
+                f"{path}: the engine takes {inputs} and gives {outputs}; bundle.json expects one "
+                f"input and {list(self.outputs)}"
+            )
+        self._input = inputs[0]
         self._dtypes = {
             name: np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             for name in (self._input, *self.outputs)
         }
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._execution = engine.create_execution_context()
+        if self._execution is None:
+            raise ZsadError(f"{path}: {version} could not create an execution context on {gpu}")
+        # A blocking stream: work on it waits for CuPy's (legacy default stream) work and the
+        # other way round, so device outputs are never written under a pending CuPy kernel.
+        self._stream = _check(cu.cuStreamCreate(0), "stream creation")
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
-        if size < nbytes:
-            if ptr:
-                _check(self._cu.cuMemFree(ptr), "free")
-            ptr = int(_check(self._cu.cuMemAlloc(nbytes), f"allocation of {nbytes} bytes"))
-            self._buffers[name] = (ptr, nbytes)
+        if size >= nbytes:
+            return ptr
+        if ptr:
+            del self._buffers[name]  # forgotten before the free: never freed twice
+            _check(self._cu.cuMemFree(ptr), "free")
+        ptr = int(_check(self._cu.cuMemAlloc(nbytes), f"allocation of {nbytes} bytes"))
+        self._buffers[name] = (ptr, nbytes)
         return ptr
 
-    def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Encode a float32 batch (B, 3, S, S), in chunks of the engine's largest batch."""
+    def run(self, pixels: np.ndarray) -> dict[str, Any]:
+        """Encode a float32 batch (B, 3, S, S), in chunks of the engine's largest batch; NumPy
+        outputs, or CuPy arrays on the GPU with ``outputs_on="device"``."""
+        if self._cu is None:
+            raise ZsadError(f"{self.name}: the backend was closed")
         pixels = checked_pixels(pixels, self.image_size, "this engine")
+        if len(pixels) == 0:
+            raise ZsadError("an empty batch: a TensorRT engine encodes at least one image")
         parts = [
             self._run_chunk(pixels[i : i + self.max_batch])
             for i in range(0, len(pixels), self.max_batch)
         ]
-        return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
+        if len(parts) == 1:
+            return parts[0]
+        return {name: self._xp.concatenate([p[name] for p in parts]) for name in self.outputs}
 
-    def _run_chunk(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_chunk(self, pixels: np.ndarray) -> dict[str, Any]:
         cu, ctx = self._cu, self._execution
-        if cu is None:
-            raise ZsadError(f"{self.name}: the backend was closed")
         _check(cu.cuCtxSetCurrent(self._context), "context")
         host_in = np.ascontiguousarray(pixels, dtype=self._dtypes[self._input])
         if not ctx.set_input_shape(self._input, host_in.shape):
             raise ZsadError(
-                f"batch of {len(host_in)}: outside the engine's profile (1..{self.max_batch})"
+                f"batch of {len(host_in)}: outside the engine's profile "
+                f"({self.min_batch}..{self.max_batch})"
             )
         d_in = self._buffer(self._input, host_in.nbytes)
         ctx.set_tensor_address(self._input, d_in)
@@ -199,41 +238,49 @@ class TensorRTBackend(Lifecycle):
             cu.cuMemcpyHtoDAsync(d_in, host_in.ctypes.data, host_in.nbytes, self._stream),
             "copy to GPU",
         )
-        hosts = {}
+        on_device = self.outputs_on == "device"
+        outs = {}
         for name in self.outputs:
-            host = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._dtypes[name])
-            ctx.set_tensor_address(name, self._buffer(name, host.nbytes))
-            hosts[name] = host
+            shape, dtype = tuple(ctx.get_tensor_shape(name)), self._dtypes[name]
+            if on_device:
+                out = self._xp.empty(shape, dtype=dtype)
+                address = device_pointer(out)
+            else:
+                out = np.empty(shape, dtype=dtype)
+                address = self._buffer(name, out.nbytes)
+            ctx.set_tensor_address(name, address)
+            outs[name] = out
         if not ctx.execute_async_v3(int(self._stream)):
-            raise ZsadError("TensorRT could not enqueue the engine")
-        for name, host in hosts.items():
-            _check(
-                cu.cuMemcpyDtoHAsync(
-                    host.ctypes.data, self._buffers[name][0], host.nbytes, self._stream
-                ),
-                "copy from GPU",
-            )
+            raise ZsadError(f"{self.name}: TensorRT could not enqueue the engine")
+        if not on_device:
+            for name, out in outs.items():
+                _check(
+                    cu.cuMemcpyDtoHAsync(
+                        out.ctypes.data, self._buffers[name][0], out.nbytes, self._stream
+                    ),
+                    "copy from GPU",
+                )
         _check(cu.cuStreamSynchronize(self._stream), "synchronise")
-        return {name: host.astype(np.float32, copy=False) for name, host in hosts.items()}
+        return {name: out.astype(np.float32, copy=False) for name, out in outs.items()}
 
     def close(self) -> None:
         """Free the buffers, stream and engine, and release the CUDA primary context."""
-        cu = getattr(self, "_cu", None)
+        cu = self._cu
         if cu is None:
             return
         self._cu = None
-        for ptr, _ in self._buffers.values():
-            cu.cuMemFree(ptr)
-        self._buffers.clear()
-        if getattr(self, "_stream", None) is not None:
-            cu.cuStreamDestroy(self._stream)
-            self._stream = None
+        # The context is current per thread: close may run on another thread than run did.
+        cu.cuCtxSetCurrent(self._context)
         # TensorRT objects free device memory in their destructors: drop them while the
         # context is still held, then let go of the context itself.
         self._execution = self._engine = self._runtime = None
-        if getattr(self, "_device", None) is not None:
-            cu.cuDevicePrimaryCtxRelease(self._device)
-            self._device = None
+        for ptr, _ in self._buffers.values():
+            cu.cuMemFree(ptr)
+        self._buffers.clear()
+        if self._stream is not None:
+            cu.cuStreamDestroy(self._stream)
+            self._stream = None
+        cu.cuDevicePrimaryCtxRelease(self._device)
 
     def __del__(self) -> None:
         # At interpreter shutdown cuda-python may already be torn down.
