@@ -224,6 +224,26 @@ def test_set_outputs_on_only_for_local_set_scoring_on_cupy(gpu: Any, bundle: Pat
     assert set_outputs_on(EncoderSpec(model="zsad-tiny"), "staps", "gpu") == "host"
 
 
+def test_bench_pipeline_keeps_the_taps_on_the_device(
+    bundle: Path, gpu: Any, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from zsad.cli.app import _register, app
+
+    _register()
+    args = ["bench", "pipeline", "--backend", "onnxruntime", "--device", "cpu", "--n", "3"]
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, [*args, "--bundle", str(bundle), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "bench.json").read_text())
+    assert data["config"]["scoring_device"] == "gpu"
+    assert data["config"]["outputs_on"] == {"staps": "device"}
+    assert data["rows"][0]["images"] == 3
+
+
 @pytest.mark.gpu
 def test_device_outputs_are_cupy_arrays_on_the_gpu(bundle: Path, cupy_device: Any) -> None:
     import onnxruntime
