@@ -249,6 +249,7 @@ def test_device_outputs_are_cupy_arrays_on_the_gpu(bundle: Path, cupy_device: An
     import onnxruntime
 
     from zsad.runtime.encode import encode_images
+    from zsad.scoring.pipeline import SetScoringConfig, score_set
 
     if CUDA not in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime has no CUDA provider (install onnxruntime-gpu)")
@@ -263,5 +264,10 @@ def test_device_outputs_are_cupy_arrays_on_the_gpu(bundle: Path, cupy_device: An
     images = [np.full((40, 40, 3), 30 * i, np.uint8) for i in range(3)]
     encoded = encode_images(device, images, batch_size=2, progress=False)
     assert all(isinstance(v, cupy_device.ndarray) for v in encoded.outputs.values())
+    on_host = encode_images(host, images, batch_size=2, progress=False).outputs
+    config = SetScoringConfig(device="gpu")
+    kept = score_set(encoded.outputs["taps"], encoded.outputs["cls"], config, image_size=SIZE)
+    copied = score_set(on_host["taps"], on_host["cls"], config, image_size=SIZE)
+    np.testing.assert_allclose(kept.image_scores, copied.image_scores, atol=1e-4)
     host.close()
     device.close()

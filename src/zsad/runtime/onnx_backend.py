@@ -125,6 +125,10 @@ class OnnxBackend(Lifecycle):
                     device_pointer(buffer),
                 )
                 buffers[name] = buffer
+            if self.on_cuda:
+                # ONNX Runtime writes on its own stream: CuPy work still queued on this one
+                # (say, the copy out of the block these buffers reuse) must finish first.
+                cupy.cuda.get_current_stream().synchronize()
             self.session.run_with_iobinding(binding)
             binding.synchronize_outputs()
             # FP16 outputs widen on the GPU; float32 ones (and CuPy buffers) pass through as is.
