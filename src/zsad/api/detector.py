@@ -17,6 +17,7 @@ from zsad.api.encoders import (
     bundle_method,
     open_encoder,
     require_torch,
+    set_outputs_on,
 )
 from zsad.api.results import Result, SetResult, decide
 from zsad.api.scorers import HeadclipScoring, MethodOptions, Scored, StreamScorer
@@ -92,7 +93,8 @@ class Detector:
         elif calibration is not None:
             raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
         else:
-            backend = open_encoder(spec, chosen.outputs)
+            on = set_outputs_on(spec, chosen.name, options.scoring.device)
+            backend = open_encoder(spec, chosen.outputs, outputs_on=on)
         return cls(
             chosen.name,
             backend,
@@ -251,13 +253,16 @@ class Detector:
     # ------------------------------------------------------------------ scoring
 
     def encode_one(self, image: ImageInput) -> dict[str, np.ndarray]:
-        """The encoder outputs of one image (a batch of 1), decoded at a bounded size."""
+        """The encoder outputs of one image (a batch of 1), decoded at a bounded size (on the GPU
+        as ``encode``'s are)."""
         return encode_image(self.backend, as_rgb_array(image, decode_side(self.image_size)))
 
     def encode(
         self, images: Sequence[ImageInput], *, batch_size: int = 8, progress: bool | None = None
     ) -> EncodedImages:
-        """Run the encoder over images; unreadable ones are listed in ``failures``."""
+        """Run the encoder over images; unreadable ones are listed in ``failures``. The outputs
+        are CuPy arrays on the GPU when this detector's set scoring runs there (a bundle or
+        engine with STAPS/MuSc and CuPy), else NumPy."""
         show = self.progress if progress is None else progress
         return encode_images(self.backend, images, batch_size=batch_size, progress=show)
 

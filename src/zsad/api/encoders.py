@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES, Bundle
 from zsad.runtime.backend import EncoderBackend
+from zsad.runtime.device import check_outputs_on
 
 if TYPE_CHECKING:
     from zsad.runtime.triton_backend import TritonBackend
@@ -39,6 +42,11 @@ class EncoderSpec:
     def deployed(self) -> bool:
         """Whether it runs from a bundle, an engine or a Triton server (no torch)."""
         return self.bundle is not None or self.engine is not None or self.triton is not None
+
+    @property
+    def runs_bundle(self) -> bool:
+        """Whether a bundle or engine runs on this machine (ONNX Runtime or TensorRT)."""
+        return self.triton is None and (self.bundle is not None or self.engine is not None)
 
     def bundle_root(self) -> Path | None:
         """The bundle folder behind --bundle/--engine, or None for a model or a server."""
@@ -127,10 +135,33 @@ def model_image_size(model: str, image_size: int | None) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
+def set_outputs_on(spec: EncoderSpec, method: str, scoring_device: str) -> str:
+    """'device' when a bundle's or engine's outputs feed STAPS/MuSc set scoring on CuPy (the
+    taps then never leave the GPU), else 'host'."""
+    from zsad.scoring._xp import array_module
+    from zsad.scoring.pipeline import METHODS
+
+    if not spec.runs_bundle or method not in METHODS:
+        return "host"
+    return "host" if array_module(scoring_device) is np else "device"
+
+
 def open_encoder(
-    spec: EncoderSpec, outputs: tuple[str, ...], *, taps: tuple[int, ...] | None = None
+    spec: EncoderSpec,
+    outputs: tuple[str, ...],
+    *,
+    taps: tuple[int, ...] | None = None,
+    outputs_on: str = "host",
 ) -> EncoderBackend:
-    """The bundle (ONNX Runtime) or engine (TensorRT) backend when given, else the torch one."""
+    """The bundle (ONNX Runtime) or engine (TensorRT) backend when given, else the torch one.
+
+    ``outputs_on="device"`` (a bundle or engine only) keeps the outputs on the GPU as CuPy arrays.
+    """
+    if check_outputs_on(outputs_on) == "device" and not spec.runs_bundle:
+        raise ZsadError(
+            f"{spec.describe()}: outputs_on='device' needs a bundle or engine run here, not a "
+            "Triton server or a PyTorch model"
+        )
     if not spec.deployed:
         return _torch_backend(spec, outputs, taps)
     if spec.triton is not None:
@@ -147,7 +178,9 @@ def open_encoder(
         raise ZsadError(f"--bundle {spec.bundle}: this is an engine file; pass it with --engine")
     path = spec.engine if spec.engine is not None else spec.bundle
     assert path is not None
-    backend = open_backend(path, device=spec.device, image_size=spec.image_size)
+    backend = open_backend(
+        path, device=spec.device, image_size=spec.image_size, outputs_on=outputs_on
+    )
     return _checked_outputs(backend, outputs, str(path))
 
 

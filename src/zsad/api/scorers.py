@@ -13,6 +13,7 @@ import numpy as np
 from zsad.errors import ZsadError
 from zsad.formats.artifact import HeadclipArtifact
 from zsad.runtime.encode import EncodedImages
+from zsad.scoring._xp import to_numpy
 from zsad.scoring.maps import patch_grid
 from zsad.scoring.pipeline import SetScoringConfig
 
@@ -264,7 +265,9 @@ class StapsScorer:
 
     def add(self, outputs: dict[str, np.ndarray], position: int) -> list[Scored]:
         """Score one image against the bank (or hold it during warm-up)."""
-        return self._scored(self.rolling.add(outputs["taps"][0], outputs["cls"][0], position))
+        # Taps on the GPU go to the bank as they are; the small CLS vector is kept on the host.
+        taps, cls = outputs["taps"][0], to_numpy(outputs["cls"][0])
+        return self._scored(self.rolling.add(taps, cls, position))
 
     def flush(self) -> list[Scored]:
         """Score the warm-up images held so far."""
@@ -274,7 +277,7 @@ class StapsScorer:
         """Refill the bank with an image scored before the restart."""
         self.rolling.restore(
             outputs["taps"][0],
-            outputs["cls"][0],
+            to_numpy(outputs["cls"][0]),
             int(record["index"]),
             float(record["raw_score"]),
             float(record["score"]),

@@ -41,8 +41,9 @@ def torch_backend(
     return TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
 
 
-def bundle_backend(name: str, bundle: Path | None, device: str) -> Any:
-    """The bundle's ONNX Runtime session (onnxruntime) or its engine (trt, rtx)."""
+def bundle_backend(name: str, bundle: Path | None, device: str, outputs_on: str = "host") -> Any:
+    """The bundle's ONNX Runtime session (onnxruntime) or its engine (trt, rtx); with
+    ``outputs_on="device"`` its outputs stay on the GPU."""
     if bundle is None:
         raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
     from zsad.runtime.open import open_backend
@@ -50,4 +51,4 @@ def bundle_backend(name: str, bundle: Path | None, device: str) -> Any:
     path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
     if name in ("trt", "rtx") and not path.exists():
         raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
-    return open_backend(path, device=device, image_size=None)
+    return open_backend(path, device=device, image_size=None, outputs_on=outputs_on)

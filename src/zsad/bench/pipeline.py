@@ -15,7 +15,9 @@ from zsad.bench import plots as bp
 from zsad.bench.backends import BACKENDS, bundle_backend, check_device, load_clip, torch_backend
 from zsad.bench.report import resolve_device, say, write_report
 from zsad.errors import ZsadError
+from zsad.formats.bundle import Bundle
 from zsad.formats.methods import METHODS
+from zsad.scoring._xp import module_of
 
 STAGES = ("decode", "preprocess", "encoder", "scoring", "writing")
 Scorer = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
@@ -45,8 +47,9 @@ def bench_pipeline(
         raise ZsadError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     dev = resolve_device(device)
     env = bm.environment(dev)
-    encoders = _encoders(backend, model, weights, pretrained, image_size, dev, bundle)
     scoring = SetScoringConfig(seed=seed)
+    gpu_scoring = array_module(scoring.device) is not np
+    encoders = _encoders(backend, model, weights, pretrained, image_size, dev, bundle, gpu_scoring)
     size = next(iter(encoders.values())).image_size
     rows: list[dict[str, Any]] = []
     try:
@@ -81,7 +84,9 @@ def bench_pipeline(
         "headclip_n": headclip_n,
         "headclip_batch": list(headclip_batches),
         "staps_batch": batch_size,
-        "scoring_device": "cpu" if array_module(scoring.device) is np else "gpu",
+        "scoring_device": "gpu" if gpu_scoring else "cpu",
+        # STAPS with a bundle and GPU scoring: the taps stay on the GPU from encoder to scoring.
+        "outputs_on": {name: getattr(e, "outputs_on", "host") for name, e in encoders.items()},
     }
     cols = ["method", "runner", "images", "batch", "images_per_s", "total_s", *STAGES]
     md = bm.markdown_table(rows, cols)
@@ -96,8 +101,10 @@ def _encoders(
     image_size: int,
     device: str,
     bundle: Path | None,
+    gpu_scoring: bool,
 ) -> dict[str, Any]:
-    """The encoder backend per method: both from one CLIP for torch-*, else the bundle's one."""
+    """The encoder backend per method: both from one CLIP for torch-*, else the bundle's one
+    (its outputs on the GPU when STAPS scores there)."""
     check_device(backend, device)
     if backend.startswith("torch"):
         clip = load_clip(model, weights, pretrained)
@@ -105,7 +112,11 @@ def _encoders(
             name: torch_backend(clip, backend, image_size, device, METHODS[name].outputs)
             for name in ("staps", "headclip")
         }
-    runner = bundle_backend(backend, bundle, device)
+    from zsad.scoring.pipeline import METHODS as SET_METHODS
+
+    method = None if bundle is None else Bundle.load(bundle).method
+    on = "device" if gpu_scoring and method in SET_METHODS else "host"
+    runner = bundle_backend(backend, bundle, device, on)  # explains a missing --bundle
     return {runner.bundle.method: runner}
 
 
@@ -145,9 +156,9 @@ def _synthetic_paths(root: Path, count: int, size: int, seed: int) -> list[Path]
     return sorted((root / "grid" / "train" / "good").glob("*.png"))[:count]
 
 
-def _encode(backend: Any, pixels: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+def _encode(backend: Any, pixels: np.ndarray, batch: int) -> dict[str, Any]:
     parts = [backend.run(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return {k: module_of(parts[0][k]).concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _stages(

@@ -11,7 +11,8 @@ from zsad.errors import ZsadError
 
 
 class EncoderBackend(Protocol):
-    """Runs the image encoder; outputs are named 'cls', 'taps' and/or 'local' as NumPy arrays."""
+    """Runs the image encoder; outputs are named 'cls', 'taps' and/or 'local': float32 NumPy
+    arrays, or CuPy arrays on the GPU from a backend opened with ``outputs_on="device"``."""
 
     image_size: int
     outputs: tuple[str, ...]

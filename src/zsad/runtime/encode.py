@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -12,6 +13,7 @@ from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array
 from zsad.errors import ZsadError
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.preprocess import decode_side, preprocess_image
+from zsad.scoring._xp import module_of
 
 
 @dataclass
@@ -20,7 +22,7 @@ class EncodedImages:
 
     indices: list[int]  # positions in the input of the images that were encoded
     sizes: list[tuple[int, int]]  # (height, width) of each encoded original
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, Any]  # NumPy arrays, or CuPy from a backend with outputs on the device
     failures: list[tuple[int, str]] = field(default_factory=list)  # (input position, message)
 
     def __len__(self) -> int:
@@ -44,15 +46,17 @@ def encode_images(
     kept: list[int] = []
     sizes: list[tuple[int, int]] = []
     failures: list[tuple[int, str]] = []
-    # Filled in place: at N = 200 ViT-L taps are 4.5 GB, so never hold a second copy.
-    outputs: dict[str, np.ndarray] = {}
+    # Filled in place: at N = 200 ViT-L taps are 4.5 GB, so never hold a second copy. The set's
+    # arrays live where the backend's outputs do, so outputs on the GPU are only copied there.
+    outputs: dict[str, Any] = {}
     pending: list[np.ndarray] = []
 
     def flush() -> None:
         start = len(kept) - len(pending)
         for name, value in backend.run(np.stack(pending)).items():
             if name not in outputs:
-                outputs[name] = np.empty((len(images), *value.shape[1:]), value.dtype)
+                xp = module_of(value)
+                outputs[name] = xp.empty((len(images), *value.shape[1:]), value.dtype)
             outputs[name][start : start + len(value)] = value
         pending.clear()
 

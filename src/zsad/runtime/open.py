@@ -8,6 +8,7 @@ from pathlib import Path
 from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES, FP16_ONNX, FP32_ONNX, Bundle
 from zsad.runtime.backend import EncoderBackend
+from zsad.runtime.device import check_outputs_on
 
 
 def open_backend(
@@ -15,13 +16,16 @@ def open_backend(
     *,
     device: str = "auto",
     image_size: int | None = None,
+    outputs_on: str = "host",
 ) -> EncoderBackend:
     """Open an encoder backend from a bundle directory, an ONNX file or an engine inside one.
 
     ``.onnx`` runs on ONNX Runtime; ``.engine``/``.plan`` on the TensorRT flavour bundle.json
     records. A bundle directory runs ONNX Runtime: the FP16 file on CUDA, the FP32 file on CPU.
-    ``image_size``, when given, must equal the bundle's.
+    ``image_size``, when given, must equal the bundle's. ``outputs_on="device"`` returns the
+    outputs as CuPy arrays on the GPU (zsad.runtime.device), for scoring that runs there.
     """
+    check_outputs_on(outputs_on)
     path = Path(path)
     if not path.exists():
         raise ZsadError(f"{path}: no such file or directory")
@@ -34,13 +38,14 @@ def open_backend(
     if path.suffix in ENGINE_SUFFIXES:
         from zsad.runtime.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(bundle, path.name, device=device)
+        return TensorRTBackend(bundle, path.name, device=device, outputs_on=outputs_on)
     from zsad.runtime.onnx_backend import OnnxBackend, resolve_providers
 
     if path.is_dir():
         providers = resolve_providers(device)
         name = FP16_ONNX if providers[0] == "CUDAExecutionProvider" else FP32_ONNX
-        return OnnxBackend(bundle, name, providers=providers)
+        return OnnxBackend(bundle, name, providers=providers, outputs_on=outputs_on)
     if path.suffix == ".onnx":
-        return OnnxBackend(bundle, path.name, providers=resolve_providers(device))
+        providers = resolve_providers(device)
+        return OnnxBackend(bundle, path.name, providers=providers, outputs_on=outputs_on)
     raise ZsadError(f"{path}: expected a bundle directory, an .onnx file or an .engine/.plan file")

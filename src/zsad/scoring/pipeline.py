@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from zsad.formats.methods import METHODS as REGISTRY
-from zsad.scoring._xp import array_module
+from zsad.scoring._xp import array_module, to_numpy
 from zsad.scoring.aligned import alignment_check
 from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
@@ -83,10 +83,17 @@ class SetScores:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def expert_maps(
-    taps: np.ndarray, config: SetScoringConfig, *, progress: bool = False
-) -> np.ndarray:
-    """One MSM map per (tap, r): taps (N, T, 1+P, C) -> (T * len(r_list), N, P) float32."""
+def _tap(xp: Any, taps: Any, index: int) -> Any:
+    """Tap ``index`` of every image on the scoring device; no copy when the taps live there."""
+    tap = taps[:, index]
+    return to_numpy(tap) if xp is np else xp.asarray(tap)
+
+
+def expert_maps(taps: Any, config: SetScoringConfig, *, progress: bool = False) -> np.ndarray:
+    """One MSM map per (tap, r): taps (N, T, 1+P, C) -> (T * len(r_list), N, P) float32.
+
+    ``taps`` may be NumPy or CuPy (an encoder whose outputs stay on the GPU).
+    """
     n_images, n_taps, tokens, _ = taps.shape
     if n_images < 2:
         raise ValueError(f"mutual scoring needs at least 2 images, got {n_images}")
@@ -101,7 +108,7 @@ def expert_maps(
     ):
         if t != tap_index:
             # Each tap goes to the scoring device once; LNAMD and MSM then run there for every r.
-            tap_index, tap = t, xp.asarray(taps[:, t])
+            tap_index, tap = t, _tap(xp, taps, t)
         features = lnamd(tap, r)
         experts[e] = mutual_scores(
             features,
@@ -116,13 +123,13 @@ def expert_maps(
 def check_alignment(taps: Any, config: SetScoringConfig) -> dict[str, Any]:
     """alignment_check on the deepest tap at the smallest r: do these parts suit the window?"""
     assert config.align_window is not None
-    tap = array_module(config.device).asarray(taps[:, -1])
+    tap = _tap(array_module(config.device), taps, -1)
     return alignment_check(lnamd(tap, min(config.r_list)), config.align_window, seed=config.seed)
 
 
 def score_set(
-    taps: np.ndarray,
-    cls: np.ndarray,
+    taps: Any,
+    cls: Any,
     config: SetScoringConfig,
     *,
     image_size: int,
@@ -131,7 +138,10 @@ def score_set(
     """Score N images against each other: maps from MSM experts, image scores refined by CLS.
 
     ``image_size`` is the encoder's input size: the pixel map whose maximum is the raw score.
+    ``taps`` and ``cls`` may be CuPy arrays: the taps are scored where they are, only the small
+    CLS matrix comes to the host for STAS.
     """
+    cls = to_numpy(cls)
     experts = expert_maps(taps, config, progress=progress)
     info: dict[str, Any] = {"method": config.method, "n_experts": int(experts.shape[0])}
     if config.align_window is not None:
