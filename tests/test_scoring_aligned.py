@@ -61,6 +61,26 @@ def test_window_search_matches_its_definition(monkeypatch, window, budget, worke
         np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
 
 
+@pytest.mark.parametrize("tile_rows", [1, 6, 40])
+@pytest.mark.parametrize(("n", "side"), [(2, 9), (3, 6), (6, 11)])
+def test_tiles_of_any_width_on_odd_grids_match_the_definition(
+    monkeypatch, tile_rows, n, side
+) -> None:
+    # Tiles of 1 to several columns, a last tile cut by the grid's edge, tiles that start past
+    # the first column (where a set's own row is multiplied from the tile's first column on).
+    monkeypatch.setattr("zsad.scoring.aligned._CPU_TILE_ROWS", tile_rows)
+    rng = np.random.default_rng(side)
+    features = _unit(rng.normal(size=(n, side * side, 8)))
+    bank = _unit(rng.normal(size=(4, side * side, 8)))
+    for window in (1, 2, 3):
+        for ref, symmetric in ((features, True), (bank, False)):
+            got = aligned_nearest_cosines(np, features, ref, window, symmetric, 256 * MB)
+            expected = _windowed_brute_force(features, ref, window, symmetric)
+            finite = np.isfinite(expected)
+            assert (np.isfinite(got) == finite).all()
+            np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+
+
 def test_a_window_over_the_whole_grid_is_global_msm() -> None:
     rng = np.random.default_rng(3)
     features = _unit(rng.normal(size=(6, 36, 16)))
