@@ -14,7 +14,12 @@ import pytest
 from helpers import ENV, one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 from zsad.scoring import mutual_scores
-from zsad.scoring.aligned import aligned_nearest_cosines, alignment_check, alignment_report
+from zsad.scoring.aligned import (
+    _row_chunks,
+    aligned_nearest_cosines,
+    alignment_check,
+    alignment_report,
+)
 from zsad.scoring.msm import _nearest_cosines
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
@@ -79,6 +84,20 @@ def test_tiles_of_any_width_on_odd_grids_match_the_definition(
             finite = np.isfinite(expected)
             assert (np.isfinite(got) == finite).all()
             np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("side", "reach", "workers"), [(37, 3, 2), (37, 6, 2), (37, 1, 3), (37, 12, 2), (5, 3, 2)]
+)
+def test_row_chunks_leave_a_reach_between_the_chunks_of_a_phase(side, reach, workers) -> None:
+    chunks = _row_chunks(side, reach, workers)
+    assert [y for rows in chunks for y in rows] == list(range(side))
+    assert len(chunks) > 1 or side < 2 * reach
+    if len(chunks) > 1:
+        # Two phases of alternate chunks, each chunk as tall as a tile writes beyond its row.
+        assert len(chunks) % 2 == 0 and min(len(rows) for rows in chunks) >= reach
+    if side >= 2 * workers * reach:
+        assert len(chunks) // 2 % workers == 0  # every worker as busy in each phase
 
 
 def test_a_window_over_the_whole_grid_is_global_msm() -> None:

@@ -56,8 +56,8 @@ from zsad.scoring._xp import to_numpy
 # while the band's corners stay a small overhead at the usual windows.
 _CPU_TILE_ROWS = 40
 # The check compares this many image pairs and this many patches of each pair.
-# Row chunks per worker: several, so that the two phases keep every worker busy.
-_CHUNKS_PER_WORKER = 4
+# Row chunks per worker and phase at most (see _row_chunks).
+_CHUNKS_PER_PHASE = 4
 _CHECK_PAIRS = 8
 _CHECK_PATCHES = 256
 # Below this share of nearest-neighbour matches kept by the window, or above this rise of an
@@ -158,6 +158,22 @@ def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
     del buffer
 
 
+def _row_chunks(side: int, reach: int, workers: int) -> list[range]:
+    """The grid rows cut into an even number of nearly equal chunks, each at least ``reach``
+    rows tall (how far a tile writes beyond its row): then every other chunk writes rows no
+    other one in its phase does, so the workers share one table without locks. Several
+    chunks per phase, a multiple of the workers, so that no worker waits long for the others
+    at the end of a phase."""
+    reach = max(reach, 1)
+    # Up to _CHUNKS_PER_PHASE per worker: finer chunks copy their halo rows more often.
+    per_phase = workers * max(1, min(_CHUNKS_PER_PHASE, side // (2 * workers * reach)))
+    count = min(2 * per_phase, side // reach // 2 * 2)
+    if count < 2:
+        return [range(side)]
+    bounds = np.linspace(0, side, count + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _cpu_workers(n_rows: int) -> int:
     """Threads for the row chunks: as many as NumPy's BLAS would use (the CPUs, or what
     OPENBLAS_NUM_THREADS and the like allow), so aligned and global MSM use the same cores."""
@@ -206,10 +222,7 @@ def aligned_nearest_cosines(
         max(1, (share // 2) // row_bytes - up - window),
     )
     best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
-    # Chunks of rows at least as tall as a tile's reach beyond its row: every other chunk writes
-    # rows no other one in its phase does, so the workers share one table without locks.
-    height = max(up + window, 1, -(-side // (_CHUNKS_PER_WORKER * workers)))
-    chunks = [range(y, min(side, y + height)) for y in range(0, side, height)]
+    chunks = _row_chunks(side, up + window, workers)
     with _one_blas_thread(on_cpu):
         if workers == 1 or len(chunks) < 2:
             _fill(xp, plan, range(side), best)
