@@ -159,19 +159,18 @@ def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
 
 
 def _row_chunks(side: int, reach: int, workers: int) -> list[range]:
-    """The grid rows cut into an even number of nearly equal chunks, each at least ``reach``
-    rows tall (how far a tile writes beyond its row): then every other chunk writes rows no
-    other one in its phase does, so the workers share one table without locks. Several
-    chunks per phase, a multiple of the workers, so that no worker waits long for the others
-    at the end of a phase."""
+    """The grid rows cut into chunks for two phases of alternate chunks: every chunk between
+    two others at least ``reach`` rows tall (how far a tile writes beyond its row), so that
+    the chunks of one phase write disjoint rows and the workers share one table without
+    locks. Where the grid allows, nearly equal chunks, a multiple of the workers per phase,
+    so that no worker waits long for the others at the end of a phase."""
     reach = max(reach, 1)
     # Up to _CHUNKS_PER_PHASE per worker: finer chunks copy their halo rows more often.
-    per_phase = workers * max(1, min(_CHUNKS_PER_PHASE, side // (2 * workers * reach)))
-    count = min(2 * per_phase, side // reach // 2 * 2)
-    if count < 2:
-        return [range(side)]
-    bounds = np.linspace(0, side, count + 1).round().astype(int)
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    count = 2 * workers * max(1, min(_CHUNKS_PER_PHASE, side // (2 * workers * reach)))
+    if side // count >= reach:
+        bounds = np.linspace(0, side, count + 1).round().astype(int)
+        return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [range(y, min(side, y + reach)) for y in range(0, side, reach)]
 
 
 def _cpu_workers(n_rows: int) -> int:
