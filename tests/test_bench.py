@@ -71,6 +71,23 @@ def test_bench_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert [r["bank"] for r in data["rows"] if r["mode"] == "bank"] == [2]
 
 
+def test_traced_peak_times_an_untraced_second_call_of_a_short_run() -> None:
+    import tracemalloc
+
+    traced = []
+
+    def run() -> None:
+        traced.append(tracemalloc.is_tracing())
+        np.ones(2**18)  # 2 MiB
+
+    seconds, peak = bm.traced_peak(run)
+    assert traced == [True, False] and peak >= 2 and seconds >= 0
+    # A run longer than the limit is timed where it was traced, not run twice.
+    traced.clear()
+    bm.traced_peak(run, retime_below_s=0.0)
+    assert traced == [True]
+
+
 def test_bench_scoring_aligned_rows_beside_global(tmp_path: Path) -> None:
     args = ["scoring", "--n", "4", "--bank", "3", "--patches", "49", "--channels", "8"]
     plots = ["scoring_vs_n.png", "scoring_vs_bank.png"]

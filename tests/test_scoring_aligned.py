@@ -14,7 +14,12 @@ import pytest
 from helpers import ENV, one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 from zsad.scoring import mutual_scores
-from zsad.scoring.aligned import aligned_nearest_cosines, alignment_check, alignment_report
+from zsad.scoring.aligned import (
+    _row_chunks,
+    aligned_nearest_cosines,
+    alignment_check,
+    alignment_report,
+)
 from zsad.scoring.msm import _nearest_cosines
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
@@ -59,6 +64,41 @@ def test_window_search_matches_its_definition(monkeypatch, window, budget, worke
         finite = np.isfinite(expected)
         assert (np.isfinite(got) == finite).all()
         np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+
+
+@pytest.mark.parametrize("tile_rows", [1, 6, 40])
+@pytest.mark.parametrize(("n", "side"), [(2, 9), (3, 6), (6, 11)])
+def test_tiles_of_any_width_on_odd_grids_match_the_definition(
+    monkeypatch, tile_rows, n, side
+) -> None:
+    # Tiles of 1 to several columns, a last tile cut by the grid's edge, tiles that start past
+    # the first column (where a set's own row is multiplied from the tile's first column on).
+    monkeypatch.setattr("zsad.scoring.aligned._CPU_TILE_ROWS", tile_rows)
+    rng = np.random.default_rng(side)
+    features = _unit(rng.normal(size=(n, side * side, 8)))
+    bank = _unit(rng.normal(size=(4, side * side, 8)))
+    for window in (1, 2, 3):
+        for ref, symmetric in ((features, True), (bank, False)):
+            got = aligned_nearest_cosines(np, features, ref, window, symmetric, 256 * MB)
+            expected = _windowed_brute_force(features, ref, window, symmetric)
+            finite = np.isfinite(expected)
+            assert (np.isfinite(got) == finite).all()
+            np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("side", "reach", "workers"), [(37, 3, 2), (37, 6, 2), (37, 10, 2), (37, 1, 3), (5, 3, 2)]
+)
+def test_row_chunks_leave_a_reach_between_the_chunks_of_a_phase(side, reach, workers) -> None:
+    chunks = _row_chunks(side, reach, workers)
+    assert [y for rows in chunks for y in rows] == list(range(side))
+    # Two phases of alternate chunks: a chunk between two of the other phase is as tall as a
+    # tile writes beyond its row.
+    assert all(len(rows) >= reach for rows in chunks[1:-1])
+    # Both phases keep every worker busy where the grid is tall enough.
+    assert len(chunks[0::2]) >= min(workers, -(-side // (2 * reach)))
+    if side >= 2 * workers * reach:
+        assert len(chunks) % (2 * workers) == 0
 
 
 def test_a_window_over_the_whole_grid_is_global_msm() -> None:

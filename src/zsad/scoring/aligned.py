@@ -15,17 +15,26 @@ to -inf by an additive mask, and two max-reductions of the product give
 
 Set scoring (A = B = the set) multiplies only the halo rows y..y+w: a pair of patches whose
 offset points down (or sideways) is found in the tile of the upper one, and the two reductions
-give both directions from that one product, so every unordered pair within the window is
-multiplied once (the sideways ones twice: max is idempotent). Bank scoring takes A = the bank,
-B = the queries and the full halo rows y-w..y+w, and uses the scatter reduction only.
+give both directions from that one product. The tile is then part of the band (no copy), and on
+the CPU its own row is multiplied only from the tile's first column on: a pair in one row is met
+from the tile of its left patch, so every unordered pair within the window is multiplied once
+(those inside one tile's row twice: max is idempotent). Bank scoring takes A = the bank, B = the
+queries and the full halo rows y-w..y+w, and uses the scatter reduction only.
 
 Cost: (N-1) * P * (2w+1)^2 * C multiply-adds instead of (N-1) * P^2 * C, times the band's corner
 overhead. On the GPU a tile is a whole grid row (few large launches). On the CPU T is chosen so
 the GEMM stays a good BLAS shape while the overhead stays small, and chunks of rows run on as
 many threads as BLAS would use, each with one BLAS thread (small GEMMs split across BLAS
 threads spend their time synchronising); alternate chunks run in two phases, so that threads
-never write the same rows of the shared table. ``memory_budget_mb`` bounds the bands and
-product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
+never write the same rows of the shared table, with several chunks per thread and phase so that
+none waits long for the others. The reductions run along contiguous rows of the product (a max
+over a middle axis by halves, the mask repeated over the images): numpy's reductions whose
+inner loop is only N_B long take several times longer. ``memory_budget_mb`` bounds the bands
+and product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
+
+Speed at ViT-L shapes (P = 1369, C = 1024) on 2 CPU cores: the tiles' GEMMs run at about 75%
+of the BLAS peak; with the band copies and reductions, aligned MSM at w = 3 takes about a tenth
+of global MSM's time at N = 10 and less at larger sets and banks (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ from zsad.scoring._xp import to_numpy
 # while the band's corners stay a small overhead at the usual windows.
 _CPU_TILE_ROWS = 40
 # The check compares this many image pairs and this many patches of each pair.
+# Row chunks per worker and phase at most (see _row_chunks).
+_CHUNKS_PER_PHASE = 4
 _CHECK_PAIRS = 8
 _CHECK_PATCHES = 256
 # Below this share of nearest-neighbour matches kept by the window, or above this rise of an
@@ -65,10 +76,26 @@ def grid_side(n_patches: int) -> int:
     return side
 
 
-def _window_mask(xp: ModuleType, x0: int, x1: int, c0: int, c1: int, w: int, dtype: Any) -> Any:
-    """(T, U) additive mask: 0 where band column c0+u is within w of tile column x0+t, else -inf."""
+def _window_mask(
+    xp: ModuleType, x0: int, x1: int, c0: int, c1: int, w: int, n_b: int, dtype: Any
+) -> Any:
+    """(T, 1, 1, U, N_B) additive mask: 0 where band column c0+u is within w of tile column
+    x0+t, else -inf; repeated over the N_B images so that the add runs along contiguous rows."""
     offset = np.arange(c0, c1)[None, :] - np.arange(x0, x1)[:, None]
-    return xp.asarray(np.where(np.abs(offset) <= w, 0.0, -np.inf), dtype=dtype)
+    mask = np.where(np.abs(offset) <= w, 0.0, -np.inf)[:, None, None, :, None]
+    return xp.asarray(np.repeat(mask, n_b, axis=4), dtype=dtype)
+
+
+def _max_over_middle(xp: ModuleType, x: Any) -> Any:
+    """(A, R, K) -> (A, K), the maximum over R by halves: each step runs along contiguous
+    (R/2, K) rows, several times faster than a reduction whose inner loop is K long."""
+    while x.shape[1] > 1:
+        half = x.shape[1] // 2
+        halved = xp.maximum(x[:, :half], x[:, half : 2 * half])
+        if x.shape[1] % 2:
+            xp.maximum(halved[:, :1], x[:, 2 * half :], out=halved[:, :1])
+        x = halved
+    return x[:, 0]
 
 
 @dataclass(frozen=True)
@@ -90,13 +117,14 @@ def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
     k_a, side, _, c = plan.a_grid.shape
     n_b, w, up = plan.b_grid.shape[0], plan.window, plan.up
     dtype = plan.a_grid.dtype
+    on_cpu = xp is np
     band_width = min(side, plan.tile + 2 * w)
     buffer = xp.empty(plan.tile * k_a * min(side, up + w + 1) * band_width * n_b, dtype=dtype)
     for x0 in range(0, side, plan.tile):
         x1 = min(side, x0 + plan.tile)
         c0, c1 = max(0, x0 - w), min(side, x1 + w)
         t, u = x1 - x0, c1 - c0
-        mask = _window_mask(xp, x0, x1, c0, c1, w, dtype)[:, None, None, :, None]
+        mask = _window_mask(xp, x0, x1, c0, c1, w, n_b, dtype)
         for y0 in range(rows.start, rows.stop, plan.rows_per_band):
             y1 = min(rows.stop, y0 + plan.rows_per_band)
             r0, r1 = max(0, y0 - up), min(side, y1 + w)
@@ -105,18 +133,44 @@ def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
             for y in range(y0, y1):
                 h0, h1 = max(0, y - up), min(side, y + w + 1)
                 height = h1 - h0
-                a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
-                halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)
+                skip = 0
+                if plan.symmetric:
+                    a_tile = band[y - r0, x0 - c0 : x1 - c0]  # the tile is part of the band
+                    if on_cpu:
+                        # In the tile's own row only the pairs to its right are needed: those to
+                        # the left were met from the tile on the left. (The product then goes
+                        # to a strided block of the buffer, which BLAS writes in place.)
+                        skip = (x0 - c0) * n_b
+                else:
+                    a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
+                halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)[skip:]
                 cos = buffer[: t * k_a * height * u * n_b].reshape(t * k_a, height * u * n_b)
-                xp.matmul(a_tile.reshape(t * k_a, c), halo.T, out=cos)
+                xp.matmul(a_tile.reshape(t * k_a, c), halo.T, out=cos[:, skip:])
+                cos[:, :skip] = -np.inf
                 cos = cos.reshape(t, k_a, height, u, n_b)
                 cos += mask
                 if plan.symmetric:
                     seen = best[y, x0:x1]
-                    xp.maximum(seen, cos.max(axis=(2, 3)), out=seen)
+                    near = _max_over_middle(xp, cos.reshape(t * k_a, height * u, n_b))
+                    xp.maximum(seen, near.reshape(t, k_a, n_b), out=seen)
                 seen = best[h0:h1, c0:c1]
                 xp.maximum(seen, cos.max(axis=0).transpose(1, 2, 3, 0), out=seen)
     del buffer
+
+
+def _row_chunks(side: int, reach: int, workers: int) -> list[range]:
+    """The grid rows cut into chunks for two phases of alternate chunks: every chunk between
+    two others at least ``reach`` rows tall (how far a tile writes beyond its row), so that
+    the chunks of one phase write disjoint rows and the workers share one table without
+    locks. Where the grid allows, nearly equal chunks, a multiple of the workers per phase,
+    so that no worker waits long for the others at the end of a phase."""
+    reach = max(reach, 1)
+    # Up to _CHUNKS_PER_PHASE per worker: finer chunks copy their halo rows more often.
+    count = 2 * workers * max(1, min(_CHUNKS_PER_PHASE, side // (2 * workers * reach)))
+    if side // count >= reach:
+        bounds = np.linspace(0, side, count + 1).round().astype(int)
+        return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [range(y, min(side, y + reach)) for y in range(0, side, reach)]
 
 
 def _cpu_workers(n_rows: int) -> int:
@@ -167,10 +221,7 @@ def aligned_nearest_cosines(
         max(1, (share // 2) // row_bytes - up - window),
     )
     best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
-    # Chunks of rows at least as tall as a tile's reach beyond its row: every other chunk writes
-    # rows no other one in its phase does, so the workers share one table without locks.
-    height = max(up + window, 1, -(-side // (2 * workers)))
-    chunks = [range(y, min(side, y + height)) for y in range(0, side, height)]
+    chunks = _row_chunks(side, up + window, workers)
     with _one_blas_thread(on_cpu):
         if workers == 1 or len(chunks) < 2:
             _fill(xp, plan, range(side), best)
