@@ -55,9 +55,9 @@ from zsad.scoring._xp import to_numpy
 # CPU tiles hold about this many GEMM rows (T * K_A): enough for BLAS to run near its peak
 # while the band's corners stay a small overhead at the usual windows.
 _CPU_TILE_ROWS = 40
-# The check compares this many image pairs and this many patches of each pair.
 # Row chunks per worker and phase at most (see _row_chunks).
 _CHUNKS_PER_PHASE = 4
+# The check compares this many image pairs and this many patches of each pair.
 _CHECK_PAIRS = 8
 _CHECK_PATCHES = 256
 # Below this share of nearest-neighbour matches kept by the window, or above this rise of an
