@@ -135,3 +135,36 @@ def test_a_legacy_bundle_local_output_scores_as_one_readout() -> None:
     np.testing.assert_array_equal(scores, expected_scores)
     with pytest.raises(ZsadError, match="--readout-layers 3: the calibration artifact was"):
         HeadclipScoring.from_artifact(artifact, 56, MethodOptions(readout_layers=(3,)))
+
+
+class _OnDevice:
+    """A stand-in GPU array: the CUDA array interface and ``get()``, and no NumPy conversion."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self.__cuda_array_interface__ = {"shape": array.shape, "data": (0, False)}
+
+    def get(self) -> np.ndarray:
+        return self._array
+
+
+def test_outputs_left_on_the_gpu_are_scored_like_host_outputs() -> None:
+    from zsad.api.scorers import HeadclipScoring, MethodOptions
+    from zsad.formats.artifact import HeadclipArtifact
+    from zsad.formats.local_path import LocalPath
+
+    rng = np.random.default_rng(8)
+    cls, local, text = _unit(rng, 2, 8), _unit(rng, 2, 1, 16, 8), _unit(rng, 2, 8)
+    artifact = HeadclipArtifact(
+        text_embeddings=text,
+        head_weights=np.ones((3, 2), np.float32),
+        backbone="zsad-tiny",
+        image_size=56,
+        local_path=LocalPath.legacy((2, 3, 4)),
+        hyperparameters={"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0},
+    )
+    scoring = HeadclipScoring.from_artifact(artifact, 56, MethodOptions())
+    scores, maps = scoring(_OnDevice(cls), _OnDevice(local))
+    expected_scores, expected_maps = scoring(cls, local)
+    np.testing.assert_array_equal(maps, expected_maps)
+    np.testing.assert_array_equal(scores, expected_scores)

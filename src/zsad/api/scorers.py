@@ -85,6 +85,8 @@ class HeadclipScoring:
         """(cls (N, D), local (N, L, P, D)) -> (image scores (N,), pixel maps (N, S, S))."""
         from zsad.scoring.headclip import score_headclip
 
+        # JAS runs on NumPy: outputs a backend left on the GPU come over here (they are small).
+        cls, local = to_numpy(cls), to_numpy(local)
         if local.ndim == 3:
             local = local[:, None]  # bundles exported before read-out blocks: one read-out
         hp = self.artifact.hyperparameters
