@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -112,14 +114,12 @@ def test_torch_and_numpy_scoring_agree_on_the_same_tokens() -> None:
     np.testing.assert_allclose(scores_t.numpy(), scores, atol=1e-5)
 
 
-def test_a_legacy_bundle_local_output_scores_as_one_readout() -> None:
-    # Bundles exported before read-out blocks output local tokens as (N, P, D).
+def _legacy_scoring(text: np.ndarray) -> tuple[Any, Any]:
+    """A HeadCLIP artifact whose local path predates read-out blocks, and its scoring."""
     from zsad.api.scorers import HeadclipScoring, MethodOptions
     from zsad.formats.artifact import HeadclipArtifact
     from zsad.formats.local_path import LocalPath
 
-    rng = np.random.default_rng(7)
-    cls, local, text = _unit(rng, 2, 8), _unit(rng, 2, 16, 8), _unit(rng, 2, 8)
     artifact = HeadclipArtifact(
         text_embeddings=text,
         head_weights=np.ones((3, 2), np.float32),
@@ -128,11 +128,20 @@ def test_a_legacy_bundle_local_output_scores_as_one_readout() -> None:
         local_path=LocalPath.legacy((2, 3, 4)),
         hyperparameters={"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0},
     )
-    scoring = HeadclipScoring.from_artifact(artifact, 56, MethodOptions())
+    return artifact, HeadclipScoring.from_artifact(artifact, 56, MethodOptions())
+
+
+def test_a_legacy_bundle_local_output_scores_as_one_readout() -> None:
+    # Bundles exported before read-out blocks output local tokens as (N, P, D).
+    rng = np.random.default_rng(7)
+    cls, local, text = _unit(rng, 2, 8), _unit(rng, 2, 16, 8), _unit(rng, 2, 8)
+    artifact, scoring = _legacy_scoring(text)
     scores, maps = scoring(cls, local)
     expected_scores, expected_maps = score_headclip(cls, local[:, None], text, image_size=56)
     np.testing.assert_array_equal(maps, expected_maps)
     np.testing.assert_array_equal(scores, expected_scores)
+    from zsad.api.scorers import HeadclipScoring, MethodOptions
+
     with pytest.raises(ZsadError, match="--readout-layers 3: the calibration artifact was"):
         HeadclipScoring.from_artifact(artifact, 56, MethodOptions(readout_layers=(3,)))
 
@@ -149,21 +158,9 @@ class _OnDevice:
 
 
 def test_outputs_left_on_the_gpu_are_scored_like_host_outputs() -> None:
-    from zsad.api.scorers import HeadclipScoring, MethodOptions
-    from zsad.formats.artifact import HeadclipArtifact
-    from zsad.formats.local_path import LocalPath
-
     rng = np.random.default_rng(8)
     cls, local, text = _unit(rng, 2, 8), _unit(rng, 2, 1, 16, 8), _unit(rng, 2, 8)
-    artifact = HeadclipArtifact(
-        text_embeddings=text,
-        head_weights=np.ones((3, 2), np.float32),
-        backbone="zsad-tiny",
-        image_size=56,
-        local_path=LocalPath.legacy((2, 3, 4)),
-        hyperparameters={"jas_r": 0.5, "top_k": 1.0, "temperature": 0.07, "sigma": 4.0},
-    )
-    scoring = HeadclipScoring.from_artifact(artifact, 56, MethodOptions())
+    _, scoring = _legacy_scoring(text)
     scores, maps = scoring(_OnDevice(cls), _OnDevice(local))
     expected_scores, expected_maps = scoring(cls, local)
     np.testing.assert_array_equal(maps, expected_maps)
