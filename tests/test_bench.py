@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,8 +41,10 @@ def _bench(tmp_path: Path, *args: str, plots: list[str]) -> dict:
 
 
 def test_bench_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsad.bench.scoring import ROUNDS
+
     # A matmul slower than MSM on the first row only: that row is flagged, the others are not.
-    slow = iter([1e3])
+    slow = iter([1e3] * ROUNDS)
     plain = bm.numpy_matmul_seconds
     monkeypatch.setattr(
         bm, "numpy_matmul_seconds", lambda *a, **k: next(slow, None) or plain(*a, **k)
@@ -86,6 +89,44 @@ def test_traced_peak_times_an_untraced_second_call_of_a_short_run() -> None:
     traced.clear()
     bm.traced_peak(run, retime_below_s=0.0)
     assert traced == [True]
+
+
+def test_paired_medians_alternate_the_run_with_its_reference() -> None:
+    calls: list[str] = []
+    reported = iter([5.0, 1.0, 3.0])
+
+    def reference() -> float:
+        calls.append("matmul")
+        return next(reported)
+
+    seconds, held_to = bm.paired_medians(lambda: calls.append("msm"), reference, 3)
+    assert calls == ["msm", "matmul"] * 3
+    assert held_to == 3.0 and seconds >= 0
+
+
+def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zsad.scoring
+
+    calls: list[str] = []
+    msm, matmul = zsad.scoring.mutual_scores, bm.numpy_matmul_seconds
+
+    def spy_msm(*args: Any, **kwargs: Any) -> Any:
+        calls.append("msm")
+        return msm(*args, **kwargs)
+
+    def spy_matmul(*args: Any, **kwargs: Any) -> float:
+        calls.append("matmul")
+        return matmul(*args, **kwargs)
+
+    monkeypatch.setattr(zsad.scoring, "mutual_scores", spy_msm)
+    monkeypatch.setattr(bm, "numpy_matmul_seconds", spy_matmul)
+    from zsad.bench.scoring import ROUNDS, bench_scoring
+
+    bench_scoring(tmp_path, ns=[3], banks=[], patches=16, channels=8, taps=0, max_baseline_mb=0)
+    # One traced run for the peak, then MSM and its matmul alternating.
+    assert calls == ["msm"] + ["msm", "matmul"] * ROUNDS
 
 
 def test_bench_scoring_aligned_rows_beside_global(tmp_path: Path) -> None:

@@ -145,6 +145,20 @@ def peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
+def paired_medians(
+    fn: Callable[[], Any], reference: Callable[[], float], rounds: int
+) -> tuple[float, float]:
+    """(median seconds of ``fn``, median of the seconds ``reference()`` reports), the two taken
+    in alternating rounds so that both see the same load on the machine."""
+    own, held_to = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        own.append(time.perf_counter() - start)
+        held_to.append(reference())
+    return float(np.median(own)), float(np.median(held_to))
+
+
 def traced_peak(fn: Callable[[], Any], *, retime_below_s: float = 60.0) -> tuple[float, float]:
     """(seconds, peak MiB of NumPy/Python allocations) of `fn`: the peak from a traced call;
     the seconds from a second, untraced call when the first took under ``retime_below_s``
