@@ -146,12 +146,14 @@ def peak_rss_mb() -> float:
 
 
 def paired_medians(
-    fn: Callable[[], Any], reference: Callable[[], float], rounds: int
+    fn: Callable[[], Any], reference: Callable[[], float], rounds: int, *, settle_s: float = 0.0
 ) -> tuple[float, float]:
     """(median seconds of ``fn``, median of the seconds ``reference()`` reports), the two taken
-    in alternating rounds so that both see the same load on the machine."""
+    in alternating rounds so that both see the same load on the machine; each ``fn`` run starts
+    ``settle_s`` after what ran before it."""
     own, held_to = [], []
     for _ in range(rounds):
+        time.sleep(settle_s)
         start = time.perf_counter()
         fn()
         own.append(time.perf_counter() - start)

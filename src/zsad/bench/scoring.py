@@ -46,6 +46,10 @@ ABOVE_MATMUL = "faster than the matmul it is held to"
 # NumPy MSM rows shorter than LONG_RUN_S: this many rounds of MSM and its matmul, alternating.
 ROUNDS = 3
 LONG_RUN_S = 60.0
+# OpenBLAS's workers spin for a while after a multi-threaded call: an MSM run started at once
+# after the matmul would share the cores with them (aligned MSM, whose own threads each run
+# one-threaded GEMMs, measured about a third slower so), so each run starts this much later.
+SETTLE_S = 0.3
 
 
 def bench_scoring(
@@ -111,8 +115,9 @@ def bench_scoring(
         "numpy": numpy,
         "align_windows": windows or [],
         "baseline": BASELINE,
-        "numpy_msm_timing": f"median of {ROUNDS} rounds alternating with the same-FLOP matmul "
-        f"(one traced run for peak memory; runs of {LONG_RUN_S:.0f} s or more: that run)",
+        "numpy_msm_timing": f"median of {ROUNDS} rounds alternating with the same-FLOP matmul, "
+        f"each MSM run {SETTLE_S} s after it (one traced run for peak memory; runs of "
+        f"{LONG_RUN_S:.0f} s or more: that run)",
     }
     body = {
         "gpu": gpu_reason or "available",
@@ -192,7 +197,7 @@ def _msm_row(
         # Short runs alternate with the matmul they are held to and report medians; a run of
         # a minute or more is timed once (traced: it makes few allocations for its time).
         if traced_s < LONG_RUN_S:
-            seconds, matmul = bm.paired_medians(run, matmul_seconds, ROUNDS)
+            seconds, matmul = bm.paired_medians(run, matmul_seconds, ROUNDS, settle_s=SETTLE_S)
         else:
             seconds, matmul = traced_s, matmul_seconds()
         row.update(
