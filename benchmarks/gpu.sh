@@ -8,9 +8,11 @@
 # separately. ViT-L at 518 px takes ~3 min to export; the rest ~10 min on
 # an H100.
 #
-# Needs a CUDA torch, zsad[export,gpu] (onnxruntime-gpu) and CuPy (cupy-cuda12x or -cuda13x).
-# Full TensorRT, where installed, adds a `trt` row. TensorRT-RTX has no SM90 target, so on an
-# H100 the FP16 path measured is ONNX Runtime CUDA. Random weights time like real ones.
+# Needs a CUDA torch, zsad[export] and CuPy (cupy-cuda12x or -cuda13x); onnxruntime-gpu (zsad[gpu])
+# adds the ONNX Runtime CUDA rows, and where it is missing the pipeline and station steps run
+# PyTorch encoder instead (FP16 in the pipeline, FP32 in the station; said in the log). Full TensorRT, where installed, adds a
+# `trt` row. TensorRT-RTX has no SM90 target, so on an H100 the FP16 path measured is ONNX
+# Runtime CUDA. Random weights time like real ones.
 #
 # The triton step serves the STAPS bundle from NVIDIA's tritonserver container (onnxruntime and
 # TensorRT backends; needs docker with the NVIDIA container toolkit and zsad[triton]) on
@@ -19,11 +21,12 @@
 # full TensorRT (pip tensorrt) built the engine, and it loads only where that TensorRT version
 # equals the container's (see the container's release notes).
 #
-# MODEL, SIZE, N and FRAMES change the shapes and SCORING adds `zsad bench scoring` options
-# (the last value of an option wins): this smoke-tests the script on a CPU in about a minute:
-#   MODEL=zsad-tiny SIZE=56 N=4 FRAMES=12 \
+# MODEL, SIZE, N and FRAMES change the shapes, SCORING adds `zsad bench scoring` options
+# (the last value of an option wins) and TORCH_BACKEND replaces torch-fp16 where PyTorch encodes
+# in the pipeline step: this smoke-tests the script on a CPU in about two minutes:
+#   MODEL=zsad-tiny SIZE=56 N=4 FRAMES=12 TORCH_BACKEND=torch-fp32 \
 #     SCORING="--numpy --n 3,4 --bank 2 --patches 16 --channels 8 --taps 1" \
-#     benchmarks/gpu.sh /tmp/smoke
+#     benchmarks/gpu.sh /tmp/smoke encoder scoring pipeline station tests
 set -euo pipefail
 
 out=${1:?usage: benchmarks/gpu.sh OUT [encoder|scoring|pipeline|station|tests ...]}
@@ -39,6 +42,10 @@ clip=(--model "$model" --pretrained random --image-size "$size")
 mkdir -p "$out" "$work"
 
 say() { echo "== $(date +%T) $*" >&2; }
+
+# The deployable encoder runs on ONNX Runtime's CUDA provider where onnxruntime-gpu is installed.
+ort_cuda=$(python -c "import onnxruntime as o; print(int('CUDAExecutionProvider' in o.get_available_providers()))")
+[ "$ort_cuda" = 1 ] || say "no ONNX Runtime CUDA provider: PyTorch encodes in pipeline (FP16) and station (FP32)"
 
 bundles() {
     # A bundle is complete once bundle.json exists: export writes it last.
@@ -63,7 +70,8 @@ for step in "${steps[@]}"; do
     case $step in
     encoder)
         bundles
-        backends=torch-fp32,torch-fp16,onnxruntime
+        backends=torch-fp32,torch-fp16
+        if [ "$ort_cuda" = 1 ]; then backends+=,onnxruntime; fi
         if [ -f "$work/staps/encoder.engine" ]; then backends+=,trt; fi
         say "bench encoder: $backends"
         zsad bench encoder "${clip[@]}" --bundle "$work/staps" --backend "$backends" \
@@ -76,18 +84,29 @@ for step in "${steps[@]}"; do
             ${SCORING:-} --out "$out/scoring"
         ;;
     pipeline)
-        bundles
-        say "bench pipeline: STAPS at N=$n, HeadCLIP at batch 1 and 8 (ONNX Runtime)"
-        zsad bench pipeline --backend onnxruntime --bundle "$work/staps" --n "$n" \
-            --out "$out/pipeline-staps"
-        zsad bench pipeline --backend onnxruntime --bundle "$work/headclip" --headclip-n 64 \
-            --headclip-batch 1,8 --out "$out/pipeline-headclip"
+        if [ "$ort_cuda" = 1 ]; then
+            bundles
+            say "bench pipeline: STAPS at N=$n, HeadCLIP at batch 1 and 8 (ONNX Runtime)"
+            zsad bench pipeline --backend onnxruntime --bundle "$work/staps" --n "$n" \
+                --out "$out/pipeline-staps"
+            zsad bench pipeline --backend onnxruntime --bundle "$work/headclip" --headclip-n 64 \
+                --headclip-batch 1,8 --out "$out/pipeline-headclip"
+        else
+            torch_backend=${TORCH_BACKEND:-torch-fp16}
+            say "bench pipeline: STAPS at N=$n, HeadCLIP at batch 1 and 8 ($torch_backend)"
+            zsad bench pipeline --backend "$torch_backend" "${clip[@]}" --n "$n" --headclip-n 64 \
+                --headclip-batch 1,8 --out "$out/pipeline-$torch_backend"
+        fi
         ;;
     station)
-        bundles
         say "bench station: $frames frames, bank 32"
-        zsad bench station --bundle "$work/staps" --frames "$frames" --bank 32 \
-            --out "$out/station"
+        if [ "$ort_cuda" = 1 ]; then
+            bundles
+            encoder=(--bundle "$work/staps")
+        else
+            encoder=(--model "$model" --image-size "$size")
+        fi
+        zsad bench station "${encoder[@]}" --frames "$frames" --bank 32 --out "$out/station"
         ;;
     triton)
         bundles
