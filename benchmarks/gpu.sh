@@ -8,11 +8,11 @@
 # separately. ViT-L at 518 px takes ~3 min to export; the rest ~10 min on
 # an H100.
 #
-# Needs a CUDA torch, zsad[export] and CuPy (cupy-cuda12x or -cuda13x); onnxruntime-gpu (zsad[gpu])
-# adds the ONNX Runtime CUDA rows, and where it is missing the pipeline and station steps run
-# PyTorch encoder instead (FP16 in the pipeline, FP32 in the station; said in the log). Full TensorRT, where installed, adds a
-# `trt` row. TensorRT-RTX has no SM90 target, so on an H100 the FP16 path measured is ONNX
-# Runtime CUDA. Random weights time like real ones.
+# Needs a CUDA torch, zsad[export] and CuPy (cupy-cuda12x or -cuda13x). onnxruntime-gpu
+# (zsad[gpu]) adds the ONNX Runtime CUDA rows; where it is missing, the pipeline and station
+# steps encode with PyTorch instead (FP16 in the pipeline, FP32 in the station; said in the
+# log). Full TensorRT, where installed, adds a `trt` row. TensorRT-RTX has no SM90 target, so
+# on an H100 the FP16 path measured is ONNX Runtime CUDA. Random weights time like real ones.
 #
 # The triton step serves the STAPS bundle from NVIDIA's tritonserver container (onnxruntime and
 # TensorRT backends; needs docker with the NVIDIA container toolkit and zsad[triton]) on
