@@ -21,9 +21,11 @@ from helpers import (
     require_service,
     station_records,
     wait_for_lines,
+    wait_until,
     write_frame,
     zsad,
 )
+from zsad.bench.line import listening
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TOPIC = "plant/line1/station1"
@@ -56,15 +58,7 @@ class Broker:
 
     def start(self) -> None:
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)])
-        deadline = time.monotonic() + 10
-        import socket
-
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise AssertionError("mosquitto did not start")
+        wait_until(lambda: listening(self.port), "mosquitto to listen", timeout=10)
 
     def kill(self) -> None:
         assert self.process is not None

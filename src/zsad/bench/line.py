@@ -146,6 +146,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 class _Broker:
     """A mosquitto on 127.0.0.1, when one is installed."""
 
@@ -171,9 +177,8 @@ class _Broker:
         self.process = subprocess.Popen([str(self.binary), "-c", str(config)])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            if listening(self.port):
+                return
             time.sleep(0.05)
         raise ZsadError("bench line: mosquitto did not start")
 
