@@ -23,6 +23,7 @@ from zsad.api.results import Result, SetResult, decide
 from zsad.api.scorers import HeadclipScoring, MethodOptions, Scored, StreamScorer
 from zsad.data.images import ImageInput, as_rgb_array
 from zsad.errors import ZsadError
+from zsad.formats.backbones import get_arch, headclip_refusal
 from zsad.formats.bundle import ENGINE_SUFFIXES
 from zsad.formats.methods import STREAMABLE, Method, get_method
 from zsad.runtime.backend import EncoderBackend
@@ -87,6 +88,8 @@ class Detector:
         options = options or MethodOptions()
         chosen = get_method(method or bundle_method(spec) or "staps")
         headclip = None
+        if chosen.needs_calibration and not spec.deployed and get_arch(spec.model) is not None:
+            raise ZsadError(headclip_refusal(spec.model))
         if chosen.needs_calibration:
             backend, artifact = _headclip_encoder(spec, calibration)
             headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
@@ -171,7 +174,7 @@ class Detector:
         *,
         method: str = "staps",
         weights: str | os.PathLike[str] | None = None,
-        pretrained: str = "openai",
+        pretrained: str | None = None,
         image_size: int | None = None,
         device: str = "auto",
         calibration: str | os.PathLike[str] | None = None,
@@ -184,9 +187,11 @@ class Detector:
         readout_layers: Sequence[int] | None = None,
         progress: bool = False,
     ) -> Detector:
-        """From an open_clip model on PyTorch (the export extra): ``weights`` FILE, else the
-        ``pretrained`` tag; HeadCLIP also needs ``calibration`` (from `zsad calibrate`), whose
-        local path ``local_path``/``csa_layers``/``readout_layers`` must match when given."""
+        """From a model on PyTorch (the export extra): an open_clip CLIP model or a DINO/DINOv2
+        backbone (``zsad models``), with ``weights`` FILE, else the ``pretrained`` release (None:
+        the model's standard one). HeadCLIP (CLIP models only) also needs ``calibration`` (from
+        `zsad calibrate`), whose local path ``local_path``/``csa_layers``/``readout_layers``
+        must match when given."""
         spec = EncoderSpec(
             model=model,
             weights=None if weights is None else Path(weights),
@@ -472,5 +477,5 @@ def _headclip_encoder(
     from zsad.model.backend import TorchBackend
     from zsad.model.headclip import encoder_from_artifact
 
-    clip = load_clip(spec.model, weights=spec.weights, pretrained=spec.pretrained)
+    clip = load_clip(spec.model, weights=spec.weights, pretrained=spec.pretrained or "openai")
     return TorchBackend(encoder_from_artifact(clip, artifact), device=spec.device), artifact

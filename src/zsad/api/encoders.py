@@ -29,7 +29,7 @@ class EncoderSpec:
 
     model: str = DEFAULT_MODEL
     weights: Path | None = None
-    pretrained: str = "openai"
+    pretrained: str | None = None  # None: the model's standard release (openai, meta)
     image_size: int | None = None  # None: the bundle's, else the model's default
     device: str = "auto"
     bundle: Path | None = None
@@ -121,14 +121,20 @@ def open_triton(spec: EncoderSpec) -> TritonBackend:
 
 
 def model_image_size(model: str, image_size: int | None) -> int:
-    """``image_size``, else 518 for the ViT-L/14 models, else the model's own input size."""
+    """``image_size``, else 518 for the ViT-L/14 CLIP models, MuSc's size for the DINO models
+    (518 for DINOv2, 512 for DINO), else the model's own input size."""
     if image_size is not None:
         return image_size
     if model in PAPER_MODELS:
         return PAPER_IMAGE_SIZE
     import open_clip
 
-    import zsad.model.loading  # noqa: F401  (registers zsad-tiny's config with open_clip)
+    from zsad.formats.backbones import get_arch
+    from zsad.model.loading import TINY_MODEL  # noqa: F401  (registers zsad-tiny with open_clip)
+
+    arch = get_arch(model)
+    if arch is not None:
+        return arch.default_image_size
 
     config = open_clip.get_model_config(model) or {}
     size = config.get("vision_cfg", {}).get("image_size", PAPER_IMAGE_SIZE)
@@ -202,10 +208,10 @@ def _torch_backend(
     spec: EncoderSpec, outputs: tuple[str, ...], taps: tuple[int, ...] | None
 ) -> EncoderBackend:
     require_torch(f"--model {spec.model}", "; or run a bundle with --bundle")
-    from zsad.model import DualPathEncoder, load_clip
+    from zsad.model import build_encoder, load_backbone
     from zsad.model.backend import TorchBackend
 
-    clip = load_clip(spec.model, weights=spec.weights, pretrained=spec.pretrained)
     size = model_image_size(spec.model, spec.image_size)
-    encoder = DualPathEncoder(clip, image_size=size, taps=taps, outputs=outputs)
+    backbone = load_backbone(spec.model, weights=spec.weights, pretrained=spec.pretrained)
+    encoder = build_encoder(backbone, image_size=size, taps=taps, outputs=outputs)
     return TorchBackend(encoder, device=spec.device)

@@ -136,13 +136,13 @@ def open_backend(
 ) -> tuple[Any, float | None, str]:
     """The backend for one --backend name, its FLOPs per image, and their source or absence."""
     from zsad.bench import measure as bm
-    from zsad.bench.backends import bundle_backend, check_device, load_clip, torch_backend
+    from zsad.bench.backends import bundle_backend, check_device, load_backbone, torch_backend
     from zsad.formats.methods import METHODS
 
     check_device(name, device)
     if name.startswith("torch"):
-        clip = load_clip(model, weights, pretrained)
-        backend = torch_backend(clip, name, image_size, device, METHODS["staps"].outputs)
+        backbone = load_backbone(model, weights, pretrained)
+        backend = torch_backend(backbone, name, image_size, device, METHODS["staps"].outputs)
         flops = bm.encoder_flops(bm.encoder_shape(backend.encoder))["total"]
         return backend, flops, "FLOPs from the encoder config"
     backend = bundle_backend(name, bundle, device)  # explains a missing --bundle

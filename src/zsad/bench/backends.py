@@ -23,21 +23,22 @@ def check_device(backend: str, device: str) -> None:
         raise ZsadError(f"{backend} needs a CUDA GPU; this run is on {device}")
 
 
-def load_clip(model: str, weights: Path | None, pretrained: str) -> Any:
-    """The open_clip model behind the torch-* backends (torch imported here, not at import)."""
-    from zsad.model import load_clip as load
+def load_backbone(model: str, weights: Path | None, pretrained: str | None) -> Any:
+    """The CLIP or DINO backbone behind the torch-* backends (torch imported here, not at
+    import)."""
+    from zsad.model import load_backbone as load
 
     return load(model, weights=weights, pretrained=pretrained)
 
 
 def torch_backend(
-    clip: Any, name: str, image_size: int, device: str, outputs: tuple[str, ...]
+    backbone: Any, name: str, image_size: int, device: str, outputs: tuple[str, ...]
 ) -> Any:
-    """A TorchBackend for torch-fp32 / torch-fp16 over an already loaded CLIP."""
-    from zsad.model import DualPathEncoder
+    """A TorchBackend for torch-fp32 / torch-fp16 over an already loaded backbone."""
+    from zsad.model import build_encoder
     from zsad.model.backend import TorchBackend
 
-    encoder = DualPathEncoder(clip, image_size=image_size, outputs=outputs)
+    encoder = build_encoder(backbone, image_size=image_size, outputs=outputs)
     return TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
 
 

@@ -38,7 +38,19 @@ class EncoderShape:
 
 
 def encoder_shape(encoder: Any) -> EncoderShape:
-    """Read the shape of a DualPathEncoder (torch module) for `encoder_flops`."""
+    """Read the shape of a DualPathEncoder or TapEncoder (torch module) for `encoder_flops`."""
+    arch = getattr(encoder, "arch", None)
+    if arch is not None:  # a DINO TapEncoder: no CSA path, SwiGLU counted as its matmuls
+        mlp = arch.mlp_hidden * (3 if arch.ffn == "swiglu" else 2) // 2
+        return EncoderShape(
+            width=arch.width,
+            mlp_width=mlp,
+            patch_size=arch.patch_size,
+            grid=int(encoder.grid),
+            layers_run=int(encoder.n_run),
+            csa_layers=0,
+            embed_dim=arch.width,
+        )
     block = encoder.blocks[0]
     return EncoderShape(
         width=int(encoder.conv1.out_channels),

@@ -12,7 +12,13 @@ import numpy as np
 
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
-from zsad.bench.backends import BACKENDS, bundle_backend, check_device, load_clip, torch_backend
+from zsad.bench.backends import (
+    BACKENDS,
+    bundle_backend,
+    check_device,
+    load_backbone,
+    torch_backend,
+)
 from zsad.bench.report import resolve_device, say, write_report
 from zsad.errors import ZsadError
 from zsad.formats.bundle import Bundle
@@ -103,14 +109,18 @@ def _encoders(
     bundle: Path | None,
     gpu_scoring: bool,
 ) -> dict[str, Any]:
-    """The encoder backend per method: both from one CLIP for torch-*, else the bundle's one
-    (its outputs on the GPU when STAPS scores there)."""
+    """The encoder backend per method: both from one CLIP for torch-* (STAPS alone for a DINO
+    backbone, which has no text tower), else the bundle's one (its outputs on the GPU when
+    STAPS scores there)."""
     check_device(backend, device)
     if backend.startswith("torch"):
-        clip = load_clip(model, weights, pretrained)
+        from zsad.formats.backbones import get_arch
+
+        loaded = load_backbone(model, weights, pretrained)
+        names = ("staps",) if get_arch(model) is not None else ("staps", "headclip")
         return {
-            name: torch_backend(clip, backend, image_size, device, METHODS[name].outputs)
-            for name in ("staps", "headclip")
+            name: torch_backend(loaded, backend, image_size, device, METHODS[name].outputs)
+            for name in names
         }
     from zsad.scoring.pipeline import METHODS as SET_METHODS
 

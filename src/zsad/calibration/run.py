@@ -20,7 +20,7 @@ def calibrate_dataset(
     *,
     model: str,
     weights: Path | None = None,
-    pretrained: str = "openai",
+    pretrained: str | None = None,
     categories: list[str] | None = None,
     device: str = "auto",
     checkpoint: Path | None = None,
@@ -33,10 +33,10 @@ def calibrate_dataset(
     checkpoint = checkpoint or out.with_name(out.name + ".ckpt")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    clip = load_clip(model, weights=weights, pretrained=pretrained)
+    clip = load_clip(model, weights=weights, pretrained=pretrained or "openai")
     headclip = build_model(clip, model, config)
     info: dict[str, Any] = {
-        "weights": "file" if weights is not None else pretrained,
+        "weights": "file" if weights is not None else pretrained or "openai",
         "train_root": str(train_root),
         "categories": sorted({s.category for s in samples if s.category}),
     }

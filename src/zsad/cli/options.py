@@ -24,7 +24,10 @@ ModelOpt = Annotated[
     str,
     typer.Option(
         "--model",
-        help="open_clip ViT architecture. 'zsad-tiny' is a small random model for tests and demos.",
+        help="Image encoder: an open_clip ViT (CLIP; all methods) or a DINO/DINOv2 backbone as "
+        "MuSc runs them (dinov2_vits14, dinov2_vitb14, dinov2_vitl14, dinov2_vitg14, dino_vitb16, "
+        "dino_vitb8; staps and musc). 'zsad-tiny' is a small random model for tests and demos; "
+        "`zsad models` lists them all.",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -32,16 +35,19 @@ WeightsOpt = Annotated[
     Path | None,
     typer.Option(
         "--weights",
-        help="Local checkpoint (.safetensors or a state-dict .pt) to load.",
+        help="Local checkpoint to load: .safetensors or a state-dict .pt/.pth (read with "
+        "weights_only). DINO/DINOv2: the official torch hub files, timm's, or HuggingFace "
+        "Dinov2Model's model.safetensors (also what `zsad weights from-onnx` writes).",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
 PretrainedOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--pretrained",
-        help="open_clip pretrained tag used when no --weights is given; 'random' asks for random "
-        "weights (timing only).",
+        help="Release to download when no --weights is given (default: the model's standard one, "
+        "openai for CLIP, meta for DINO/DINOv2; other open_clip tags in `zsad models`); "
+        "'random' asks for random weights (timing only).",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -225,7 +231,7 @@ def option_group(
 _ENCODER_OPTIONS = {
     "model": (ModelOpt, "ViT-L-14-336"),
     "weights": (WeightsOpt, None),
-    "pretrained": (PretrainedOpt, "openai"),
+    "pretrained": (PretrainedOpt, None),
     "image_size": (MaybeImageSizeOpt, None),
     "device": (DeviceOpt, "auto"),
     "bundle": (BundleOpt, None),

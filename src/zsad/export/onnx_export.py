@@ -1,4 +1,5 @@
-"""DualPathEncoder -> FP32 ONNX: fixed image size, dynamic batch, outputs named cls/taps/local."""
+"""An encoder (CLIP or DINO) -> FP32 ONNX: fixed image size, dynamic batch, outputs named
+cls/taps/local."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from zsad.errors import ZsadError
 from zsad.formats.atomic import atomic_open
 from zsad.model.encoder import DualPathEncoder
+from zsad.model.vit import TapEncoder
 
 OPSET = 18  # >= 17 keeps LayerNormalization one node; 18 is the exporter's native opset
 INPUT_NAME = "pixels"
@@ -22,7 +24,7 @@ _MAX_PROTO_BYTES = 2**31 - 1
 class _Outputs(nn.Module):
     """Return the encoder's requested outputs as a plain tuple, in OUTPUTS order."""
 
-    def __init__(self, encoder: DualPathEncoder) -> None:
+    def __init__(self, encoder: DualPathEncoder | TapEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
@@ -31,7 +33,7 @@ class _Outputs(nn.Module):
         return tuple(getattr(out, name) for name in self.encoder.outputs)
 
 
-def export_onnx(encoder: DualPathEncoder, path: Path) -> onnx.ModelProto:
+def export_onnx(encoder: DualPathEncoder | TapEncoder, path: Path) -> onnx.ModelProto:
     """Export the encoder on CPU in FP32 with the torch.export-based exporter; returns the model."""
     try:
         import onnxscript.optimizer

@@ -29,6 +29,7 @@ from zsad.formats.bundle import (
 )
 from zsad.formats.methods import EXPORTABLE, get_method
 from zsad.model.encoder import DualPathEncoder
+from zsad.model.vit import TapEncoder
 from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 from zsad.runtime.tensorrt_backend import import_tensorrt
 
@@ -61,7 +62,7 @@ def apply_calibration(encoder: DualPathEncoder, artifact_path: Path, backbone: s
 
 
 def export_bundle(
-    encoder: DualPathEncoder,
+    encoder: DualPathEncoder | TapEncoder,
     out: Path,
     *,
     backbone: str,
@@ -220,7 +221,7 @@ def export_model(
     *,
     model: str,
     weights: Path | None = None,
-    pretrained: str = "openai",
+    pretrained: str | None = None,
     method: str = "staps",
     image_size: int = 518,
     calibration: Path | None = None,
@@ -230,28 +231,33 @@ def export_model(
     local_path: dict[str, Any] | None = None,
     log: Callable[[str], None] = _log,
 ) -> dict[str, Any]:
-    """Load the open_clip ``model`` and export it as a bundle for ``method`` (see export_bundle).
+    """Load ``model`` (open_clip CLIP or DINO/DINOv2) and export it as a bundle for ``method``
+    (see export_bundle); ``pretrained`` None takes the model's standard release.
 
     HeadCLIP's encoder computes the local path its calibration was trained with; ``local_path``
     (keys local_path, csa_layers, readout_layers; None values take the artifact's) must agree.
     """
-    from zsad.model import DualPathEncoder, load_clip
+    from zsad.formats.backbones import get_arch, headclip_refusal
+    from zsad.model import build_encoder, load_backbone
+    from zsad.model.loading import default_tag
 
     spec = get_method(method, among=EXPORTABLE)
     if compute_capabilities and engine != "rtx":
         raise ZsadError("--compute-capability: only used with --engine rtx")
+    if spec.needs_calibration and get_arch(model) is not None:
+        raise ZsadError(headclip_refusal(model))
     trained = None
     if calibration is not None:
         artifact = load_artifact(calibration, backbone=model, image_size=image_size)
         artifact.local_path.require(f"--calibration {calibration}", **(local_path or {}))
         trained = artifact.local_path
-    clip = load_clip(model, weights=weights, pretrained=pretrained)
-    encoder = DualPathEncoder(clip, image_size=image_size, local_path=trained, outputs=spec.outputs)
-    cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
-    extra = {} if "mean" not in cfg else {"mean": cfg["mean"], "std": cfg["std"]}
+    backbone = load_backbone(model, weights=weights, pretrained=pretrained)
+    encoder = build_encoder(
+        backbone, image_size=image_size, local_path=trained, outputs=spec.outputs
+    )
     source: dict[str, Any] = {"model": model, "weights": str(weights) if weights else None}
     if weights is None:
-        source["pretrained"] = pretrained
+        source["pretrained"] = pretrained or default_tag(model)
     return export_bundle(
         encoder,
         out,
@@ -261,7 +267,8 @@ def export_model(
         engine=engine,
         compute_capabilities=compute_capabilities,
         max_batch=max_batch,
+        mean=encoder.mean,
+        std=encoder.std,
         source=source,
         log=log,
-        **extra,
     )

@@ -1,4 +1,5 @@
-"""zsad.model: open_clip loading and the dual-path (taps, CLS, CSA+LHW) encoder; needs torch."""
+"""zsad.model: backbone loading (open_clip CLIP, DINO/DINOv2), the dual-path CLIP encoder (taps,
+CLS, CSA+LHW) and the DINO tap encoder; needs torch."""
 
 from zsad.model.encoder import (
     OUTPUTS,
@@ -6,7 +7,14 @@ from zsad.model.encoder import (
     EncoderOutputs,
     default_taps,
 )
-from zsad.model.loading import DEFAULT_MODEL, TINY_MODEL, load_clip
+from zsad.model.loading import (
+    DEFAULT_MODEL,
+    TINY_MODEL,
+    build_encoder,
+    load_backbone,
+    load_clip,
+)
+from zsad.model.vit import TapEncoder
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -14,6 +22,9 @@ __all__ = [
     "TINY_MODEL",
     "DualPathEncoder",
     "EncoderOutputs",
+    "TapEncoder",
+    "build_encoder",
     "default_taps",
+    "load_backbone",
     "load_clip",
 ]

@@ -6,21 +6,23 @@ import numpy as np
 import torch
 
 from zsad.model.encoder import DualPathEncoder
+from zsad.model.vit import TapEncoder
 from zsad.runtime.backend import Lifecycle
-from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 
 
 class TorchBackend(Lifecycle):
-    """Runs a DualPathEncoder eagerly on CPU or CUDA, optionally under FP16 autocast."""
+    """Runs an encoder (CLIP or DINO) eagerly on CPU or CUDA, optionally under FP16 autocast."""
 
-    def __init__(self, encoder: DualPathEncoder, device: str = "auto", fp16: bool = False) -> None:
+    def __init__(
+        self, encoder: DualPathEncoder | TapEncoder, device: str = "auto", fp16: bool = False
+    ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval()
         self.fp16 = fp16 and self.device.type == "cuda"
         self.image_size = encoder.image_size
-        self.mean, self.std = OPENAI_MEAN, OPENAI_STD
+        self.mean, self.std = encoder.mean, encoder.std
         self.outputs = encoder.outputs
         self.name = f"torch-{'fp16' if self.fp16 else 'fp32'}-{self.device.type}"
 

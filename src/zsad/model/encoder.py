@@ -18,6 +18,7 @@ from torch import nn
 
 from zsad.errors import ZsadError
 from zsad.formats.local_path import LocalPath
+from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 
 OUTPUTS = ("cls", "taps", "local")
 
@@ -91,6 +92,10 @@ class DualPathEncoder(nn.Module):
         self.local_path.check(n_layers)
         self.csa_layers = self.local_path.csa_layers
 
+        # The normalisation the weights were trained with (open_clip's config), OpenAI's else.
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
+        self.std = tuple(cfg.get("std", OPENAI_STD))
         self.conv1 = visual.conv1
         self.class_embedding = visual.class_embedding
         self.ln_pre = visual.ln_pre

@@ -1,4 +1,5 @@
-"""Build open_clip models: pretrained tags, local weight files, or the seeded tiny test model."""
+"""Build backbones: open_clip CLIP models and the DINO/DINOv2 ViTs MuSc runs, from pretrained
+tags, local weight files, or seeded random weights (the tiny test model, timing runs)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ from typing import Any
 
 import open_clip
 import torch
+from torch import nn
 
 from zsad.errors import ZsadError
+from zsad.formats.backbones import ARCHITECTURES, RELEASE_TAG, VitArch, get_arch, headclip_refusal
+from zsad.formats.local_path import LocalPath
 from zsad.formats.methods import METHODS
+from zsad.model.checkpoints import read_tensors, vit_from_tensors
+from zsad.model.encoder import OUTPUTS, DualPathEncoder
+from zsad.model.vit import TapEncoder, VisionTransformer
 
 TINY_MODEL = "zsad-tiny"
 DEFAULT_MODEL = "ViT-L-14-336"
@@ -21,9 +28,10 @@ open_clip.add_model_config(_CONFIG_DIR)
 
 
 def supported_models() -> list[dict[str, Any]]:
-    """The open_clip architectures zsad can run, from their configs (nothing is built): a
-    CLS-token ViT image tower (no timm towers, no attention pooling, no CoCa); HeadCLIP also
-    needs open_clip's own text transformer for its prompts."""
+    """The architectures zsad can run, from their configs (nothing is built): open_clip models
+    with a CLS-token ViT image tower (no timm towers, no attention pooling, no CoCa), then the
+    DINO/DINOv2 backbones (training-free methods only: HeadCLIP needs open_clip's own text
+    transformer for its prompts)."""
     tags: dict[str, list[str]] = {}
     for name, tag in open_clip.list_pretrained():
         tags.setdefault(name, []).append(tag)
@@ -55,7 +63,80 @@ def supported_models() -> list[dict[str, Any]]:
                 "pretrained": sorted(tags.get(name, [])),
             }
         )
+    for arch in ARCHITECTURES.values():
+        models.append(
+            {
+                "name": arch.name,
+                "patch_size": arch.patch_size,
+                "image_size": arch.default_image_size,
+                "methods": [m.name for m in METHODS.values() if not m.needs_calibration],
+                "pretrained": [RELEASE_TAG],
+            }
+        )
     return models
+
+
+def default_tag(model_name: str) -> str:
+    """The --pretrained tag used when none is given: the model's standard release."""
+    return RELEASE_TAG if get_arch(model_name) is not None else "openai"
+
+
+def load_backbone(
+    model_name: str,
+    *,
+    weights: str | Path | None = None,
+    pretrained: str | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """An open_clip CLIP model or a DINO/DINOv2 ViT in eval mode; ``pretrained`` None takes the
+    model's standard release (see :func:`load_clip` for the order of the sources)."""
+    arch = get_arch(model_name)
+    if arch is None:
+        return load_clip(model_name, weights=weights, pretrained=pretrained or "openai", seed=seed)
+    if weights is not None:
+        where = f"--weights {weights}"
+        return vit_from_tensors(arch, read_tensors(Path(weights)), where)
+    if pretrained == RANDOM:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return VisionTransformer(arch).eval()
+    tag = pretrained or RELEASE_TAG
+    if tag != RELEASE_TAG:
+        raise ZsadError(
+            f"--pretrained {tag!r}: not a known tag for {model_name} (known: {RELEASE_TAG}; "
+            "or --weights FILE)"
+        )
+    return _released_vit(arch)
+
+
+def build_encoder(
+    backbone: nn.Module,
+    *,
+    image_size: int,
+    taps: tuple[int, ...] | None = None,
+    local_path: LocalPath | None = None,
+    outputs: tuple[str, ...] = OUTPUTS,
+) -> DualPathEncoder | TapEncoder:
+    """The encoder over a loaded backbone: a DualPathEncoder for CLIP, a TapEncoder for DINO."""
+    if isinstance(backbone, VisionTransformer):
+        return TapEncoder(backbone, image_size=image_size, taps=taps, outputs=outputs)
+    return DualPathEncoder(
+        backbone, image_size=image_size, taps=taps, local_path=local_path, outputs=outputs
+    )
+
+
+def _released_vit(arch: VitArch) -> VisionTransformer:
+    try:
+        state = torch.hub.load_state_dict_from_url(
+            arch.url, map_location="cpu", weights_only=True, progress=True
+        )
+    except Exception as exc:  # network, cache and hub errors all mean the same to a user
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZsadError(
+            f"--pretrained {RELEASE_TAG}: could not load {arch.name} weights ({first_line}); on "
+            f"an offline machine download {arch.url} elsewhere and pass --weights FILE"
+        ) from exc
+    return vit_from_tensors(arch, state, f"--pretrained {RELEASE_TAG} ({arch.url})")
 
 
 def load_clip(
@@ -71,6 +152,8 @@ def load_clip(
     model is ``zsad-tiny`` or ``pretrained == "random"`` (seeded, only when asked for by name);
     otherwise open_clip's ``pretrained`` tag (downloads or uses its cache).
     """
+    if get_arch(model_name) is not None:
+        raise ZsadError(headclip_refusal(model_name))
     if model_name not in open_clip.list_models():
         raise ZsadError(
             f"--model {model_name!r}: unknown architecture (e.g. {DEFAULT_MODEL}, ViT-B-16, "
