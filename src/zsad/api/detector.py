@@ -23,7 +23,7 @@ from zsad.api.results import Result, SetResult, decide
 from zsad.api.scorers import HeadclipScoring, MethodOptions, Scored, StreamScorer
 from zsad.data.images import ImageInput, as_rgb_array
 from zsad.errors import ZsadError
-from zsad.formats.backbones import get_arch, headclip_refusal
+from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
 from zsad.formats.methods import STREAMABLE, Method, get_method
 from zsad.runtime.backend import EncoderBackend
@@ -88,8 +88,9 @@ class Detector:
         options = options or MethodOptions()
         chosen = get_method(method or bundle_method(spec) or "staps")
         headclip = None
-        if chosen.needs_calibration and not spec.deployed and get_arch(spec.model) is not None:
-            raise ZsadError(headclip_refusal(spec.model))
+        dino = None if spec.deployed else get_arch(spec.model)
+        if chosen.needs_calibration and dino is not None:
+            raise ZsadError(dino.headclip_refusal)
         if chosen.needs_calibration:
             backend, artifact = _headclip_encoder(spec, calibration)
             headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)

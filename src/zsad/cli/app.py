@@ -32,6 +32,7 @@ def _register() -> None:
         eval_cmds,
         export_cmds,
         station_cmds,
+        weights_cmds,
     )
 
     bench_cmds.register(app)
@@ -41,6 +42,7 @@ def _register() -> None:
     eval_cmds.register(app)
     export_cmds.register(app)
     station_cmds.register(app)
+    weights_cmds.register(app)
 
 
 def main() -> None:

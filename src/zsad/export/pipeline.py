@@ -237,15 +237,16 @@ def export_model(
     HeadCLIP's encoder computes the local path its calibration was trained with; ``local_path``
     (keys local_path, csa_layers, readout_layers; None values take the artifact's) must agree.
     """
-    from zsad.formats.backbones import get_arch, headclip_refusal
+    from zsad.formats.backbones import get_arch
     from zsad.model import build_encoder, load_backbone
     from zsad.model.loading import default_tag
 
     spec = get_method(method, among=EXPORTABLE)
     if compute_capabilities and engine != "rtx":
         raise ZsadError("--compute-capability: only used with --engine rtx")
-    if spec.needs_calibration and get_arch(model) is not None:
-        raise ZsadError(headclip_refusal(model))
+    dino = get_arch(model)
+    if spec.needs_calibration and dino is not None:
+        raise ZsadError(dino.headclip_refusal)
     trained = None
     if calibration is not None:
         artifact = load_artifact(calibration, backbone=model, image_size=image_size)

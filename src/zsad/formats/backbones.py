@@ -39,6 +39,15 @@ class VitArch:
         return self.family == "dinov2"
 
     @property
+    def headclip_refusal(self) -> str:
+        """The one-line reason this backbone cannot run HeadCLIP."""
+        return (
+            f"--method headclip: {self.name} is a {_LABELS[self.family]} image backbone without "
+            "a CLIP text tower, which HeadCLIP's prompts need; use a CLIP model (e.g. "
+            "ViT-L-14-336) or --method staps / musc"
+        )
+
+    @property
     def mlp_hidden(self) -> int:
         """Hidden width of the feed-forward layer (SwiGLU: of each of its two branches)."""
         if self.ffn == "swiglu":
@@ -74,12 +83,3 @@ ARCHITECTURES: dict[str, VitArch] = {
 def get_arch(name: str) -> VitArch | None:
     """The DINO-family architecture called ``name``, or None for any other model name."""
     return ARCHITECTURES.get(name)
-
-
-def headclip_refusal(model: str) -> str:
-    """The one-line reason a DINO-family model cannot run HeadCLIP."""
-    return (
-        f"--method headclip: {model} is a {_LABELS[ARCHITECTURES[model].family]} image backbone "
-        "without a CLIP text tower, which HeadCLIP's prompts need; use a CLIP model (e.g. "
-        "ViT-L-14-336) or --method staps / musc"
-    )

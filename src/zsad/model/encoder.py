@@ -33,8 +33,9 @@ class EncoderOutputs(NamedTuple):
 
 
 def default_taps(n_layers: int) -> tuple[int, ...]:
-    """0-based blocks at the quarter points: (5, 11, 17, 23) for a 24-block ViT-L."""
-    return tuple(n_layers * k // 4 - 1 for k in range(1, 5))
+    """0-based blocks at the quarter points: (5, 11, 17, 23) for a 24-block ViT-L (fewer, without
+    repeats, for a ViT under 4 blocks)."""
+    return tuple(sorted({max(n_layers * k // 4 - 1, 0) for k in range(1, 5)}))
 
 
 def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from zsad.errors import ZsadError
-from zsad.formats.backbones import ARCHITECTURES, RELEASE_TAG, VitArch, get_arch, headclip_refusal
+from zsad.formats.backbones import ARCHITECTURES, RELEASE_TAG, VitArch, get_arch
 from zsad.formats.local_path import LocalPath
 from zsad.formats.methods import METHODS
 from zsad.model.checkpoints import read_tensors, vit_from_tensors
@@ -152,8 +152,9 @@ def load_clip(
     model is ``zsad-tiny`` or ``pretrained == "random"`` (seeded, only when asked for by name);
     otherwise open_clip's ``pretrained`` tag (downloads or uses its cache).
     """
-    if get_arch(model_name) is not None:
-        raise ZsadError(headclip_refusal(model_name))
+    dino = get_arch(model_name)
+    if dino is not None:
+        raise ZsadError(dino.headclip_refusal)
     if model_name not in open_clip.list_models():
         raise ZsadError(
             f"--model {model_name!r}: unknown architecture (e.g. {DEFAULT_MODEL}, ViT-B-16, "

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad.errors import ZsadError
-from zsad.formats.backbones import IMAGENET_MEAN, IMAGENET_STD, VitArch, headclip_refusal
+from zsad.formats.backbones import IMAGENET_MEAN, IMAGENET_STD, VitArch
 from zsad.model.encoder import EncoderOutputs, default_taps, resize_positional_embedding
 
 _EPS = 1e-6  # both families' LayerNorm epsilon
@@ -147,7 +147,7 @@ class TapEncoder(nn.Module):
         arch = vit.arch
         wanted = set(outputs)
         if "local" in wanted:
-            raise ZsadError(headclip_refusal(arch.name))
+            raise ZsadError(arch.headclip_refusal)
         self.outputs = tuple(o for o in TAP_OUTPUTS if o in wanted)
         unknown = wanted - set(TAP_OUTPUTS)
         if unknown or not self.outputs:
