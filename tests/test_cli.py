@@ -33,6 +33,7 @@ def test_every_command_explains_itself() -> None:
         "calibrate",
         "export",
         "build-engine",
+        "weights",
     ]
     for command in commands:
         assert command in top.stdout

