@@ -141,11 +141,25 @@ def score_set(
     ``taps`` and ``cls`` may be CuPy arrays: the taps are scored where they are, only the small
     CLS matrix comes to the host for STAS.
     """
-    cls = to_numpy(cls)
     experts = expert_maps(taps, config, progress=progress)
+    alignment = None if config.align_window is None else check_alignment(taps, config)
+    return score_experts(experts, cls, config, image_size=image_size, alignment=alignment)
+
+
+def score_experts(
+    experts: np.ndarray,
+    cls: Any,
+    config: SetScoringConfig,
+    *,
+    image_size: int,
+    alignment: dict[str, Any] | None = None,
+) -> SetScores:
+    """The rest of :func:`score_set` from its (E, N, P) expert maps: fuse them, then refine the
+    image scores; studies that vary only these steps reuse one set of maps."""
+    cls = to_numpy(cls)
     info: dict[str, Any] = {"method": config.method, "n_experts": int(experts.shape[0])}
-    if config.align_window is not None:
-        info["alignment"] = check_alignment(taps, config)
+    if alignment is not None:
+        info["alignment"] = alignment
     if config.method == "staps" and config.use_bgmps:
         fused = bgmps(
             experts,
