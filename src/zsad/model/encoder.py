@@ -38,6 +38,15 @@ def default_taps(n_layers: int) -> tuple[int, ...]:
     return tuple(sorted({max(n_layers * k // 4 - 1, 0) for k in range(1, 5)}))
 
 
+def check_input_size(pixels: torch.Tensor, image_size: int) -> None:
+    """Fail in one line unless ``pixels`` are (..., S, S) at the build-time size S."""
+    if pixels.shape[-2:] != (image_size, image_size):
+        raise ZsadError(
+            f"input of size {tuple(pixels.shape[-2:])}: this encoder was built for "
+            f"{image_size}x{image_size}"
+        )
+
+
 def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
     """Resize a (1+g*g, C) positional embedding to a new grid: bicubic, align_corners=False."""
     cls_pos, patch_pos = pos[:1], pos[1:]
@@ -179,11 +188,7 @@ class DualPathEncoder(nn.Module):
         return x, tapped, streams
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.shape[-2:] != (self.image_size, self.image_size):
-            raise ZsadError(
-                f"input of size {tuple(pixels.shape[-2:])}: this encoder was built for "
-                f"{self.image_size}x{self.image_size}"
-            )
+        check_input_size(pixels, self.image_size)
         x = self.conv1(pixels)
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

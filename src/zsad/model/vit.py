@@ -18,7 +18,12 @@ from torch import nn
 
 from zsad.errors import ZsadError
 from zsad.formats.backbones import IMAGENET_MEAN, IMAGENET_STD, VitArch
-from zsad.model.encoder import EncoderOutputs, default_taps, resize_positional_embedding
+from zsad.model.encoder import (
+    EncoderOutputs,
+    check_input_size,
+    default_taps,
+    resize_positional_embedding,
+)
 
 _EPS = 1e-6  # both families' LayerNorm epsilon
 TAP_OUTPUTS = ("cls", "taps")
@@ -207,11 +212,7 @@ class TapEncoder(nn.Module):
         return torch.stack(streams, dim=1)
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.shape[-2:] != (self.image_size, self.image_size):
-            raise ZsadError(
-                f"input of size {tuple(pixels.shape[-2:])}: this encoder was built for "
-                f"{self.image_size}x{self.image_size}"
-            )
+        check_input_size(pixels, self.image_size)
         x = self.patch_embed(pixels)
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
         return torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
