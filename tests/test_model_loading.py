@@ -65,5 +65,5 @@ def test_unknown_model_and_tag_are_clear_errors() -> None:
         load_clip("ViT-Q-99")
     with pytest.raises(ZsadError, match="not a known tag"):
         load_clip("ViT-B-16", pretrained="no-such-tag")
-    with pytest.raises(ZsadError, match="no weights given"):
-        load_clip("ViT-B-16", pretrained=None)
+    with pytest.raises(ZsadError, match="without a CLIP text tower"):
+        load_clip("dinov2_vits14")

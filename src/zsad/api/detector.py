@@ -478,5 +478,5 @@ def _headclip_encoder(
     from zsad.model.backend import TorchBackend
     from zsad.model.headclip import encoder_from_artifact
 
-    clip = load_clip(spec.model, weights=spec.weights, pretrained=spec.pretrained or "openai")
+    clip = load_clip(spec.model, weights=spec.weights, pretrained=spec.pretrained)
     return TorchBackend(encoder_from_artifact(clip, artifact), device=spec.device), artifact

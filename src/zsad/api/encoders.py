@@ -127,14 +127,14 @@ def model_image_size(model: str, image_size: int | None) -> int:
         return image_size
     if model in PAPER_MODELS:
         return PAPER_IMAGE_SIZE
-    import open_clip
-
     from zsad.formats.backbones import get_arch
-    from zsad.model.loading import TINY_MODEL  # noqa: F401  (registers zsad-tiny with open_clip)
 
     arch = get_arch(model)
     if arch is not None:
         return arch.default_image_size
+    import open_clip
+
+    import zsad.model.loading  # noqa: F401  (registers zsad-tiny's config with open_clip)
 
     config = open_clip.get_model_config(model) or {}
     size = config.get("vision_cfg", {}).get("image_size", PAPER_IMAGE_SIZE)

@@ -33,7 +33,7 @@ def calibrate_dataset(
     checkpoint = checkpoint or out.with_name(out.name + ".ckpt")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    clip = load_clip(model, weights=weights, pretrained=pretrained or "openai")
+    clip = load_clip(model, weights=weights, pretrained=pretrained)
     headclip = build_model(clip, model, config)
     info: dict[str, Any] = {
         "weights": "file" if weights is not None else pretrained or "openai",

@@ -72,13 +72,18 @@ def vit_from_tensors(
     return vit.eval()
 
 
+def check_weights_file(path: Path) -> None:
+    """Fail in one line when --weights names no file or an empty one."""
+    if not path.is_file():
+        raise ZsadError(f"--weights {path}: no such file")
+    if path.stat().st_size == 0:
+        raise ZsadError(f"--weights {path}: file is empty")
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """The named tensors of a .safetensors file or a torch state dict (weights only)."""
     where = f"--weights {path}"
-    if not path.is_file():
-        raise ZsadError(f"{where}: no such file")
-    if path.stat().st_size == 0:
-        raise ZsadError(f"{where}: file is empty")
+    check_weights_file(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -15,7 +15,7 @@ from zsad.errors import ZsadError
 from zsad.formats.backbones import ARCHITECTURES, RELEASE_TAG, VitArch, get_arch
 from zsad.formats.local_path import LocalPath
 from zsad.formats.methods import METHODS
-from zsad.model.checkpoints import read_tensors, vit_from_tensors
+from zsad.model.checkpoints import check_weights_file, read_tensors, vit_from_tensors
 from zsad.model.encoder import OUTPUTS, DualPathEncoder
 from zsad.model.vit import TapEncoder, VisionTransformer
 
@@ -92,7 +92,7 @@ def load_backbone(
     model's standard release (see :func:`load_clip` for the order of the sources)."""
     arch = get_arch(model_name)
     if arch is None:
-        return load_clip(model_name, weights=weights, pretrained=pretrained or "openai", seed=seed)
+        return load_clip(model_name, weights=weights, pretrained=pretrained, seed=seed)
     if weights is not None:
         where = f"--weights {weights}"
         return vit_from_tensors(arch, read_tensors(Path(weights)), where)
@@ -139,14 +139,14 @@ def load_clip(
     model_name: str = DEFAULT_MODEL,
     *,
     weights: str | Path | None = None,
-    pretrained: str | None = "openai",
+    pretrained: str | None = None,
     seed: int = 0,
 ) -> open_clip.CLIP:
     """Return an open_clip CLIP model in eval mode from a weight file, a pretrained tag or by name.
 
     Sources, in order: ``weights`` (a local safetensors or state-dict file); random init when the
     model is ``zsad-tiny`` or ``pretrained == "random"`` (seeded, only when asked for by name);
-    otherwise open_clip's ``pretrained`` tag (downloads or uses its cache).
+    otherwise open_clip's ``pretrained`` tag, ``openai`` when None (downloads or uses its cache).
     """
     dino = get_arch(model_name)
     if dino is not None:
@@ -161,12 +161,8 @@ def load_clip(
         _load_weights(model, Path(weights))
     elif model_name == TINY_MODEL or pretrained == RANDOM:
         model = _random_model(model_name, seed)
-    elif pretrained is None:
-        raise ZsadError(
-            f"--model {model_name}: no weights given (use --weights FILE or --pretrained)"
-        )
     else:
-        model = _pretrained_model(model_name, pretrained)
+        model = _pretrained_model(model_name, pretrained or "openai")
     return model.eval()
 
 
@@ -207,10 +203,7 @@ def _download_error(tag: str, model_name: str, what: str, exc: Exception) -> Zsa
 
 
 def _load_weights(model: open_clip.CLIP, path: Path) -> None:
-    if not path.is_file():
-        raise ZsadError(f"--weights {path}: no such file")
-    if path.stat().st_size == 0:
-        raise ZsadError(f"--weights {path}: file is empty")
+    check_weights_file(path)
     try:
         # open_clip reads safetensors, or torch.load(weights_only=True) for anything else.
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
