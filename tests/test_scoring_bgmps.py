@@ -35,6 +35,17 @@ def test_picks_the_hot_spot_group(embed, cluster):
     assert np.corrcoef(result.fused.ravel(), hot.ravel())[0, 1] > 0.99
 
 
+def test_a_larger_distance_scale_does_not_buy_the_selection():
+    # Deep taps measure larger distances than shallow ones; the trend group, scaled up, must
+    # still lose to the hot-spot group, whose maps show local anomalies.
+    experts, hot = _two_groups()
+    experts[6:] *= 20.0
+    result = bgmps(experts)
+    np.testing.assert_array_equal(result.selected, np.arange(6))
+    assert np.corrcoef(result.fused.ravel(), hot.ravel())[0, 1] > 0.99
+    assert result.fused.max() == pytest.approx(experts[:6].max(), rel=0.25)
+
+
 def test_deterministic_given_seed():
     experts, _ = _two_groups(1)
     first, second = bgmps(experts, seed=3), bgmps(experts, seed=3)

@@ -2,9 +2,11 @@
 
 Each expert map (one per tap and aggregation degree) is flattened to N*P values and z-scored,
 so that experts are compared by the shape of their maps, not by the scale of their distances
-(deep taps give larger distances than shallow ones). Evidence and the fused map use the raw
-maps; the fusion weights are cosines between z-scored experts and their cluster centroid
-(Pearson correlations), so a negative weight, clipped to 0, means a contradicting expert.
+(deep taps give larger distances than shallow ones). The evidence of a cluster is measured on
+the mean of its z-scored maps too: on raw maps the cluster of the deepest taps would win by its
+units alone, whatever its maps show. The fused map is a weighted mean of the chosen raw maps;
+the weights are cosines between z-scored experts and their cluster centroid (Pearson
+correlations), so a negative weight, clipped to 0, means a contradicting expert.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class BGMPSResult:
     selected: np.ndarray  # indices of the experts in the chosen cluster
     weights: np.ndarray  # their fusion weights, summing to 1
     labels: np.ndarray  # cluster label per expert, 0..n_clusters-1 in order of first appearance
-    evidence: np.ndarray  # per cluster label: mean of the top top_percent % of its mean map
+    evidence: np.ndarray  # per cluster: mean of the top top_percent % of its mean z-scored map
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -120,7 +122,7 @@ def bgmps(
     n_clusters = int(labels.max()) + 1
     evidence = np.empty(n_clusters)
     for c in range(n_clusters):
-        mean_map = flat[labels == c].mean(axis=0)
+        mean_map = z[labels == c].mean(axis=0)
         evidence[c] = np.partition(mean_map, mean_map.size - n_top)[-n_top:].mean()
 
     chosen = int(np.argmax(evidence))
