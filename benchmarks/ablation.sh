@@ -5,14 +5,18 @@
 #   benchmarks/ablation.sh OUT        e.g. benchmarks/ablation.sh /tmp/zsad-ablation
 #
 # Data: `zsad make-data --seed 0 --categories grid,fabric,wood,disc` (4 categories x 20 test
-# images); encoder zsad-tiny (random weights) at 224 px, on the CPU. Writes OUT/RUN/metrics.json
-# per run and OUT/table.md.
+# images); encoder: the real DINOv2 ViT-S/14 (benchmarks/real_weights.sh) at 224 px, on the CPU.
+# Sets are scored in a seeded random order (the default --order shuffle). Writes
+# OUT/RUN/metrics.json per run and OUT/table.md.
 set -euo pipefail
 
 out=${1:?usage: benchmarks/ablation.sh OUT}
 mkdir -p "$out"
 data=$out/data
 [ -d "$data" ] || zsad make-data "$data" --seed 0 --categories grid,fabric,wood,disc >/dev/null
+# shellcheck source=benchmarks/real_weights.sh
+. "$(dirname "$0")/real_weights.sh"
+weights=$(real_weights "$out")
 
 runs=(
   "musc|--method musc"
@@ -33,7 +37,8 @@ for run in "${runs[@]}"; do
     dir=$out/$name-$semantic
     [ -f "$dir/metrics.json" ] && continue
     # shellcheck disable=SC2086
-    zsad eval "$data" $flags --stas-semantic "$semantic" --model zsad-tiny --image-size 224 \
+    zsad eval "$data" $flags --stas-semantic "$semantic" --model dinov2_vits14 --weights "$weights" \
+      --image-size 224 \
       --device cpu --no-overlays --no-progress --out "$dir" >/dev/null
   done
 done

