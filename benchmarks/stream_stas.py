@@ -1,14 +1,18 @@
-"""STAS on a stream: image AUROC of planted defects with and without STAS, both semantic matrices.
+"""STAS on a stream: image AUROC of defects scattered among good parts, per scoring setting.
 
-    python benchmarks/stream_stas.py            # prints the table of docs/station.md
+    python benchmarks/stream_stas.py [WEIGHTS]     # prints the table of docs/station.md
 
-Per category: 44 frames rendered with seed 0 (128 px), a defect every 11th frame (frames 10, 21,
-32, 43, one of each defect type), scored in arrival order against a rolling bank of K = 8 by
-zsad-tiny (random weights) at 224 px on the CPU. Each frame is encoded once and its outputs
-are fed to every scoring setting.
+WEIGHTS: a dinov2_vits14 file (`zsad weights from-onnx`, docs/backbones.md), scored at 224 px;
+without it zsad-tiny (random weights). Per category and data seed (0, 1, 2): 60 frames
+rendered at 128 px, 5 of them defective at random positions (one per defect type in turn), as
+parts come down a line. They are scored in arrival order against a rolling bank of K = 8, on
+the CPU; each frame is encoded once and its outputs are fed to every setting. Cells: image
+AUROC, mean +- SD over the 3 seeds.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -18,27 +22,24 @@ from zsad.data.synthetic import DEFECT_TYPES, render_sample
 from zsad.evaluation.metrics import image_metrics
 from zsad.scoring.pipeline import SetScoringConfig
 
-FRAMES, EVERY, BANK = 44, 11, 8
+FRAMES, DEFECTS, BANK, SEEDS = 60, 5, 8, (0, 1, 2)
+CATEGORIES = ("grid", "fabric", "wood", "disc")
 SETTINGS = {
-    "default (no STAS)": {"use_stas": False},
-    "`--stas --beta 0`": {"use_stas": True, "beta": 0.0},
-    "`--stas --beta 0 --stas-semantic clip`": {
-        "use_stas": True,
-        "beta": 0.0,
-        "stas_semantic": "clip",
-    },
-    "`--stas` (β = 0.5, the paper's)": {"use_stas": True},
-    "`--stas --stas-semantic clip`": {"use_stas": True, "stas_semantic": "clip"},
+    "musc (the default)": ("musc", {}),
+    "`staps` (STAS, β = 0.5: the paper's)": ("staps", {}),
+    "`staps --beta 0`": ("staps", {"beta": 0.0}),
+    "`staps --stas-semantic clip`": ("staps", {"stas_semantic": "clip"}),
 }
 
 
-def frames(category: str) -> tuple[list[np.ndarray], np.ndarray]:
+def frames(category: str, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """The category's frames in arrival order and their 0/1 labels."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     kinds = DEFECT_TYPES[category]
+    defective = set(rng.choice(FRAMES, DEFECTS, replace=False).tolist())
     images, labels = [], []
     for i in range(FRAMES):
-        defect = kinds[sum(labels) % len(kinds)] if i % EVERY == EVERY - 1 else None
+        defect = kinds[sum(labels) % len(kinds)] if i in defective else None
         images.append(render_sample(category, rng, 128, defect)[0])
         labels.append(int(defect is not None))
     return images, np.array(labels)
@@ -54,21 +55,32 @@ def stream_auroc(detector: Detector, outputs: list[dict], labels: np.ndarray) ->
     return image_metrics(labels, np.array([scores[i] for i in range(len(outputs))]))["auroc"]
 
 
-def main() -> None:
+def main(weights: str | None) -> None:
     """Print the markdown table."""
+    if weights is None:
+        encoder = Detector.from_model("zsad-tiny", image_size=224, device="cpu")
+    else:
+        encoder = Detector.from_model(
+            "dinov2_vits14", weights=weights, image_size=224, device="cpu"
+        )
     print("| category | " + " | ".join(SETTINGS) + " |")
     print("|---" * (len(SETTINGS) + 1) + "|")
-    with Detector.from_model("zsad-tiny", image_size=224, device="cpu") as encoder:
-        for category in ("grid", "fabric", "wood", "disc"):
-            images, labels = frames(category)
-            outputs = [encoder.encode_one(image) for image in images]
-            cells = []
-            for settings in SETTINGS.values():
-                scoring = SetScoringConfig(**settings)
-                detector = Detector("staps", encoder.backend, options=MethodOptions(scoring))
-                cells.append(f"{100 * stream_auroc(detector, outputs, labels):.1f}")
+    table = np.empty((len(CATEGORIES), len(SETTINGS), len(SEEDS)))
+    with encoder:
+        for c, category in enumerate(CATEGORIES):
+            for s, seed in enumerate(SEEDS):
+                images, labels = frames(category, seed)
+                outputs = [encoder.encode_one(image) for image in images]
+                for k, (method, settings) in enumerate(SETTINGS.values()):
+                    options = MethodOptions(SetScoringConfig(method=method, **settings))
+                    detector = Detector(method, encoder.backend, options=options)
+                    table[c, k, s] = stream_auroc(detector, outputs, labels)
+            cells = [f"{100 * v.mean():.1f} ± {100 * v.std():.1f}" for v in table[c]]
             print(f"| {category} | " + " | ".join(cells) + " |", flush=True)
+    means = table.mean(axis=0)  # (settings, seeds): each seed's mean over categories
+    cells = [f"{100 * v.mean():.1f} ± {100 * v.std():.1f}" for v in means]
+    print("| mean | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

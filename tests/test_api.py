@@ -39,7 +39,8 @@ def test_score_set_matches_the_cli_records(bundle: Path, images: list[Path], tmp
     import zsad as api
 
     with api.Detector.from_bundle(bundle, device="cpu") as det:
-        assert det.name == "staps" and det.image_size == 56
+        # A staps bundle serves both training-free methods; unnamed, it runs the default, musc.
+        assert det.name == "musc" and det.image_size == 56
         scored = det.score_set(images)
     out = tmp_path / "cli"
     result = zsad("infer", *map(str, images), "--bundle", str(bundle), "--out", str(out),
@@ -51,6 +52,19 @@ def test_score_set_matches_the_cli_records(bundle: Path, images: list[Path], tmp
     record = scored.results[0].to_record(map=lines[0]["map"])
     assert record.keys() == lines[0].keys()
     assert scored.results[0].anomaly_map.shape == (56, 56)
+
+
+def test_score_set_scores_each_image_the_same_in_any_order(
+    bundle: Path, images: list[Path]
+) -> None:
+    from zsad import Detector
+
+    with Detector.from_bundle(bundle, device="cpu") as det:
+        listed = {r.path: r.score for r in det.score_set(images)}
+        backwards = {r.path: r.score for r in det.score_set(images[::-1], batch_size=3)}
+    assert listed.keys() == backwards.keys()
+    for path, score in listed.items():
+        assert backwards[path] == pytest.approx(score, rel=1e-4), path
 
 
 def test_images_may_be_arrays_pil_or_paths_and_bad_ones_are_reported(
@@ -73,8 +87,7 @@ def test_predict_on_staps_explains_what_to_use(bundle: Path, images: list[Path])
     det = Detector.from_bundle(bundle, device="cpu")
     with pytest.raises(ZsadError, match="score_set.*stream"):
         det.predict(images[0])
-    with pytest.raises(ZsadError, match="musc does not score streams"):
-        Detector.from_bundle(bundle, method="musc", device="cpu").stream()
+    assert det.stream(bank=4).scorer.method == "musc"
     with pytest.raises(ZsadError, match="exported for --method staps"):
         Detector.from_bundle(bundle, method="headclip", device="cpu")
     det.close()
@@ -108,5 +121,5 @@ def test_the_example_runs_where_torch_cannot_be_imported(bundle: Path, images: l
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "Detector('staps'" in result.stdout
+    assert "Detector('musc'" in result.stdout
     assert result.stdout.count("set    ") == 5 and "stream #" in result.stdout

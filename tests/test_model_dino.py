@@ -217,7 +217,7 @@ def test_cli_lists_and_refuses_dino_models_in_one_line(tmp_path: Path) -> None:
     listed = [json.loads(line) for line in zsad("models", "--json").stdout.splitlines()]
     dino = {m["name"]: m for m in listed if m["name"].startswith("dino")}
     assert set(dino) == set(ARCHITECTURES)
-    assert dino["dinov2_vitl14"]["methods"] == ["staps", "musc"]
+    assert dino["dinov2_vitl14"]["methods"] == ["musc", "staps"]
     assert dino["dinov2_vitl14"]["default_image_size"] == 518
     assert dino["dino_vitb8"]["default_image_size"] == 512
 

@@ -182,7 +182,7 @@ def _images(root: Path) -> list[Path]:
     return sorted((root / "wood" / "test").rglob("*.png"))[:6]
 
 
-def test_staps_on_the_gpu_asks_for_device_outputs_and_scores_the_same(
+def test_set_scoring_on_the_gpu_asks_for_device_outputs_and_scores_the_same(
     bundle: Path, gpu: Any, tmp_path: Path
 ) -> None:
     import zsad
@@ -198,7 +198,7 @@ def test_staps_on_the_gpu_asks_for_device_outputs_and_scores_the_same(
         streamed = det.stream(bank=2)
         scored = [r for path in images[:4] for r in streamed.add(path)]
     options = MethodOptions(scoring)
-    with zsad.Detector("staps", open_backend(bundle, device="cpu"), options=options) as det:
+    with zsad.Detector("musc", open_backend(bundle, device="cpu"), options=options) as det:
         assert det.backend.outputs_on == "host"
         on_host = det.score_set(images)
     np.testing.assert_allclose(on_device.scores, on_host.scores, atol=1e-6)

@@ -63,7 +63,10 @@ def test_defects_outrank_good_images_and_maps_hit_the_masks(
 def test_staps_records_its_choices(encoded_categories: dict[str, tuple]) -> None:
     encoded, _, _ = encoded_categories["fabric"]
     scores = score_set(
-        encoded.outputs["taps"], encoded.outputs["cls"], SetScoringConfig(seed=3), image_size=SIZE
+        encoded.outputs["taps"],
+        encoded.outputs["cls"],
+        SetScoringConfig(method="staps", seed=3),
+        image_size=SIZE,
     )
     n = len(encoded)
     assert sorted(scores.info["order"]) == list(range(n))
@@ -79,11 +82,27 @@ def test_input_order_changes_only_the_sequence_not_the_maps(
 ) -> None:
     encoded, _, _ = encoded_categories["wood"]
     taps, cls = encoded.outputs["taps"], encoded.outputs["cls"]
-    shuffled = score_set(taps, cls, SetScoringConfig(order="shuffle"), image_size=SIZE)
-    arrival = score_set(taps, cls, SetScoringConfig(order="input"), image_size=SIZE)
+    staps = SetScoringConfig(method="staps")
+    shuffled = score_set(taps, cls, replace(staps, order="shuffle"), image_size=SIZE)
+    arrival = score_set(taps, cls, replace(staps, order="input"), image_size=SIZE)
     np.testing.assert_array_equal(shuffled.patch_maps, arrival.patch_maps)
     assert arrival.info["order"] == list(range(len(cls)))
     assert not np.allclose(shuffled.image_scores, arrival.image_scores)
+
+
+def test_the_default_scoring_gives_each_image_the_same_scores_in_any_order(
+    encoded_categories: dict[str, tuple],
+) -> None:
+    # Sets split into subsets, merged from a cluster or listed by folder must not move a score.
+    encoded, _, _ = encoded_categories["fabric"]
+    taps, cls = encoded.outputs["taps"], encoded.outputs["cls"]
+    listed = score_set(taps, cls, SetScoringConfig(), image_size=SIZE)
+    for seed in (1, 2):
+        order = np.random.default_rng(seed).permutation(len(cls))
+        config = SetScoringConfig(seed=seed)
+        moved = score_set(taps[order], cls[order], config, image_size=SIZE)
+        np.testing.assert_allclose(moved.image_scores, listed.image_scores[order], rtol=1e-5)
+        np.testing.assert_allclose(moved.patch_maps, listed.patch_maps[order], rtol=1e-5)
 
 
 def test_fewer_than_two_images_is_rejected() -> None:

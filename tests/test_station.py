@@ -20,7 +20,7 @@ from helpers import ENV, one_line_error, popen_watch, wait_for_lines, zsad
 from helpers import assert_each_once as _assert_each_once
 from helpers import station_records as _records
 from helpers import write_frame as _png
-from zsad.api.scorers import StapsScorer
+from zsad.api.scorers import RollingScorer
 from zsad.data.synthetic import render_sample
 from zsad.errors import ZsadError
 from zsad.runtime.open import open_backend
@@ -32,7 +32,7 @@ from zsad.station.station import Station, StationOptions
 
 def _station(bundle: Path, in_dir: Path, out: Path, **options) -> Station:
     backend = open_backend(bundle, device="cpu")
-    scorer = StapsScorer(
+    scorer = RollingScorer(
         RollingStaps(
             SetScoringConfig(use_stas=False, device="cpu"), bank=4, image_size=backend.image_size
         )
@@ -186,9 +186,9 @@ def test_watch_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
     one_line_error(zsad("watch", str(tmp_path / "nope"), "--out", str(tmp_path)), "not a folder")
     result = zsad(
         "watch", str(tmp_path), "--out", str(tmp_path / "o"), "--bundle", str(bundle),
-        "--method", "musc",
+        "--method", "patchcore",
     )  # fmt: skip
-    one_line_error(result, "--method", "'musc' is not one of 'staps', 'headclip'")
+    one_line_error(result, "--method", "'patchcore' is not one of 'musc', 'staps', 'headclip'")
 
 
 def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
@@ -204,7 +204,7 @@ def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
                   "--false-alarm-rate", "0.1")  # fmt: skip
     assert result.returncode == 0, result.stderr
     entry = json.loads(result.stdout)
-    stored = json.loads((copy / "bundle.json").read_text())["thresholds"]["staps"]
+    stored = json.loads((copy / "bundle.json").read_text())["thresholds"]["musc"]
     assert stored["score"] == entry["score"] and stored["rule"] == "false-alarm-rate"
     assert entry["good_flagged"] == 2 and stored["settings"]["bank"] == 4
 
@@ -225,7 +225,7 @@ def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
     # A threshold stored without the raw-score rule was calibrated on patch-grid maxima.
     assert stored["settings"]["image_score"] == "upsampled"
     meta = json.loads((copy / "bundle.json").read_text())
-    del meta["thresholds"]["staps"]["settings"]["image_score"]
+    del meta["thresholds"]["musc"]["settings"]["image_score"]
     (copy / "bundle.json").write_text(json.dumps(meta))
     watch = ("watch", str(in_dir), "--bundle", str(copy), "--bank", "4", "--exit-when-idle", "0.3")
     result = zsad(*watch, "--out", str(tmp_path / "out3"))

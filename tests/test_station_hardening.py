@@ -24,7 +24,7 @@ from helpers import write_frame as _png
 from zsad.api.overlay import OVERLAY_MAX_SIDE, save_overlay
 from zsad.api.records import save_result_files
 from zsad.api.results import Result
-from zsad.api.scorers import StapsScorer
+from zsad.api.scorers import RollingScorer
 from zsad.data.images import ImageLoadError, load_image, load_image_bounded
 from zsad.errors import ZsadError
 from zsad.runtime.open import open_backend
@@ -65,7 +65,7 @@ def _station(
     if run is not None:
         encode = backend.run
         backend.run = lambda pixels: run(pixels, encode)  # type: ignore[method-assign]
-    scorer = StapsScorer(
+    scorer = RollingScorer(
         RollingStaps(
             SetScoringConfig(use_stas=False, device="cpu"), bank=bank, image_size=backend.image_size
         )

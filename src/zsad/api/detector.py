@@ -25,7 +25,7 @@ from zsad.data.images import ImageInput, as_rgb_array
 from zsad.errors import ZsadError
 from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
-from zsad.formats.methods import STREAMABLE, Method, get_method
+from zsad.formats.methods import DEFAULT_METHOD, STREAMABLE, Method, default_method, get_method
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
@@ -84,9 +84,10 @@ class Detector:
         threshold: float | None = None,
         progress: bool = False,
     ) -> Detector:
-        """A Detector for ``method`` (default: the bundle's, else staps) over ``spec``'s encoder."""
+        """A Detector for ``method`` over ``spec``'s encoder (None: musc, or the method of a
+        bundle that cannot serve musc)."""
         options = options or MethodOptions()
-        chosen = get_method(method or bundle_method(spec) or "staps")
+        chosen = get_method(method or default_method(bundle_method(spec)))
         headclip = None
         dino = None if spec.deployed else get_arch(spec.model)
         if chosen.needs_calibration and dino is not None:
@@ -173,7 +174,7 @@ class Detector:
         cls,
         model: str = DEFAULT_MODEL,
         *,
-        method: str = "staps",
+        method: str = DEFAULT_METHOD,
         weights: str | os.PathLike[str] | None = None,
         pretrained: str | None = None,
         image_size: int | None = None,

@@ -178,14 +178,28 @@ def headclip_set_scorer(
     return score, headclip.settings()
 
 
+def _rolling_scorer(
+    scoring: SetScoringConfig, bank: int, image_size: int
+) -> tuple[StreamScorer, dict[str, Any]]:
+    from zsad.scoring.stream import RollingStaps
+
+    rolling = RollingStaps(scoring, bank, image_size)
+    return RollingScorer(rolling), staps_settings(scoring, bank)
+
+
 def staps_stream_scorer(
     options: MethodOptions, headclip: HeadclipScoring | None, bank: int, image_size: int
 ) -> tuple[StreamScorer, dict[str, Any]]:
-    """STAPS against a rolling bank of the last ``bank`` images."""
-    from zsad.scoring.stream import RollingStaps
+    """STAPS against a rolling bank of the last ``bank`` images (STAS as configured)."""
+    return _rolling_scorer(replace(options.scoring, method="staps"), bank, image_size)
 
-    rolling = RollingStaps(replace(options.scoring, method="staps"), bank, image_size)
-    return StapsScorer(rolling), staps_settings(options.scoring, bank)
+
+def musc_stream_scorer(
+    options: MethodOptions, headclip: HeadclipScoring | None, bank: int, image_size: int
+) -> tuple[StreamScorer, dict[str, Any]]:
+    """MuSc against a rolling bank of the last ``bank`` images: RsCIN-like scores, no STAS."""
+    scoring = replace(options.scoring, method="musc", use_stas=False)
+    return _rolling_scorer(scoring, bank, image_size)
 
 
 def headclip_stream_scorer(
@@ -250,13 +264,12 @@ class StreamScorer(Protocol):
         ...
 
 
-class StapsScorer:
-    """STAPS against a rolling bank (see zsad.scoring.stream)."""
-
-    method = "staps"
+class RollingScorer:
+    """MuSc or STAPS against a rolling bank (see zsad.scoring.stream)."""
 
     def __init__(self, rolling: RollingStaps) -> None:
         self.rolling = rolling
+        self.method = rolling.config.method
         self.restore_count = rolling.bank
 
     def _scored(self, results: list[Any]) -> list[Scored]:
@@ -305,7 +318,7 @@ class StapsScorer:
         """Bank size, fill and memory."""
         per_image = self.rolling.bytes_per_image()
         facts = {
-            "method": "staps",
+            "method": self.method,
             "bank": self.rolling.bank,
             "bank_filled": self.rolling.filled,
             "bank_mb_per_image": round(per_image / 2**20, 3),

@@ -48,7 +48,7 @@ def bench_line(
     from zsad.scoring.pipeline import SetScoringConfig
 
     spec = EncoderSpec(model, None, "random", image_size, "cpu", None, None)
-    options = MethodOptions(SetScoringConfig(use_stas=False))
+    options = MethodOptions(SetScoringConfig())
     detector = Detector.from_spec(spec, None, options=options, progress=False)
     env = bm.environment("cpu")
     work = Path(tempfile.mkdtemp(prefix="zsad-bench-line-"))

@@ -44,19 +44,19 @@ def bench_station(
     if image_size is None and bundle is None:
         image_size = 224
     spec = EncoderSpec(model, None, "random", image_size, device, bundle, None)
-    # `zsad watch`'s stream default: STAS off.
-    scoring = SetScoringConfig(use_stas=False)
+    scoring = SetScoringConfig()
     detector = Detector.from_spec(spec, None, options=MethodOptions(scoring), progress=False)
     method, backend = detector.method.name, detector.backend
+    banked = not detector.method.per_image
     started_under = bm.load_average()
     with detector:
         scorer = detector.stream(bank=bank).scorer
-        probe = _gpu_pool_probe(scoring) if method == "staps" else None
+        probe = _gpu_pool_probe(scoring) if banked else None
         records, samples, defects, summary = _run(
             backend, scorer, probe, frames, defect_every, overlays, seed
         )
     body = _body(records, samples, summary)
-    if defects and method == "staps":
+    if defects and banked:
         body["image_auroc"] = _auroc(records, defects)
     env = bm.environment("cuda" if backend.name.endswith("cuda") else "cpu")
     env.update(load_average=started_under, load_average_at_end=env["load_average"])

@@ -42,7 +42,7 @@ StreamOpt = Annotated[
     typer.Option(
         "--stream",
         help="Read image paths from stdin, one per line, and score each as it arrives, like "
-        "`zsad watch` (staps: rolling --bank, STAS off unless --stas, no BGMPS or --order; "
+        "`zsad watch` (musc/staps: against a rolling --bank, mean of the maps, no --order; "
         "headclip: one by one). OUT is resumed.",
         rich_help_panel=STATION_PANEL,
     ),
@@ -77,7 +77,7 @@ def detector(
 def infer(
     images: ImagesArg = None,
     out: OutOpt = Path("zsad-out"),
-    method: MethodOpt = "staps",
+    method: MethodOpt = None,
     batch_size: BatchOpt = 8,
     overlays: OverlaysOpt = True,
     seed: SeedOpt = 0,

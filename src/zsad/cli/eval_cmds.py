@@ -55,7 +55,7 @@ def evaluate(
     file_column: FileColumnOpt = None,
     label_column: LabelColumnOpt = None,
     out: OutOpt = Path("zsad-eval"),
-    method: MethodOpt = "staps",
+    method: MethodOpt = None,
     batch_size: BatchOpt = 8,
     overlays: OverlaysOpt = False,
     seed: SeedOpt = 0,

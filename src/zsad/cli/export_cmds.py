@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from zsad.cli.options import QueueDelayOpt, encoder_options, local_path_options
-from zsad.formats.methods import EXPORTABLE
+from zsad.formats.methods import DEFAULT_METHOD, METHODS
 
 ComputeCapabilityOpt = Annotated[
     str | None,
@@ -64,11 +64,12 @@ EnsembleOpt = Annotated[
 
 
 ExportMethodOpt = Annotated[
-    Literal[EXPORTABLE],
+    Literal[tuple(METHODS)],
     typer.Option(
         "--method",
-        help="staps: outputs cls + taps (training-free set scoring); headclip: cls + local "
-        "with the artifact's head weights baked in (needs --calibration).",
+        help="musc or staps: a staps bundle, outputs cls + taps, that serves both training-free "
+        "methods; headclip: cls + local with the artifact's head weights baked in (needs "
+        "--calibration).",
     ),
 ]
 CalibrationFileOpt = Annotated[
@@ -89,7 +90,7 @@ EngineKindOpt = Annotated[
 @encoder_options(only=("model", "weights", "pretrained", "image_size"))
 def export(
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (created if needed).")],
-    method: ExportMethodOpt = "staps",
+    method: ExportMethodOpt = DEFAULT_METHOD,
     calibration: CalibrationFileOpt = None,
     engine: EngineKindOpt = "none",
     compute_capability: ComputeCapabilityOpt = None,

@@ -140,19 +140,21 @@ OverlaysOpt = Annotated[
     bool, typer.Option("--overlays/--no-overlays", help="Write heatmap overlay PNGs.")
 ]
 MethodOpt = Annotated[
-    Literal[tuple(METHODS)],
+    Literal[tuple(METHODS)] | None,
     typer.Option(
         "--method",
-        help="staps (MuSc maps + BGMPS + STAS), musc (MuSc), or headclip (needs --calibration "
-        "or a headclip bundle).",
+        help="musc (MuSc: order-free, the best training-free scores on real features), staps "
+        "(as published: MuSc maps + BGMPS + STAS, for images in a meaningful order), or "
+        "headclip (needs --calibration or a headclip bundle). Default: musc, or a headclip "
+        "bundle's method.",
     ),
 ]
 StreamMethodOpt = Annotated[
     Literal[STREAMABLE] | None,
     typer.Option(
         "--method",
-        help="staps (rolling bank) or headclip (each image on its own). Default: the bundle's "
-        "method, else staps.",
+        help="musc or staps (each image against a rolling bank of recent ones) or headclip "
+        "(each image on its own). Default: musc, or a headclip bundle's method.",
     ),
 ]
 BankOpt = Annotated[
@@ -160,7 +162,7 @@ BankOpt = Annotated[
     typer.Option(
         "--bank",
         min=2,
-        help="STAPS: each image is scored against the last K images. The first K are held "
+        help="musc/staps: each image is scored against the last K images. The first K are held "
         "and scored together once the bank is full (warm-up).",
         rich_help_panel=STATION_PANEL,
     ),
@@ -300,8 +302,8 @@ _SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     (
         "use_stas",
         "--stas",
-        "STAPS: STAS image scores (--no-stas: MuSc's RsCIN). Default: on for a set, off on a "
-        "stream.",
+        "STAPS: STAS image scores (--no-stas: MuSc's RsCIN). STAS assumes the images come in "
+        "a meaningful order (see --order).",
         {},
     ),
     ("window", "--window", "STAS: temporal window L (images on each side).", {"min": 0}),
@@ -358,9 +360,6 @@ _SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
 _PREFIX = "scoring_"
 # The scoring options that make no sense on a stream: it has no set to fuse or order.
 STREAM_EXCLUDED = ("order", "use_bgmps", "embed", "cluster", "dim", "n_components", "top_percent")
-# On a stream of independent parts STAS's temporal term and EMA pass a defect's score on to the
-# next parts, so a station runs without STAS unless asked (docs/station.md).
-STREAM_DEFAULTS = {"use_stas": False}
 
 
 def _scoring_defaults() -> dict[str, Any]:
@@ -372,10 +371,7 @@ def _scoring_defaults() -> dict[str, Any]:
 def _scoring_parameter(
     name: str, flag: str, help_text: str, extra: dict[str, Any], default: Any
 ) -> inspect.Parameter:
-    if name == "use_stas":
-        # Unset means "the default for how the images come": a set or a stream.
-        decls, kind, default = [f"{flag}/--no-{flag[2:]}"], bool | None, None
-    elif isinstance(default, bool):
+    if isinstance(default, bool):
         decls = [f"{flag}/--no-{flag[2:]}"]
         kind = bool
     elif isinstance(default, tuple):
@@ -416,11 +412,11 @@ def build_scoring(values: dict[str, Any], seed: int) -> Any:
 
 
 def scoring_options(
-    exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+    exclude: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The training-free scoring options, given as ``scoring`` (a SetScoringConfig); ``exclude``
-    ones keep their default, and ``defaults`` overrides the config's defaults."""
-    start = {**_scoring_defaults(), **(defaults or {})}
+    ones keep their default."""
+    start = _scoring_defaults()
     options = [option for option in _SCORING_OPTIONS if option[0] not in exclude]
     names = [option[0] for option in options]
     fixed = {name: start[name] for name, *_ in _SCORING_OPTIONS if name in exclude}
@@ -428,9 +424,6 @@ def scoring_options(
 
     def build(values: dict[str, Any]) -> Any:
         chosen = {**fixed, **{name: values[_PREFIX + name] for name in names}}
-        if chosen.get("use_stas") is None:
-            streaming = values["_command"].get("stream", False)
-            chosen["use_stas"] = STREAM_DEFAULTS["use_stas"] if streaming else start["use_stas"]
         return build_scoring(chosen, values["_command"].get("seed", 0))
 
     return option_group("scoring", parameters, build)

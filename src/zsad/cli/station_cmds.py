@@ -11,7 +11,6 @@ import typer
 from zsad.cli.detect_cmds import detector, echo_err
 from zsad.cli.options import (
     STATION_PANEL,
-    STREAM_DEFAULTS,
     STREAM_EXCLUDED,
     BankOpt,
     FileColumnOpt,
@@ -27,7 +26,7 @@ from zsad.cli.options import (
     scoring_options,
 )
 
-stream_scoring_options = scoring_options(exclude=STREAM_EXCLUDED, defaults=STREAM_DEFAULTS)
+stream_scoring_options = scoring_options(exclude=STREAM_EXCLUDED)
 
 RetryOpt = Annotated[
     float,

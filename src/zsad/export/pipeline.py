@@ -27,7 +27,7 @@ from zsad.formats.bundle import (
     sha256_file,
     write_meta,
 )
-from zsad.formats.methods import EXPORTABLE, get_method
+from zsad.formats.methods import DEFAULT_METHOD, get_method
 from zsad.model.encoder import DualPathEncoder
 from zsad.model.vit import TapEncoder
 from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
@@ -78,15 +78,16 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Export and check the ONNX files, write bundle.json, then build the engine if asked.
 
-    ``encoder`` must have been built with the method's outputs (the registry's outputs). Returns
-    the bundle.json content. Nothing is recorded unless the parity checks pass.
+    ``encoder`` must have been built with the method's outputs (the registry's outputs); the
+    bundle serves every method of its kind (a staps bundle: staps and musc). Returns the
+    bundle.json content. Nothing is recorded unless the parity checks pass.
     """
-    spec = get_method(method, among=EXPORTABLE)
+    spec = get_method(method)
     if tuple(encoder.outputs) != spec.outputs:
         raise ZsadError(f"--method {method}: the encoder must output {spec.outputs}")
-    if method == "headclip" and calibration is None:
-        raise ZsadError("--method headclip: needs --calibration ARTIFACT (from zsad calibrate)")
-    if method == "staps" and calibration is not None:
+    if spec.needs_calibration and calibration is None:
+        raise ZsadError(f"--method {method}: needs --calibration ARTIFACT (from zsad calibrate)")
+    if not spec.needs_calibration and calibration is not None:
         raise ZsadError("--calibration: only --method headclip uses a calibration artifact")
     if engine not in ("none", "rtx", "trt"):
         raise ZsadError(f"--engine {engine!r}: choose none, rtx or trt")
@@ -136,7 +137,7 @@ def export_bundle(
     meta = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "method": method,
+        "method": spec.bundle_method,
         "backbone": backbone,
         "source": source or {},
         "image_size": size,
@@ -222,7 +223,7 @@ def export_model(
     model: str,
     weights: Path | None = None,
     pretrained: str | None = None,
-    method: str = "staps",
+    method: str = DEFAULT_METHOD,
     image_size: int = 518,
     calibration: Path | None = None,
     engine: str = "none",
@@ -241,7 +242,7 @@ def export_model(
     from zsad.model import build_encoder, load_backbone
     from zsad.model.loading import default_tag
 
-    spec = get_method(method, among=EXPORTABLE)
+    spec = get_method(method)
     if compute_capabilities and engine != "rtx":
         raise ZsadError("--compute-capability: only used with --engine rtx")
     dino = get_arch(model)

@@ -19,38 +19,35 @@ class Method:
     name: str
     summary: str
     outputs: tuple[str, ...]  # encoder outputs it scores
-    bundle_method: str  # the method a bundle must be exported for to serve it
+    bundle_method: str  # the kind of bundle that serves it (bundle.json's "method")
     set_scorer: str  # scores a set of images: "module:factory"
     stream_scorer: str | None  # scores images one by one in arrival order; None: cannot
     per_image: bool  # each image is scored on its own (predict works without a bank)
     needs_calibration: bool  # needs a HeadCLIP artifact (a torch model) or a bundle carrying one
-
-    @property
-    def exportable(self) -> bool:
-        """Whether `zsad export --method NAME` builds a bundle for it."""
-        return self.bundle_method == self.name
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method(
-            name="staps",
-            summary="training-free: MuSc maps, BGMPS map fusion, STAS image scores",
+            name="musc",
+            summary="training-free, the default: MuSc (mean of the maps, RsCIN image scores; "
+            "the order of the images does not matter)",
             outputs=("cls", "taps"),
             bundle_method="staps",
             set_scorer="zsad.api.scorers:staps_set_scorer",
-            stream_scorer="zsad.api.scorers:staps_stream_scorer",
+            stream_scorer="zsad.api.scorers:musc_stream_scorer",
             per_image=False,
             needs_calibration=False,
         ),
         Method(
-            name="musc",
-            summary="training-free: MuSc (mean of the maps, RsCIN image scores)",
+            name="staps",
+            summary="training-free, as published: MuSc maps, BGMPS map fusion, STAS image "
+            "scores (the order of the images moves the scores)",
             outputs=("cls", "taps"),
             bundle_method="staps",
             set_scorer="zsad.api.scorers:staps_set_scorer",
-            stream_scorer=None,
+            stream_scorer="zsad.api.scorers:staps_stream_scorer",
             per_image=False,
             needs_calibration=False,
         ),
@@ -66,8 +63,18 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-EXPORTABLE = tuple(name for name, m in METHODS.items() if m.exportable)
 STREAMABLE = tuple(name for name, m in METHODS.items() if m.stream_scorer is not None)
+# Scores best on real features in a random or production order, and is the only order-free
+# training-free method (docs/methods.md#defaults).
+DEFAULT_METHOD = "musc"
+
+
+def default_method(exported_for: str | None = None) -> str:
+    """The method run when none is named: the default, unless a bundle exported for ``exported_for``
+    cannot serve it (then the bundle's own)."""
+    if exported_for is None or METHODS[DEFAULT_METHOD].bundle_method == exported_for:
+        return DEFAULT_METHOD
+    return exported_for
 
 
 def get_method(name: str, *, among: tuple[str, ...] | None = None) -> Method:

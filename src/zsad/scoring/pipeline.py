@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from zsad.formats.methods import DEFAULT_METHOD
 from zsad.formats.methods import METHODS as REGISTRY
 from zsad.scoring._xp import array_module, to_numpy
 from zsad.scoring.aligned import alignment_check
@@ -34,7 +35,7 @@ def _default(fn: Callable[..., Any], name: str) -> Any:
 class SetScoringConfig:
     """Every choice of the training-free path; the STAPS-only ones are ignored by 'musc'."""
 
-    method: str = "staps"
+    method: str = DEFAULT_METHOD
     r_list: tuple[int, ...] = (1, 3, 5)
     topmin_max: float = _default(mutual_scores, "topmin_max")
     memory_budget_mb: float = _default(mutual_scores, "memory_budget_mb")
