@@ -23,7 +23,7 @@ from zsad.evaluation.metrics import image_metrics
 from zsad.scoring.pipeline import SetScoringConfig
 
 FRAMES, DEFECTS, BANK, SEEDS = 60, 5, 8, (0, 1, 2)
-CATEGORIES = ("grid", "fabric", "wood", "disc")
+CATEGORIES = tuple(sorted(DEFECT_TYPES))
 SETTINGS = {
     "musc (the default)": ("musc", {}),
     "`staps` (STAS, β = 0.5: the paper's)": ("staps", {}),

@@ -15,7 +15,8 @@ from zsad.errors import ZsadError
 
 app = typer.Typer(
     name="zsad",
-    help="Zero-shot image anomaly detection (STAPS training-free, HeadCLIP) for factory GPUs.\n\n"
+    help="Zero-shot image anomaly detection (training-free MuSc and STAPS, HeadCLIP) for "
+    "factory GPUs.\n\n"
     "Start with `zsad demo`: it generates a small defect dataset and scores it.",
     no_args_is_help=True,
     add_completion=False,

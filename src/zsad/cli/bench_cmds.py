@@ -182,7 +182,7 @@ def pipeline(
     bundle: BundleOpt = None,
     image_size: BenchImageSizeOpt = 518,
     device: DeviceOpt = "auto",
-    n: Annotated[int, typer.Option("--n", min=2, help="Images in the STAPS set.")] = 200,
+    n: Annotated[int, typer.Option("--n", min=2, help="Images in the MuSc/STAPS set.")] = 200,
     headclip_n: Annotated[
         int, typer.Option("--headclip-n", min=1, help="Images scored one by one with HeadCLIP.")
     ] = 16,
@@ -190,7 +190,7 @@ def pipeline(
         str, typer.Option("--headclip-batch", help="Comma-separated HeadCLIP batch sizes.")
     ] = "1,8",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="STAPS encoder batch.")
+        int, typer.Option("--batch-size", min=1, help="MuSc/STAPS encoder batch.")
     ] = 8,
     seed: SeedOpt = 0,
 ) -> None:
@@ -217,7 +217,7 @@ def pipeline(
 def station(
     out: Annotated[Path, typer.Option("--out", help="Folder for bench.json and bench.md.")],
     frames: Annotated[int, typer.Option("--frames", min=10, help="Frames to stream.")] = 3000,
-    bank: Annotated[int, typer.Option("--bank", min=2, help="STAPS rolling bank size.")] = 32,
+    bank: Annotated[int, typer.Option("--bank", min=2, help="MuSc/STAPS rolling bank size.")] = 32,
     model: ModelOpt = "zsad-tiny",
     image_size: Annotated[
         int | None,
@@ -324,7 +324,7 @@ def line(
     repeats: Annotated[
         int, typer.Option("--repeats", min=1, help="Alternating runs with sinks off and on.")
     ] = 3,
-    bank: Annotated[int, typer.Option("--bank", min=2, help="STAPS rolling bank size.")] = 32,
+    bank: Annotated[int, typer.Option("--bank", min=2, help="MuSc/STAPS rolling bank size.")] = 32,
     model: ModelOpt = "zsad-tiny",
     image_size: Annotated[int, typer.Option("--image-size", help="Encoder input size.")] = 224,
     seed: SeedOpt = 0,

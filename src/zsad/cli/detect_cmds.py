@@ -148,7 +148,7 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """Generate a small synthetic defect dataset and evaluate STAPS on it.
+    """Generate a small synthetic defect dataset and evaluate MuSc (the default method) on it.
 
     Nothing is downloaded: the encoder is the seeded random 'zsad-tiny' model, or with
     --real-weights a real DINOv2 ViT-S/14 from an installed package. Look at

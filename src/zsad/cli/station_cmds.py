@@ -171,7 +171,7 @@ def calibrate_threshold(
 ) -> None:
     """Set the OK/NG threshold of a bundle from good images (or a labelled set, by F1-max).
 
-    The images are scored exactly as `zsad watch` scores a stream (STAPS: warm-up on the
+    The images are scored exactly as `zsad watch` scores a stream (MuSc/STAPS: warm-up on the
     first --bank images, then the rolling bank), and the threshold is stored in
     BUNDLE/bundle.json under the method, with the settings it holds for. Prints JSON.
     """

@@ -1,4 +1,5 @@
-"""`zsad demo` as a function: generate a small defect dataset and evaluate STAPS on it."""
+"""`zsad demo` as a function: generate a small defect dataset and evaluate the default method
+(MuSc) on it."""
 
 from __future__ import annotations
 
