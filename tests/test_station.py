@@ -375,3 +375,47 @@ def test_calibrate_threshold_without_readable_images_says_so(bundle: Path, tmp_p
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == "zsad: error: calibrate-threshold: none of the 2 image(s) could be read"
     assert any("empty.png" in line and "file is empty" in line for line in lines[:-1])
+
+
+def test_a_hot_folder_says_once_why_an_image_is_not_taken(tmp_path: Path) -> None:
+    from PIL import Image
+
+    _png(tmp_path / "a.png", 1)
+    Image.new("RGB", (8, 8)).save(tmp_path / "camera.gif")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "notes.txt").write_text("shift notes")  # not an image: left alone in silence
+    done: set = set()
+    folder = HotFolder(tmp_path, done, retry_s=0.3)
+    item = folder.next()
+    assert item is not None and item.name == "a.png"
+    done.add(item.key)
+    lines = folder.notices()
+    for _ in range(3):
+        assert folder.next() is None
+    assert folder.notices() == []  # said once, however often the folder is scanned
+    assert len(lines) == 3, lines
+    said = {Path(line.split(": ")[1]).name: line for line in lines}
+    assert "GIF images are not read" in said["camera.gif"]
+    assert "cannot be followed" in said["loop.png"] and "cannot be followed" in said["gone.png"]
+    # A file that leaves and comes back is said again.
+    (tmp_path / "camera.gif").unlink()
+    folder.next()
+    Image.new("RGB", (8, 8)).save(tmp_path / "camera.gif")
+    folder.next()
+    assert [Path(line.split(": ")[1]).name for line in folder.notices()] == ["camera.gif"]
+
+
+def test_the_station_prints_what_its_hot_folder_passes_over(bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for i in range(3):
+        _png(in_dir / f"{i}.png", 300 + i)
+    Image.new("RGB", (8, 8)).save(in_dir / "camera.gif")
+    result = zsad("watch", str(in_dir), "--out", str(tmp_path / "out"), "--bundle", str(bundle),
+                  "--bank", "2", "--exit-when-idle", "0.5")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "not taken" in line]
+    assert len(said) == 1 and "camera.gif" in said[0] and said[0].startswith("zsad: "), said

@@ -6,9 +6,12 @@ undecodable for ``retry_s`` seconds. A frame is known by (name, size, mtime): th
 written again later is a new frame.
 
 A hot folder offers only files named like images (``IMAGE_EXTENSIONS``, any case): users keep
-notes, label files and the desktop's Thumbs.db beside the frames, and those are left alone. It
-never descends into the station's own OUT folder, and it reports when the folder itself goes
-missing (``missing_since``) instead of polling an empty listing in silence.
+notes, label files and the desktop's Thumbs.db beside the frames, and those are left alone. An
+image in a format zsad does not read (a GIF, a HEIC) and a symbolic link that cannot be followed
+are passed over too, but said once per file (``notices``): a camera set to the wrong format
+would otherwise look like an idle line. It never descends into the station's own OUT folder,
+and it reports when the folder itself goes missing (``missing_since``) instead of polling an
+empty listing in silence.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import IO
 
 import numpy as np
 
-from zsad.data.images import ImageLoadError, as_rgb_array, is_image_file
+from zsad.data.images import IMAGE_EXTENSIONS, ImageLoadError, as_rgb_array, is_image_file
 from zsad.errors import ZsadError
 
 # Names writers use while a file is incomplete; such files are never frames.
@@ -138,6 +141,28 @@ class _Source:
     def on_decode(self, hook: DecodeHook | None) -> None:
         self._decoder.on_decode = hook
 
+    def notices(self) -> list[str]:
+        """Lines to tell the user once (files passed over, and why); each is returned once."""
+        return []
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """Whether the entry is, or links to, a regular file; a link loop is not one."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False  # ELOOP: is_file() passes over dangling links but raises on loops
+
+
+def _other_image_format(name: str) -> str | None:
+    """The format of an image file zsad does not read (by its suffix), else None."""
+    from PIL import Image
+
+    suffix = Path(name).suffix.lower()
+    if not suffix or suffix in IMAGE_EXTENSIONS:
+        return None
+    return Image.registered_extensions().get(suffix)
+
 
 def same_folder(a: Path, b: Path) -> bool:
     """True when two paths name the same folder (relative, through symlinks, or not yet made)."""
@@ -180,6 +205,8 @@ class HotFolder(_Source):
         self._exclude = None if exclude is None else exclude.absolute()
         self._exclude_rel: Path | None = None
         self._exclude_id: tuple[int, int] | None = None
+        self._passed_over: set[str] = set()  # files already said not to be taken
+        self._notices: list[str] = []
         if self._exclude is not None:
             if same_folder(self.root, self._exclude):
                 raise ZsadError(
@@ -229,9 +256,37 @@ class HotFolder(_Source):
         self.missing_since = None
         return entries
 
+    def notices(self) -> list[str]:
+        """Files passed over since the last call, each said once, with the reason."""
+        lines, self._notices = self._notices, []
+        return lines
+
+    def _pass_over(self, path: Path, reason: str, passed: set[str]) -> None:
+        name = path.relative_to(self.root).as_posix()
+        passed.add(name)
+        if name not in self._passed_over:
+            self._passed_over.add(name)
+            self._notices.append(f"not taken: {path}: {reason}")
+
+    def _not_taken(self, entry: os.DirEntry[str]) -> str | None:
+        """Why a file the scan does not offer deserves a word, or None to pass it in silence."""
+        if not is_image_file(entry.name):
+            kind = _other_image_format(entry.name)
+            if kind is None:
+                return None  # notes, labels, Thumbs.db: left alone by design
+            return f"{kind} images are not read (zsad reads {', '.join(IMAGE_EXTENSIONS)})"
+        if entry.is_symlink():
+            try:
+                os.stat(entry.path)
+            except OSError as exc:
+                return f"a symbolic link that cannot be followed ({exc.strerror or exc})"
+            return "a symbolic link to something other than a file"
+        return "not a regular file"
+
     def _scan(self) -> deque[tuple[Path, str]]:
         found: list[tuple[int, str, Path]] = []
         present: set[FrameKey] = set()
+        passed: set[str] = set()
         root_entries = self._root_entries()
         if root_entries is None:
             return deque()
@@ -251,7 +306,10 @@ class HotFolder(_Source):
                             except OSError:
                                 complete = False  # removed while we looked, or unreadable
                         continue
-                    if not is_image_file(entry.name) or not entry.is_file():
+                    if not is_image_file(entry.name) or not _is_file(entry):
+                        reason = self._not_taken(entry)
+                        if reason is not None:
+                            self._pass_over(path, reason, passed)
                         continue
                     stat = entry.stat()
                 except OSError:
@@ -266,6 +324,7 @@ class HotFolder(_Source):
             # length. Never after a partial listing: a folder that could not be read for a
             # moment still holds its scored files, and they must not be offered again.
             self.done.intersection_update(present)
+            self._passed_over.intersection_update(passed)
         found.sort()
         return deque((path, name) for _, name, path in found)
 

@@ -218,6 +218,8 @@ class Station:
             finally:
                 self._blocking = False
             self._watch_source()
+            for line in getattr(self.source, "notices", list)():
+                self.options.echo(f"zsad: {line}")
             self._take_threshold_request()
             now = time.monotonic()
             if now - self._status_at >= self.options.status_interval_s:
