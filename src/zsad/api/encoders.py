@@ -102,8 +102,9 @@ def bundle_method(spec: EncoderSpec) -> str | None:
 
 def open_triton(spec: EncoderSpec) -> TritonBackend:
     """Connect to the served encoder; with --bundle too, the served file must be that bundle's."""
-    from zsad.runtime.triton_backend import TritonBackend
+    from zsad.runtime.triton_backend import TritonBackend, parse_url
 
+    parse_url(spec.triton)  # first: a URL with credentials must not be repeated in a message
     if spec.engine is not None:
         raise ZsadError("--triton and --engine: the engine runs on the server; give one of them")
     if not spec.triton_model:

@@ -577,7 +577,8 @@ _LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
             "--mqtt",
             str | None,
             "Publish every result to an MQTT broker: mqtt://HOST:1883 or mqtts://HOST:8883 "
-            "(QoS 1, in order, at least once; resumes after outages and restarts).",
+            "(QoS 1, in order, at least once; resumes after outages and restarts). No "
+            "user:password@ here: see --mqtt-username and --mqtt-password-file.",
         ),
         None,
     ),
@@ -595,7 +596,7 @@ _LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
         _line_option(
             "--mqtt-password-file",
             Path | None,
-            "File holding the broker password (default: $ZSAD_MQTT_PASSWORD).",
+            "File whose first line is the broker password (default: $ZSAD_MQTT_PASSWORD).",
         ),
         None,
     ),
@@ -656,8 +657,8 @@ _LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
         _line_option(
             "--http-token-file",
             Path | None,
-            "File holding the token that changes (a new threshold) need (default: "
-            "$ZSAD_HTTP_TOKEN; without one the API is read-only).",
+            "File whose first line is the token that changes (a new threshold) need "
+            "(default: $ZSAD_HTTP_TOKEN; without one the API is read-only).",
         ),
         None,
     ),

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from zsad.errors import ServiceUnavailable, ZsadError
 from zsad.formats.bundle import Bundle
 from zsad.formats.triton import PARAM_BUNDLE, PARAM_CALIBRATION, PARAM_FILE
+from zsad.formats.urls import split_url
 from zsad.runtime.backend import Lifecycle, checked_pixels
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -24,7 +24,11 @@ _OUTAGE_MARKS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Deadline", "failed to conn
 
 def parse_url(url: str) -> tuple[str, str]:
     """'grpc://host:8001', 'http://host:8000' or 'host[:port]' (gRPC) -> (protocol, host:port)."""
-    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    parts = split_url(
+        url if "://" in url else f"grpc://{url}",
+        "--triton",
+        "zsad sends no credentials to a Triton server",
+    )
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
         raise ZsadError(f"--triton {url}: expected grpc://HOST:PORT or http://HOST:PORT")
     try:

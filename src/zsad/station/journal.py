@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zsad.errors import ZsadError
+from zsad.formats.atomic import make_folders, open_output
 
 
 class Journal:
@@ -26,53 +27,45 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        make_folders(path.parent)
+        self._lock = open_output(path.with_name(f".{path.name}.lock"), os.O_RDWR)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # One descriptor for the repair and the appends: a path opened again could be a link.
+            self._fd = open_output(path, os.O_RDWR | os.O_APPEND)
         except BlockingIOError:
             os.close(self._lock)
             raise ZsadError(
                 f"{path}: another zsad process is writing these results (lock held)"
             ) from None
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.repaired_bytes = self._cut_partial_line()
         self.count = self._count_lines()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _cut_partial_line(self) -> int:
         """Drop a trailing line without its newline (a write cut short); returns bytes dropped."""
-        if not self.path.exists():
-            return 0
-        with self.path.open("rb+") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size == 0:
-                return 0
-            # Read backwards in blocks until the last newline.
-            end = size
-            while end > 0:
-                start = max(0, end - 65536)
-                handle.seek(start)
-                block = handle.read(end - start)
-                cut = block.rfind(b"\n")
-                if cut >= 0:
-                    keep = start + cut + 1
-                    break
-                end = start
-            else:
-                keep = 0
-            if keep < size:
-                handle.truncate(keep)
-                handle.flush()
-                os.fsync(handle.fileno())
-            return size - keep
+        size = os.fstat(self._fd).st_size
+        # Read backwards in blocks until the last newline.
+        end, keep = size, 0
+        while end > 0:
+            start = max(0, end - 65536)
+            cut = os.pread(self._fd, end - start, start).rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        if keep < size:
+            os.ftruncate(self._fd, keep)
+            os.fsync(self._fd)
+        return size - keep
 
     def _count_lines(self) -> int:
-        if not self.path.exists():
-            return 0
-        count = 0
-        with self.path.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                count += block.count(b"\n")
+        count = offset = 0
+        while block := os.pread(self._fd, 1 << 20, offset):
+            count += block.count(b"\n")
+            offset += len(block)
         return count
 
     def records(self) -> Iterator[dict[str, Any]]:

@@ -68,7 +68,6 @@ def open_when_available(
             if since is None:
                 since = time.time()
                 echo(f"zsad: encoder unreachable at start, retrying: {exc}")
-            out.mkdir(parents=True, exist_ok=True)
             write_json(
                 out / STATUS,
                 {

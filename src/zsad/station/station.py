@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -39,7 +38,7 @@ from zsad.api.results import Result, decide
 from zsad.api.scorers import Scored, StreamScorer
 from zsad.data.images import ImageLoadError, load_image_bounded
 from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
-from zsad.formats.atomic import write_json
+from zsad.formats.atomic import copy_file, make_folders, move_file, write_json, write_text
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import encode_image
 from zsad.runtime.preprocess import decode_side
@@ -147,7 +146,7 @@ class Station:
 
     def run(self) -> dict[str, Any]:
         """Resume from OUT, then process frames until stopped, idle or out of input."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_folders(self.out)
         self.journal = Journal(self.out / RESULTS)
         self.line = LineHub(LineContext(self.out, self.options.echo), self.options.sinks)
         self.line.context.journal_grew(self.journal.count)
@@ -503,10 +502,10 @@ class Station:
         """Move (hot folder) or copy (path list) a rejected file and write its reason beside it."""
         source = Path(record["path"])
         target = self.out / record["rejected_to"]
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(target.parent)
         reason = target.with_name(target.name + ".reason.txt")
         if not reason.exists():
-            reason.write_text(f"{record['path']}: {record['error']}\n")
+            write_text(reason, f"{record['path']}: {record['error']}\n")
         try:
             stat = source.stat()
         except OSError:
@@ -515,9 +514,9 @@ class Station:
             return  # a newer file of that name: not the one rejected
         try:
             if self.options.move_rejected:
-                shutil.move(source, target)
+                move_file(source, target)
             elif not target.exists():
-                shutil.copy2(source, target)
+                copy_file(source, target)
         except OSError as exc:
             self.options.echo(f"zsad: could not move {source} to {target}: {exc}")
 

@@ -1,40 +1,59 @@
 """How a station reaches the line: the settings of each sink, checked before anything starts.
 
 Secrets never come from the command line: the MQTT password and the HTTP token are read from an
-environment variable or a file.
+environment variable or a file, and URLs with credentials in them are refused.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
-from zsad.errors import ZsadError
+from zsad.errors import ZsadError, echo_stderr
+from zsad.formats.urls import split_url
 
 MQTT_PASSWORD_ENV = "ZSAD_MQTT_PASSWORD"
 HTTP_TOKEN_ENV = "ZSAD_HTTP_TOKEN"
 OpcuaSecurity = Literal["none", "sign", "sign-and-encrypt"]
+MQTT_CREDENTIALS = (
+    "give the user name with --mqtt-username and the password in --mqtt-password-file FILE or "
+    f"${MQTT_PASSWORD_ENV}"
+)
+HTTP_CREDENTIALS = f"give the token in --http-token-file FILE or ${HTTP_TOKEN_ENV}"
 
 
 def read_secret(env: str, file: Path | None, what: str) -> str | None:
-    """A secret from ``file`` (first line) or else the environment variable ``env``."""
+    """A secret from the first line of ``file`` or else the environment variable ``env``."""
     if file is not None:
         try:
-            secret = file.read_text().strip()
+            with file.open() as handle:
+                secret = handle.readline().strip()
+                mode = os.fstat(handle.fileno()).st_mode
         except OSError as exc:
             raise ZsadError(f"{file}: cannot read the {what} ({exc.strerror or exc})") from exc
         if not secret:
-            raise ZsadError(f"{file}: the {what} file is empty")
+            raise ZsadError(f"{file}: the first line of the {what} file is empty")
+        if mode & 0o077:
+            _warn_open_secret(file, mode & 0o777, what)
         return secret
     return os.environ.get(env) or None
 
 
-def host_port(address: str, default_port: int, flag: str) -> tuple[str, int]:
+@functools.cache
+def _warn_open_secret(file: Path, mode: int, what: str) -> None:
+    # Cached: the secret is read again at each check and each reconnect; one warning is enough.
+    echo_stderr(
+        f"zsad: warning: {file}: the {what} file is open to group or others (mode "
+        f"{mode:04o}); chmod 600 {file}"
+    )
+
+
+def host_port(address: str, default_port: int, flag: str, instead: str) -> tuple[str, int]:
     """``host:port`` (or a bare host) as a pair; IPv6 hosts in brackets."""
-    parts = urlsplit(f"//{address}")
+    parts = split_url(f"//{address}", flag, instead)
     try:
         port = parts.port or default_port
     except ValueError as exc:
@@ -57,7 +76,7 @@ class MqttConfig:
 
     def endpoint(self) -> tuple[str, int, bool]:
         """(host, port, TLS) from mqtt://host:1883 or mqtts://host:8883."""
-        parts = urlsplit(self.url)
+        parts = split_url(self.url, "--mqtt", MQTT_CREDENTIALS)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ZsadError(f"--mqtt {self.url}: give mqtt://HOST:PORT or mqtts://HOST:PORT")
         tls = parts.scheme == "mqtts" or self.ca_file is not None
@@ -96,7 +115,11 @@ class OpcuaConfig:
 
     def endpoint(self) -> tuple[str, int]:
         """(host, port) to listen on: exactly the host in the URL."""
-        parts = urlsplit(self.url)
+        parts = split_url(
+            self.url,
+            "--opcua",
+            "OPC UA clients are admitted by certificate (--opcua-trust DIR), not by password",
+        )
         try:
             port = parts.port or 4840
         except ValueError as exc:
@@ -141,7 +164,7 @@ class HttpConfig:
 
     def bind(self) -> tuple[str, int]:
         """(host, port) to listen on."""
-        return host_port(self.address, 8080, "--http")
+        return host_port(self.address, 8080, "--http", HTTP_CREDENTIALS)
 
     def token(self) -> str | None:
         """The token that state changes need, from --http-token-file or $ZSAD_HTTP_TOKEN."""
