@@ -4,6 +4,7 @@ the model list, each answered before any work and in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,21 @@ def test_a_failed_run_leaves_no_empty_out_behind(folder: Path, tmp_path: Path) -
     result = zsad("infer", str(empty), "--model", "zsad-tiny", "--out", str(kept))
     assert result.returncode == 2
     assert (kept / "earlier").is_dir()  # a folder the user had is never removed
+
+
+def test_out_is_never_read_back_as_input(folder: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(folder.glob("*.png"))[:4]:
+        shutil.copy(path, images)
+    args = ("--model", "zsad-tiny", "--image-size", "56", "--no-progress")
+    same = zsad("infer", str(images), "--out", str(images / "."), *args)
+    one_line_error(same, f"--out {images / '.'}", "is the input folder", "results")
+    assert not (images / "overlays").exists()
+    inputs = ([str(images), "-r"], [str(images / "**" / "*.png")])
+    for run in range(2):  # the second run finds the first run's overlays under OUT
+        for given in inputs:
+            result = zsad("infer", *given, "--out", str(images / "results"), *args)
+            assert result.returncode == 0, result.stderr
+            assert "scored 4 of 4 images" in result.stdout, (run, given, result.stdout)
+    assert len(list((images / "results" / "overlays").glob("*.png"))) == 4

@@ -23,6 +23,7 @@ from typing import IO
 
 import numpy as np
 
+from zsad.data.datasets import same_folder
 from zsad.data.images import ImageLoadError, as_rgb_array, is_image_file
 from zsad.errors import ZsadError
 
@@ -137,16 +138,6 @@ class _Source:
     @on_decode.setter
     def on_decode(self, hook: DecodeHook | None) -> None:
         self._decoder.on_decode = hook
-
-
-def same_folder(a: Path, b: Path) -> bool:
-    """True when two paths name the same folder (relative, through symlinks, or not yet made)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False  # one of them does not exist (yet)
 
 
 class HotFolder(_Source):
