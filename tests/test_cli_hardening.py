@@ -147,3 +147,14 @@ def test_out_is_never_read_back_as_input(folder: Path, tmp_path: Path) -> None:
             assert result.returncode == 0, result.stderr
             assert "scored 4 of 4 images" in result.stdout, (run, given, result.stdout)
     assert len(list((images / "results" / "overlays").glob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("size", ["1050", "99988"])
+def test_an_image_size_past_the_grid_limit_is_one_line(
+    folder: Path, tmp_path: Path, size: str
+) -> None:
+    # 1050 px = 75 x 14: one patch past the limit; 99988 px asked torch for 13 GB.
+    result = zsad("infer", str(folder), "--model", "zsad-tiny", "--image-size", size,
+                  "--out", str(tmp_path / "out"))  # fmt: skip
+    one_line_error(result, f"--image-size {size}", "at most 1036 px", "74 x 74", "patch count")
+    assert not (tmp_path / "out").exists()
