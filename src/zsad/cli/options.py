@@ -284,7 +284,8 @@ _SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         "MSM for fixtured parts: compare each patch only with the patches within +-W grid cells "
         "of its own position in the other images (~(2W+1)^2/P of the work; 1-3 for parts "
         "held to a few pixels). Reports how much of the parts' nearest-neighbour matching the "
-        "window keeps, with a warning when too little. Default: off (global MSM, loose parts).",
+        "window keeps, with a warning when too little, or when 2W+1 spans the whole grid (nearly "
+        "global MSM, without the saving). Default: off (global MSM, loose parts).",
         {"kind": int | None, "min": 0},
     ),
     (
