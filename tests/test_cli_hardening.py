@@ -158,3 +158,21 @@ def test_an_image_size_past_the_grid_limit_is_one_line(
                   "--out", str(tmp_path / "out"))  # fmt: skip
     one_line_error(result, f"--image-size {size}", "at most 1036 px", "74 x 74", "patch count")
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_lists_the_images_it_left_out_and_exits_3(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_dataset(root, seed=3, categories=["grid"], n_train=0, n_good=3, n_defect=2, size=64)
+    broken = root / "grid" / "test" / "good" / "broken.png"
+    broken.write_text("not an image")
+    out = tmp_path / "eval"
+    result = zsad("eval", str(root), "--model", "zsad-tiny", "--image-size", "56",
+                  "--no-progress", "--out", str(out))  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["excluded"] == 1
+    [entry] = metrics["categories"]["grid"]["excluded"]
+    assert entry["path"] == str(broken) and "cannot read image" in entry["error"]
+    assert f"zsad: skipped {broken}" in result.stderr
+    assert "1 labelled image could not be read" in result.stderr
+    assert "left out of these metrics" in (out / "metrics.md").read_text()
