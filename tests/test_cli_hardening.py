@@ -4,6 +4,7 @@ the model list, each answered before any work and in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,50 @@ def test_a_failed_run_leaves_no_empty_out_behind(folder: Path, tmp_path: Path) -
     result = zsad("infer", str(empty), "--model", "zsad-tiny", "--out", str(kept))
     assert result.returncode == 2
     assert (kept / "earlier").is_dir()  # a folder the user had is never removed
+
+
+def test_out_is_never_read_back_as_input(folder: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(folder.glob("*.png"))[:4]:
+        shutil.copy(path, images)
+    args = ("--model", "zsad-tiny", "--image-size", "56", "--no-progress")
+    same = zsad("infer", str(images), "--out", str(images / "."), *args)
+    one_line_error(same, f"--out {images / '.'}", "is the input folder", "results")
+    assert not (images / "overlays").exists()
+    inputs = ([str(images), "-r"], [str(images / "**" / "*.png")])
+    for run in range(2):  # the second run finds the first run's overlays under OUT
+        for given in inputs:
+            result = zsad("infer", *given, "--out", str(images / "results"), *args)
+            assert result.returncode == 0, result.stderr
+            assert "scored 4 of 4 images" in result.stdout, (run, given, result.stdout)
+    assert len(list((images / "results" / "overlays").glob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("size", ["1050", "99988"])
+def test_an_image_size_past_the_grid_limit_is_one_line(
+    folder: Path, tmp_path: Path, size: str
+) -> None:
+    # 1050 px = 75 x 14: one patch past the limit; 99988 px asked torch for 13 GB.
+    result = zsad("infer", str(folder), "--model", "zsad-tiny", "--image-size", size,
+                  "--out", str(tmp_path / "out"))  # fmt: skip
+    one_line_error(result, f"--image-size {size}", "at most 1036 px", "74 x 74", "patch count")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_lists_the_images_it_left_out_and_exits_3(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_dataset(root, seed=3, categories=["grid"], n_train=0, n_good=3, n_defect=2, size=64)
+    broken = root / "grid" / "test" / "good" / "broken.png"
+    broken.write_text("not an image")
+    out = tmp_path / "eval"
+    result = zsad("eval", str(root), "--model", "zsad-tiny", "--image-size", "56",
+                  "--no-progress", "--out", str(out))  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["excluded"] == 1
+    [entry] = metrics["categories"]["grid"]["excluded"]
+    assert entry["path"] == str(broken) and "cannot read image" in entry["error"]
+    assert f"zsad: skipped {broken}" in result.stderr
+    assert "1 labelled image could not be read" in result.stderr
+    assert "left out of these metrics" in (out / "metrics.md").read_text()

@@ -336,3 +336,22 @@ def test_label_csv_columns_chosen_by_name(tmp_path: Path) -> None:
         read_labelled_folder(images, csv_path, file_column="scan")
     with pytest.raises(ZsadError, match=r"no label column 'y' in the header \(study, "):
         read_labelled_folder(images, csv_path, file_column="study", label_column="y")
+
+
+def test_the_results_folder_is_never_listed_as_input(tmp_path: Path) -> None:
+    images = tmp_path / "imgs"
+    for name in ("a.png", "results/overlays/a.png", "results/old/b.png"):
+        _touch(images / name)
+    out = images / "results"
+    os.symlink(out, tmp_path / "alias")  # the same folder under another name
+    for given in (out, tmp_path / "alias"):
+        assert [s.path.name for s in read_folder(images, recursive=True, out=given)] == ["a.png"]
+        assert read_folder(str(images / "**" / "*.png"), out=given) == read_folder(images)
+    samples, warnings = expand_inputs([images, out / "old"], out=out)
+    assert [s.path.name for s in samples] == ["a.png"]
+    assert warnings == [f"{out / 'old'}: its images are all inside --out {out}, which is never "
+                        "listed as input"]  # fmt: skip
+    # A file named on its own is taken as given.
+    assert read_folder([out / "old" / "b.png"], out=out)[0].path.name == "b.png"
+    with pytest.raises(ZsadError, match=f"--out {images}: is the input folder"):
+        read_folder(images / "results" / "..", out=images)

@@ -74,6 +74,9 @@ def test_image_labels_give_image_metrics_only_and_strict_json(tmp_path: Path) ->
     }
     assert metrics["mean"]["image"]["auroc"] == 1.0  # the undefined category is left out
     assert metrics["settings"]["threshold"] is None
+    assert metrics["excluded"] == 0 and all(
+        "excluded" not in m for m in metrics["categories"].values()
+    )
     table = (tmp_path / "eval" / "metrics.md").read_text()
     assert "pixel" not in table
     assert "| only-good | n/a | n/a | n/a |" in table

@@ -136,6 +136,9 @@ def test_encoder_rejects_what_it_cannot_do() -> None:
     vit = _random_vit(DINOV2)
     with pytest.raises(ZsadError, match="multiple of the patch size 14"):
         TapEncoder(vit, image_size=50)
+    assert TapEncoder(vit, image_size=1036, outputs=("taps",)).grid == 74
+    with pytest.raises(ZsadError, match="at most 1036 px with 14 px patches"):
+        TapEncoder(vit, image_size=1050)
     with pytest.raises(ZsadError, match="0..2"):
         TapEncoder(vit, image_size=56, taps=(3,))
     with pytest.raises(ZsadError, match="without a CLIP text tower"):

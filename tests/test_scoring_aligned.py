@@ -168,6 +168,17 @@ def test_alignment_check_tells_fixtured_from_loose_parts() -> None:
     assert alignment_report(check).startswith("warning:")
 
 
+def test_a_window_spanning_the_grid_is_a_warning_naming_the_widest_useful_one() -> None:
+    fixtured = _fixtured_part(4, 12, 32, seed=2)
+    assert alignment_report(alignment_check(fixtured, 5)).startswith("alignment:")
+    for window in (6, 11, 1000):  # 2W+1 >= 12: the centre patches search the whole grid
+        check = alignment_check(fixtured, window)
+        assert check["grid_side"] == 12 and check["nn_inside_window"] > 0.95
+        report = alignment_report(check)
+        assert report.startswith(f"warning: alignment: --align-window {window} covers the whole ")
+        assert "12 x 12 patch grid" in report and "use --align-window 5 or less" in report
+
+
 def test_gpu_code_path_on_numpy(monkeypatch, numpy_as_gpu) -> None:
     rng = np.random.default_rng(4)
     features = _unit(rng.normal(size=(5, 64, 8)))
@@ -257,6 +268,14 @@ def test_infer_reports_alignment_and_cli_checks_the_option(fixtured: Path, tmp_p
     assert "zsad: alignment:" in result.stderr or "zsad: warning: alignment:" in result.stderr
     bad = zsad("infer", images, "-r", "--align-window", "-1", *common)
     one_line_error(bad, "--align-window")
+    wide = zsad(
+        "infer", images, "-r", "--out", str(tmp_path / "wide"), "--align-window", "1000",
+        "--no-overlays", "--no-progress", *common,
+    )  # fmt: skip
+    assert wide.returncode == 0, wide.stderr
+    warned = [line for line in wide.stderr.splitlines() if line.startswith("zsad: warning:")]
+    assert len(warned) == 1 and "covers the whole 4 x 4 patch grid" in warned[0], wide.stderr
+    assert "use --align-window 1 or less" in warned[0]
 
 
 def test_station_reports_alignment_after_warm_up(fixtured: Path, tmp_path: Path) -> None:

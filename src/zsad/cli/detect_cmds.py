@@ -97,6 +97,7 @@ def infer(
     typical); headclip scores each image on its own. Writes OUT/results.jsonl (one line per
     image: path, score, map, overlay, error), OUT/maps/*.npy (float16 pixel maps at the encoder
     size), OUT/overlays/*.png and OUT/summary.json. Unreadable files are reported and skipped.
+    OUT may not be an input folder; folders and globs never take the images inside OUT.
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
@@ -119,7 +120,7 @@ def infer(
         from zsad.api.infer import infer_to_folder
         from zsad.data.datasets import read_folder
 
-        paths = [s.path for s in read_folder(images, recursive=recursive)]
+        paths = [s.path for s in read_folder(images, recursive=recursive, out=out)]
         with detector(
             encoder, method, headclip, scoring, threshold=threshold, progress=progress
         ) as det:

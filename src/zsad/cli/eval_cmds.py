@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from zsad.cli.detect_cmds import detector, echo_err
+from zsad.cli.detect_cmds import PARTIAL_FAILURE_EXIT, detector, echo_err
 from zsad.cli.options import (
     BatchOpt,
     FileColumnOpt,
@@ -71,7 +71,8 @@ def evaluate(
     scores each image on its own. --dataset folder --labels CSV evaluates one folder with
     image-level labels (image metrics only; the folder's name is the category). Writes
     OUT/metrics.json, OUT/metrics.md and OUT/CATEGORY/results.jsonl (+ maps, overlays with
-    --overlays).
+    --overlays). Exit status: 0 every image scored, 3 done but some images could not be read
+    (left out of the metrics, listed in metrics.json), 2 a usage error.
     """
     from zsad.evaluation.report import dataset_samples, markdown_table
     from zsad.evaluation.report import evaluate as run_eval
@@ -90,6 +91,8 @@ def evaluate(
                 echo=echo_err,
             )
         typer.echo(markdown_table(payload["categories"], payload["mean"]))
+        if payload["excluded"]:
+            raise typer.Exit(PARTIAL_FAILURE_EXIT)
 
 
 def register(app: typer.Typer) -> None:

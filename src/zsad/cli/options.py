@@ -13,12 +13,14 @@ from typing import Annotated, Any, Literal
 import typer
 
 from zsad.errors import ZsadError
+from zsad.formats.backbones import MAX_GRID
 from zsad.formats.methods import METHODS, STREAMABLE
 
 SCORING_PANEL = "Training-free scoring (staps / musc)"
 HEADCLIP_PANEL = "HeadCLIP"
 STATION_PANEL = "Station"
 ENCODER_PANEL = "Encoder"
+_SIZE_LIMIT = f"at most {MAX_GRID} patches a side: {MAX_GRID * 14} px at 14 px patches"
 
 ModelOpt = Annotated[
     str,
@@ -56,7 +58,7 @@ ImageSizeOpt = Annotated[
     typer.Option(
         "--image-size",
         min=14,
-        help="Encoder input size in pixels (multiple of the patch size).",
+        help=f"Encoder input size in pixels (multiple of the patch size, {_SIZE_LIMIT}).",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -73,8 +75,9 @@ MaybeImageSizeOpt = Annotated[
     typer.Option(
         "--image-size",
         min=14,
-        help="Encoder input size in pixels (multiple of the patch size); default: the bundle's "
-        "with --bundle/--engine, 518 for the ViT-L/14 models, else the model's own size.",
+        help=f"Encoder input size in pixels (multiple of the patch size, {_SIZE_LIMIT}); "
+        "default: the bundle's with --bundle/--engine, 518 for the ViT-L/14 models, else the "
+        "model's own size.",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -281,7 +284,8 @@ _SCORING_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         "MSM for fixtured parts: compare each patch only with the patches within +-W grid cells "
         "of its own position in the other images (~(2W+1)^2/P of the work; 1-3 for parts "
         "held to a few pixels). Reports how much of the parts' nearest-neighbour matching the "
-        "window keeps, with a warning when too little. Default: off (global MSM, loose parts).",
+        "window keeps, with a warning when too little, or when 2W+1 spans the whole grid (nearly "
+        "global MSM, without the saving). Default: off (global MSM, loose parts).",
         {"kind": int | None, "min": 0},
     ),
     (

@@ -93,20 +93,30 @@ def read_mvtec(
 
 
 def expand_inputs(
-    path_or_paths: StrPath | Sequence[StrPath], recursive: bool = False
+    path_or_paths: StrPath | Sequence[StrPath],
+    recursive: bool = False,
+    *,
+    out: StrPath | None = None,
 ) -> tuple[list[Sample], list[str]]:
     """List images from folders, globs, files and list files in the order given, plus one
-    warning line per input that yielded no image."""
+    warning line per input that yielded no image; folders and globs skip what lies in ``out``."""
     inputs = (
         [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
     )
     if not inputs:
         raise ZsadError("input: no image paths given")
+    results = None if out is None else Path(out)
     seen: set[Path] = set()
     samples: list[Sample] = []
     warnings: list[str] = []
     for item in inputs:
-        paths, warning = _expand_input(item, recursive)
+        if results is not None and Path(item).is_dir() and same_folder(Path(item), results):
+            raise ZsadError(
+                f"--out {out}: is the input folder {item} itself, so a later run would score "
+                f"its own overlays; give another folder (a subfolder such as "
+                f"{Path(item) / 'results'} is never listed as input)"
+            )
+        paths, warning = _expand_input(item, recursive, results)
         if warning is not None:
             warnings.append(warning)
         for path in paths:
@@ -125,9 +135,11 @@ def read_folder(
     recursive: bool = False,
     *,
     warn: Callable[[str], None] | None = None,
+    out: StrPath | None = None,
 ) -> list[Sample]:
-    """List unlabelled images from folders, globs, image files or .txt/.lst list files."""
-    samples, warnings = expand_inputs(path_or_paths, recursive)
+    """List unlabelled images from folders, globs, image files or .txt/.lst list files; with
+    ``out`` (the results folder), refuse it as an input folder and skip the images inside it."""
+    samples, warnings = expand_inputs(path_or_paths, recursive, out=out)
     for line in warnings:
         (warn or _warn_stderr)(line)
     return samples
@@ -202,9 +214,12 @@ def _find_mask(mask_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def _expand_input(item: StrPath, recursive: bool) -> tuple[list[Path], str | None]:
+def _expand_input(
+    item: StrPath, recursive: bool, out: Path | None
+) -> tuple[list[Path], str | None]:
     """Resolve one input (folder, image file, list file or glob) to image paths, or say why
-    it yields none."""
+    it yields none. Folders and globs skip the images inside ``out``; files named one by one
+    are taken as given."""
     path = Path(item)
     if path.is_dir():
         try:
@@ -214,7 +229,7 @@ def _expand_input(item: StrPath, recursive: bool) -> tuple[list[Path], str | Non
             return [], f"{item}: cannot list folder ({exc.strerror or exc})"
         if not images:
             return [], f"{item}: no images found{_subfolder_hint(path, recursive)}"
-        return images, None
+        return _outside(images, item, out)
     if path.is_file() and path.suffix.lower() in LIST_FILE_EXTENSIONS:
         try:
             listed = _read_list_file(path)
@@ -233,9 +248,38 @@ def _expand_input(item: StrPath, recursive: bool) -> tuple[list[Path], str | Non
         ]
         if not matches:
             return [], f"{item}: no images found"
-        return sorted(matches, key=_natural_key), None
+        return _outside(sorted(matches, key=_natural_key), item, out)
     # Missing, a dangling link or a link loop: the scorer reports it like any unreadable image.
     return [path], None
+
+
+def _outside(paths: list[Path], item: StrPath, out: Path | None) -> tuple[list[Path], str | None]:
+    """The ``paths`` that do not lie in ``out`` (where they are, not where a link points), or
+    the warning that ``item`` had images only there."""
+    if out is None:
+        return paths, None
+    root = os.path.join(os.path.realpath(out), "")
+    inside: dict[Path, bool] = {}
+    kept = []
+    for path in paths:
+        # One realpath per folder, not per file: a dataset folder holds thousands of images.
+        if path.parent not in inside:
+            inside[path.parent] = os.path.join(os.path.realpath(path.parent), "").startswith(root)
+        if not inside[path.parent]:
+            kept.append(path)
+    if not kept:
+        return [], f"{item}: its images are all inside --out {out}, which is never listed as input"
+    return kept, None
+
+
+def same_folder(a: Path, b: Path) -> bool:
+    """True when two paths name the same folder (relative, through symlinks, or not yet made)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False  # one of them does not exist (yet)
 
 
 def _subfolder_hint(folder: Path, recursive: bool) -> str:

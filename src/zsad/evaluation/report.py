@@ -112,9 +112,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score each category as one set and write OUT/metrics.json, OUT/metrics.md and
     OUT/CATEGORY/results.jsonl (+ maps, overlays); returns the metrics.json content, in which
-    undefined metrics are None (null) and pixel metrics exist only for categories with masks."""
+    undefined metrics are None (null), pixel metrics exist only for categories with masks, and
+    images that could not be read are listed under their category's ``excluded`` and counted
+    in the top-level ``excluded``."""
     per_category: dict[str, Any] = {}
     timing: dict[str, Any] = {}
+    excluded = 0
     for category in sorted({s.category for s in samples}):
         subset = [s for s in samples if s.category == category]
         paths = [s.path for s in subset]
@@ -123,6 +126,12 @@ def evaluate(
             echo(f"zsad: skipped {failure.error}")
         timing[category] = scored.timing
         per_category[category] = category_metrics(subset, scored, detector.image_size)
+        if scored.failures:
+            # Metrics over fewer images than labelled must say so where they are read.
+            per_category[category]["excluded"] = [
+                {"path": r.path, "error": r.error} for r in scored.failures
+            ]
+            excluded += len(scored.failures)
         records = write_set(out / category, scored, paths, overlays=overlays)
         write_jsonl(out / category / "results.jsonl", records)
         auroc = per_category[category]["image"]["auroc"]
@@ -136,11 +145,21 @@ def evaluate(
             "image_size": detector.image_size,
             "settings": detector.settings,
             "timing": timing,
+            "excluded": excluded,
         }
     )
     # allow_nan=False: a non-finite value that slipped past json_safe fails here, not in a reader.
     write_text(out / "metrics.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    write_text(out / "metrics.md", markdown_table(payload["categories"], payload["mean"]))
+    table = markdown_table(payload["categories"], payload["mean"])
+    if excluded:
+        note = (
+            "1 labelled image could not be read and is"
+            if excluded == 1
+            else f"{excluded} labelled images could not be read and are"
+        ) + " left out of these metrics"
+        echo(f"zsad: {note} (listed in {out / 'metrics.json'} under each category's excluded)")
+        table += f"\n{note} (listed in metrics.json).\n"
+    write_text(out / "metrics.md", table)
     return payload
 
 

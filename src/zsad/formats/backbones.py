@@ -13,6 +13,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _LABELS = {"dinov2": "DINOv2", "dino": "DINO"}
 RELEASE_TAG = "meta"  # --pretrained tag of the official Meta AI release
+# The largest patch grid side any encoder is built with: twice the 37 x 37 grid of the papers'
+# 518 px ViT-L/14 input, 4x its patches. Self-attention memory and MSM's work grow with the
+# square of the patch count (16x at this side); far beyond it a run only fails deep in torch,
+# out of memory (99988 px asks for a 13 GB positional embedding even on zsad-tiny).
+MAX_GRID = 74
 _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{name}/{name}_pretrain.pth"
 _DINO_URL = "https://dl.fbaipublicfiles.com/dino/{stem}_pretrain/{stem}_pretrain.pth"
 

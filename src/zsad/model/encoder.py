@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad.errors import ZsadError
+from zsad.formats.backbones import MAX_GRID
 from zsad.formats.local_path import LocalPath
 from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 
@@ -45,6 +46,24 @@ def check_input_size(pixels: torch.Tensor, image_size: int) -> None:
             f"input of size {tuple(pixels.shape[-2:])}: this encoder was built for "
             f"{image_size}x{image_size}"
         )
+
+
+def check_image_size(image_size: int, patch_size: int) -> int:
+    """The patch grid side for ``image_size``; one line unless it is a multiple of the patch
+    size with at most ``MAX_GRID`` patches a side."""
+    if image_size % patch_size:
+        raise ZsadError(
+            f"--image-size {image_size}: must be a multiple of the patch size {patch_size}"
+        )
+    limit = MAX_GRID * patch_size
+    if image_size > limit:
+        raise ZsadError(
+            f"--image-size {image_size}: at most {limit} px with {patch_size} px patches (a "
+            f"{MAX_GRID} x {MAX_GRID} patch grid, twice the side of the papers' 37 x 37 at "
+            "518 px): attention memory and MSM work grow with the square of the patch count, "
+            "16x the papers' cost at this limit"
+        )
+    return image_size // patch_size
 
 
 def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
@@ -82,12 +101,8 @@ class DualPathEncoder(nn.Module):
         n_layers = len(self.blocks)
         self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.patch_size = visual.conv1.kernel_size[0]
-        if image_size % self.patch_size:
-            raise ZsadError(
-                f"--image-size {image_size}: must be a multiple of the patch size {self.patch_size}"
-            )
+        self.grid = check_image_size(image_size, self.patch_size)
         self.image_size = image_size
-        self.grid = image_size // self.patch_size
         self.outputs = tuple(o for o in OUTPUTS if o in set(outputs))
         unknown = set(outputs) - set(OUTPUTS)
         if unknown or not self.outputs:

@@ -20,6 +20,7 @@ from zsad.errors import ZsadError
 from zsad.formats.backbones import IMAGENET_MEAN, IMAGENET_STD, VitArch
 from zsad.model.encoder import (
     EncoderOutputs,
+    check_image_size,
     check_input_size,
     default_taps,
     resize_positional_embedding,
@@ -162,12 +163,7 @@ class TapEncoder(nn.Module):
         self.arch = arch
         self.patch_size = arch.patch_size
         self.image_size = arch.default_image_size if image_size is None else image_size
-        if self.image_size % self.patch_size:
-            raise ZsadError(
-                f"--image-size {self.image_size}: must be a multiple of the patch size "
-                f"{self.patch_size}"
-            )
-        self.grid = self.image_size // self.patch_size
+        self.grid = check_image_size(self.image_size, self.patch_size)
         self.taps = tuple(taps) if taps is not None else default_taps(arch.depth)
         if not self.taps or any(not 0 <= i < arch.depth for i in self.taps):
             raise ZsadError(

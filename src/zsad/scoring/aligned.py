@@ -272,7 +272,8 @@ def alignment_check(features: Any, window: int, *, seed: int = 0) -> dict[str, A
       everywhere, so its exact best match is noise);
     - ``peak_inflation``: how much the window raises the largest nearest-neighbour distance of
       an image (median over the pairs): MSM's image score, so > 1 means good parts would score
-      higher, at their most distinctive places, than with a global search.
+      higher, at their most distinctive places, than with a global search;
+    - ``grid_side``: the side of the patch grid.
 
     ``features`` (N, P, C) unit vectors, N >= 2. Compares up to 8 image pairs on up to 256
     patches each: a few GFLOP at ViT-L shapes.
@@ -301,6 +302,7 @@ def alignment_check(features: Any, window: int, *, seed: int = 0) -> dict[str, A
     peak = float(np.median(peaks))
     return {
         "align_window": int(window),
+        "grid_side": side,
         "nn_inside_window": round(share, 4),
         "peak_inflation": round(peak, 4),
         "pairs": len(kept),
@@ -309,8 +311,20 @@ def alignment_check(features: Any, window: int, *, seed: int = 0) -> dict[str, A
 
 
 def alignment_report(check: dict[str, Any]) -> str:
-    """One line on ``alignment_check``'s result: a warning when the parts are not aligned enough."""
-    window, share = check["align_window"], check["nn_inside_window"]
+    """One line on ``alignment_check``'s result: a warning when the parts are not aligned enough,
+    or when the window spans the whole grid."""
+    window, share, side = check["align_window"], check["nn_inside_window"], check["grid_side"]
+    if 2 * window + 1 >= side:
+        # The centre patches search everything (all patches do from side - 1 on): the share
+        # found above is then ~100% whatever the parts, and the tiles cost about what global
+        # MSM does, or more on large grids.
+        widest = (side - 2) // 2
+        instead = f"use --align-window {widest} or less, or drop it" if widest >= 0 else "drop it"
+        return (
+            f"warning: alignment: --align-window {window} covers the whole {side} x {side} patch "
+            f"grid (2W+1 = {2 * window + 1} >= {side}): nearly global MSM's search, without the "
+            f"saving a window is for; {instead}"
+        )
     found = (
         f"{100 * share:.0f}% of nearest-neighbour matches lie within --align-window {window}, "
         f"largest nearest distance x{check['peak_inflation']:.2f} of a global search"

@@ -26,6 +26,7 @@ from typing import IO
 
 import numpy as np
 
+from zsad.data.datasets import same_folder
 from zsad.data.images import IMAGE_EXTENSIONS, ImageLoadError, as_rgb_array, is_image_file
 from zsad.errors import ZsadError
 
@@ -162,16 +163,6 @@ def _other_image_format(name: str) -> str | None:
     if not suffix or suffix in IMAGE_EXTENSIONS:
         return None
     return Image.registered_extensions().get(suffix)
-
-
-def same_folder(a: Path, b: Path) -> bool:
-    """True when two paths name the same folder (relative, through symlinks, or not yet made)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False  # one of them does not exist (yet)
 
 
 class HotFolder(_Source):

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from zsad.api.detector import Detector
+from zsad.data.datasets import same_folder
 from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
 from zsad.formats.atomic import write_json
 from zsad.runtime.preprocess import decode_side
-from zsad.station.frames import HotFolder, PathList, same_folder
+from zsad.station.frames import HotFolder, PathList
 from zsad.station.line.hub import Sink
 from zsad.station.station import RETRY_FIRST_S, RETRY_MAX_S, STATUS, Station, StationOptions
 
