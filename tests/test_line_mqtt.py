@@ -237,7 +237,15 @@ def test_payload_is_the_journal_record_and_status_is_retained(bundle: Path, tmp_
             time.sleep(0.05)
         late.loop_stop()
         assert retained and retained[-1]["state"] == "stopped"
-        assert retained[-1]["scored"] == 4
+        assert retained[-1]["journal"]["scored"] == 4
+        # The live subscriber saw the true phase from the first status, and one goodbye.
+        deadline = time.monotonic() + 10
+        while "stopped" not in [s["state"] for s in consumer.status]:
+            assert time.monotonic() < deadline, consumer.status
+            time.sleep(0.05)
+        time.sleep(0.5)  # time for a second "stopped" to arrive, were one sent
+        states = [s["state"] for s in consumer.status]
+        assert states[0] == "warming-up" and states.count("stopped") == 1, states
     finally:
         client.loop_stop()
         consumer.close()

@@ -248,6 +248,7 @@ def test_a_plc_reads_subscribes_acknowledges_and_reconnects(bundle: Path, tmp_pa
     described = status["sinks"]["opcua"]
     assert described["endpoint"] == url and described["error"] is None
     assert described["last_result_id"] == 7
+    assert described["state"] == "stopped"  # the status written once the server has closed
     assert json.loads((out / "opcua-ack.json").read_text())["acknowledged_id"] == 7
 
 
@@ -426,3 +427,49 @@ def test_an_unreadable_image_is_a_failed_result_and_acknowledgements_outlive_res
     (tmp_path / "opcua-ack.json").write_text('{"acknowledged_id": 2}')
     with pytest.raises(ZsadError, match="acknowledges result 2 but the journal holds 2 records"):
         OpcuaSink(OpcuaConfig(url, "none")).start(context)
+
+
+def test_acknowledge_with_an_argument_of_the_wrong_type_is_a_type_mismatch(
+    tmp_path: Path,
+) -> None:
+    from zsad.station.journal import Journal
+    from zsad.station.line.config import OpcuaConfig
+    from zsad.station.line.hub import LineContext
+    from zsad.station.line.opcua import OpcuaSink
+
+    journal = Journal(tmp_path / "results.jsonl")
+    for index in range(2):
+        journal.append({"index": index, "name": f"{index}.png", "score": 0.1, "decision": "OK"})
+    context = LineContext(tmp_path, echo=lambda line: None)
+    context.journal_grew(journal.count)
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
+    sink = OpcuaSink(OpcuaConfig(url, "none"))
+    sink.start(context)
+
+    async def plc() -> dict[str, Any]:
+        async with Client(url, timeout=30) as client:
+            view = await Station(client).open()
+            method = ua.QualifiedName("Acknowledge", view.ns)
+            wrong = [
+                ua.Variant("abc"),
+                ua.Variant(1.0, ua.VariantType.Double),
+                ua.Variant(True, ua.VariantType.Boolean),
+                ua.Variant(1, ua.VariantType.Int32),
+                ua.Variant([1], ua.VariantType.Int64),
+            ]
+            for argument in wrong:
+                with pytest.raises(ua.UaStatusCodeError, match="BadTypeMismatch"):
+                    await view.node("Station").call_method(method, argument)
+                with pytest.raises(ua.UaStatusCodeError, match="BadTypeMismatch"):
+                    await view.node("Station.AcknowledgedResultId").write_value(argument)
+            with pytest.raises(ua.UaStatusCodeError, match="BadOutOfRange"):
+                await view.acknowledge(2)
+            await view.acknowledge(1)
+            return await view.read("Station.AcknowledgedResultId")
+
+    try:
+        got = asyncio.run(plc())
+    finally:
+        sink.stop(3.0)
+        journal.close()
+    assert got == {"Station.AcknowledgedResultId": 1}

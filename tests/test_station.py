@@ -27,6 +27,9 @@ from zsad.runtime.open import open_backend
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
 from zsad.station.frames import HotFolder, Rejection
+from zsad.station.line.config import HttpConfig
+from zsad.station.line.http import HttpSink
+from zsad.station.line.hub import LineContext
 from zsad.station.station import Station, StationOptions
 
 
@@ -37,12 +40,67 @@ def _station(bundle: Path, in_dir: Path, out: Path, **options) -> Station:
             SetScoringConfig(use_stas=False, device="cpu"), bank=4, image_size=backend.image_size
         )
     )
+    retry_s = options.pop("retry_s", 1.0)
     return Station(
         backend,
         scorer,
-        lambda done: HotFolder(in_dir, done, retry_s=options.pop("retry_s", 1.0), exclude=out),
+        lambda done: HotFolder(in_dir, done, retry_s=retry_s, exclude=out),
         StationOptions(out=out, poll_s=0.05, echo=lambda line: None, **options),
     )
+
+
+class _Recorder:
+    """A sink that keeps every status the station hands it and says whether it was stopped."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.statuses: list[dict] = []
+        self.state = "new"
+
+    def start(self, context: LineContext) -> None:
+        context.on_status(self.statuses.append)
+        self.state = "serving"
+
+    def describe(self) -> dict:
+        return {"state": self.state}
+
+    def stop(self, timeout: float) -> None:
+        self.state = "stopped"
+
+
+def test_status_counts_the_journal_and_this_run_and_shows_the_sinks_stopped(
+    bundle: Path, tmp_path: Path
+) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for i in range(5):
+        _png(in_dir / f"{i}.png", i)
+    (in_dir / "bad.png").write_text("a text file named like an image")
+    first = _Recorder()
+    _station(bundle, in_dir, out, retry_s=0.0, idle_exit_s=0.3, sinks=[first]).run()
+    # A bank still empty is warming up from the very first status, not running.
+    assert first.statuses[0]["state"] == "warming-up"
+    for i in range(5, 8):
+        _png(in_dir / f"{i}.png", i)
+    second = _Recorder()
+    http = HttpSink(HttpConfig("127.0.0.1:0"))
+    summary = _station(
+        bundle, in_dir, out, retry_s=0.0, idle_exit_s=0.3, sinks=[second, http]
+    ).run()
+    # The bank refilled from the journal: scoring goes on at once.
+    assert second.statuses[0]["state"] == "running"
+    assert second.statuses[0]["journal"] == {"scored": 5, "rejected": 1}
+    assert second.statuses[0]["this_run"] == {"scored": 0, "rejected": 0}
+    status = json.loads((out / "status.json").read_text())
+    for final in (summary, status):
+        assert final["journal"] == {"scored": 8, "rejected": 1}
+        assert final["this_run"] == {"scored": 3, "rejected": 0}
+        assert {name: sink["state"] for name, sink in final["sinks"].items()} == {
+            "recorder": "stopped",
+            "http": "stopped",
+        }
+    assert len(_records(out)) == 9
 
 
 def test_a_folder_fed_by_another_thread_with_bad_and_half_written_files(
@@ -76,7 +134,7 @@ def test_a_folder_fed_by_another_thread_with_bad_and_half_written_files(
     summary = _station(bundle, in_dir, out, idle_exit_s=2.5).run()
     feeder.join()
     _assert_each_once(out, good + ["slow.png"])
-    assert summary["state"] == "stopped" and summary["scored"] == 11 and summary["rejected"] == 2
+    assert summary["state"] == "stopped" and summary["this_run"] == {"scored": 11, "rejected": 2}
     rejected = {r["name"]: r for r in _records(out) if r["decision"] == "rejected"}
     assert rejected.keys() == {"corrupt.png", "empty.png"}
     assert "empty" in rejected["empty.png"]["error"]

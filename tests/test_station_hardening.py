@@ -361,7 +361,7 @@ def test_a_marker_left_by_a_dead_run(bundle: Path, tmp_path: Path) -> None:
     # A marker naming a frame the journal lists: the run died after it, not on it.
     leave_marker("1.png", 1)
     summary = _station(bundle, in_dir, out, idle_exit_s=0.3).run()
-    assert summary["rejected"] == 0 and not (out / IN_PROGRESS).exists()
+    assert summary["this_run"]["rejected"] == 0 and not (out / IN_PROGRESS).exists()
     assert len(_records(out)) == 3
 
 
@@ -386,7 +386,7 @@ def test_files_not_named_like_images_are_left_alone(bundle: Path, tmp_path: Path
     assert after == before
     _assert_each_once(out, images)
     assert [r["name"] for r in _records(out) if r["decision"] == "rejected"] == ["bad.png"]
-    assert summary["rejected"] == 1 and not (in_dir / "bad.png").exists()
+    assert summary["this_run"]["rejected"] == 1 and not (in_dir / "bad.png").exists()
     assert not {r["name"] for r in _records(out)} & set(others)
 
 

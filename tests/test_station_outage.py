@@ -68,7 +68,7 @@ def test_an_outage_is_waited_out_and_reported(headclip_bundle: Path, tmp_path: P
         assert not (out / IN_PROGRESS).exists()  # waiting is not the frame's fault
         backend.down.clear()
         write_frame(in_dir / "b.png", 1)
-        wait_until(lambda: read_status(out).get("scored") == 2, "both frames")
+        wait_until(lambda: read_status(out).get("this_run", {}).get("scored") == 2, "both frames")
         assert (
             read_status(out)["encoder"] == "ok" and read_status(out)["encoder_down_since"] is None
         )

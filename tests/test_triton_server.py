@@ -257,7 +257,11 @@ def test_a_station_rides_out_the_server_down_killed_and_restarted(
         for i, name in enumerate(names[:3]):
             write_frame(hot / name, i)
         server.start()
-        wait_until(lambda: read_status(out).get("scored") == 3, "the first frames", timeout=90)
+        wait_until(
+            lambda: read_status(out).get("this_run", {}).get("scored") == 3,
+            "the first frames",
+            timeout=90,
+        )
         server.kill()
         for i, name in enumerate(names[3:], start=3):
             write_frame(hot / name, i)
@@ -266,10 +270,12 @@ def test_a_station_rides_out_the_server_down_killed_and_restarted(
         )
         status = read_status(out)
         assert status["encoder"] == "unreachable" and status["encoder_outages"] == 1
-        assert status["scored"] == 3 and status["encoder_error"]
+        assert status["this_run"]["scored"] == 3 and status["encoder_error"]
         server.start()
         wait_until(
-            lambda: read_status(out).get("scored") == 6, "the frames after the restart", timeout=90
+            lambda: read_status(out).get("this_run", {}).get("scored") == 6,
+            "the frames after the restart",
+            timeout=90,
         )
         assert read_status(out)["encoder"] == "ok"
     finally:

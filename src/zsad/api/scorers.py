@@ -243,6 +243,10 @@ class StreamScorer(Protocol):
         """Images received and not yet scored."""
         ...
 
+    def warming_up(self) -> bool:
+        """True until the first images are scored (a bank still filling, perhaps still empty)."""
+        ...
+
     def map_range(self) -> tuple[float, float] | None:
         """Fixed overlay colour range, so overlays compare across the run."""
         ...
@@ -302,6 +306,10 @@ class RollingScorer:
         """Warm-up images waiting for the bank to fill."""
         return self.rolling.filled if self.rolling.warming_up else 0
 
+    def warming_up(self) -> bool:
+        """True until the bank has filled and its images are scored."""
+        return self.rolling.warming_up
+
     def map_range(self) -> tuple[float, float] | None:
         """The warm-up set's map range."""
         return self.rolling.map_range
@@ -357,6 +365,10 @@ class HeadclipScorer:
     def held(self) -> int:
         """Nothing is ever held."""
         return 0
+
+    def warming_up(self) -> bool:
+        """No warm-up: the first image is scored on arrival."""
+        return False
 
     def map_range(self) -> tuple[float, float] | None:
         """Maps are (1 - P_normal + P_abnormal) / 2, in [0, 1]."""

@@ -129,8 +129,11 @@ class Station:
         self._held: dict[int, _Held] = {}
         self._latencies: deque[float] = deque(maxlen=200)
         self._stamps: deque[float] = deque(maxlen=1000)
-        self.scored = 0
+        self.scored = 0  # this run
         self.rejected = 0
+        self.journal_scored = 0  # the whole journal: counted at resume, then with each record
+        self.journal_rejected = 0
+        self._final: dict[str, Any] | None = None  # the stopped (or error) status, once written
         self._last: dict[str, Any] | None = None
         self._state_written: dict[str, Any] | None = None
         self._started = self._status_at = time.monotonic()
@@ -168,6 +171,7 @@ class Station:
             raise
         finally:
             self.line.stop()
+            self._show_sinks_stopped()
             self.journal.close()
 
     # ------------------------------------------------------------------ run
@@ -204,7 +208,8 @@ class Station:
         summary = self._status("stopped", stopped_by=stopped_by)
         self.options.echo(
             f"zsad: stopped ({stopped_by}): {self.scored} scored, {self.rejected} rejected "
-            f"this run -> {self.journal.path}"
+            f"this run; {self.journal_scored} scored, {self.journal_rejected} rejected in "
+            f"{self.journal.path}"
         )
         return summary
 
@@ -247,9 +252,11 @@ class Station:
         for record in self.journal.records():
             done.add((record["name"], record["size"], record["mtime_ns"]))
             if record.get("index") is not None:
+                self.journal_scored += 1
                 next_position = max(next_position, int(record["index"]) + 1)
                 recent.append(record)
             elif record.get("decision") == "rejected":
+                self.journal_rejected += 1
                 self._finish_rejection(record)
         self._next_position = next_position
         state_file = self.out / STATE
@@ -438,6 +445,7 @@ class Station:
             }
             self._append(record)
             self.scored += 1
+            self.journal_scored += 1
             self._stamps.append(time.monotonic())
             self._latencies.append(record["timing"]["latency_ms"])
             self._last = {
@@ -495,6 +503,7 @@ class Station:
         self._append(record)
         self.done.add(item.key)
         self.rejected += 1
+        self.journal_rejected += 1
         self._finish_rejection(record)
         self.options.echo(f"zsad: rejected {item.path}: {item.reason}")
 
@@ -586,15 +595,15 @@ class Station:
         held = self.scorer.held()
         if state == "running" and self._encoder_down_since is not None:
             state = "encoder-unreachable"
-        elif state == "running" and held:
+        elif state == "running" and self.scorer.warming_up():
             state = "warming-up"
         status = {
             "state": state,
             "pid": os.getpid(),
             "updated": _now_iso(),
             "uptime_s": round(now - self._started, 1),
-            "scored": self.scored,
-            "rejected": self.rejected,
+            "journal": {"scored": self.journal_scored, "rejected": self.journal_rejected},
+            "this_run": {"scored": self.scored, "rejected": self.rejected},
             "held_for_warm_up": held,
             "backlog": 0 if self.source is None else self.source.backlog,
             "images_per_s_last_minute": round((len(recent) - 1) / span, 2) if span else 0.0,
@@ -617,15 +626,28 @@ class Station:
         self.line.context.publish_status(status)
         write_json(self.out / STATUS, status)
         self._status_at = now
-        if state not in ("stopped", "error"):
+        if state in ("stopped", "error"):
+            self._final = status
+        else:
             last = self._last or {}
             score = "-" if last.get("score") is None else f"{last['score']:.4g}"
             self.options.echo(
-                f"zsad: {state}: {self.scored} scored, {self.rejected} rejected, backlog "
+                f"zsad: {state}: {self.scored} scored, {self.rejected} rejected this run "
+                f"({self.journal_scored} and {self.journal_rejected} in the journal), backlog "
                 f"{status['backlog']}, {status['images_per_s_last_minute']} img/s, last score "
                 f"{score} {last.get('decision') or ''}".rstrip()
             )
         return status
+
+    def _show_sinks_stopped(self) -> None:
+        """Rewrite the final status with the sinks as they are once stopped."""
+        # The final status is written while the sinks still run, so that they deliver it.
+        if self._final is None or not self.line.sinks:
+            return
+        self._final["sinks"] = self.line.describe()
+        # The status as the sinks last saw it is already on disk: a failing disk keeps that one.
+        with contextlib.suppress(OSError):
+            write_json(self.out / STATUS, self._final)
 
     # ------------------------------------------------------------------ signals
 

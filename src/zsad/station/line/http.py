@@ -78,6 +78,7 @@ class HttpSink:
         self.token: str | None = None
         self.url: str | None = None
         self.streams = 0
+        self.state = "starting"
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -113,10 +114,12 @@ class HttpSink:
             self._threads.append(thread)
         access = "read-only: no token" if self.token is None else "changes need the token"
         context.echo(f"zsad: http: operator page and API at {self.url} ({access})")
+        self.state = "serving"
 
     def describe(self) -> dict[str, Any]:
-        """The address, whether state changes are allowed, and the open event streams."""
+        """The state, the address, whether state changes are allowed, and the open event streams."""
         return {
+            "state": self.state,
             "url": self.url,
             "read_only": self.token is None,
             "streams": self.streams,
@@ -139,6 +142,7 @@ class HttpSink:
         with self._query_lock:
             if self._query is not None:
                 self._query.close()
+        self.state = "stopped"
 
     # ------------------------------------------------------------------ threads
 

@@ -29,6 +29,7 @@ WINDOW = 64  # messages in flight at once
 BACKOFF_S = (0.5, 30.0)  # first and longest wait between connection attempts
 CONNECT_TIMEOUT_S = 5.0
 SAVE_EVERY_S = 0.2  # the acknowledged position is written at most this often (and at the end)
+FINAL_STATES = ("stopped", "error")
 
 
 def _now_iso() -> str:
@@ -68,6 +69,7 @@ class MqttSink:
         self._connect_reason: Any = None
         self._deadline = 0.0  # set by stop(): deliver until then
         self._saved_at = 0.0
+        self._stopped = False
 
     # ------------------------------------------------------------------ Sink
 
@@ -83,10 +85,12 @@ class MqttSink:
         self._thread.start()
 
     def describe(self) -> dict[str, Any]:
-        """Broker, connection state, acknowledged position and backlog."""
+        """Broker, state, connection, acknowledged position and backlog."""
         with self._lock:
             acked = self._acked
+        state = "connected" if self._connected else "disconnected"
         return {
+            "state": "stopped" if self._stopped else state,
             "broker": f"{self.host}:{self.port}",
             "topic": self.config.topic,
             "connected": self._connected,
@@ -105,6 +109,7 @@ class MqttSink:
         if self._thread is not None:
             self._thread.join(timeout + 1.0)
         self._save_position(force=True)
+        self._stopped = True
 
     # ------------------------------------------------------------------ position
 
@@ -253,12 +258,13 @@ class MqttSink:
             self._early.clear()
         feed = JournalFeed(self.context.journal, start)
         sent_status: dict[str, Any] | None = None
+        sent: Any = None  # paho's handle on the publication of sent_status
         try:
             while self._connected:
                 self._wake.clear()
                 if self._status is not None and self._status is not sent_status:
                     sent_status = self._status
-                    self._publish_status(client, sent_status)
+                    sent = self._publish_status(client, sent_status)
                 with self._lock:
                     room = WINDOW - len(self._in_flight)
                 if room > 0:
@@ -266,7 +272,7 @@ class MqttSink:
                         self._publish(client, record)
                 self._save_position()
                 if self._stop.is_set() and (self._drained() or self._past_deadline()):
-                    self._say_goodbye(client)
+                    self._say_goodbye(client, sent_status, sent)
                     return
                 self._wake.wait(0.5)
         finally:
@@ -284,8 +290,8 @@ class MqttSink:
                 self._in_flight[info.mid] = int(record["id"])
         self._published += 1
 
-    def _publish_status(self, client: Any, status: dict[str, Any]) -> None:
-        client.publish(self.status_topic, json.dumps(status), qos=1, retain=True)
+    def _publish_status(self, client: Any, status: dict[str, Any]) -> Any:
+        return client.publish(self.status_topic, json.dumps(status), qos=1, retain=True)
 
     def _drained(self) -> bool:
         with self._lock:
@@ -294,9 +300,13 @@ class MqttSink:
     def _past_deadline(self) -> bool:
         return time.monotonic() >= self._deadline
 
-    def _say_goodbye(self, client: Any) -> None:
-        """Leave a retained final status (a clean disconnect does not send the last will)."""
-        final = dict(self._status or {})
-        final.setdefault("state", "stopped")
-        info = client.publish(self.status_topic, json.dumps(final), qos=1, retain=True)
-        info.wait_for_publish(max(0.1, self._deadline - time.monotonic()))
+    def _say_goodbye(self, client: Any, sent_status: dict[str, Any] | None, sent: Any) -> None:
+        """Leave one retained final status (a clean disconnect does not send the last will)."""
+        status = self._status or {}
+        # The station's own final status, already published, is the goodbye: not sent twice.
+        if sent is None or status is not sent_status or status.get("state") not in FINAL_STATES:
+            final = dict(status)
+            if final.get("state") not in FINAL_STATES:
+                final["state"] = "stopped"
+            sent = self._publish_status(client, final)
+        sent.wait_for_publish(max(0.1, self._deadline - time.monotonic()))

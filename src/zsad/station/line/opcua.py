@@ -431,12 +431,12 @@ class OpcuaSink:
         """The Acknowledge method: the PLC has acted on result ``ResultId``."""
         from asyncua import ua
 
-        value = result_id.Value
-        if not isinstance(value, int) or not 0 <= value < self._tally.seen:
+        if not _is_int64(result_id):
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        if not 0 <= result_id.Value < self._tally.seen:
             return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
-        variant = ua.Variant(value, ua.VariantType.Int64)
         await self._server.write_attribute_value(
-            self._nodes[ACKNOWLEDGED_ID], ua.DataValue(variant)
+            self._nodes[ACKNOWLEDGED_ID], ua.DataValue(result_id)
         )
         return []
 
@@ -445,8 +445,10 @@ class OpcuaSink:
         from asyncua import ua
         from asyncua.common.utils import ServiceError
 
-        value = data.Value.Value if data.Value is not None else None
-        if not isinstance(value, int) or not -1 <= value < self._tally.seen:
+        if not _is_int64(data.Value):
+            raise ServiceError(ua.StatusCodes.BadTypeMismatch)
+        value = data.Value.Value
+        if not -1 <= value < self._tally.seen:
             raise ServiceError(ua.StatusCodes.BadOutOfRange)
         node.attributes[attribute].value = data
         self._shown[ACKNOWLEDGED_ID] = value
@@ -489,6 +491,15 @@ class SecureSessionsOnly:
         if not certificate or (self.trusted is not None and certificate not in self.trusted):
             return None
         return User(role=UserRole.User, name="client certificate")
+
+
+def _is_int64(variant: Any) -> bool:
+    """Whether ``variant`` is one Int64: the declared type of ResultId and of its variable."""
+    from asyncua import ua
+
+    return (
+        variant is not None and variant.VariantType == ua.VariantType.Int64 and not variant.is_array
+    )
 
 
 def _same(a: Any, b: Any) -> bool:
