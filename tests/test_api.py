@@ -123,3 +123,7 @@ def test_the_example_runs_where_torch_cannot_be_imported(bundle: Path, images: l
     assert result.returncode == 0, result.stderr
     assert "Detector('musc'" in result.stdout
     assert result.stdout.count("set    ") == 5 and "stream #" in result.stdout
+    # Named relative to the given folder: good/000.png and crack/000.png are told apart.
+    scored = [line for line in result.stdout.splitlines() if line.startswith(("set", "stream"))]
+    named = [line.rsplit(":", 1)[0].split()[-1] for line in scored]
+    assert named and all(len(Path(name).parts) == 2 for name in named)

@@ -159,3 +159,27 @@ def test_infer_keeps_going_past_missing_inputs_in_the_order_given(
     assert set(errors) == {"gone.png", "absent.png"}
     assert all("no such file" in message for message in errors.values())
     assert "*.bmp: no images found" in result.stderr
+
+
+def test_demo_says_what_it_does_at_once_and_where_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zsad.evaluation.demo
+    from zsad.cli.detect_cmds import demo
+
+    said_first: list[str] = []
+
+    def run_demo(out: Path, **_: object) -> dict[str, object]:
+        said_first.append(capsys.readouterr().err)
+        metrics = {"image": {"auroc": 0.9}}
+        return {"categories": {"wood": metrics, "grid": metrics}, "mean": metrics}
+
+    monkeypatch.setattr(zsad.evaluation.demo, "run_demo", run_demo)
+    demo(out=tmp_path)
+    assert said_first[0].startswith(f"generating a defect dataset in {tmp_path / 'data'}")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == [
+        f"metrics:  {tmp_path / 'eval' / 'metrics.md'} and metrics.json",
+        f"results:  {tmp_path / 'eval'}/CATEGORY/results.jsonl, for CATEGORY in wood, grid",
+        f"overlays: {tmp_path / 'eval'}/CATEGORY/overlays/*.png",
+    ]

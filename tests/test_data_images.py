@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import zsad.data.images as images_module
+from helpers import ENV
 from zsad.data.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
     is_image_file,
     load_image,
+    load_image_bounded,
     load_mask,
 )
 from zsad.errors import ZsadError
@@ -198,6 +205,69 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     path = _save(Image.new("RGB", (64, 64)), tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     _assert_load_error(path, "decompression bomb")
+
+
+def test_image_over_the_bomb_warning_limit_gets_one_zsad_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _save(Image.new("RGB", (12, 10)), tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(images_module, "_large_noted", False, raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_image_bounded(path, 6).shape == (5, 6, 3)
+        assert load_image_bounded(path, 6).shape == (5, 6, 3)
+    assert [w.category.__name__ for w in caught] == []
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"zsad: warning: {path}: 0 MP image (12x10)")
+    assert "shrunk to 6 px on its longest side" in lines[0]
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec.
+PEAK_PROBE = textwrap.dedent(
+    """
+    import re, sys
+    from zsad.data.images import load_image, load_image_bounded
+
+    def peak_kib():
+        with open("/proc/self/status") as status:
+            return int(re.search(r"VmHWM:\\s*(\\d+)", status.read()).group(1))
+
+    before = peak_kib()
+    path, side = sys.argv[1], int(sys.argv[2])
+    pixels = load_image(path) if side == 0 else load_image_bounded(path, side)
+    print((peak_kib() - before) * 1024)
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from /proc")
+def test_decoding_a_large_png_holds_no_extra_full_size_copies(tmp_path: Path) -> None:
+    height, width = 4500, 6000
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[:, :, 0] = np.arange(width, dtype=np.uint8)
+    pixels[:, :, 1] = np.arange(height, dtype=np.uint8)[:, None]
+    pixels[:, :, 2] = 7
+    path = _save(Image.fromarray(pixels), tmp_path / "large.png", compress_level=1)
+    decoded = pixels.nbytes
+    del pixels
+
+    def peak(side: int) -> float:
+        run = subprocess.run(
+            [sys.executable, "-c", PEAK_PROBE, str(path), str(side)],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return int(run.stdout) / decoded
+
+    # Pillow holds RGB as 4 bytes a pixel (1.33x); the shrunk frame adds little to that.
+    assert peak(256) <= 1.6
+    # At full size the returned array comes on top of Pillow's decoded image, and nothing else.
+    assert peak(0) <= 2.7
 
 
 def test_mask_is_bool_and_positive_means_anomalous(tmp_path: Path) -> None:

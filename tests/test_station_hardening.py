@@ -21,7 +21,13 @@ from helpers import BUNDLE_SIZE, ENV, one_line_error, wait_until
 from helpers import assert_each_once as _assert_each_once
 from helpers import station_records as _records
 from helpers import write_frame as _png
-from zsad.api.overlay import OVERLAY_MAX_SIDE, save_overlay
+from zsad.api.overlay import (
+    OVERLAY_MAX_SIDE,
+    OVERLAY_MIN_SIDE,
+    colorize,
+    legend_height,
+    save_overlay,
+)
 from zsad.api.records import save_result_files
 from zsad.api.results import Result
 from zsad.api.scorers import RollingScorer
@@ -194,15 +200,33 @@ def test_load_image_bounded_keeps_load_images_guarantees(tmp_path: Path) -> None
     assert "x.png" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_saved_overlay_has_a_legend_with_score_and_colour_bar(tmp_path: Path) -> None:
+    image = np.full((40, 60, 3), 128, np.uint8)
+    save_overlay(tmp_path / "o.png", image, np.zeros((4, 6), np.float32), 0.0, 2.0, score=0.75)
+    saved = np.asarray(Image.open(tmp_path / "o.png").convert("RGB")).astype(int)
+    # A small image is enlarged so the legend's text stays legible.
+    band = legend_height(OVERLAY_MIN_SIDE)
+    assert saved.shape == (round(OVERLAY_MIN_SIDE * 40 / 60) + band, OVERLAY_MIN_SIDE, 3)
+    row = saved[-band // 2]
+    low, high = colorize(np.array([0.0, 1.0])).astype(int)
+    # The bar runs from the colour of the range's low end to that of its high end.
+    near_low = np.abs(row - low).sum(axis=1) <= 6
+    assert near_low.any() and (np.abs(row - high).sum(axis=1) <= 6).any()
+    dark = saved[-band:].sum(axis=2) < 200
+    assert dark[:, : int(np.argmax(near_low))].sum() > 50  # the score and the low end's value
+    assert dark[:, -band:].any()  # the high end's value
+
+
 def test_overlays_are_saved_at_a_bounded_resolution(tmp_path: Path) -> None:
     image = np.zeros((1500, 3000, 3), np.uint8)
     save_overlay(tmp_path / "o.png", image, np.ones((7, 7), np.float32), 0.0, 1.0)
-    assert Image.open(tmp_path / "o.png").size == (OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE // 2)
+    legend = legend_height(OVERLAY_MAX_SIDE)
+    assert Image.open(tmp_path / "o.png").size == (OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE // 2 + legend)
     # Drawn from the file (a held warm-up frame): decoded at the overlay's size.
     Image.new("RGB", (2400, 1800), (9, 9, 9)).save(tmp_path / "big.jpg")
     result = Result(str(tmp_path / "big.jpg"), 1.0, np.ones((4, 4), np.float32), 8)
     files = save_result_files(tmp_path / "out", 0, result, None, (0.0, 2.0))
-    assert Image.open(tmp_path / "out" / files["overlay"]).size == (1024, 768)
+    assert Image.open(tmp_path / "out" / files["overlay"]).size == (1024, 768 + legend)
 
 
 def test_a_huge_frame_is_decoded_and_drawn_at_a_bounded_size(
@@ -233,8 +257,11 @@ def test_a_huge_frame_is_decoded_and_drawn_at_a_bounded_size(
         tracemalloc.stop()
     _assert_each_once(out, ["a.png", "b.jpg", "c.png"])
     assert held["b.jpg"] == (DECODE_SIDE * 2 // 3, DECODE_SIDE, 3)
+    # Drawn at the decoded size, or enlarged to the smallest size whose legend stays legible.
+    bound = max(min(DECODE_SIDE, OVERLAY_MAX_SIDE), OVERLAY_MIN_SIDE)
     for record in _records(out):
-        assert max(Image.open(out / record["overlay"]).size) <= min(DECODE_SIDE, OVERLAY_MAX_SIDE)
+        width, height = Image.open(out / record["overlay"]).size
+        assert max(width, height - legend_height(width)) <= bound
     # The full frame as RGB alone is 3 bytes a pixel; drawing it cost about 100.
     assert peak < 6000 * 4000, f"{peak / 2**20:.0f} MiB of NumPy memory at the peak"
 

@@ -2,7 +2,8 @@
 
 Saved overlays are at most ``OVERLAY_MAX_SIDE`` pixels on their longest side: blending costs about
 100 bytes per pixel, so a full-size overlay of a 144 MP frame would need 14 GB, and a person looks
-at the PNG on a screen anyway.
+at the PNG on a screen anyway. Smaller images are enlarged to ``OVERLAY_MIN_SIDE`` so the legend
+under the image (the image's score and a colour bar labelled with the range it maps) stays legible.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from zsad.formats.atomic import atomic_open
 
 OVERLAY_MAX_SIDE = 1024
+OVERLAY_MIN_SIDE = 256
 
 # Anchor colours of a turbo-like map (dark blue -> cyan -> green -> yellow -> red).
 _ANCHORS = np.array(
@@ -66,6 +68,41 @@ def fit_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.asarray(small)
 
 
+def legend_height(width: int) -> int:
+    """Height in pixels of the legend band under an overlay ``width`` pixels wide."""
+    return max(24, round(width * 0.06))
+
+
+def with_legend(
+    blended: np.ndarray, vmin: float, vmax: float, score: float | None = None
+) -> np.ndarray:
+    """The overlay with a band under it: the image's score, then the colour bar from ``vmin``
+    (left) to ``vmax`` (right), the map values each end's colour stands for."""
+    height, width = blended.shape[:2]
+    band = legend_height(width)
+    font = ImageFont.load_default(size=round(band * 0.45))
+    canvas = Image.new("RGB", (width, height + band), (255, 255, 255))
+    canvas.paste(Image.fromarray(blended), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    pad = band // 4
+    middle = height + band / 2
+    x = pad
+    texts = [] if score is None else [f"score {score:.4g}"]
+    texts += ["map", f"{vmin:.3g}"]
+    for text in texts:
+        draw.text((x, middle), text, fill=(0, 0, 0), font=font, anchor="lm")
+        x += round(draw.textlength(text, font=font)) + pad
+    high = f"{vmax:.3g}"
+    bar_end = width - pad * 2 - round(draw.textlength(high, font=font))
+    if bar_end - x >= band:
+        ramp = colorize(np.linspace(0.0, 1.0, bar_end - x, dtype=np.float32)[None, :])
+        bar_height = band - 2 * pad
+        canvas.paste(Image.fromarray(np.repeat(ramp, bar_height, axis=0)), (x, height + pad))
+        x = bar_end + pad
+    draw.text((x, middle), high, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.asarray(canvas)
+
+
 def save_overlay(
     path: Path,
     image: np.ndarray,
@@ -73,9 +110,16 @@ def save_overlay(
     vmin: float,
     vmax: float,
     *,
+    score: float | None = None,
     max_side: int | None = OVERLAY_MAX_SIDE,
 ) -> None:
-    """Write the overlay PNG atomically, at most ``max_side`` pixels on its longest side."""
-    blended = overlay(fit_image(image, max_side), anomaly_map, vmin, vmax)
+    """Write the overlay PNG atomically, with its legend; the image part is at most ``max_side``
+    and at least ``OVERLAY_MIN_SIDE`` pixels on its longest side."""
+    fitted = fit_image(image, max_side)
+    if max(fitted.shape[:2]) < OVERLAY_MIN_SIDE:
+        scale = OVERLAY_MIN_SIDE / max(fitted.shape[:2])
+        size = (round(fitted.shape[1] * scale), round(fitted.shape[0] * scale))
+        fitted = np.asarray(Image.fromarray(fitted).resize(size, Image.Resampling.BILINEAR))
+    blended = with_legend(overlay(fitted, anomaly_map, vmin, vmax), vmin, vmax, score)
     with atomic_open(path, "wb") as handle:
         Image.fromarray(blended).save(handle, format="PNG")

@@ -73,5 +73,5 @@ def _overlay(
         return None  # the file changed after encoding; its score and map are still valid
     overlay_file = out_dir / "overlays" / f"{name}.png"
     assert result.patch_map is not None
-    save_overlay(overlay_file, pixels, result.patch_map, *span)
+    save_overlay(overlay_file, pixels, result.patch_map, *span, score=result.score)
     return str(overlay_file.relative_to(out_dir))

@@ -155,6 +155,9 @@ def demo(
     --real-weights a real DINOv2 ViT-S/14 from an installed package. Look at
     OUT/eval/CATEGORY/overlays/*.png for the heatmaps and OUT/eval/metrics.md for the table.
     """
+    # Said before the imports and the data generation, which take seconds.
+    model = "DINOv2 ViT-S/14" if real_weights else "zsad-tiny (random weights)"
+    echo_err(f"generating a defect dataset in {out / 'data'}, then scoring it with {model}")
     from zsad.evaluation.demo import run_demo
     from zsad.evaluation.report import markdown_table
 
@@ -162,6 +165,11 @@ def demo(
         out, image_size=image_size, seed=seed, real_weights=real_weights, echo=echo_err
     )
     typer.echo(markdown_table(payload["categories"], payload["mean"]))
+    results = out / "eval"
+    categories = ", ".join(payload["categories"])
+    typer.echo(f"metrics:  {results / 'metrics.md'} and metrics.json")
+    typer.echo(f"results:  {results}/CATEGORY/results.jsonl, for CATEGORY in {categories}")
+    typer.echo(f"overlays: {results}/CATEGORY/overlays/*.png")
 
 
 def register(app: typer.Typer) -> None:

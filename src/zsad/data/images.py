@@ -9,7 +9,8 @@ Every image comes back as RGB uint8 with shape (H, W, 3), whatever its file mode
 
 ``load_image_bounded`` keeps all of that and shrinks the image (aspect ratio kept) so its longest
 side is at most a bound; JPEGs are decoded at a reduced scale, so a huge frame never needs its
-full-size pixels in memory.
+full-size pixels in memory, and other formats are decoded once and shrunk without a second
+full-size copy.
 
 Failures of any kind raise :class:`ImageLoadError`, whose one-line message names the path.
 """
@@ -17,10 +18,12 @@ Failures of any kind raise :class:`ImageLoadError`, whose one-line message names
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from zsad.errors import ZsadError
 
@@ -30,6 +33,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _UINT16_MAX = 65535
+# Modes whose pixels are read as RGB without a full-size conversion first (L is replicated).
+_DIRECT_MODES = frozenset({"RGB", "L"})
+_BAND_BYTES = 1 << 20
+_large_noted = False
 # EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -98,22 +105,26 @@ def _open_upright(path: StrPath, max_side: int | None = None) -> Image.Image:
     file = Path(path)
     _check_is_readable_file(file)
     try:
-        with Image.open(file) as image:
-            if max_side is not None:
-                # JPEG decodes at 1/2, 1/4 or 1/8 scale (no-op for other formats), so a
-                # 144 MP frame costs a few MB instead of its full size.
-                image.draft(None, _fit(image.size, max_side))
-            # load() inside the try: Image.open only parses the header, so a truncated
-            # or corrupt body would otherwise fail much later, far from the path.
-            image.load()
-            if max_side is None or max(image.size) <= max_side:
-                return ImageOps.exif_transpose(image)
-            # Orientation first, then shrink, then transpose the small image: exif_transpose
-            # would copy the full-size one.
-            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-            small = _shrink(image, max_side)
-            method = _UPRIGHT.get(orientation)
-            return small if method is None else small.transpose(method)
+        # zsad says once, in its own words, what it does with a very large image.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as opened:
+                _note_large(file, opened.size, max_side)
+                if max_side is not None:
+                    # JPEG decodes at 1/2, 1/4 or 1/8 scale (no-op for other formats), so a
+                    # 144 MP frame costs a few MB instead of its full size.
+                    opened.draft(None, _fit(opened.size, max_side))
+                # load() inside the try: Image.open only parses the header, so a truncated
+                # or corrupt body would otherwise fail much later, far from the path.
+                opened.load()
+                orientation = opened.getexif().get(ExifTags.Base.Orientation, 1)
+                image = opened
+                if max_side is not None and max(image.size) > max_side:
+                    image = _shrink(image, max_side)
+        # Transposed by hand, after shrinking: ImageOps.exif_transpose copies even an upright
+        # image, a second full-size copy.
+        method = _UPRIGHT.get(orientation)
+        return image if method is None else image.transpose(method)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(
             file, f"too many pixels, refused as a decompression bomb: {exc}"
@@ -124,6 +135,27 @@ def _open_upright(path: StrPath, max_side: int | None = None) -> Image.Image:
         raise ImageLoadError(file, "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(file, f"corrupt or truncated file: {exc}") from exc
+
+
+def _note_large(file: Path, size: tuple[int, int], max_side: int | None) -> None:
+    """Say once per process, on stderr, that an image is over Pillow's decompression-bomb
+    warning limit and what is done with it (larger ones, twice the limit, are refused)."""
+    global _large_noted
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = size
+    if _large_noted or limit is None or width * height <= limit:
+        return
+    _large_noted = True
+    if max_side is not None and max(size) > max_side:
+        done = f"decoded, then shrunk to {max_side} px on its longest side"
+    else:
+        done = f"decoded at full size ({width * height * 3 / 1e6:.0f} MB of RGB pixels)"
+    print(
+        f"zsad: warning: {file}: {width * height / 1e6:.0f} MP image ({width}x{height}), over "
+        f"the {limit / 1e6:.0f} MP at which Pillow warns of a decompression bomb; {done}; "
+        f"images over {2 * limit / 1e6:.0f} MP are refused (said once)",
+        file=sys.stderr,
+    )
 
 
 def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -140,9 +172,11 @@ def _shrink(image: Image.Image, max_side: int) -> Image.Image:
     if image.mode.startswith(("I", "F")):
         # Box averaging never leaves the input's range, so 16-bit data still scales as 16-bit.
         return image.resize(size, Image.Resampling.BOX)
-    # Convert first: palette and 1-bit images would otherwise be resized by nearest neighbour.
-    rgb = _drop_alpha(image).convert("RGB")
-    return rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    if image.mode not in _DIRECT_MODES:
+        # Palette and 1-bit images would otherwise be resized by nearest neighbour. RGB and L
+        # are resized as they are: converting would hold a second full-size copy.
+        image = _drop_alpha(image).convert("RGB")
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def _check_is_readable_file(file: Path) -> None:
@@ -160,7 +194,21 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode.startswith(("I", "F")):
         gray = _scale_to_uint8(np.asarray(image), image.mode)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(_drop_alpha(image).convert("RGB"), dtype=np.uint8).copy()
+    if image.mode not in _DIRECT_MODES:
+        image = _drop_alpha(image).convert("RGB")
+    return _rgb_pixels(image)
+
+
+def _rgb_pixels(image: Image.Image) -> np.ndarray:
+    """An RGB or L image as a new RGB uint8 array, copied a band of rows at a time: np.asarray
+    of the whole image would hold two more full-size copies (tobytes' pieces and their join)."""
+    width, height = image.size
+    pixels = np.empty((height, width, 3), np.uint8)
+    rows = max(1, _BAND_BYTES // (3 * max(width, 1)))
+    for top in range(0, height, rows):
+        band = np.asarray(image.crop((0, top, width, min(top + rows, height))))
+        pixels[top : top + rows] = band if band.ndim == 3 else band[:, :, None]
+    return pixels
 
 
 def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
