@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -264,6 +265,30 @@ def test_a_huge_frame_is_decoded_and_drawn_at_a_bounded_size(
         assert max(width, height - legend_height(width)) <= bound
     # The full frame as RGB alone is 3 bytes a pixel; drawing it cost about 100.
     assert peak < 6000 * 4000, f"{peak / 2**20:.0f} MiB of NumPy memory at the peak"
+
+
+# ---------------------------------------------------------------------- 2a. a bundle that lies
+
+
+def test_a_bundle_whose_graph_is_another_size_is_a_one_line_error(
+    bundle: Path, tmp_path: Path
+) -> None:
+    liar = tmp_path / "liar"
+    shutil.copytree(bundle, liar)
+    meta = json.loads((liar / "bundle.json").read_text())
+    meta["image_size"] = 2 * BUNDLE_SIZE
+    (liar / "bundle.json").write_text(json.dumps(meta))
+    (tmp_path / "in").mkdir()
+    _png(tmp_path / "in" / "a.png", 0)
+    needles = (f"takes {BUNDLE_SIZE}x{BUNDLE_SIZE} px", f"says image_size {2 * BUNDLE_SIZE}",
+               str(liar / "bundle.json"))  # fmt: skip
+    for args in (
+        ["infer", "in/a.png", "--out", "res"],
+        ["calibrate-threshold", "in", "--bank", "2"],
+        ["watch", "in", "--out", "station", "--exit-when-idle", "0.5"],
+    ):
+        result = _cli(*args, "--bundle", str(liar), "--device", "cpu", cwd=tmp_path, timeout=60)
+        one_line_error(result, *needles)
 
 
 # ---------------------------------------------------------------------- 2b. frames that kill

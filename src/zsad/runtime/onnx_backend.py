@@ -78,6 +78,7 @@ class OnnxBackend(Lifecycle):
         self.std = bundle.std
         self.outputs = bundle.outputs
         self.input_name = self.session.get_inputs()[0].name
+        _check_input_size(self.session.get_inputs()[0].shape, bundle, path)
         names = tuple(o.name for o in self.session.get_outputs())
         if set(names) != set(self.outputs):
             raise ZsadError(f"{path}: outputs {names} differ from bundle.json's {self.outputs}")
@@ -140,6 +141,19 @@ class OnnxBackend(Lifecycle):
     def close(self) -> None:
         """Drop the ONNX Runtime session (its CUDA memory goes with it)."""
         self.session = None
+
+
+def _check_input_size(shape: list[Any], bundle: Bundle, path: object) -> None:
+    """Refuse a graph whose fixed input size is not the one bundle.json states."""
+    # Caught here, when the bundle opens: otherwise every image fails in ONNX Runtime with a
+    # shape error, after the model loaded and the images were read.
+    sides = [d for d in shape[2:4] if isinstance(d, int)]
+    if sides and any(side != bundle.image_size for side in sides):
+        size = "x".join(str(d) for d in shape[2:4])
+        raise ZsadError(
+            f"{path}: the ONNX graph takes {size} px images but {bundle.root / 'bundle.json'} "
+            f"says image_size {bundle.image_size}; export the bundle again (zsad export)"
+        )
 
 
 _ELEMENT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
