@@ -417,6 +417,46 @@ def test_a_marker_left_by_a_dead_run(bundle: Path, tmp_path: Path) -> None:
     assert len(_records(out)) == 3
 
 
+def test_a_restart_after_a_death_in_warm_up_scores_as_a_clean_run(
+    bundle: Path, tmp_path: Path
+) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    names = [f"{i}.png" for i in range(6)]
+    for i, name in enumerate(names):
+        _png(in_dir / name, i, "stain" if i == 1 else None)
+    _arrive_in_order(in_dir, names)
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    _station(bundle, in_dir, clean, bank=4, idle_exit_s=0.3).run()
+
+    # Dies after two of the four warm-up records, before the overlay range is saved.
+    dying = _station(bundle, in_dir, out, bank=4, idle_exit_s=0.3)
+    append = dying._append
+
+    def die_after_two(record: dict[str, Any]) -> None:
+        if dying.journal.count == 2:
+            raise MemoryError("stand-in for a kill while the warm-up records are written")
+        append(record)
+
+    dying._append = die_after_two  # type: ignore[method-assign]
+    with pytest.raises(MemoryError):
+        dying.run()
+    assert [r["name"] for r in _records(out)] == ["0.png", "1.png"]
+    _station(bundle, in_dir, out, bank=4, idle_exit_s=0.3).run()
+
+    _assert_each_once(out, names)
+    expected = {r["name"]: r for r in _records(clean)}
+    for record in _records(out):
+        want = expected[record["name"]]
+        assert record["index"] == want["index"] and record["phase"] == want["phase"]
+        assert record["raw_score"] == pytest.approx(want["raw_score"], abs=1e-5)
+        assert record["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert record["overlay"] is not None and want["overlay"] is not None
+    state = json.loads((out / "station-state.json").read_text())
+    want_state = json.loads((clean / "station-state.json").read_text())
+    assert state["map_range"] == pytest.approx(want_state["map_range"], abs=1e-5)
+
+
 # ---------------------------------------------------------------------- 3. users' other files
 
 

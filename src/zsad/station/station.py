@@ -127,6 +127,9 @@ class Station:
         self._stop = threading.Event()
         self._blocking = False
         self._held: dict[int, _Held] = {}
+        # Warm-up images journaled before a restart and held again: scored with the set, not
+        # journaled twice.
+        self._journaled_warm_up: set[int] = set()
         self._latencies: deque[float] = deque(maxlen=200)
         self._stamps: deque[float] = deque(maxlen=1000)
         self.scored = 0  # this run
@@ -248,6 +251,7 @@ class Station:
     def _resume(self) -> set[FrameKey]:
         done: set[FrameKey] = set()
         recent: deque[dict[str, Any]] = deque(maxlen=max(self.scorer.restore_count, 1))
+        warm_up: list[dict[str, Any]] = []
         next_position = 0
         for record in self.journal.records():
             done.add((record["name"], record["size"], record["mtime_ns"]))
@@ -255,6 +259,8 @@ class Station:
                 self.journal_scored += 1
                 next_position = max(next_position, int(record["index"]) + 1)
                 recent.append(record)
+                if record.get("phase") == "warm-up":
+                    warm_up.append(record)
             elif record.get("decision") == "rejected":
                 self.journal_rejected += 1
                 self._finish_rejection(record)
@@ -263,7 +269,14 @@ class Station:
         if state_file.is_file():
             self._state_written = json.loads(state_file.read_text())
             self.scorer.load_state(self._state_written)
-        if self.scorer.restore_count and recent:
+        if not self.scorer.restore_count or not recent:
+            return done
+        # The overlay range is saved once every warm-up record is written: without it, the last
+        # run died while writing them, and only the whole set scored again gives a clean run's
+        # scores and range.
+        if self.scorer.map_range() is None and len(warm_up) == self.journal_scored:
+            self._hold_warm_up_again(warm_up)
+        else:
             self._restore_bank(list(recent))
         return done
 
@@ -283,6 +296,29 @@ class Station:
         self.options.echo(
             f"zsad: resumed at image {self._next_position}; bank refilled with {restored} of "
             f"the last {len(records)} scored images"
+        )
+
+    def _hold_warm_up_again(self, records: list[dict[str, Any]]) -> None:
+        """Hold the warm-up images journaled before the restart again, in arrival order."""
+        held = 0
+        for record in records:
+            try:
+                image = load_image_bounded(record["path"], self._decode_side)
+            except ImageLoadError as exc:
+                self.options.echo(f"zsad: warm-up: skipped {exc}")
+                continue
+            outputs = self._encode(image, None)
+            if outputs is None:
+                return  # stopped while the encoder was down; the loop sees the stop
+            position = int(record["index"])
+            self._journaled_warm_up.add(position)
+            held += 1
+            # The last run may have journaled the whole set: then it is scored here.
+            self._write_results(self.scorer.add(outputs, position), 0.0, {})
+        self.options.echo(
+            f"zsad: resumed at image {self._next_position} during warm-up (the last run stopped "
+            f"before the overlay range was saved); {held} of {len(records)} journaled warm-up "
+            "images held again, to be scored with the rest of the set"
         )
 
     @property
@@ -430,6 +466,8 @@ class Station:
         self, results: list[Scored], score_s: float, images: dict[int, np.ndarray]
     ) -> None:
         for result in results:
+            if result.position in self._journaled_warm_up:
+                continue  # journaled before the restart; scored again only to rebuild the set
             held = self._held.pop(result.position)
             # A held warm-up frame's overlay is drawn from its file now: it is the one in hand.
             self._take_in_hand(held)
