@@ -39,6 +39,7 @@ from zsad.runtime.preprocess import decode_side
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
 from zsad.station.frames import HotFolder, Rejection
+from zsad.station.line.hub import LineHub
 from zsad.station.run import check_watch_folders
 from zsad.station.station import IN_PROGRESS, POISON_REASON, Station, StationOptions
 
@@ -315,7 +316,9 @@ watch_folder(det, in_dir, out, bank=2, idle_exit_s=0.3, poll_s=0.05)
 """
 
 
-def test_a_frame_in_hand_at_two_deaths_in_a_row_is_rejected(bundle: Path, tmp_path: Path) -> None:
+def test_a_frame_at_three_deaths_in_a_row_in_its_own_work_is_rejected(
+    bundle: Path, tmp_path: Path
+) -> None:
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     good = ["g0.png", "g1.png", "g2.png", "g3.png"]
@@ -328,14 +331,15 @@ def test_a_frame_in_hand_at_two_deaths_in_a_row_is_rejected(bundle: Path, tmp_pa
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, capture_output=True, text=True, timeout=180, env=ENV)
 
-    for deaths in (0, 1):
+    for deaths in (0, 1, 2):
         died = run()
         assert died.returncode == 137, died.stderr
         marker = json.loads((out / IN_PROGRESS).read_text())
-        assert (marker["name"], marker["deaths"]) == ("poison.png", deaths)
+        assert (marker["name"], marker["step"]) == ("poison.png", "encode")
+        assert marker["deaths"] == deaths
         assert "poison.png" not in {r["name"] for r in _records(out)}
         assert (in_dir / "poison.png").exists()
-    assert "trying it once more" in died.stderr
+    assert "trying it again" in died.stderr and "2 so far" in died.stderr
     last = run()
     assert last.returncode == 0, last.stderr
     assert f"rejected {in_dir / 'poison.png'}: {POISON_REASON}" in last.stderr
@@ -379,12 +383,12 @@ def test_a_stop_by_signal_or_idle_does_not_count_and_a_crash_does(
     with pytest.raises(MemoryError):
         _station(bundle, in_dir, out, run=crash, idle_exit_s=0.3).run()
     marker = json.loads((out / IN_PROGRESS).read_text())
-    assert (marker["name"], marker["deaths"]) == ("grey.png", 0)
+    assert (marker["name"], marker["deaths"], marker["step"]) == ("grey.png", 0, "encode")
 
     # One death on it so far: tried again, scored, and the marker is gone after an idle exit.
     lines: list[str] = []
     _station(bundle, in_dir, out, idle_exit_s=0.3, echo=lines.append).run()
-    assert any("trying it once more" in line for line in lines)
+    assert any("trying it again" in line for line in lines)
     _assert_each_once(out, ["0.png", "1.png", "grey.png", "2.png"])
     assert not (out / IN_PROGRESS).exists()
 
@@ -397,24 +401,110 @@ def test_a_marker_left_by_a_dead_run(bundle: Path, tmp_path: Path) -> None:
         _png(in_dir / f"{i}.png", i)
     _arrive_in_order(in_dir, ["0.png", "1.png", "2.png"])
 
-    def leave_marker(name: str, deaths: int) -> None:
+    def leave_marker(name: str, deaths: int, step: str | None = "encode") -> None:
         stat = (in_dir / name).stat()
         marker = {"path": str(in_dir / name), "name": name, "size": stat.st_size,
-                  "mtime_ns": stat.st_mtime_ns, "deaths": deaths}  # fmt: skip
+                  "mtime_ns": stat.st_mtime_ns, "deaths": deaths, "step": step}  # fmt: skip
         (out / IN_PROGRESS).write_text(json.dumps(marker))
 
-    # Two deaths with 2.png in hand: rejected before anything else happens.
-    leave_marker("2.png", 1)
+    # Three deaths in 2.png's own work: rejected before anything else happens.
+    leave_marker("2.png", 2)
     _station(bundle, in_dir, out, idle_exit_s=0.3).run()
     assert [(r["name"], r["error"]) for r in _records(out) if r["index"] is None] == [
         ("2.png", POISON_REASON)
     ]
     _assert_each_once(out, ["0.png", "1.png"])
     # A marker naming a frame the journal lists: the run died after it, not on it.
-    leave_marker("1.png", 1)
+    leave_marker("1.png", 2)
     summary = _station(bundle, in_dir, out, idle_exit_s=0.3).run()
     assert summary["this_run"]["rejected"] == 0 and not (out / IN_PROGRESS).exists()
     assert len(_records(out)) == 3
+
+
+def _die(*_: Any) -> None:
+    raise MemoryError("stand-in for a kill -9 while the sinks start")
+
+
+def _dies_in_hand(
+    bundle: Path, in_dir: Path, out: Path, name: str, where: str, deaths: int
+) -> None:
+    """Run a station that dies ``deaths`` times in a row with ``name`` in hand, in the step
+    ``where`` ("encode": in its own work, as a kill from outside mostly lands; "write": while
+    records are written), then one that lives: the frame must be scored, not rejected."""
+
+    def killed(pixels: np.ndarray, encode: Callable[..., Any]) -> Any:
+        if _flat(pixels):
+            raise MemoryError("stand-in for a kill -9 from outside")
+        return encode(pixels)
+
+    for _ in range(deaths):
+        if where == "encode":
+            station = _station(bundle, in_dir, out, run=killed, idle_exit_s=0.3)
+        else:
+            station = _station(bundle, in_dir, out, idle_exit_s=0.3)
+            append = station._append
+
+            def killed_writing(record: dict[str, Any], append: Any = append) -> None:
+                if record["name"] == name and record["index"] is not None:
+                    raise MemoryError("stand-in for a kill -9 from outside")
+                append(record)
+
+            station._append = killed_writing  # type: ignore[method-assign]
+        with pytest.raises(MemoryError):
+            station.run()
+    lines: list[str] = []
+    _station(bundle, in_dir, out, idle_exit_s=0.3, echo=lines.append).run()
+    assert not [r for r in _records(out) if r["decision"] == "rejected"], lines
+    assert (in_dir / name).exists()
+
+
+def test_deaths_outside_a_frames_own_work_are_not_counted(bundle: Path, tmp_path: Path) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for i in range(3):
+        _png(in_dir / f"{i}.png", i)
+    _arrive_in_order(in_dir, ["0.png", "1.png", "2.png"])
+    # Killed three times while 2.png's record is written (by a service manager, say).
+    _dies_in_hand(bundle, in_dir, out, "2.png", "write", deaths=3)
+    _assert_each_once(out, ["0.png", "1.png", "2.png"])
+
+
+def test_two_kills_in_a_frames_own_work_do_not_reject_it(bundle: Path, tmp_path: Path) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for i in range(2):
+        _png(in_dir / f"{i}.png", i)
+    _grey(in_dir / "grey.png")
+    _arrive_in_order(in_dir, ["0.png", "1.png", "grey.png"])
+    _dies_in_hand(bundle, in_dir, out, "grey.png", "encode", deaths=2)
+    _assert_each_once(out, ["0.png", "1.png", "grey.png"])
+    assert not (out / IN_PROGRESS).exists()
+
+
+def test_a_death_during_start_up_keeps_the_count_and_adds_nothing(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out.mkdir()
+    _png(in_dir / "0.png", 0)
+    _png(in_dir / "1.png", 1)
+    _arrive_in_order(in_dir, ["0.png", "1.png"])
+    stat = (in_dir / "0.png").stat()
+    marker = {"path": str(in_dir / "0.png"), "name": "0.png", "size": stat.st_size,
+              "mtime_ns": stat.st_mtime_ns, "deaths": 0, "step": "encode"}  # fmt: skip
+    (out / IN_PROGRESS).write_text(json.dumps(marker))
+    with monkeypatch.context() as patch:
+        patch.setattr(LineHub, "start", _die)
+        for _ in range(3):
+            with pytest.raises(MemoryError):
+                _station(bundle, in_dir, out).run()
+            left = json.loads((out / IN_PROGRESS).read_text())
+            assert (left["deaths"], left["step"]) == (1, None)
+    lines: list[str] = []
+    _station(bundle, in_dir, out, idle_exit_s=0.3, echo=lines.append).run()
+    assert any("before it was in hand; not counted against it (1 of 3" in x for x in lines), lines
+    _assert_each_once(out, ["0.png", "1.png"])
 
 
 def test_a_restart_after_a_death_in_warm_up_scores_as_a_clean_run(

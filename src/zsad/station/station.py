@@ -11,9 +11,12 @@ journal is still consistent). ``status.json`` is rewritten every few seconds for
 
 A frame can kill the process (the kernel's OOM killer, a crash in a decoder); restarted by a
 service manager, the station would meet it first again, forever. So ``in-progress.json`` names
-the frame in hand from just before its decode until its record is written, and a clean stop
-removes it. A restart that finds it counts a death on that frame; a frame in hand at two deaths
-in a row is rejected instead of tried a third time.
+the frame in hand from just before its decode until its record is written, and the step it is
+in; a clean stop removes it. A restart that finds it counts a death on that frame only if the
+step was the frame's own decode, encode or scoring: a kill from outside (an operator, a service
+manager) usually lands elsewhere, and a death at start-up, during the bank refill or while
+records are written is not the frame's doing. A frame that was in its own work at three deaths
+in a row is rejected instead of tried a fourth time.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ STATE = "station-state.json"
 REJECTED = "rejected"
 IN_PROGRESS = "in-progress.json"
 THRESHOLD = "threshold.json"  # a threshold set while running (HTTP API); it outlives restarts
-POISON_DEATHS = 2  # deaths in a row with the same frame in hand before it is rejected
-POISON_REASON = "the station stopped twice while processing this frame"
+POISON_DEATHS = 3  # deaths in a row in the same frame's own work before it is rejected
+POISON_REASON = "the station stopped three times in a row while processing this frame"
+# The steps of a frame's own work: a death in any other counts nothing against it.
+OWN_STEPS = ("decode", "encode", "score")
 # A remote encoder that is down is retried after 0.5 s, 1 s, 2 s ... at most this often.
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
@@ -142,7 +147,9 @@ class Station:
         self._started = self._status_at = time.monotonic()
         self.source: Any = None
         self._in_hand: FrameKey | None = None  # the frame in-progress.json names
-        self._deaths: dict[FrameKey, int] = {}  # earlier deaths in a row with this frame in hand
+        self._in_step: str | None = None  # and the step it names
+        self._suspect: tuple[FileVersion, int, str | None] | None = None  # a dead run's frame
+        self._deaths: dict[FrameKey, int] = {}  # earlier deaths in a row in this frame's own work
         self._source_missing_since: float | None = None
         self._encoder_down_since: float | None = None  # a remote encoder unreachable since
         self._encoder_error: str | None = None
@@ -157,6 +164,8 @@ class Station:
         self.line = LineHub(LineContext(self.out, self.options.echo), self.options.sinks)
         self.line.context.journal_grew(self.journal.count)
         try:
+            # Before the sinks start and the bank refills: a death there is not a frame's.
+            self._count_death()
             self.line.start()
             return self._run()
         except OSError as exc:
@@ -327,12 +336,12 @@ class Station:
 
     # ------------------------------------------------------------------ frames that kill
 
-    def _take_in_hand(self, frame: FileVersion | None) -> None:
-        """Name the frame being worked on in OUT (None: nothing is), before any risky step."""
+    def _take_in_hand(self, frame: FileVersion | None, step: str = "decode") -> None:
+        """Name the frame being worked on, and the step, in OUT (None: nothing is in hand)."""
         if frame is None:
             self._release_in_hand()
             return
-        if frame.key == self._in_hand:
+        if (frame.key, step) == (self._in_hand, self._in_step):
             return
         write_json(
             self.out / IN_PROGRESS,
@@ -342,11 +351,12 @@ class Station:
                 "size": frame.size,
                 "mtime_ns": frame.mtime_ns,
                 "deaths": self._deaths.get(frame.key, 0),
+                "step": step,
                 "pid": os.getpid(),
                 "since": _now_iso(),
             },
         )
-        self._in_hand = frame.key
+        self._in_hand, self._in_step = frame.key, step
 
     def _release_in_hand(self, *, quiet: bool = False) -> None:
         """Nothing is in hand any more (the frame is done, or the stop was a clean one)."""
@@ -355,32 +365,55 @@ class Station:
         except OSError:
             if not quiet:
                 raise
-        self._in_hand = None
+        self._in_hand = self._in_step = None
 
-    def _reject_poison(self) -> None:
-        """Count a death on the frame a dead run had in hand; reject it at the second in a row."""
+    def _count_death(self) -> None:
+        """Count the death a dead run's marker shows, if it was in the frame's own work."""
         marker = self.out / IN_PROGRESS
         if not marker.exists():
             return
         try:
             left = json.loads(marker.read_text())
-            key: FrameKey = (str(left["name"]), int(left["size"]), int(left["mtime_ns"]))
-            path, deaths = Path(left["path"]), int(left.get("deaths", 0)) + 1
+            frame = FileVersion(
+                Path(left["path"]), str(left["name"]), int(left["size"]), int(left["mtime_ns"])
+            )
+            deaths, step = int(left.get("deaths", 0)), left.get("step")
         except (ValueError, KeyError, TypeError) as exc:
             self.options.echo(f"zsad: {marker}: ignored, unreadable ({exc})")
             marker.unlink()
             return
-        marker.unlink()
-        if key in self.done:
-            return  # its record was written: the run died after it, not on it
-        if deaths < POISON_DEATHS:
-            self._deaths[key] = deaths
+        if step in OWN_STEPS:
+            deaths += 1
+        self._suspect = (frame, deaths, step)
+        # Kept, with the count and no step, until a frame is taken in hand: a death during
+        # start-up then neither counts against the frame nor forgets its earlier deaths.
+        write_json(marker, {**left, "deaths": deaths, "step": None, "pid": os.getpid()})
+
+    def _reject_poison(self) -> None:
+        """Reject the frame a dead run had in hand if it has died in its own work often enough."""
+        if self._suspect is None:
+            return
+        frame, deaths, step = self._suspect
+        self._suspect = None
+        if frame.key in self.done:
+            self._release_in_hand()  # its record was written: the run died after it, not on it
+            return
+        if deaths >= POISON_DEATHS:
+            self._reject(Rejection(frame.path, *frame.key, POISON_REASON))
+            self._release_in_hand()
+            return
+        self._deaths[frame.key] = deaths
+        if step not in OWN_STEPS:
+            where = f"while its {step} step ran" if step else "before it was in hand"
             self.options.echo(
-                f"zsad: the last run stopped while processing {path}; trying it once more "
-                f"(it is rejected if the station stops on it again)"
+                f"zsad: the last run stopped with {frame.path} in hand but {where}; not counted "
+                f"against it ({deaths} of {POISON_DEATHS} deaths so far)"
             )
             return
-        self._reject(Rejection(path, key[0], key[1], key[2], POISON_REASON))
+        self.options.echo(
+            f"zsad: the last run stopped while processing {frame.path} ({step}); trying it again "
+            f"(it is rejected at {POISON_DEATHS} such stops in a row, {deaths} so far)"
+        )
 
     # ------------------------------------------------------------------ per frame
 
@@ -390,7 +423,7 @@ class Station:
         # Never offered again in this run, even while held for warm-up; the journal alone
         # decides what a restart skips.
         self.done.add(frame.key)
-        self._take_in_hand(frame)
+        self._take_in_hand(frame, "encode")
         start = time.perf_counter()
         outputs = self._encode(frame.image, frame)
         if outputs is None:
@@ -405,6 +438,7 @@ class Station:
             frame.decode_s,
             encoded - start,
         )
+        self._take_in_hand(frame, "score")
         results = self.scorer.add(outputs, position)
         score_s = time.perf_counter() - encoded
         for note in self.scorer.notes():
@@ -426,7 +460,7 @@ class Station:
                     return None
                 delay = min(2 * delay, RETRY_MAX_S)
                 if frame is not None:
-                    self._take_in_hand(frame)
+                    self._take_in_hand(frame, "encode")
                 continue
             if self._encoder_down_since is not None:
                 down = time.time() - self._encoder_down_since
@@ -470,7 +504,7 @@ class Station:
                 continue  # journaled before the restart; scored again only to rebuild the set
             held = self._held.pop(result.position)
             # A held warm-up frame's overlay is drawn from its file now: it is the one in hand.
-            self._take_in_hand(held)
+            self._take_in_hand(held, "write")
             start = time.perf_counter()
             record = self._record(held, result, images.get(result.position))
             write_s = time.perf_counter() - start
