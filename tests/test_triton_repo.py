@@ -169,6 +169,8 @@ def _closed_port() -> int:
     [
         ("grpc://127.0.0.1:{port}", "zsad", "server unreachable"),
         ("http://127.0.0.1:{port}", "zsad", "server unreachable"),
+        ("grpcs://127.0.0.1:{port}", "zsad", "server unreachable"),
+        ("https://127.0.0.1:{port}", "zsad", "server unreachable"),
         ("ftp://127.0.0.1:{port}", "zsad", "expected grpc://HOST:PORT"),
         ("grpc://127.0.0.1:{port}", None, "needs --triton-model"),
     ],
