@@ -77,7 +77,11 @@ _REFUSED: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
         lambda: HttpConfig("bob:SECRET@127.0.0.1:8080").check(),
         ("--http-token-file", "$ZSAD_HTTP_TOKEN"),
     ),
-    ("--triton", lambda: parse_url("grpc://bob:SECRET@127.0.0.1:8001"), ()),
+    (
+        "--triton",
+        lambda: parse_url("grpcs://bob:SECRET@127.0.0.1:8001"),
+        ("--triton-token-file", "$ZSAD_TRITON_TOKEN"),
+    ),
     ("--triton", lambda: parse_url("bob:SECRET@127.0.0.1"), ()),
 ]
 

@@ -1,18 +1,23 @@
-"""`zsad triton`: the model repository, checked against Triton's own config schema, and the
-client's one-line errors when no server is there."""
+"""`zsad triton`: the model repository, checked against Triton's own config schema, the
+client's one-line errors when no server is there, and `zsad triton-serve` against a stand-in
+tritonserver."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import (
     BUNDLE_SIZE,
+    ENV,
     TORCH,
     one_line_error,
     require_service,
@@ -169,6 +174,8 @@ def _closed_port() -> int:
     [
         ("grpc://127.0.0.1:{port}", "zsad", "server unreachable"),
         ("http://127.0.0.1:{port}", "zsad", "server unreachable"),
+        ("grpcs://127.0.0.1:{port}", "zsad", "server unreachable"),
+        ("https://127.0.0.1:{port}", "zsad", "server unreachable"),
         ("ftp://127.0.0.1:{port}", "zsad", "expected grpc://HOST:PORT"),
         ("grpc://127.0.0.1:{port}", None, "needs --triton-model"),
     ],
@@ -198,3 +205,76 @@ def test_a_server_that_never_answers_times_out_in_one_line(tmp_path: Path, schem
             "--triton-timeout", "1", "--out", str(tmp_path / "out"), block=TORCH,
         )  # fmt: skip
     one_line_error(result, "unreachable or too slow")
+
+
+def _stand_in_env(root: Path, status: int) -> Path:
+    """A pytriton environment whose tritonserver prints its arguments and the GPUs it was
+    shown, then exits with ``status``."""
+    dist = root / "lib" / "python3.11" / "site-packages" / "pytriton" / "tritonserver"
+    (dist / "backends" / "python").mkdir(parents=True)
+    (dist / "python_backend_stubs" / "3.11").mkdir(parents=True)
+    (dist / "python_backend_stubs" / "3.11" / "triton_python_backend_stub").write_text("")
+    (dist / "bin").mkdir()
+    server = dist / "bin" / "tritonserver"
+    server.write_text(
+        f'#!/bin/sh\necho "args: $*"\necho "gpus: ${{CUDA_VISIBLE_DEVICES-all}}"\nexit {status}\n'
+    )
+    server.chmod(0o755)
+    return root
+
+
+def _serve(*args: str, env: Path) -> tuple[int, str, str]:
+    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "triton-serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**ENV, "ZSAD_TRITON_ENV": str(env)},
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_triton_serve_runs_tritonserver_over_the_repository(tmp_path: Path) -> None:
+    env, repo = _stand_in_env(tmp_path / "env", 0), tmp_path / "repo"
+    repo.mkdir()
+    code, out, err = _serve(str(repo), env=env)
+    assert code == 0, err
+    assert "on grpc://127.0.0.1:8001 and http://127.0.0.1:8000" in err and "Ctrl-C" in err
+    args = dict(a.split("=", 1) for a in out.splitlines()[0].removeprefix("args: ").split())
+    assert args["--model-repository"] == str(repo.resolve())
+    assert args["--grpc-address"] == args["--http-address"] == "127.0.0.1"
+    assert (args["--grpc-port"], args["--http-port"]) == ("8001", "8000")
+    assert "gpus: all" in out
+    # The backend folder (the Python backend and its stub) was temporary.
+    assert not os.path.exists(args["--backend-directory"])
+
+
+def test_triton_serve_passes_ports_address_cpu_and_the_exit_status(tmp_path: Path) -> None:
+    env, repo = _stand_in_env(tmp_path / "env", 3), tmp_path / "repo"
+    repo.mkdir()
+    code, out, err = _serve(
+        str(repo), "--cpu", "--grpc-port", "9001", "--http-port", "9000",
+        "--address", "0.0.0.0", env=env,
+    )  # fmt: skip
+    assert code == 3, err
+    assert "--http-address=0.0.0.0 --grpc-address=0.0.0.0 --http-port=9000 --grpc-port=9001" in out
+    assert "gpus: \n" in out + "\n"  # --cpu: no GPU is shown to the server
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("{tmp}/missing",), "no model repository"),
+        (("{tmp}/repo", "--grpc-port", "8000"), "both 8000"),
+        (("{tmp}/repo", "--server-env", "{tmp}/none"), "no tritonserver from nvidia-pytriton"),
+    ],
+)
+def test_triton_serve_refuses_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], needle: str
+) -> None:
+    env = _stand_in_env(tmp_path / "env", 0)
+    (tmp_path / "repo").mkdir()
+    code, out, err = _serve(*(a.format(tmp=tmp_path) for a in args), env=env)
+    assert code == 2 and err.startswith("zsad: error: ") and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and "args:" not in out

@@ -288,6 +288,47 @@ def test_a_station_rides_out_the_server_down_killed_and_restarted(
     assert not list((out).glob("rejected/*"))
 
 
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_triton_serve_runs_in_the_foreground_until_stopped(
+    tmp_path: Path, stop: signal.Signals, status: int
+) -> None:
+    import urllib.request
+
+    from zsad.bench.triton_server import _free_port
+
+    (tmp_path / "repo").mkdir()  # an empty repository: the server, not the models, is tested
+    http, grpc = _free_port(), _free_port()
+    script = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
+    command = [sys.executable, "-c", script, "triton-serve", str(tmp_path / "repo")]
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--cpu"]
+    serving = subprocess.Popen(
+        [*command, *ports],
+        env={**ENV, "ZSAD_TRITON_ENV": str(triton_env())},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(lambda: answers() or serving.poll() is not None, "tritonserver", timeout=120)
+        assert serving.poll() is None, serving.communicate()
+        # Only zsad gets the signal (a terminal's Ctrl-C would reach the server too).
+        serving.send_signal(stop)
+        _, err = serving.communicate(timeout=60)
+    finally:
+        serving.kill()
+    assert serving.returncode == status, err
+    assert f"on grpc://127.0.0.1:{grpc} and http://127.0.0.1:{http}" in err
+    assert not answers()  # the server went with it
+
+
 def test_bench_triton_measures_served_and_local_in_one_run(bundle: Path, tmp_path: Path) -> None:
     result = zsad(
         "bench", "triton", "--bundle", str(bundle), "--server-env", str(triton_env()),

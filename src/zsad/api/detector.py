@@ -148,6 +148,8 @@ class Detector:
         method: str | None = None,
         bundle: str | os.PathLike[str] | None = None,
         timeout_s: float = 30.0,
+        ca_file: str | os.PathLike[str] | None = None,
+        token_file: str | os.PathLike[str] | None = None,
         threshold: float | None = None,
         scoring: SetScoringConfig | None = None,
         jas_r: float | None = None,
@@ -156,15 +158,20 @@ class Detector:
     ) -> Detector:
         """From an encoder served by Triton Inference Server (`zsad triton` wrote its model).
 
-        ``url``: grpc://host:8001 (default protocol) or http://host:8000. The served model's
-        metadata is checked on connect; with ``bundle`` its file must also be that bundle's.
-        Scoring runs here. A server down or too slow raises zsad.errors.ServiceUnavailable.
+        ``url``: grpc://host:8001 (default protocol) or http://host:8000, grpcs:// or https://
+        for TLS (``ca_file``: the CA that signed the server's certificate, default the system's).
+        An access token, from the first line of ``token_file`` or else $ZSAD_TRITON_TOKEN, goes
+        with every request as ``Authorization: Bearer``. The served model's metadata is checked
+        on connect; with ``bundle`` its file must also be that bundle's. Scoring runs here. A
+        server down or too slow raises zsad.errors.ServiceUnavailable.
         """
         spec = EncoderSpec(
             bundle=None if bundle is None else Path(bundle),
             triton=url,
             triton_model=model,
             triton_timeout_s=timeout_s,
+            triton_ca=None if ca_file is None else Path(ca_file),
+            triton_token_file=None if token_file is None else Path(token_file),
         )
         options = MethodOptions(scoring or SetScoringConfig(), jas_r, top_k)
         return cls.from_spec(spec, method, options=options, threshold=threshold, progress=progress)

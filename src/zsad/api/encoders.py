@@ -37,6 +37,8 @@ class EncoderSpec:
     triton: str | None = None  # a Triton server URL: the encoder runs there
     triton_model: str | None = None
     triton_timeout_s: float = 30.0
+    triton_ca: Path | None = None  # the CA that signed a grpcs:// or https:// server's certificate
+    triton_token_file: Path | None = None  # else $ZSAD_TRITON_TOKEN, if set
 
     @property
     def deployed(self) -> bool:
@@ -102,7 +104,8 @@ def bundle_method(spec: EncoderSpec) -> str | None:
 
 def open_triton(spec: EncoderSpec) -> TritonBackend:
     """Connect to the served encoder; with --bundle too, the served file must be that bundle's."""
-    from zsad.runtime.triton_backend import TritonBackend, parse_url
+    from zsad.formats.urls import read_secret
+    from zsad.runtime.triton_backend import TOKEN_ENV, TritonBackend, parse_url
 
     parse_url(spec.triton)  # first: a URL with credentials must not be repeated in a message
     if spec.engine is not None:
@@ -111,7 +114,13 @@ def open_triton(spec: EncoderSpec) -> TritonBackend:
         raise ZsadError(f"--triton {spec.triton}: needs --triton-model NAME (from zsad triton)")
     expect = None if spec.bundle is None else Bundle.load(spec.bundle)
     backend = TritonBackend(
-        spec.triton, spec.triton_model, timeout_s=spec.triton_timeout_s, expect=expect
+        spec.triton,
+        spec.triton_model,
+        timeout_s=spec.triton_timeout_s,
+        expect=expect,
+        ca_file=spec.triton_ca,
+        # Read at each connect, so a station that reconnects picks up a rotated token.
+        token=read_secret(TOKEN_ENV, spec.triton_token_file, "Triton token"),
     )
     if spec.image_size is not None and spec.image_size != backend.image_size:
         backend.close()

@@ -197,8 +197,52 @@ def triton(
     typer.echo(f"triton models {', '.join(models)} -> {repo}")
 
 
+def triton_serve(
+    repo: Annotated[Path, typer.Argument(help="Model repository written by zsad triton.")],
+    cpu: Annotated[
+        bool,
+        typer.Option(
+            "--cpu", help="Hide this machine's GPUs from the server (write REPO with --kind cpu)."
+        ),
+    ] = False,
+    grpc_port: Annotated[
+        int, typer.Option("--grpc-port", min=1, max=65535, help="The gRPC endpoint's port.")
+    ] = 8001,
+    http_port: Annotated[
+        int, typer.Option("--http-port", min=1, max=65535, help="The HTTP endpoint's port.")
+    ] = 8000,
+    address: Annotated[
+        str,
+        typer.Option(
+            "--address",
+            help="Where the server listens; anything other than 127.0.0.1 opens its endpoints, "
+            "model control included, to whoever reaches the ports.",
+        ),
+    ] = "127.0.0.1",
+    server_env: Annotated[
+        Path,
+        typer.Option(
+            "--server-env",
+            envvar="ZSAD_TRITON_ENV",
+            help="The nvidia-pytriton virtual environment holding tritonserver.",
+        ),
+    ] = Path(".venv-triton"),
+) -> None:
+    """Serve a model repository from a local tritonserver (nvidia-pytriton's, CPU, Python
+    backend: write REPO with --form python), in the foreground until Ctrl-C (see docs/triton.md).
+    """
+    from zsad.bench.triton_server import serve
+
+    code = serve(
+        repo, server_env, address=address, http_port=http_port, grpc_port=grpc_port, cpu=cpu
+    )
+    if code:
+        raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Attach these commands to the app."""
     app.command("export")(export)
     app.command("build-engine")(build_engine)
     app.command("triton")(triton)
+    app.command("triton-serve")(triton_serve)

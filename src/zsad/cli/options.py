@@ -103,8 +103,8 @@ TritonOpt = Annotated[
     typer.Option(
         "--triton",
         help="Run the encoder on a Triton Inference Server: grpc://HOST:8001 (default) or "
-        "http://HOST:8000; needs --triton-model. Scoring stays here. With --bundle, the served "
-        "file must be that bundle's.",
+        "http://HOST:8000, grpcs:// or https:// for TLS; needs --triton-model. Scoring stays "
+        "here. With --bundle, the served file must be that bundle's.",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -122,6 +122,24 @@ TritonTimeoutOpt = Annotated[
         "--triton-timeout",
         min=0.1,
         help="Seconds a request to the Triton server may take before it counts as an outage.",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+TritonCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--triton-ca",
+        help="With grpcs:// or https://: the PEM file of the CA that signed the server's "
+        "certificate (default: the system's CAs).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+TritonTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--triton-token-file",
+        help="A file whose first line is an access token for the server or a proxy in front of "
+        "it, sent as 'Authorization: Bearer TOKEN' (default: $ZSAD_TRITON_TOKEN, if set).",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -244,6 +262,8 @@ _ENCODER_OPTIONS = {
     "triton": (TritonOpt, None),
     "triton_model": (TritonModelOpt, None),
     "triton_timeout_s": (TritonTimeoutOpt, 30.0),
+    "triton_ca": (TritonCaOpt, None),
+    "triton_token_file": (TritonTokenFileOpt, None),
 }
 
 

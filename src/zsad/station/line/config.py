@@ -6,14 +6,12 @@ environment variable or a file, and URLs with credentials in them are refused.
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from zsad.errors import ZsadError, echo_stderr
-from zsad.formats.urls import split_url
+from zsad.errors import ZsadError
+from zsad.formats.urls import read_secret, split_url
 
 MQTT_PASSWORD_ENV = "ZSAD_MQTT_PASSWORD"
 HTTP_TOKEN_ENV = "ZSAD_HTTP_TOKEN"
@@ -23,32 +21,6 @@ MQTT_CREDENTIALS = (
     f"${MQTT_PASSWORD_ENV}"
 )
 HTTP_CREDENTIALS = f"give the token in --http-token-file FILE or ${HTTP_TOKEN_ENV}"
-
-
-def read_secret(env: str, file: Path | None, what: str) -> str | None:
-    """A secret from the first line of ``file`` or else the environment variable ``env``."""
-    if file is not None:
-        try:
-            with file.open() as handle:
-                secret = handle.readline().strip()
-                mode = os.fstat(handle.fileno()).st_mode
-        except OSError as exc:
-            raise ZsadError(f"{file}: cannot read the {what} ({exc.strerror or exc})") from exc
-        if not secret:
-            raise ZsadError(f"{file}: the first line of the {what} file is empty")
-        if mode & 0o077:
-            _warn_open_secret(file, mode & 0o777, what)
-        return secret
-    return os.environ.get(env) or None
-
-
-@functools.cache
-def _warn_open_secret(file: Path, mode: int, what: str) -> None:
-    # Cached: the secret is read again at each check and each reconnect; one warning is enough.
-    echo_stderr(
-        f"zsad: warning: {file}: the {what} file is open to group or others (mode "
-        f"{mode:04o}); chmod 600 {file}"
-    )
 
 
 def host_port(address: str, default_port: int, flag: str, instead: str) -> tuple[str, int]:
