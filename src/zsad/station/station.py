@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,17 +289,24 @@ class Station:
             self._restore_bank(list(recent))
         return done
 
-    def _restore_bank(self, records: list[dict[str, Any]]) -> None:
-        restored = 0
+    def _reencode(
+        self, records: list[dict[str, Any]], what: str
+    ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each journaled image that still decodes, with its encoder outputs, in order."""
         for record in records:
             try:
                 image = load_image_bounded(record["path"], self._decode_side)
             except ImageLoadError as exc:
-                self.options.echo(f"zsad: bank: skipped {exc}")
+                self.options.echo(f"zsad: {what}: skipped {exc}")
                 continue
             outputs = self._encode(image, None)
             if outputs is None:
                 return  # stopped while the encoder was down; the loop sees the stop
+            yield record, outputs
+
+    def _restore_bank(self, records: list[dict[str, Any]]) -> None:
+        restored = 0
+        for record, outputs in self._reencode(records, "bank"):
             self.scorer.restore(outputs, record)
             restored += 1
         self.options.echo(
@@ -310,15 +317,7 @@ class Station:
     def _hold_warm_up_again(self, records: list[dict[str, Any]]) -> None:
         """Hold the warm-up images journaled before the restart again, in arrival order."""
         held = 0
-        for record in records:
-            try:
-                image = load_image_bounded(record["path"], self._decode_side)
-            except ImageLoadError as exc:
-                self.options.echo(f"zsad: warm-up: skipped {exc}")
-                continue
-            outputs = self._encode(image, None)
-            if outputs is None:
-                return  # stopped while the encoder was down; the loop sees the stop
+        for record, outputs in self._reencode(records, "warm-up"):
             position = int(record["index"])
             self._journaled_warm_up.add(position)
             held += 1
