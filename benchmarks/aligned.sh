@@ -29,7 +29,7 @@ mkdir -p "$out"
 zsad bench scoring --out "$out/scoring" --n "${N:-10,20}" --bank "${BANK:-32}" --taps 0 \
   --max-baseline-mb 0 --align-window "$windows"
 
-tiny=(--model zsad-tiny --pretrained random --image-size 224 --no-progress)
+tiny=(--method staps --model zsad-tiny --pretrained random --image-size 224 --no-progress)
 fixtured=(--categories bracket,chip)
 
 # The detection runs of one data folder into folder $2: global and each window, with STAS

@@ -53,7 +53,7 @@ def bench_pipeline(
         raise ZsadError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     dev = resolve_device(device)
     env = bm.environment(dev)
-    scoring = SetScoringConfig(seed=seed)
+    scoring = SetScoringConfig(method="staps", seed=seed)
     gpu_scoring = array_module(scoring.device) is not np
     encoders = _encoders(backend, model, weights, pretrained, image_size, dev, bundle, gpu_scoring)
     size = next(iter(encoders.values())).image_size

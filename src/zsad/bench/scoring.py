@@ -279,7 +279,7 @@ def _score_set_columns(
     rng = np.random.default_rng(seed)
     tokens = rng.standard_normal((n, taps, patches + 1, channels), dtype=np.float32)
     cls = rng.standard_normal((n, 512), dtype=np.float32)
-    config = SetScoringConfig(memory_budget_mb=budget, device=device, seed=seed)
+    config = SetScoringConfig(method="staps", memory_budget_mb=budget, device=device, seed=seed)
     # The raw image score reads the maps at the input size of a /14 ViT with this patch grid.
     image_size = 14 * round(patches**0.5)
 
