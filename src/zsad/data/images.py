@@ -18,14 +18,13 @@ Failures of any kind raise :class:`ImageLoadError`, whose one-line message names
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from zsad.errors import ZsadError
+from zsad.errors import ZsadError, echo_stderr
 
 StrPath = str | os.PathLike[str]
 
@@ -150,11 +149,10 @@ def _note_large(file: Path, size: tuple[int, int], max_side: int | None) -> None
         done = f"decoded, then shrunk to {max_side} px on its longest side"
     else:
         done = f"decoded at full size ({width * height * 3 / 1e6:.0f} MB of RGB pixels)"
-    print(
+    echo_stderr(
         f"zsad: warning: {file}: {width * height / 1e6:.0f} MP image ({width}x{height}), over "
         f"the {limit / 1e6:.0f} MP at which Pillow warns of a decompression bomb; {done}; "
-        f"images over {2 * limit / 1e6:.0f} MP are refused (said once)",
-        file=sys.stderr,
+        f"images over {2 * limit / 1e6:.0f} MP are refused (said once)"
     )
 
 
