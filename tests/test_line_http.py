@@ -191,7 +191,7 @@ def test_overlays_and_maps_come_only_from_inside_out(line, tmp_path: Path) -> No
         status, answer = _call(served.port, "GET", path)
         assert status == 404 and "error" in answer, (path, answer)
     answer = _raw(served.port, b"GET /api/results/0/../../../secret.png HTTP/1.0\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.0 404") and b"SECRET" not in answer
+    assert answer.startswith(b"HTTP/1.1 404") and b"SECRET" not in answer
 
 
 def test_the_threshold_needs_the_token_and_a_well_formed_body(line, tmp_path: Path) -> None:
@@ -218,7 +218,7 @@ def test_the_threshold_needs_the_token_and_a_well_formed_body(line, tmp_path: Pa
     answer = _raw(
         port, f"POST /api/threshold HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
     )
-    assert answer.startswith(b"HTTP/1.0 411")
+    assert answer.startswith(b"HTTP/1.1 411")
     assert _call(port, "POST", "/api/status", good, **bearer)[0] == 405
     assert served.context.take_threshold_request() is None
     status, answer = _call(port, "POST", "/api/threshold", good, **bearer)
@@ -283,7 +283,7 @@ def test_malformed_requests_get_json_errors_and_the_server_serves_on(line) -> No
     served.append()
     for request, code in (
         (b"GET /api/status HTTP/7.1\r\n\r\n", b"505"),
-        (b"BREW /api/status HTTP/1.0\r\n\r\n", b"501"),
+        (b"BREW /api/status HTTP/1.0\r\n\r\n", b"405"),
         (b"GET /api/status HTTP/1.0 trailing words\r\n\r\n", b"400"),
         (b"GET /api/status HTTP/1.0\r\nX: " + b"y" * 70000 + b"\r\n\r\n", b"431"),
         (b"GET /api/results?since=%ff%fe HTTP/1.0\r\n\r\n", b"400"),
@@ -347,7 +347,7 @@ def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
         # Abuse on the side: none of it reaches the station.
         assert _call(port, "GET", "/api/results?since=99999999999999")[1]["results"] == []
         assert _call(port, "GET", "/api/results/0/../../../../etc/passwd")[0] == 404
-        assert _raw(port, b"\x16\x03\x01 TLS, not HTTP\r\n\r\n").startswith(b"HTTP/1.0 400")
+        assert _raw(port, b"\x16\x03\x01 TLS, not HTTP\r\n\r\n").startswith(b"HTTP/1.1 400")
         assert _call(port, "POST", "/api/threshold", b'{"threshold": 0}')[0] == 401
         # The operator's new threshold, from the next image on: every part scores above 0.
         status, _ = _call(port, "POST", "/api/threshold", b'{"threshold": 0}',

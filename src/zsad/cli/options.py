@@ -686,6 +686,15 @@ _LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
         ),
         None,
     ),
+    "http_allow_host": (
+        _line_option(
+            "--http-allow-host",
+            list[str] | None,
+            "A host name browsers use to reach the page (repeatable), taken beside the bound "
+            "address and localhost; requests naming any other Host are refused (DNS rebinding).",
+        ),
+        None,
+    ),
 }
 
 
@@ -713,7 +722,9 @@ def line_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             else OpcuaConfig(
                 v["opcua"], v["opcua_security"], v["opcua_cert"], v["opcua_key"], v["opcua_trust"]
             ),
-            http=None if v["http"] is None else HttpConfig(v["http"], v["http_token_file"]),
+            http=None
+            if v["http"] is None
+            else HttpConfig(v["http"], v["http_token_file"], tuple(v["http_allow_host"] or ())),
         )
         config.check()
         return config

@@ -133,10 +133,24 @@ class HttpConfig:
 
     address: str = "127.0.0.1:8080"
     token_file: Path | None = None
+    allow_hosts: tuple[str, ...] = ()  # Host names taken beside the bound address and localhost
 
     def bind(self) -> tuple[str, int]:
         """(host, port) to listen on."""
         return host_port(self.address, 8080, "--http", HTTP_CREDENTIALS)
+
+    def check_hosts(self) -> None:
+        """Refuse an --http-allow-host that is not a bare host name or address."""
+        for name in self.allow_hosts:
+            bare = name.strip("[]")
+            if (
+                not bare
+                or any(c in bare for c in "/@?# ")
+                or (":" in bare and "[" not in name and bare.count(":") == 1)
+            ):
+                raise ZsadError(
+                    f"--http-allow-host {name!r}: give a host name or address without a port"
+                )
 
     def token(self) -> str | None:
         """The token that state changes need, from --http-token-file or $ZSAD_HTTP_TOKEN."""
@@ -146,6 +160,7 @@ class HttpConfig:
         """Refuse bad settings before the station starts."""
         self.bind()
         self.token()
+        self.check_hosts()
 
 
 @dataclass(frozen=True)

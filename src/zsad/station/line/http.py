@@ -1,12 +1,11 @@
-"""The station's HTTP API and operator page, on the standard library's threading HTTP server.
+"""The station's HTTP API and operator page: the sink that serves them while the station runs.
 
-Why the standard library: the station is torch-free and meant to stay light, and what it serves
-is small (a status, pages of journal records, PNG files, one event stream per screen). A
-``ThreadingHTTPServer`` gives each connection its own thread, needs no event loop beside the
-station's and adds no dependency; an ASGI stack would bring a framework and a server for the
-same few endpoints.
+Served by uvicorn with a Starlette app (``http_app``, ``http_server``): an established server
+brings what a line network needs and a hand-written one gets wrong (a listen backlog, keep-alive,
+HEAD, protocol errors answered, connections that cost no thread), and the limits it lacks are
+added in ``http_server``.
 
-A client never holds up the station: every handler reads the journal through this sink's own
+A client never holds up the station: every route reads the journal through this sink's own
 ``JournalFeed`` and takes no lock of the station's beyond ``LineContext``'s (a status copy, a
 threshold request). State changes need a token (``Authorization: Bearer``); without one configured
 the API is read-only.
@@ -15,25 +14,32 @@ the API is read-only.
 from __future__ import annotations
 
 import hmac
-import json
 import threading
 import time
 from collections import deque
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from zsad.errors import ZsadError
 from zsad.station.line.config import HttpConfig
 from zsad.station.line.feed import JournalFeed
-from zsad.station.line.http_handler import FILES, HttpError, make_server
 from zsad.station.line.hub import LineContext
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
-MAX_STREAMS = 32  # open event streams (operator screens) at once
 RECENT_NG = 8  # NG parts the status lists
+REFUSAL_LOG_S = 60.0  # at most one line per this long about refused tokens
+FILES = {"overlay.png": ("overlay", "image/png"), "map.npy": ("map", "application/octet-stream")}
+
+
+class HttpError(Exception):
+    """A request the API refuses: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
 
 
 class _Tally:
@@ -66,6 +72,43 @@ class _Tally:
         }
 
 
+class _Refusals:
+    """Says that state changes were refused for want of the token: at most one line a minute,
+    with the addresses and how many since the last line, so a guessing client cannot flood the
+    log and none goes unmentioned."""
+
+    def __init__(self, echo: Any, every_s: float = REFUSAL_LOG_S) -> None:
+        self.echo = echo
+        self.every_s = every_s
+        self.last = -float("inf")
+        self.held: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def add(self, client: str) -> None:
+        """One refused request from ``client``."""
+        with self.lock:
+            self.held[client] = self.held.get(client, 0) + 1
+            if time.monotonic() - self.last >= self.every_s:
+                self._say()
+
+    def flush(self) -> None:
+        """Say what is held (at stop)."""
+        with self.lock:
+            if self.held:
+                self._say()
+
+    def _say(self) -> None:
+        total = sum(self.held.values())
+        clients = ", ".join(f"{c} ({n})" for c, n in sorted(self.held.items())[:8])
+        more = "" if len(self.held) <= 8 else f" and {len(self.held) - 8} more addresses"
+        self.echo(
+            f"zsad: http: refused {total} state change(s) without the right token from "
+            f"{clients}{more}"
+        )
+        self.held.clear()
+        self.last = time.monotonic()
+
+
 class HttpSink:
     """Serves ``/api/...`` and the operator page ``/`` while the station runs."""
 
@@ -77,41 +120,58 @@ class HttpSink:
         self.context: LineContext | None = None
         self.token: str | None = None
         self.url: str | None = None
-        self.streams = 0
         self.state = "starting"
-        self._server: ThreadingHTTPServer | None = None
-        self._threads: list[threading.Thread] = []
+        self.stopping = False
+        self.status_version = 0
+        self.changes: Any = None  # http_app.Changes, once started
+        self.slots: Any = None  # http_app.StreamSlots, once started
+        self._server: Any = None  # http_server.ServerThread
+        self._follower: threading.Thread | None = None
         self._stop = threading.Event()
-        self._changed = threading.Condition()  # the tally grew or a new status came
+        self._tally_lock = threading.Lock()
         self._tally = _Tally()
-        self._status_version = 0
         self._follow_error: str | None = None
         self._query_lock = threading.Lock()
         self._query: JournalFeed | None = None
         self._static: dict[str, tuple[bytes, str]] = {}
+        self._refusals: _Refusals | None = None
 
     # ------------------------------------------------------------------ Sink
 
     def start(self, context: LineContext) -> None:
         """Listen on the configured address and follow the journal, each on its own thread."""
+        try:
+            from zsad.station.line import http_app
+            from zsad.station.line.http_server import ServerThread
+        except ImportError as exc:
+            raise ZsadError(
+                f"--http needs starlette and uvicorn: pip install 'zsad[line]' ({exc})"
+            ) from exc
         self.context = context
         self.token = self.config.token()
         self._static = _load_static()
+        self._refusals = _Refusals(context.echo)
+        self.changes, self.slots = http_app.Changes(), http_app.StreamSlots()
         host, port = self.config.bind()
+        wildcard = host in ("0.0.0.0", "::", "")
+        hosts = http_app.allowed_hosts(host, self.config.allow_hosts, wildcard)
+        app = http_app.build_app(self, hosts, wildcard)
         try:
-            self._server = make_server(host, port, self)
+            self._server = ServerThread(app, host, port)
         except OSError as exc:
             raise ZsadError(
                 f"--http {self.config.address}: cannot listen there ({exc.strerror or exc})"
             ) from exc
-        bound = self._server.server_address[1]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/"
+        self._server.start()
+        assert self._server.loop is not None
+        self.changes.bind(self._server.loop)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self._server.port}/"
         self._query = JournalFeed(context.journal, keep_offsets=True)
         context.on_status(self._on_status)
-        for target, name in ((self._serve, "zsad-http"), (self._follow, "zsad-http-journal")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._follower = threading.Thread(
+            target=self._follow, name="zsad-http-journal", daemon=True
+        )
+        self._follower.start()
         access = "read-only: no token" if self.token is None else "changes need the token"
         context.echo(f"zsad: http: operator page and API at {self.url} ({access})")
         self.state = "serving"
@@ -122,33 +182,29 @@ class HttpSink:
             "state": self.state,
             "url": self.url,
             "read_only": self.token is None,
-            "streams": self.streams,
+            "streams": 0 if self.slots is None else len(self.slots.open),
             "error": self._follow_error,
         }
 
     def stop(self, timeout: float) -> None:
-        """Close the event streams and the listener."""
+        """End the event streams, close the listener and every connection."""
+        self.stopping = True
         self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
-        if self._threads:  # shutdown() waits for serve_forever, so only once it runs
-            assert self._server is not None
-            self._server.shutdown()
-        if self._server is not None:
-            self._server.server_close()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        if self.changes is not None:
+            self.changes.notify()
+        if self._server is not None:
+            self._server.stop(max(0.5, deadline - time.monotonic()))
+        if self._follower is not None:
+            self._follower.join(max(0.0, deadline - time.monotonic()))
         with self._query_lock:
             if self._query is not None:
                 self._query.close()
+        if self._refusals is not None:
+            self._refusals.flush()
         self.state = "stopped"
 
     # ------------------------------------------------------------------ threads
-
-    def _serve(self) -> None:
-        assert self._server is not None
-        self._server.serve_forever(poll_interval=0.2)
 
     def _follow(self) -> None:
         """Keep the tally of the whole journal, waking the event streams on each new record."""
@@ -165,10 +221,10 @@ class HttpSink:
                     self._stop.wait(30.0)
                     continue
                 if records:
-                    with self._changed:
+                    with self._tally_lock:
                         for record in records:
                             self._tally.add(record)
-                        self._changed.notify_all()
+                    self.changes.notify()
                 else:
                     self.context.wait_for_records(feed.position, 0.25)
         finally:
@@ -176,16 +232,15 @@ class HttpSink:
 
     def _on_status(self, _status: dict[str, Any]) -> None:
         """On the station's thread: only wake the event streams."""
-        with self._changed:
-            self._status_version += 1
-            self._changed.notify_all()
+        self.status_version += 1
+        self.changes.notify()
 
-    # ------------------------------------------------------------------ what handlers read
+    # ------------------------------------------------------------------ what routes read
 
     def overview(self) -> dict[str, Any]:
         """The station's status with the journal's tally (``records``: the next record's id)."""
         assert self.context is not None
-        with self._changed:
+        with self._tally_lock:
             tally = self._tally.view()
         return {"station": self.context.status(), "read_only": self.token is None, **tally}
 
@@ -225,7 +280,7 @@ class HttpSink:
             raise HttpError(404, f"record {record_id}: its {key} file is not in the results folder")
         return path.read_bytes(), content_type
 
-    def authorize(self, authorization: str | None) -> None:
+    def authorize(self, authorization: str | None, client: str) -> None:
         """Refuse a state change without the token (403 where none is configured)."""
         if self.token is None:
             raise HttpError(
@@ -237,6 +292,8 @@ class HttpSink:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), self.token.encode()
         ):
+            assert self._refusals is not None
+            self._refusals.add(client)
             raise HttpError(
                 401,
                 "give the station's token as 'Authorization: Bearer <token>'",
@@ -248,55 +305,11 @@ class HttpSink:
         assert self.context is not None
         self.context.request_threshold(value, f"http {client}")
 
-    def static(self, path: str) -> tuple[bytes, str]:
+    def static(self, name: str) -> tuple[bytes, str]:
         """A file of the operator page (a fixed set, read at start)."""
-        name = "index.html" if path == "/" else path.removeprefix("/static/")
         if name not in self._static:
-            raise HttpError(404, f"nothing at {path}")
+            raise HttpError(404, f"nothing at /static/{name[:80]}")
         return self._static[name]
-
-    def stream(self, handler: Any, start: int) -> None:
-        """Send results from id ``start`` on as server-sent events, then live ones and each new
-        status, with a comment line as keep-alive, until the client or the station goes."""
-        assert self.context is not None
-        with self._changed:
-            if self.streams >= MAX_STREAMS:
-                raise HttpError(503, f"too many event streams open (at most {MAX_STREAMS})")
-            self.streams += 1
-        try:
-            handler.begin_stream()
-            position, seen_status = start, -1
-            last_write = time.monotonic()
-            while not self._stop.is_set():
-                chunks = []
-                for record in self.results(position, 64):
-                    position = int(record["id"]) + 1
-                    chunks.append(_event(record, "result", position - 1))
-                if self._status_version != seen_status:
-                    seen_status = self._status_version
-                    chunks.append(_event(self.overview(), "status"))
-                if not chunks and time.monotonic() - last_write >= self.keepalive_s:
-                    chunks.append(b": keep-alive\n\n")
-                if chunks:
-                    handler.wfile.write(b"".join(chunks))
-                    handler.wfile.flush()
-                    last_write = time.monotonic()
-                    continue
-                with self._changed:
-                    if self._tally.records <= position and self._status_version == seen_status:
-                        wait = self.keepalive_s - (time.monotonic() - last_write)
-                        self._changed.wait(max(0.01, wait))
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass  # the client went away
-        finally:
-            with self._changed:
-                self.streams -= 1
-
-
-def _event(payload: dict[str, Any], kind: str, event_id: int | None = None) -> bytes:
-    data = json.dumps(payload, separators=(",", ":"))
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {data}\n\n".encode()
 
 
 def _load_static() -> dict[str, tuple[bytes, str]]:
