@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -99,14 +100,14 @@ class _Events:
 class _Line:
     """A journal, the context a station hands its sinks, and an HttpSink serving both."""
 
-    def __init__(self, out: Path, token_file: Path | None, keepalive_s: float) -> None:
+    def __init__(self, out: Path, token_file: Path | None, **options: Any) -> None:
         self.out = out
         self.journal = Journal(out / "results.jsonl")
-        self.context = LineContext(out, echo=lambda line: None)
+        self.lines: list[str] = []
+        self.context = LineContext(out, echo=self.lines.append)
         self.port = free_port()
-        self.sink = HttpSink(
-            HttpConfig(f"127.0.0.1:{self.port}", token_file), keepalive_s=keepalive_s
-        )
+        hosts = options.pop("allow_hosts", ())
+        self.sink = HttpSink(HttpConfig(f"127.0.0.1:{self.port}", token_file, hosts), **options)
         self.sink.start(self.context)
         self.context.publish_status({"state": "running", "threshold": 0.5})
 
@@ -126,12 +127,13 @@ class _Line:
 def line(tmp_path: Path) -> Iterator[Callable[..., _Line]]:
     made: list[_Line] = []
 
-    def make(*, token: str | None = TOKEN, keepalive_s: float = 15.0) -> _Line:
+    def make(*, token: str | None = TOKEN, **options: Any) -> _Line:
         token_file = None
         if token is not None:
             token_file = tmp_path / "token"
             token_file.write_text(token + "\n")
-        made.append(_Line(tmp_path / "out", token_file, keepalive_s))
+            token_file.chmod(0o600)
+        made.append(_Line(tmp_path / "out", token_file, **options))
         return made[-1]
 
     yield make
@@ -416,16 +418,31 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
 
     in_dir, out, port = tmp_path / "in", tmp_path / "out", free_port()
     in_dir.mkdir()
+    (tmp_path / "token").write_text(TOKEN)
     driver = _browser(tmp_path / "profile")
-    station = _watch(in_dir, out, bundle, port, "--threshold", "0.41")
+    # No threshold at first: the first parts are scored without a decision.
+    station = _watch(in_dir, out, bundle, port, "--http-token-file", str(tmp_path / "token"))
+    running = True
     try:
         _until(lambda: _call(port, "GET", "/api/status")[0] == 200, station, "the server")
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 60, poll_frequency=0.1)
         wait.until(lambda d: d.find_element(By.ID, "live").text == "live")
+        assert not driver.find_element(By.ID, "banner").is_displayed()
         names = [f"part_{i:02d}.png" for i in range(7)]
-        for i, name in enumerate(names):
-            _png(in_dir / name, i, "stain" if i in (3, 6) else None)
+        for i, name in enumerate(names[:4]):  # a bank of 4: scored once the fourth comes
+            _png(in_dir / name, i, "stain" if i == 1 else None)
+        _until(lambda: len(_records(out)) == 4, station, "four records")
+        status, _ = _call(port, "POST", "/api/threshold", b'{"threshold": 0.41}',
+                          Authorization=f"Bearer {TOKEN}")  # fmt: skip
+        assert status == 202
+        _until(
+            lambda: _call(port, "GET", "/api/status")[1]["station"]["threshold"] == 0.41,
+            station,
+            "the threshold",
+        )
+        for i, name in enumerate(names[4:], start=4):
+            _png(in_dir / name, i, "stain" if i == 6 else None)
         (in_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
         _until(lambda: len(_records(out)) == 8, station, "eight records")
         journal = _records(out)
@@ -433,9 +450,12 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
             "parts": sum(r["index"] is not None for r in journal),
             "ng": sum(r["decision"] == "NG" for r in journal),
             "ok": sum(r["decision"] == "OK" for r in journal),
+            "no_decision": sum(r["index"] is not None and r["decision"] is None for r in journal),
             "rejected": sum(r["decision"] == "rejected" for r in journal),
         }
         assert expected["parts"] == 7 and expected["rejected"] == 1
+        assert expected["no_decision"] == 4  # scored before the threshold existed
+        assert expected["parts"] == expected["ok"] + expected["ng"] + expected["no_decision"]
 
         def counters(d: Any) -> dict[str, int]:
             return {k: int(d.find_element(By.ID, f"count-{k}").text) for k in expected}
@@ -457,7 +477,221 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
         assert not errors, errors  # no script error, nothing the page's security policy blocked
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+        # The station goes away: the page says its figures are not live, across the page, and
+        # the state pill no longer shows the last state it heard.
+        stop_station(station)
+        running = False
+        wait.until(lambda d: d.find_element(By.ID, "banner").is_displayed())
+        assert "NOT LIVE" in driver.find_element(By.ID, "banner").text
+        assert driver.find_element(By.ID, "state").text.lower() == "stale"
+        assert counters(driver) == expected  # the last figures stay readable under the banner
     finally:
         driver.quit()
-        stop_station(station)
+        if running:
+            stop_station(station)
     _assert_each_once(out, names)
+
+
+# ---------------------------------------------------------------------- limits of the server
+
+
+def test_the_listen_backlog_takes_a_burst_of_connections(line) -> None:
+    served = line()
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{served.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(listing[2]) >= 128, listing  # Send-Q of a listening socket: its backlog
+
+
+def _trickle(port: int, seconds: float) -> tuple[bytes, float]:
+    """Send a request head one byte at a time, 5 a second, until the server answers or closes."""
+    head = b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    began = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as raw:
+        raw.settimeout(0.2)
+        for byte in head:
+            try:
+                raw.sendall(bytes([byte]))
+                answer = raw.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return b"", time.monotonic() - began
+            return answer, time.monotonic() - began
+    return b"", time.monotonic() - began
+
+
+def test_a_trickled_request_head_is_cut_off_at_its_deadline_and_costs_no_thread(line) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    served = line(header_deadline_s=1.0)
+    threads_before = threading.active_count()
+    with ThreadPoolExecutor(12) as pool:
+        slow = [pool.submit(_trickle, served.port, 30.0) for _ in range(12)]
+        time.sleep(0.5)
+        # The server threads do not grow with the slow clients (12 client threads are ours).
+        assert threading.active_count() <= threads_before + 12 + 2
+        assert _call(served.port, "GET", "/api/status")[0] == 200  # served beside them
+        answers = [future.result() for future in slow]
+    for answer, took in answers:
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert b"within 1 s" in answer and took < 5.0, (answer, took)
+
+
+def test_one_client_holds_at_most_its_share_of_connections(line) -> None:
+    served = line()
+    held = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(16)]
+    try:
+        refused = _raw(served.port, b"GET /api/status HTTP/1.0\r\n\r\n")
+        head, _, body = refused.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), refused[:80]
+        assert "one client address" in json.loads(body)["error"]
+    finally:
+        held.pop().close()
+    deadline = time.monotonic() + 5
+    while _raw(served.port, b"GET /api/status HTTP/1.0\r\n\r\n")[9:12] != b"200":
+        assert time.monotonic() < deadline, "a freed connection was not given back"
+        time.sleep(0.05)
+    for each in held:
+        each.close()
+
+
+def test_the_connection_guard_caps_all_clients_and_each_one() -> None:
+    from zsad.station.line.http_server import ConnectionGuard
+
+    guard = ConnectionGuard(total=5, per_client=3)
+    assert [guard.admit("10.0.0.1") for _ in range(3)] == [None] * 3
+    assert "one client" in str(guard.admit("10.0.0.1"))
+    assert guard.admit("10.0.0.2") is None and guard.admit("10.0.0.3") is None
+    assert "at most 5" in str(guard.admit("10.0.0.4"))
+    guard.release("10.0.0.1")
+    assert guard.admit("10.0.0.4") is None
+    assert sum(guard.open.values()) == 5
+
+
+def test_a_client_cannot_lock_others_out_of_the_event_streams() -> None:
+    from zsad.station.line.http import HttpError
+    from zsad.station.line.http_app import StreamSlots
+
+    slots = StreamSlots(total=4)
+    hog = [slots.admit("10.0.0.66")[0] for _ in range(4)]
+    # Full: a newcomer takes the oldest stream of the client holding the most.
+    newcomer, displaced = slots.admit("10.0.0.7")
+    assert displaced is hog[0] and hog[0].evicted and not newcomer.evicted
+    slots.release(hog[0])
+    second, displaced = slots.admit("10.0.0.7")
+    assert displaced is hog[1]
+    slots.release(hog[1])
+    # Now each holds two: neither may take from the other.
+    for client in ("10.0.0.7", "10.0.0.66"):
+        with pytest.raises(HttpError) as refused:
+            slots.admit(client)
+        assert refused.value.status == 503 and "its share" in str(refused.value)
+    assert slots.admit("10.0.0.8")[1] in (hog[2], hog[3], newcomer, second)
+
+
+def test_a_displaced_event_stream_ends_and_says_why(line) -> None:
+    served = line(keepalive_s=0.2)
+    stream = _Events(served.port)
+    assert next(kind for _, kind, _ in stream if kind == "comment")  # the stream is up
+    served.sink.slots.open[0].evicted = True
+    served.sink.changes.notify()
+    said = [text for _, kind, text in stream if kind == "comment"]  # until the stream ends
+    assert said[-1].startswith("another client needed this stream")
+    stream.close()
+    deadline = time.monotonic() + 5
+    while served.sink.describe()["streams"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_only_the_station_s_own_host_names_are_answered(line) -> None:
+    served = line(allow_hosts=("station1.line",))
+    port = served.port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"station1.line:{port}", "[::1]"):
+        assert _call(port, "GET", "/api/status", Host=host)[0] == 200, host
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.2", "station1.line.evil"):
+        status, answer = _call(port, "GET", "/api/status", Host=host)
+        assert status == 421 and "--http-allow-host" in answer["error"], host
+    # HTTP/1.0 without a Host (no browser sends that) is served.
+    assert _raw(port, b"GET /api/status HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")
+
+
+def test_a_wildcard_bind_takes_any_ip_address_but_not_other_names() -> None:
+    import asyncio
+
+    from zsad.station.line.http_app import HostCheck, allowed_hosts
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def status(host: str, wildcard: bool) -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        names = allowed_hosts("0.0.0.0" if wildcard else "192.168.10.5", (), wildcard)
+        scope = {"type": "http", "http_version": "1.1", "headers": [(b"host", host.encode())]}
+        asyncio.run(HostCheck(app, names, wildcard)(scope, receive, send))
+        return sent[0]["status"]
+
+    assert status("10.1.2.3:8080", True) == 200 and status("[fe80::1]:8080", True) == 200
+    assert status(socket.gethostname(), True) == 200
+    assert status("rebind.attacker.example", True) == 421
+    assert status("192.168.10.5:8080", False) == 200
+    assert status("10.1.2.3:8080", False) == 421
+
+
+def test_deep_or_slow_bodies_are_refused_and_the_server_serves_on(line, monkeypatch) -> None:
+    from zsad.station.line import http_app
+
+    served = line()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for body in (b"[" * 2000 + b"]" * 2000, b'{"threshold": [[[[[[1]]]]]]}'):
+        status, answer = _call(served.port, "POST", "/api/threshold", body, **bearer)
+        assert status == 400 and "nests deeper" in answer["error"], answer
+    monkeypatch.setattr(http_app, "BODY_DEADLINE_S", 0.5)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
+        raw.sendall(
+            b"POST /api/threshold HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b'\r\nContent-Length: 40\r\n\r\n{"thr'
+        )
+        assert raw.recv(4096).startswith(b"HTTP/1.1 408")
+    assert served.context.take_threshold_request() is None
+    assert _call(served.port, "GET", "/api/status")[0] == 200
+
+
+def test_head_answers_like_get_without_a_body(line) -> None:
+    served = line()
+    served.append()
+    for path in ("/", "/api/status", "/api/results?since=0", "/static/app.js", "/api/events"):
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+        connection.request("HEAD", path)
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b"", path
+        if path != "/api/events":
+            assert int(response.getheader("Content-Length")) > 0, path
+        connection.close()
+
+
+def test_refused_tokens_are_logged_at_most_once_a_minute(line) -> None:
+    served = line()
+    for _ in range(3):
+        status, _ = _call(served.port, "POST", "/api/threshold", b"{}",
+                          Authorization="Bearer guess")  # fmt: skip
+        assert status == 401
+    said = [text for text in served.lines if "refused" in text]
+    assert said == [
+        "zsad: http: refused 1 state change(s) without the right token from 127.0.0.1 (1)"
+    ]
+    served.sink.stop(2.0)  # what was held back is said at the end, counted
+    said = [text for text in served.lines if "refused" in text]
+    assert said[1:] == [
+        "zsad: http: refused 2 state change(s) without the right token from 127.0.0.1 (2)"
+    ]

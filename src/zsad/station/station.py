@@ -672,6 +672,7 @@ class Station:
             "state": state,
             "pid": os.getpid(),
             "updated": _now_iso(),
+            "status_every_s": self.options.status_interval_s,
             "uptime_s": round(now - self._started, 1),
             "journal": {"scored": self.journal_scored, "rejected": self.journal_rejected},
             "this_run": {"scored": self.scored, "rejected": self.rejected},

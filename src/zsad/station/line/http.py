@@ -23,6 +23,7 @@ from typing import Any
 from zsad.errors import ZsadError
 from zsad.station.line.config import HttpConfig
 from zsad.station.line.feed import JournalFeed
+from zsad.station.line.http_server import HEADER_DEADLINE_S, ServerThread
 from zsad.station.line.hub import LineContext
 
 STATIC = Path(__file__).parent / "static"
@@ -114,9 +115,16 @@ class HttpSink:
 
     name = "http"
 
-    def __init__(self, config: HttpConfig, *, keepalive_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        config: HttpConfig,
+        *,
+        keepalive_s: float = 15.0,
+        header_deadline_s: float = HEADER_DEADLINE_S,
+    ) -> None:
         self.config = config
         self.keepalive_s = keepalive_s
+        self.header_deadline_s = header_deadline_s
         self.context: LineContext | None = None
         self.token: str | None = None
         self.url: str | None = None
@@ -142,7 +150,6 @@ class HttpSink:
         """Listen on the configured address and follow the journal, each on its own thread."""
         try:
             from zsad.station.line import http_app
-            from zsad.station.line.http_server import ServerThread
         except ImportError as exc:
             raise ZsadError(
                 f"--http needs starlette and uvicorn: pip install 'zsad[line]' ({exc})"
@@ -157,7 +164,7 @@ class HttpSink:
         hosts = http_app.allowed_hosts(host, self.config.allow_hosts, wildcard)
         app = http_app.build_app(self, hosts, wildcard)
         try:
-            self._server = ServerThread(app, host, port)
+            self._server = ServerThread(app, host, port, header_deadline_s=self.header_deadline_s)
         except OSError as exc:
             raise ZsadError(
                 f"--http {self.config.address}: cannot listen there ({exc.strerror or exc})"

@@ -22,6 +22,7 @@ from zsad.errors import ZsadError
 BACKLOG = 128  # connections the kernel queues before the server accepts them
 MAX_HEAD_BYTES = 32 * 1024  # request line and headers
 HEADER_DEADLINE_S = 10.0  # from a request's first byte (or the connection) to its last header
+LINGER_S = 1.0  # a refused connection is read (and dropped) this long before it is closed
 KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this
 MAX_CONNECTIONS = 128  # open connections at once, from all clients
 MAX_PER_CLIENT = 16  # open connections at once from one client address
@@ -68,14 +69,14 @@ def _protocol(guard: ConnectionGuard, header_deadline_s: float) -> type[asyncio.
         _counted: str | None = None
         _deadline: asyncio.TimerHandle | None = None
         _head_bytes = 0
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             client = self.client[0] if self.client else ""
             refused = guard.admit(client)
             if refused is not None:
-                transport.write(_refusal(503, "Service Unavailable", refused))
-                transport.close()
+                self._refuse(503, "Service Unavailable", refused)
                 return
             self._counted = client
             self._arm()
@@ -87,7 +88,20 @@ def _protocol(guard: ConnectionGuard, header_deadline_s: float) -> type[asyncio.
                 self._counted = None
             super().connection_lost(exc)
 
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            """Answer and close; what the client still sends is read and dropped for a moment,
+            as closing with unread data resets the connection and the client may lose the
+            answer."""
+            self._disarm()
+            self._refused = True
+            self.transport.write(_refusal(status, reason, message))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
             if self.cycle is None or self.cycle.response_complete:  # a request head is due
                 if self._deadline is None:
                     self._arm()  # the first byte of the next request on a kept-alive connection
@@ -95,8 +109,7 @@ def _protocol(guard: ConnectionGuard, header_deadline_s: float) -> type[asyncio.
                 if self._head_bytes > MAX_HEAD_BYTES:
                     # h11 bounds only a head that arrives in pieces; this bounds any head.
                     message = f"the request head is over {MAX_HEAD_BYTES // 1024} KiB"
-                    self.transport.write(_refusal(431, "Request Header Fields Too Large", message))
-                    self.transport.close()
+                    self._refuse(431, "Request Header Fields Too Large", message)
                     return
             before = self.cycle
             super().data_received(data)
@@ -105,8 +118,7 @@ def _protocol(guard: ConnectionGuard, header_deadline_s: float) -> type[asyncio.
 
         def send_400_response(self, msg: str) -> None:
             # Bytes that are not an HTTP/1.1 request: refused in the API's JSON like the rest.
-            self.transport.write(_refusal(400, "Bad Request", f"not an HTTP request ({msg})"))
-            self.transport.close()
+            self._refuse(400, "Bad Request", f"not an HTTP request ({msg})")
 
         def _arm(self) -> None:
             self._head_bytes = 0
@@ -121,8 +133,7 @@ def _protocol(guard: ConnectionGuard, header_deadline_s: float) -> type[asyncio.
             self._deadline = None
             if not self.transport.is_closing():
                 message = f"the request head did not arrive within {header_deadline_s:g} s"
-                self.transport.write(_refusal(408, "Request Timeout", message))
-                self.transport.close()
+                self._refuse(408, "Request Timeout", message)
 
     return Guarded
 

@@ -4,6 +4,8 @@
 
 const TREND = 200; // parts in the score trend
 const NG_LIST = 8; // thumbnails of the last NG parts
+const RETRY_MS = 5000; // after the server refused the event stream
+const SILENT_STATUSES = 3; // status intervals without a status before the station counts as silent
 
 const view = {
   next: 0, // id of the next record expected: anything below was counted already
@@ -11,6 +13,12 @@ const view = {
   trend: [], // {id, score, threshold, decision}
   ng: [], // the last NG records, newest first
   threshold: null,
+  station: null, // the last status the station reported
+  statusAt: 0, // when it came (this page's clock, ms)
+  live: false,
+  offlineSince: null, // Date the event stream dropped, null while live
+  lockedOut: null, // the server's reason for refusing the event stream
+  events: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -51,11 +59,40 @@ async function start() {
 }
 
 function connect() {
+  if (view.events) view.events.close();
   const events = new EventSource(`/api/events?since=${view.next}`);
+  view.events = events;
   events.addEventListener("result", (event) => onResult(JSON.parse(event.data)));
   events.addEventListener("status", (event) => applyStatus(JSON.parse(event.data).station));
-  events.onopen = () => setLive(true);
-  events.onerror = () => setLive(false);
+  events.onopen = () => {
+    view.lockedOut = null;
+    setLive(true);
+  };
+  events.onerror = () => {
+    setLive(false);
+    // CLOSED: the server answered with an error (the browser will not retry by itself).
+    if (events.readyState === EventSource.CLOSED) probe();
+  };
+}
+
+// Why the event stream was refused (say it on the page), then try again.
+async function probe() {
+  const abort = new AbortController();
+  try {
+    const response = await fetch(`/api/events?since=${view.next}`,
+      { cache: "no-store", signal: abort.signal });
+    if (response.ok) {
+      abort.abort();
+      connect();
+      return;
+    }
+    const answer = await response.json().catch(() => ({}));
+    view.lockedOut = answer.error || `HTTP ${response.status}`;
+  } catch (error) {
+    view.lockedOut = null; // unreachable, not refused: the offline banner says so
+  }
+  renderFreshness();
+  setTimeout(connect, RETRY_MS);
 }
 
 function onResult(record) {
@@ -90,9 +127,9 @@ function addToTrend(record) {
 // ------------------------------------------------------------------ rendering
 
 function applyStatus(station) {
-  const state = $("state");
-  state.textContent = station.state;
-  state.className = `pill ${station.state}`;
+  view.station = station;
+  view.statusAt = Date.now();
+  renderFreshness();
   $("rate").textContent = station.images_per_s_last_minute ?? "–";
   $("latency").textContent =
     station.latency_ms_p50 === null || station.latency_ms_p50 === undefined
@@ -104,9 +141,45 @@ function applyStatus(station) {
 }
 
 function setLive(on) {
+  if (on) view.offlineSince = null;
+  else if (view.offlineSince === null) view.offlineSince = new Date();
+  view.live = on;
   const live = $("live");
   live.textContent = on ? "live" : "offline";
   live.classList.toggle("on", on);
+  renderFreshness();
+}
+
+// The station's state, unless what the page shows is not current: then a banner across the
+// page says since when and why, and the state pill says "stale" instead of the last state.
+function renderFreshness() {
+  const station = view.station;
+  const every = (station && station.status_every_s) || 5;
+  const silentFor = (Date.now() - view.statusAt) / 1000;
+  let warning = null;
+  if (view.lockedOut) {
+    warning = `LOCKED OUT: the station refused live updates (${view.lockedOut}). `
+      + `Figures below are from ${clock(view.offlineSince)}; retrying.`;
+  } else if (!view.live && view.offlineSince) {
+    warning = `NOT LIVE since ${clock(view.offlineSince)}: the figures below stopped `
+      + "updating; reconnecting.";
+  } else if (station && station.state !== "stopped" && station.state !== "error"
+             && silentFor > SILENT_STATUSES * every + 2) {
+    warning = `STATION SILENT: no status since ${clock(new Date(view.statusAt))} `
+      + `(it reports every ${every} s).`;
+  }
+  const banner = $("banner");
+  banner.hidden = warning === null;
+  banner.textContent = warning || "";
+  banner.classList.toggle("locked", Boolean(view.lockedOut));
+  const state = $("state");
+  const name = warning ? "stale" : (station ? station.state : "connecting");
+  state.textContent = name;
+  state.className = `pill ${name}`;
+}
+
+function clock(date) {
+  return date ? date.toTimeString().slice(0, 8) : "–";
 }
 
 function showLatest(record) {
@@ -126,7 +199,7 @@ function showLatest(record) {
 }
 
 function renderCounts() {
-  for (const name of ["parts", "ok", "ng", "rejected"]) {
+  for (const name of ["parts", "ok", "ng", "no_decision", "rejected"]) {
     $(`count-${name}`).textContent = view.counts[name];
   }
 }
@@ -237,9 +310,10 @@ function drawTrend() {
 }
 
 window.addEventListener("resize", drawTrend);
+setInterval(renderFreshness, 1000);
 function boot() {
   start().catch((error) => {
-    $("state").textContent = "unreachable";
+    setLive(false);
     $("latest-empty").textContent = String(error);
     setTimeout(boot, 3000);
   });
