@@ -2,7 +2,8 @@
 
 Run with the system Python (GStreamer's GObject bindings are Debian packages, not wheels):
 ``python3 gst_rtsp_server.py PORT [WIDTH HEIGHT FPS]``. It prints ``ready`` once it listens and
-serves until killed. VP8 because an RTP JPEG payload gave clients no frames."""
+serves until killed; ``python3 gst_rtsp_server.py --check`` exits 0 when every element it needs
+is installed and otherwise names the missing ones. VP8 because an RTP JPEG payload gave clients no frames."""
 
 import sys
 
@@ -13,8 +14,15 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
+ELEMENTS = ("videotestsrc", "vp8enc", "rtpvp8pay")
+
+
 def main() -> None:
     """Serve rtsp://127.0.0.1:PORT/test until the process is killed."""
+    if sys.argv[1:] == ["--check"]:
+        Gst.init(None)
+        missing = [name for name in ELEMENTS if Gst.ElementFactory.find(name) is None]
+        sys.exit(f"missing GStreamer elements: {', '.join(missing)}" if missing else 0)
     port, width, height, fps = (sys.argv[1:] + ["160", "120", "25"])[:4]
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
