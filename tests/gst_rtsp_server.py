@@ -3,7 +3,8 @@
 Run with the system Python (GStreamer's GObject bindings are Debian packages, not wheels):
 ``python3 gst_rtsp_server.py PORT [WIDTH HEIGHT FPS]``. It prints ``ready`` once it listens and
 serves until killed; ``python3 gst_rtsp_server.py --check`` exits 0 when every element it needs
-is installed and otherwise names the missing ones. VP8 because an RTP JPEG payload gave clients no frames."""
+is installed and otherwise names the missing ones. VP8 because an RTP JPEG payload gave clients
+no frames."""
 
 import sys
 
@@ -12,7 +13,6 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
-
 
 ELEMENTS = ("videotestsrc", "vp8enc", "rtpvp8pay")
 

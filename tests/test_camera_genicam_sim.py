@@ -39,9 +39,8 @@ def test_free_run_acquires_numbered_rgb_frames_at_the_set_rate() -> None:
         started = time.monotonic()
         frames = [source.read(5) for _ in range(10)]
         elapsed = time.monotonic() - started
-    assert all(f is not None for f in frames)
     assert first.image.shape == (400, 400, 3) and first.image.dtype == np.uint8
-    numbers = [f.number for f in frames]  # type: ignore[union-attr]
+    numbers = [f and f.number for f in frames]
     assert numbers == list(range(1, 11))
     assert first.part_id is None and first.source == f"{URI}?index=0"
     assert 0.1 < elapsed < 1.0  # ten frames at 50/s, not as fast as the reader asks
@@ -66,7 +65,7 @@ def test_a_software_trigger_gives_one_frame_per_trigger_with_its_part_id() -> No
             frames.append(source.read(5))
             latencies.append(time.monotonic() - asked)
         assert source.read(0.3) is None  # one frame per trigger, no more
-    assert [f.part_id for f in frames] == ["A-1", "A-2", "A-3", "A-4", "A-5"]  # type: ignore[union-attr]
+    assert [f and f.part_id for f in frames] == ["A-1", "A-2", "A-3", "A-4", "A-5"]
     assert max(latencies) < 0.5
     assert source.dropped > 0  # the frames streamed between triggers
 
