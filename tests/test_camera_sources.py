@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import require_service
 from zsad.data.cameras import genicam
 from zsad.data.cameras.rtsp import redacted
 from zsad.data.cameras.source import FrameHub, GrabbingSource, parse_trigger
@@ -89,6 +91,7 @@ def test_trigger_modes_and_settings_parse_or_fail_in_one_line() -> None:
 def test_an_rtsp_password_never_reaches_a_name() -> None:
     assert redacted("rtsp://op:s3cret@10.0.0.5:554/stream1") == "rtsp://op:***@10.0.0.5:554/stream1"
     assert redacted("rtsp://10.0.0.5/s") == "rtsp://10.0.0.5/s"
+    require_service(find_spec("av") is not None, "PyAV is not installed (the camera extra)")
     with pytest.raises(ZsadError) as caught:
         source = open_source("rtsp://op:s3cret@127.0.0.1:1/x", timeout_s=1)
         source.open()
