@@ -15,6 +15,7 @@ SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     import zsad.formats.bundle, zsad.runtime.onnx_backend, zsad.runtime.tensorrt_backend
     import zsad.station.run, zsad.formats.thresholds, zsad.cli.app, zsad.evaluation.report
     import zsad.api.detector, zsad.api.infer, zsad.evaluation.thresholds
+    import zsad.data.cameras.uri, zsad.data.cameras.store, zsad.data.cameras.genicam
     from zsad.formats.artifact import load_artifact
     from zsad.scoring.headclip import score_headclip
     from zsad.scoring.pipeline import SetScoringConfig, score_set

@@ -134,3 +134,12 @@ def writable_folder(path: Path, option: str = "--out") -> Iterator[Path]:
             except OSError:
                 break
         raise
+
+
+def sync_folder(path: Path) -> None:
+    """fsync the folder ``path``, so a rename or removal in it survives a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
