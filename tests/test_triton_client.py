@@ -241,3 +241,21 @@ def test_the_command_line_settings_fail_in_one_line(
         "--triton-model", "zsad", "--out", str(tmp_path / "out"), block=TORCH,
     )  # fmt: skip
     one_line_error(result, needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--triton-ca", "{tmp}/missing.pem"), "cannot read it"),
+        (("--triton-token-file", "{tmp}/none"), "Triton token"),
+    ],
+)
+def test_bench_triton_takes_the_ca_and_the_token_file(
+    bundle: Path, tmp_path: Path, args: tuple[str, ...], needle: str
+) -> None:
+    result = zsad(
+        "bench", "triton", "--out", str(tmp_path / "bench"), "--bundle", str(bundle),
+        "--triton", "grpcs://127.0.0.1:1", "--triton-model", "zsad", "--clients", "1",
+        "--seconds", "0.1", *(a.format(tmp=tmp_path) for a in args),
+    )  # fmt: skip
+    one_line_error(result, needle)

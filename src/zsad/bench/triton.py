@@ -23,6 +23,7 @@ from zsad.bench.plots import line_chart
 from zsad.bench.report import say, write_report
 from zsad.errors import ZsadError
 from zsad.formats.bundle import Bundle
+from zsad.formats.urls import read_secret
 from zsad.runtime.backend import EncoderBackend
 
 
@@ -85,6 +86,8 @@ def bench_triton(
     clients: list[int],
     seconds: float = 5.0,
     settings: dict[str, str] | None = None,
+    ca_file: Path | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Measure local ONNX Runtime and each served model at each client count; writes OUT."""
     from zsad.runtime.open import open_backend
@@ -102,7 +105,8 @@ def bench_triton(
             rows.append({"encoder": here, "clients": n, **row})
     for model in models:
         backends: list[EncoderBackend] = [
-            TritonBackend(url, model, expect=expected) for _ in range(max(clients))
+            TritonBackend(url, model, expect=expected, ca_file=ca_file, token=token)
+            for _ in range(max(clients))
         ]
         try:
             for n in clients:
@@ -205,15 +209,22 @@ def run_bench(
     queue_delay_us: int,
     clients: list[int],
     seconds: float,
+    ca_file: Path | None = None,
+    token_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Against the running server at ``url`` (its ``models``), else a local one from
-    ``server_env`` serving one model per max batch size."""
+    """Against the running server at ``url`` (its ``models``, over TLS with ``ca_file`` and the
+    access token where given), else a local one from ``server_env`` serving one model per max
+    batch size."""
+    from zsad.runtime.triton_backend import TOKEN_ENV
+
     if url is not None:
         if not models:
             raise ZsadError("--triton: needs --triton-model NAME[,NAME...]")
+        token = read_secret(TOKEN_ENV, token_file, "Triton token")
         return bench_triton(
-            out, bundle=bundle, url=url, models=models, clients=clients, seconds=seconds
-        )
+            out, bundle=bundle, url=url, models=models, clients=clients, seconds=seconds,
+            ca_file=ca_file, token=token,
+        )  # fmt: skip
     if server_env is None:
         raise ZsadError("bench triton: give --triton URL (a running server) or --server-env ENV")
     return bench_local_server(

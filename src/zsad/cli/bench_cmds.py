@@ -15,6 +15,8 @@ from zsad.cli.options import (
     ModelOpt,
     QueueDelayOpt,
     SeedOpt,
+    TritonCaOpt,
+    TritonTokenFileOpt,
     WeightsOpt,
 )
 from zsad.errors import ZsadError
@@ -288,6 +290,8 @@ def triton(
     ],
     triton_url: TritonUrlOpt = None,
     triton_model: TritonModelsOpt = None,
+    triton_ca: TritonCaOpt = None,
+    triton_token_file: TritonTokenFileOpt = None,
     server_env: ServerEnvOpt = None,
     max_batch: Annotated[
         str,
@@ -315,6 +319,8 @@ def triton(
         queue_delay_us=queue_delay_us,
         clients=_ints(clients, "--clients"),
         seconds=seconds,
+        ca_file=triton_ca,
+        token_file=triton_token_file,
     )
 
 
