@@ -20,12 +20,20 @@ from zsad.api.encoders import (
     set_outputs_on,
 )
 from zsad.api.results import Result, SetResult, decide
-from zsad.api.scorers import HeadclipScoring, MethodOptions, Scored, StreamScorer
+from zsad.api.scorers import HeadclipScoring, MethodOptions
+from zsad.api.stream import Stream, image_label
 from zsad.data.images import ImageInput, as_rgb_array
 from zsad.errors import ZsadError
 from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
-from zsad.formats.methods import DEFAULT_METHOD, STREAMABLE, Method, default_method, get_method
+from zsad.formats.methods import (
+    DEFAULT_BANK,
+    DEFAULT_METHOD,
+    STREAMABLE,
+    Method,
+    default_method,
+    get_method,
+)
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
@@ -302,18 +310,20 @@ class Detector:
             "score_s": round(time.perf_counter() - encoded_at, 3),
         }
         limit = self.threshold() if self.method.per_image else None
-        results: list[Result] = [Result(_label(image), None) for image in images]
+        results = [Result(image_label(image), None, index=i) for i, image in enumerate(images)]
         for index, message in encoded.failures:
             results[index].error = message
         for row, index in enumerate(encoded.indices):
             score = float(scores[row])
             results[index] = Result(
-                _label(images[index]),
+                image_label(images[index]),
                 score,
                 maps[row],
                 self.image_size,
                 decision=decide(score, limit),
                 threshold=limit,
+                index=index,
+                phase="set",
             )
         return SetResult(results, info, timing)
 
@@ -329,9 +339,10 @@ class Detector:
         scores, maps = self.headclip(outputs["cls"], outputs["local"])
         score = float(scores[0])
         limit = self.threshold()
-        return Result(_label(image), score, maps[0], self.image_size, decide(score, limit), limit)
+        label = image_label(image)
+        return Result(label, score, maps[0], self.image_size, decide(score, limit), limit)
 
-    def stream(self, bank: int = 32, *, threshold: float | None = None) -> Stream:
+    def stream(self, bank: int = DEFAULT_BANK, *, threshold: float | None = None) -> Stream:
         """Score images one at a time in arrival order (STAPS: each against the last ``bank``)."""
         if self.method.stream_scorer is None:
             raise ZsadError(
@@ -361,61 +372,6 @@ class Detector:
         return f"Detector({self.name!r}, {self.backend.name}, {self.image_size} px)"
 
 
-class Stream:
-    """Images in arrival order; ``add`` returns the images scored by that call (STAPS holds the
-    first ``bank`` images and scores them together once the bank is full)."""
-
-    def __init__(
-        self,
-        detector: Detector,
-        scorer: StreamScorer,
-        settings: dict[str, Any],
-        threshold: float | None,
-    ) -> None:
-        self.detector = detector
-        self.scorer = scorer
-        self.settings = settings
-        self.threshold = threshold
-        self._labels: dict[int, str | None] = {}
-        self._next = 0
-
-    def add(self, image: ImageInput) -> list[Result]:
-        """Take the next image; returns the results this made available (maybe none, or several)."""
-        outputs = self.detector.encode_one(image)
-        position = self._next
-        self._next += 1
-        self._labels[position] = _label(image)
-        scored = self.scorer.add(outputs, position)
-        for note in self.scorer.notes():
-            self.detector._note(note)
-        return self.results(scored)
-
-    def flush(self) -> list[Result]:
-        """Score the images still held (the end of a finite stream shorter than the bank)."""
-        try:
-            scored = self.scorer.flush()
-        except ValueError as exc:
-            raise ZsadError(f"stream: {exc}") from exc
-        for note in self.scorer.notes():
-            self.detector._note(note)
-        return self.results(scored)
-
-    def results(self, scored: list[Scored]) -> list[Result]:
-        """Scorer output as Results."""
-        return [
-            Result(
-                self._labels.pop(s.position, None),
-                s.score,
-                s.anomaly_map,
-                self.detector.image_size,
-                decide(s.score, self.threshold),
-                self.threshold,
-                index=s.position,
-            )
-            for s in scored
-        ]
-
-
 def _options(
     scoring: SetScoringConfig | None,
     jas_r: float | None,
@@ -433,10 +389,6 @@ def _options(
         None if csa_layers is None else tuple(csa_layers),
         None if readout_layers is None else tuple(readout_layers),
     )
-
-
-def _label(image: ImageInput) -> str | None:
-    return str(image) if isinstance(image, (str, os.PathLike)) else None
 
 
 def _served_artifact(backend: Any) -> Any:

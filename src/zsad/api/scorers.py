@@ -235,7 +235,9 @@ class StreamScorer(Protocol):
         """Score whatever is held (end of a finite stream)."""
         ...
 
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+    def restore(
+        self, outputs: dict[str, np.ndarray], position: int, raw_score: float, score: float
+    ) -> None:
         """Put an image scored before a restart back into the scorer's memory."""
         ...
 
@@ -292,14 +294,12 @@ class RollingScorer:
         """Score the warm-up images held so far."""
         return self._scored(self.rolling.flush())
 
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+    def restore(
+        self, outputs: dict[str, np.ndarray], position: int, raw_score: float, score: float
+    ) -> None:
         """Refill the bank with an image scored before the restart."""
         self.rolling.restore(
-            outputs["taps"][0],
-            to_numpy(outputs["cls"][0]),
-            int(record["index"]),
-            float(record["raw_score"]),
-            float(record["score"]),
+            outputs["taps"][0], to_numpy(outputs["cls"][0]), position, raw_score, score
         )
 
     def held(self) -> int:
@@ -359,7 +359,9 @@ class HeadclipScorer:
         """Nothing is ever held."""
         return []
 
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+    def restore(
+        self, outputs: dict[str, np.ndarray], position: int, raw_score: float, score: float
+    ) -> None:
         """Nothing to restore."""
 
     def held(self) -> int:

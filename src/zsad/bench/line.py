@@ -104,13 +104,12 @@ def _run_once(
         clients.append(_OpcuaListener(f"opc.tcp://127.0.0.1:{opcua_port}"))
         if broker.available:
             clients.append(_MqttListener(broker.port, f"bench/{repeat}/results"))
-    scorer = detector.stream(bank=bank).scorer
     options = StationOptions(
         out=out, overlays=True, status_interval_s=1.0, idle_exit_s=1.0, sinks=sinks,
         echo=lambda _line: None,
     )  # fmt: skip
     station = Station(
-        detector.backend, scorer, lambda done: HotFolder(work / "in", done, exclude=out), options
+        detector.stream(bank), lambda done: HotFolder(work / "in", done, exclude=out), options
     )
     for client in clients:
         client.start()

@@ -50,10 +50,9 @@ def bench_station(
     banked = not detector.method.per_image
     started_under = bm.load_average()
     with detector:
-        scorer = detector.stream(bank=bank).scorer
         probe = _gpu_pool_probe(scoring) if banked else None
         records, samples, defects, summary = _run(
-            backend, scorer, probe, frames, defect_every, overlays, seed
+            detector.stream(bank), probe, frames, defect_every, overlays, seed
         )
     body = _body(records, samples, summary)
     if defects and banked:
@@ -102,8 +101,7 @@ def plot_memory(path: Path, samples: list[dict[str, Any]]) -> Path:
 
 
 def _run(
-    backend: Any,
-    scorer: Any,
+    stream: Any,
     probe: Callable[[], float] | None,
     frames: int,
     defect_every: int,
@@ -123,8 +121,7 @@ def _run(
             out=work / "out", overlays=overlays, status_interval_s=10.0, idle_exit_s=1.0
         )
         runner = Station(
-            backend,
-            scorer,
+            stream,
             lambda done: HotFolder(work / "in", done, exclude=work / "out"),
             options,
         )
@@ -179,12 +176,12 @@ def _gpu_pool_probe(config: Any) -> Callable[[], float] | None:
 def _sample(
     station: Any, stop: threading.Event, samples: list[Sample], gpu: Callable[[], float] | None
 ) -> None:
-    from zsad.station.station import rss_mb
+    from zsad.station.status import rss_mb
 
     start = time.perf_counter()
     while not stop.wait(0.5):
         gpu_mb = gpu() if gpu else None
-        samples.append((time.perf_counter() - start, station.scored, rss_mb(), gpu_mb))
+        samples.append((time.perf_counter() - start, station.report.scored, rss_mb(), gpu_mb))
 
 
 def _slope_mb_per_1000(samples: list[Sample], column: int = 2) -> float | None:

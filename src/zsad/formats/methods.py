@@ -67,6 +67,9 @@ STREAMABLE = tuple(name for name, m in METHODS.items() if m.stream_scorer is not
 # Scores best on real features in a random or production order, and is the only order-free
 # training-free method (docs/methods.md#defaults).
 DEFAULT_METHOD = "musc"
+# Images in a rolling bank: a stream holds the first this many (warm-up), then scores each image
+# against the last this many.
+DEFAULT_BANK = 32
 
 
 def default_method(exported_for: str | None = None) -> str:
