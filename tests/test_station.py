@@ -24,6 +24,7 @@ from zsad.api.detector import Detector
 from zsad.api.results import RECORD_FIELDS, RECORD_SCHEMA
 from zsad.data.synthetic import render_sample
 from zsad.errors import ZsadError
+from zsad.formats.methods import DEFAULT_BANK
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
 from zsad.station.frames import HotFolder, Rejection
@@ -236,6 +237,36 @@ def test_sigterm_finishes_the_current_image_and_exits_0(bundle: Path, tmp_path: 
     assert 6 <= len(_records(out)) < 40
     # A clean stop leaves no frame in hand: a restart must not count it against one.
     assert not (out / "in-progress.json").exists()
+
+
+@pytest.mark.parametrize("method", [None, "staps"])
+def test_the_api_stream_and_the_cli_score_every_frame_the_same_by_default(
+    bundle: Path, tmp_path: Path, method: str | None
+) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    frames = [in_dir / f"{i:02d}.png" for i in range(DEFAULT_BANK + 4)]
+    for i, frame in enumerate(frames):
+        _png(frame, i, "scratch" if i % 9 == 8 else None)
+        os.utime(frame, ns=(10**18 + i * 1000, 10**18 + i * 1000))  # arrival order
+    named = [] if method is None else ["--method", method]
+    with Detector.from_bundle(bundle, method=method) as det:
+        stream = det.stream()
+        expected = [r for frame in frames for r in stream.add(frame)] + stream.flush()
+    assert [r.phase for r in expected] == ["warm-up"] * DEFAULT_BANK + ["stream"] * 4
+    watched = zsad("watch", str(in_dir), "--out", str(tmp_path / "watch"), "--bundle",
+                   str(bundle), "--exit-when-idle", "0.5", *named)  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    args = [sys.executable, "-m", "zsad", "infer", "--stream", "--bundle", str(bundle)]
+    args += ["--out", str(tmp_path / "stdin"), *named]
+    listing = "".join(f"{frame}\n" for frame in frames)
+    piped = subprocess.run(args, input=listing, capture_output=True, text=True, env=ENV)
+    assert piped.returncode == 0, piped.stderr
+    for out in (tmp_path / "watch", tmp_path / "stdin"):
+        records = sorted(_records(out), key=lambda r: r["index"])
+        assert [(r["path"], r["score"], r["raw_score"], r["phase"]) for r in records] == [
+            (r.path, r.score, r.raw_score, r.phase) for r in expected
+        ], out.name
 
 
 def test_infer_stream_reads_paths_from_stdin_and_resumes(bundle: Path, tmp_path: Path) -> None:

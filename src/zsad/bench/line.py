@@ -26,6 +26,7 @@ import numpy as np
 from zsad.bench import measure as bm
 from zsad.bench.report import say, warn, write_report
 from zsad.errors import ZsadError
+from zsad.formats.methods import DEFAULT_BANK
 
 SETTLE = 5  # records per run left out of the latency figures
 
@@ -35,7 +36,7 @@ def bench_line(
     *,
     frames: int = 200,
     repeats: int = 3,
-    bank: int = 32,
+    bank: int = DEFAULT_BANK,
     model: str = "zsad-tiny",
     image_size: int = 224,
     seed: int = 0,

@@ -17,6 +17,7 @@ import numpy as np
 from zsad.bench import measure as bm
 from zsad.bench.report import markdown_header, say, warn
 from zsad.errors import ZsadError
+from zsad.formats.methods import DEFAULT_BANK
 
 Sample = tuple[float, int, float, float | None]  # seconds, scored, RSS MiB, GPU pool MiB
 
@@ -25,7 +26,7 @@ def bench_station(
     out: Path,
     *,
     frames: int = 3000,
-    bank: int = 32,
+    bank: int = DEFAULT_BANK,
     model: str = "zsad-tiny",
     image_size: int | None = None,
     bundle: Path | None = None,
