@@ -85,6 +85,13 @@ def test_images_may_be_arrays_pil_or_paths_and_bad_ones_are_reported(
     assert scored.results[1].path is None and scored.results[0].path == str(images[0])
 
 
+def test_every_registered_method_has_its_scorers() -> None:
+    from zsad.api.scorers import SCORERS
+    from zsad.formats.methods import METHODS
+
+    assert SCORERS.keys() == METHODS.keys()
+
+
 def test_predict_on_staps_explains_what_to_use(bundle: Path, images: list[Path]) -> None:
     from zsad import Detector
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,9 @@ from zsad.api.encoders import (
     set_outputs_on,
 )
 from zsad.api.results import Result, SetResult, decide
-from zsad.api.scorers import HeadclipScoring, MethodOptions
+from zsad.api.scorers import SCORERS, HeadclipScoring, MethodOptions
 from zsad.api.stream import Stream, image_label
-from zsad.data.images import ImageInput, as_rgb_array
+from zsad.data.images import ImageInput, as_rgb_array, decode_each
 from zsad.errors import ZsadError
 from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
@@ -38,11 +37,6 @@ from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
 from zsad.scoring.pipeline import SetScoringConfig
-
-
-def _factory(reference: str) -> Callable[..., Any]:
-    module, attribute = reference.split(":")
-    return getattr(importlib.import_module(module), attribute)
 
 
 class Detector:
@@ -75,7 +69,7 @@ class Detector:
         self.notes: list[str] = []  # what a user should know about this setup, one line each
         if self.method.needs_calibration and headclip is None:
             raise ZsadError(f"--method {method}: needs HeadCLIP calibration (an artifact)")
-        self._score_set, self.settings = _factory(self.method.set_scorer)(
+        self._score_set, self.settings = SCORERS[self.method.name][0](
             self.method.name, self.options, headclip, progress, backend.image_size
         )
 
@@ -286,7 +280,10 @@ class Detector:
         are CuPy arrays on the GPU when this detector's set scoring runs there (a bundle or
         engine with STAPS/MuSc and CuPy), else NumPy."""
         show = self.progress if progress is None else progress
-        return encode_images(self.backend, images, batch_size=batch_size, progress=show)
+        decoded = decode_each(images, decode_side(self.image_size))
+        return encode_images(
+            self.backend, decoded, count=len(images), batch_size=batch_size, progress=show
+        )
 
     def score_set(
         self,
@@ -344,15 +341,13 @@ class Detector:
 
     def stream(self, bank: int = DEFAULT_BANK, *, threshold: float | None = None) -> Stream:
         """Score images one at a time in arrival order (STAPS: each against the last ``bank``)."""
-        if self.method.stream_scorer is None:
+        if not self.method.streams:
             raise ZsadError(
                 f"stream: {self.name} does not score streams; use {' or '.join(STREAMABLE)}"
             )
         if bank < 2:
             raise ZsadError(f"--bank {bank}: a bank holds at least 2 images")
-        scorer, settings = _factory(self.method.stream_scorer)(
-            self.options, self.headclip, bank, self.image_size
-        )
+        scorer, settings = SCORERS[self.name][1](self.options, self.headclip, bank, self.image_size)
         limit = threshold if threshold is not None else self.threshold(settings)
         return Stream(self, scorer, settings, limit)
 

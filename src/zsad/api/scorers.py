@@ -1,5 +1,5 @@
 """Scorers for each method: a set scorer (a batch of encoded images) and a stream scorer (one
-image at a time, in arrival order). The method registry names the factories below."""
+image at a time, in arrival order); ``SCORERS`` gives each registered method its two."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from zsad.arrays import to_numpy
 from zsad.errors import ZsadError
 from zsad.formats.artifact import HeadclipArtifact
 from zsad.runtime.encode import EncodedImages
-from zsad.scoring._xp import to_numpy
 from zsad.scoring.maps import patch_grid
 from zsad.scoring.pipeline import SetScoringConfig
 
@@ -210,6 +210,14 @@ def headclip_stream_scorer(
     return HeadclipScorer(headclip), headclip.settings()
 
 
+SetFactory = Callable[
+    [str, MethodOptions, HeadclipScoring | None, bool, int], tuple[SetScorer, dict[str, Any]]
+]
+StreamFactory = Callable[
+    [MethodOptions, HeadclipScoring | None, int, int], tuple["StreamScorer", dict[str, Any]]
+]
+
+
 @dataclass
 class Scored:
     """One image scored by a stream scorer: its arrival position, scores and map."""
@@ -390,3 +398,11 @@ class HeadclipScorer:
     def notes(self) -> list[str]:
         """Nothing to report."""
         return []
+
+
+# Each method of zsad.formats.methods.METHODS: (its set scorer, its stream scorer).
+SCORERS: dict[str, tuple[SetFactory, StreamFactory]] = {
+    "musc": (staps_set_scorer, musc_stream_scorer),
+    "staps": (staps_set_scorer, staps_stream_scorer),
+    "headclip": (headclip_set_scorer, headclip_stream_scorer),
+}

@@ -164,7 +164,7 @@ def _frames(folder: Path, count: int, defect_every: int, seed: int) -> list[int]
 
 def _gpu_pool_probe(config: Any) -> Callable[[], float] | None:
     """MiB in use in CuPy's pool, where the bank and MSM live when scoring runs on the GPU."""
-    from zsad.scoring._xp import array_module
+    from zsad.arrays import array_module
 
     if array_module(config.device) is np:
         return None
