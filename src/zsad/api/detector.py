@@ -243,26 +243,27 @@ class Detector:
             return self._threshold
         bundle = self.bundle
         if bundle is None:
-            self._note("no threshold given and no bundle: results carry scores, no OK/NG")
+            self.note("no threshold given and no bundle: results carry scores, no OK/NG")
             return None
         from zsad.formats.thresholds import bundle_threshold, mismatched_settings
 
         entry = bundle_threshold(bundle, self.name)
         if entry is None:
-            self._note(
+            self.note(
                 f"{bundle.root} has no {self.name} threshold (zsad calibrate-threshold): "
                 "results carry scores, no OK/NG"
             )
             return None
         differ = mismatched_settings(entry, self.settings if settings is None else settings)
         if differ:
-            self._note(
+            self.note(
                 f"warning: the {self.name} threshold in {bundle.root} was calibrated with other "
                 f"settings ({', '.join(differ)}); recalibrate for reliable OK/NG"
             )
         return float(entry["score"])
 
-    def _note(self, line: str) -> None:
+    def note(self, line: str) -> None:
+        """Keep a line a user should know about this setup (once)."""
         if line not in self.notes:
             self.notes.append(line)
 

@@ -5,7 +5,7 @@ and the benches score through it."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -14,8 +14,20 @@ from zsad.api.scorers import Scored, StreamScorer
 from zsad.data.images import ImageInput
 from zsad.errors import ZsadError
 
-if TYPE_CHECKING:
-    from zsad.api.detector import Detector
+
+class Encoder(Protocol):
+    """What a Stream needs of its Detector: the encoder, its input size and its notes."""
+
+    backend: Any
+    image_size: int
+
+    def encode_one(self, image: ImageInput) -> dict[str, np.ndarray]:
+        """The encoder outputs of one image (a batch of 1)."""
+        ...
+
+    def note(self, line: str) -> None:
+        """Keep a line a user should know (once)."""
+        ...
 
 
 def image_label(image: ImageInput) -> str | None:
@@ -33,7 +45,7 @@ class Stream:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: Encoder,
         scorer: StreamScorer,
         settings: dict[str, Any],
         threshold: float | None,
@@ -88,7 +100,7 @@ class Stream:
 
     def _results(self, scored: list[Scored]) -> list[Result]:
         for note in self.scorer.notes():
-            self.detector._note(note)
+            self.detector.note(note)
             self._unsaid.append(note)
         return [
             Result(
