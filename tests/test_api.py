@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from helpers import BLOCKER, TORCH, zsad
+from zsad.api.results import RECORD_FIELDS, RECORD_SCHEMA
 from zsad.data.synthetic import make_dataset
 from zsad.errors import ZsadError
 
@@ -50,7 +51,10 @@ def test_score_set_matches_the_cli_records(bundle: Path, images: list[Path], tmp
     assert [r.path for r in scored] == [line["path"] for line in lines]
     np.testing.assert_allclose(scored.scores, [line["score"] for line in lines], rtol=1e-5)
     record = scored.results[0].to_record(map=lines[0]["map"])
-    assert record.keys() == lines[0].keys()
+    # One schema for every writer: the same fields, in the same order, the line's id first.
+    assert list(lines[0]) == ["id", *record] == list(RECORD_FIELDS)
+    assert [(r["id"], r["index"], r["phase"]) for r in lines[:2]] == [(0, 0, "set"), (1, 1, "set")]
+    assert lines[0]["schema"] == RECORD_SCHEMA
     assert scored.results[0].anomaly_map.shape == (56, 56)
 
 
@@ -79,6 +83,13 @@ def test_images_may_be_arrays_pil_or_paths_and_bad_ones_are_reported(
     assert [r.ok for r in scored] == [True, True, True, False, True]
     assert "dtype float32" in scored.results[3].error
     assert scored.results[1].path is None and scored.results[0].path == str(images[0])
+
+
+def test_every_registered_method_has_its_scorers() -> None:
+    from zsad.api.scorers import SCORERS
+    from zsad.formats.methods import METHODS
+
+    assert SCORERS.keys() == METHODS.keys()
 
 
 def test_predict_on_staps_explains_what_to_use(bundle: Path, images: list[Path]) -> None:

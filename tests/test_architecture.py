@@ -7,23 +7,29 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "zsad"
-# Lower rank = closer to the leaves; a module may import its own layer or a lower one only.
+# The layers, leaves first; a module imports its own layer or a lower one only.
 RANKS = {
     "errors": 0,
+    "arrays": 0,
     "formats": 0,
     "data": 1,
     "scoring": 1,
-    "runtime": 2,
-    "model": 3,
-    "calibration": 4,
-    "export": 4,
-    "api": 5,
-    "evaluation": 6,
-    "station": 6,
-    "bench": 7,
-    "cli": 8,
-    "__main__": 9,
+    "runtime": 1,
+    "model": 2,
+    "calibration": 2,
+    "export": 2,
+    "api": 3,
+    "evaluation": 4,
+    "station": 4,
+    "bench": 4,
+    "cli": 5,
+    "__main__": 6,
 }
+# Same rank, and still independent of each other: pure NumPy/CuPy, image I/O, backends.
+SIBLINGS = frozenset({"data", "scoring", "runtime"})
+TORCH = ("torch", "open_clip")
+TORCH_RANK = RANKS["model"]  # the layers that may need PyTorch start here
+Graph = dict[str, list[tuple[str, int]]]
 
 
 def _layer(module: str) -> str:
@@ -31,8 +37,9 @@ def _layer(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """Every zsad module ``path`` imports (at any depth, lazy imports included), with its line."""
+def _imports(path: Path, everything: bool = False) -> list[tuple[str, int]]:
+    """Every module ``path`` imports (at any depth, lazy imports included), with its line: zsad's
+    own, or with ``everything`` all of them."""
     module = "zsad." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = []
@@ -47,7 +54,7 @@ def _imports(path: Path) -> list[tuple[str, int]]:
                 name = node.module or ""
             found.append((name, node.lineno))
             found += [(f"{name}.{alias.name}", node.lineno) for alias in node.names]
-    return [(name, line) for name, line in found if name.split(".")[0] == "zsad"]
+    return [(n, line) for n, line in found if everything or n.split(".")[0] == "zsad"]
 
 
 def _modules() -> dict[str, Path]:
@@ -58,23 +65,75 @@ def _modules() -> dict[str, Path]:
     }
 
 
+def _graph(everything: bool = False) -> Graph:
+    return {module: _imports(path, everything) for module, path in _modules().items()}
+
+
+def layering_violations(graph: Graph) -> list[str]:
+    """Imports that point up the layers, sideways between siblings, or into another package's
+    private module."""
+    found = []
+    for module, imports in graph.items():
+        layer = _layer(module)
+        if layer == "__init__":
+            continue  # the top-level package re-exports the API lazily
+        for name, line in imports:
+            target = _layer(name)
+            if target not in RANKS or target == layer:
+                continue
+            if RANKS[target] > RANKS[layer]:
+                found.append(f"{module}:{line} imports {name} (up)")
+            elif layer in SIBLINGS and target in SIBLINGS:
+                found.append(f"{module}:{line} imports {name} (sideways)")
+            private = [part for part in name.split(".")[2:] if part.startswith("_")]
+            if private and f"zsad.{target}.{private[0]}" in graph:
+                found.append(f"{module}:{line} imports {name} (private)")
+    return found
+
+
+def torch_reached(graph: Graph) -> list[str]:
+    """Modules below the torch layers that import torch or open_clip, directly or through any
+    zsad module they import (lazy imports included)."""
+    reached = []
+    for module in graph:
+        if RANKS.get(_layer(module), TORCH_RANK) >= TORCH_RANK:
+            continue
+        seen, todo = {module}, [module]
+        while todo:
+            current = todo.pop()
+            for name, line in graph.get(current, []):
+                if name.split(".")[0] in TORCH:
+                    reached.append(f"{module} -> {current}:{line} imports {name}")
+                for candidate in (name, name.rsplit(".", 1)[0]):
+                    if candidate in graph and candidate not in seen:
+                        seen.add(candidate)
+                        todo.append(candidate)
+    return reached
+
+
 def test_every_package_has_a_rank() -> None:
     layers = {_layer(m) for m in _modules()} - {"__init__"}
     assert layers <= set(RANKS), sorted(layers - set(RANKS))
 
 
 def test_imports_only_point_down_the_layers() -> None:
-    modules = _modules()
-    upward = []
-    for module, path in modules.items():
-        layer = _layer(module)
-        if layer == "__init__":
-            continue  # the top-level package re-exports the API lazily
-        for name, line in _imports(path):
-            target = _layer(name)
-            if target in RANKS and RANKS[target] > RANKS[layer]:
-                upward.append(f"{path.relative_to(PACKAGE)}:{line} imports {name}")
-    assert not upward, "\n".join(upward)
+    violations = layering_violations(_graph())
+    assert not violations, "\n".join(violations)
+
+
+def test_a_planted_upward_sideways_or_private_import_is_caught() -> None:
+    graph = _graph()
+    for module, planted in (
+        ("zsad.scoring.maps", "zsad.api.detector"),
+        ("zsad.runtime.encode", "zsad.data.images"),
+        ("zsad.station.station", "zsad.station.line._private"),  # same package: allowed
+        ("zsad.api.stream", "zsad.scoring._kernels"),
+    ):
+        if planted.endswith("_kernels"):
+            graph[planted] = []
+        found = layering_violations({**graph, module: [*graph[module], (planted, 1)]})
+        expected = [] if "line._private" in planted else [f"{module}:1 imports {planted}"]
+        assert [v.rsplit(" (", 1)[0] for v in found] == expected, (module, planted, found)
 
 
 def test_formats_is_a_leaf() -> None:
@@ -82,6 +141,14 @@ def test_formats_is_a_leaf() -> None:
         if _layer(module) == "formats":
             for name, line in _imports(path):
                 assert _layer(name) in ("formats", "errors"), f"{path}:{line} imports {name}"
+
+
+def test_the_layers_below_the_models_never_reach_torch() -> None:
+    graph = _graph(everything=True)
+    assert not torch_reached(graph), "\n".join(torch_reached(graph))
+    # A lazy torch import planted two modules down is found through the graph.
+    planted = {**graph, "zsad.arrays": [*graph["zsad.arrays"], ("torch.cuda", 9)]}
+    assert any(r.startswith("zsad.scoring.msm -> zsad.arrays:9") for r in torch_reached(planted))
 
 
 def test_no_import_cycles_between_modules() -> None:

@@ -142,7 +142,7 @@ def test_missing_cupy_is_reported_when_the_backend_opens(
 
 class DeviceArray(np.ndarray):
     """A NumPy array that claims to live on a GPU and has no way back to the host (no
-    ``.get``), so any host round trip through zsad.scoring._xp.to_numpy fails."""
+    ``.get``), so any host round trip through zsad.arrays.to_numpy fails."""
 
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:

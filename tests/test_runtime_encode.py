@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from zsad.data.images import decode_each
 from zsad.runtime.encode import encode_images
 
 
@@ -36,7 +37,9 @@ def test_failures_are_skipped_and_outputs_stay_aligned(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_text("nope")
     paths.insert(3, tmp_path / "bad.png")
     backend = MeanBackend()
-    encoded = encode_images(backend, paths, batch_size=3, progress=False)
+    encoded = encode_images(
+        backend, decode_each(paths), count=len(paths), batch_size=3, progress=False
+    )
     assert encoded.indices == [i for i, p in enumerate(paths) if p.name != "bad.png"]
     assert [(i, paths[i].name) for i, _ in encoded.failures] == [(3, "bad.png")]
     assert "bad.png" in encoded.failures[0][1]

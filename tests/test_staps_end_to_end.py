@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zsad.data.datasets import read_mvtec
-from zsad.data.images import load_mask
+from zsad.data.images import decode_each, load_mask
 from zsad.data.synthetic import make_dataset
 from zsad.evaluation.metrics import image_metrics, pixel_metrics
 from zsad.model import DualPathEncoder, load_clip
@@ -30,7 +30,8 @@ def encoded_categories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
     result = {}
     for category in ("fabric", "wood"):
         samples = read_mvtec(root, [category])
-        encoded = encode_images(backend, [s.path for s in samples], progress=False)
+        paths = [s.path for s in samples]
+        encoded = encode_images(backend, decode_each(paths), count=len(paths), progress=False)
         masks = np.stack(
             [
                 load_mask(s.mask_path, (SIZE, SIZE))

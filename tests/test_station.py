@@ -20,10 +20,11 @@ from helpers import ENV, one_line_error, popen_watch, wait_for_lines, zsad
 from helpers import assert_each_once as _assert_each_once
 from helpers import station_records as _records
 from helpers import write_frame as _png
-from zsad.api.scorers import RollingScorer
+from zsad.api.detector import Detector
+from zsad.api.results import RECORD_FIELDS, RECORD_SCHEMA
 from zsad.data.synthetic import render_sample
 from zsad.errors import ZsadError
-from zsad.runtime.open import open_backend
+from zsad.formats.methods import DEFAULT_BANK
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.scoring.stream import RollingStaps
 from zsad.station.frames import HotFolder, Rejection
@@ -34,16 +35,10 @@ from zsad.station.station import Station, StationOptions
 
 
 def _station(bundle: Path, in_dir: Path, out: Path, **options) -> Station:
-    backend = open_backend(bundle, device="cpu")
-    scorer = RollingScorer(
-        RollingStaps(
-            SetScoringConfig(use_stas=False, device="cpu"), bank=4, image_size=backend.image_size
-        )
-    )
+    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
     retry_s = options.pop("retry_s", 1.0)
     return Station(
-        backend,
-        scorer,
+        detector.stream(4, threshold=options.pop("threshold", None)),
         lambda done: HotFolder(in_dir, done, retry_s=retry_s, exclude=out),
         StationOptions(out=out, poll_s=0.05, echo=lambda line: None, **options),
     )
@@ -135,6 +130,8 @@ def test_a_folder_fed_by_another_thread_with_bad_and_half_written_files(
     feeder.join()
     _assert_each_once(out, good + ["slow.png"])
     assert summary["state"] == "stopped" and summary["this_run"] == {"scored": 11, "rejected": 2}
+    # Scored and rejected alike: the one record schema of every results.jsonl.
+    assert {tuple(r) for r in _records(out)} == {RECORD_FIELDS}
     rejected = {r["name"]: r for r in _records(out) if r["decision"] == "rejected"}
     assert rejected.keys() == {"corrupt.png", "empty.png"}
     assert "empty" in rejected["empty.png"]["error"]
@@ -163,6 +160,30 @@ def test_a_partial_last_line_is_cut_and_its_image_scored_again(
     _station(bundle, in_dir, out, idle_exit_s=0.2).run()
     assert journal.read_bytes().endswith(b"\n")
     _assert_each_once(out, names)
+
+
+def test_a_journal_in_the_previous_schema_is_resumed(bundle: Path, tmp_path: Path) -> None:
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    names = [f"{i:02d}.png" for i in range(7)]
+    for i, name in enumerate(names[:6]):
+        _png(in_dir / name, i)
+    _station(bundle, in_dir, out, idle_exit_s=0.2).run()
+    journal = out / "results.jsonl"
+    # Schema 1 had no ``schema`` and no ``rejected_to`` on scored records.
+    old = [
+        {k: v for k, v in r.items() if k not in ("schema", "rejected_to")} for r in _records(out)
+    ]
+    journal.write_text("".join(json.dumps(r) + "\n" for r in old))
+    _png(in_dir / names[6], 6)
+    summary = _station(bundle, in_dir, out, idle_exit_s=0.2).run()
+    assert summary["journal"] == {"scored": 7, "rejected": 0}
+    scored = _assert_each_once(out, names)
+    assert scored[-1]["schema"] == RECORD_SCHEMA and scored[-1]["phase"] == "stream"
+    # A record from a newer zsad is refused in one line, not misread.
+    journal.write_text(json.dumps({**old[0], "schema": RECORD_SCHEMA + 1}) + "\n")
+    with pytest.raises(ZsadError, match="line 1: record schema .* upgrade zsad"):
+        _station(bundle, in_dir, out, idle_exit_s=0.2).run()
 
 
 def test_a_second_station_on_the_same_results_is_refused(bundle: Path, tmp_path: Path) -> None:
@@ -216,6 +237,36 @@ def test_sigterm_finishes_the_current_image_and_exits_0(bundle: Path, tmp_path: 
     assert 6 <= len(_records(out)) < 40
     # A clean stop leaves no frame in hand: a restart must not count it against one.
     assert not (out / "in-progress.json").exists()
+
+
+@pytest.mark.parametrize("method", [None, "staps"])
+def test_the_api_stream_and_the_cli_score_every_frame_the_same_by_default(
+    bundle: Path, tmp_path: Path, method: str | None
+) -> None:
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    frames = [in_dir / f"{i:02d}.png" for i in range(DEFAULT_BANK + 4)]
+    for i, frame in enumerate(frames):
+        _png(frame, i, "scratch" if i % 9 == 8 else None)
+        os.utime(frame, ns=(10**18 + i * 1000, 10**18 + i * 1000))  # arrival order
+    named = [] if method is None else ["--method", method]
+    with Detector.from_bundle(bundle, method=method) as det:
+        stream = det.stream()
+        expected = [r for frame in frames for r in stream.add(frame)] + stream.flush()
+    assert [r.phase for r in expected] == ["warm-up"] * DEFAULT_BANK + ["stream"] * 4
+    watched = zsad("watch", str(in_dir), "--out", str(tmp_path / "watch"), "--bundle",
+                   str(bundle), "--exit-when-idle", "0.5", *named)  # fmt: skip
+    assert watched.returncode == 0, watched.stderr
+    args = [sys.executable, "-m", "zsad", "infer", "--stream", "--bundle", str(bundle)]
+    args += ["--out", str(tmp_path / "stdin"), *named]
+    listing = "".join(f"{frame}\n" for frame in frames)
+    piped = subprocess.run(args, input=listing, capture_output=True, text=True, env=ENV)
+    assert piped.returncode == 0, piped.stderr
+    for out in (tmp_path / "watch", tmp_path / "stdin"):
+        records = sorted(_records(out), key=lambda r: r["index"])
+        assert [(r["path"], r["score"], r["raw_score"], r["phase"]) for r in records] == [
+            (r.path, r.score, r.raw_score, r.phase) for r in expected
+        ], out.name
 
 
 def test_infer_stream_reads_paths_from_stdin_and_resumes(bundle: Path, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from helpers import BUNDLE_SIZE, ENV, one_line_error, wait_until
 from helpers import assert_each_once as _assert_each_once
 from helpers import station_records as _records
 from helpers import write_frame as _png
+from zsad.api.detector import Detector
 from zsad.api.overlay import (
     OVERLAY_MAX_SIDE,
     OVERLAY_MIN_SIDE,
@@ -31,17 +32,15 @@ from zsad.api.overlay import (
 )
 from zsad.api.records import save_result_files
 from zsad.api.results import Result
-from zsad.api.scorers import RollingScorer
 from zsad.data.images import ImageLoadError, load_image, load_image_bounded
 from zsad.errors import ZsadError
-from zsad.runtime.open import open_backend
 from zsad.runtime.preprocess import decode_side
 from zsad.scoring.pipeline import SetScoringConfig
-from zsad.scoring.stream import RollingStaps
 from zsad.station.frames import HotFolder, Rejection
 from zsad.station.line.hub import LineHub
+from zsad.station.poison import IN_PROGRESS, POISON_REASON
 from zsad.station.run import check_watch_folders
-from zsad.station.station import IN_PROGRESS, POISON_REASON, Station, StationOptions
+from zsad.station.station import Station, StationOptions
 
 CLI = "import sys\nfrom zsad.cli.app import main\nsys.argv[0] = 'zsad'\nmain()\n"
 DECODE_SIDE = decode_side(BUNDLE_SIZE)
@@ -69,19 +68,13 @@ def _station(
     **options: Any,
 ) -> Station:
     """A station on a hot folder, decoding as `zsad watch` does; ``run`` wraps backend.run."""
-    backend = open_backend(bundle, device="cpu")
+    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
     if run is not None:
-        encode = backend.run
-        backend.run = lambda pixels: run(pixels, encode)  # type: ignore[method-assign]
-    scorer = RollingScorer(
-        RollingStaps(
-            SetScoringConfig(use_stas=False, device="cpu"), bank=bank, image_size=backend.image_size
-        )
-    )
+        encode = detector.backend.run
+        detector.backend.run = lambda pixels: run(pixels, encode)  # type: ignore[method-assign]
     options.setdefault("echo", lambda line: None)
     return Station(
-        backend,
-        scorer,
+        detector.stream(bank),
         lambda done: HotFolder(in_dir, done, retry_s=retry_s, exclude=out, max_side=DECODE_SIDE),
         StationOptions(out=out, poll_s=0.05, **options),
     )

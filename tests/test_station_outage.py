@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from helpers import assert_each_once, read_status, wait_until, write_frame
-from zsad.api.scorers import HeadclipScorer, HeadclipScoring, MethodOptions
+from zsad.api.detector import Detector
+from zsad.api.scorers import HeadclipScoring, MethodOptions
 from zsad.errors import ServiceUnavailable
 from zsad.formats.artifact import load_artifact
 from zsad.formats.bundle import Bundle
 from zsad.runtime.open import open_backend
 from zsad.station.frames import HotFolder
-from zsad.station.station import IN_PROGRESS, Station, StationOptions
+from zsad.station.poison import IN_PROGRESS
+from zsad.station.station import Station, StationOptions
 
 
 class Flaky:
@@ -39,10 +41,10 @@ class Flaky:
 
 def _station(bundle: Path, backend: Flaky, in_dir: Path, out: Path) -> Station:
     artifact = load_artifact(Bundle.load(bundle).file("calibration.safetensors"))
-    scorer = HeadclipScorer(HeadclipScoring.from_artifact(artifact, 56, MethodOptions()))
+    headclip = HeadclipScoring.from_artifact(artifact, 56, MethodOptions())
+    detector = Detector("headclip", backend, headclip=headclip)  # type: ignore[arg-type]
     return Station(
-        backend,  # type: ignore[arg-type]
-        scorer,
+        detector.stream(),
         lambda done: HotFolder(in_dir, done, retry_s=1.0, exclude=out),
         StationOptions(
             out=out, poll_s=0.02, status_interval_s=0.05, overlays=False, echo=lambda _: None

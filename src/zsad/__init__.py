@@ -24,14 +24,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from zsad.api.detector import Detector, Stream
+    from zsad.api.detector import Detector
     from zsad.api.results import Result, SetResult
     from zsad.api.scorers import MethodOptions
+    from zsad.api.stream import Stream
     from zsad.scoring.pipeline import SetScoringConfig
 
 _LAZY = {
     "Detector": "zsad.api.detector",
-    "Stream": "zsad.api.detector",
+    "Stream": "zsad.api.stream",
     "Result": "zsad.api.results",
     "SetResult": "zsad.api.results",
     "MethodOptions": "zsad.api.scorers",

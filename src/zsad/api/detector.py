@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,24 @@ from zsad.api.encoders import (
     set_outputs_on,
 )
 from zsad.api.results import Result, SetResult, decide
-from zsad.api.scorers import HeadclipScoring, MethodOptions, Scored, StreamScorer
-from zsad.data.images import ImageInput, as_rgb_array
+from zsad.api.scorers import SCORERS, HeadclipScoring, MethodOptions
+from zsad.api.stream import Stream, image_label
+from zsad.data.images import ImageInput, as_rgb_array, decode_each
 from zsad.errors import ZsadError
 from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
-from zsad.formats.methods import DEFAULT_METHOD, STREAMABLE, Method, default_method, get_method
+from zsad.formats.methods import (
+    DEFAULT_BANK,
+    DEFAULT_METHOD,
+    STREAMABLE,
+    Method,
+    default_method,
+    get_method,
+)
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
 from zsad.scoring.pipeline import SetScoringConfig
-
-
-def _factory(reference: str) -> Callable[..., Any]:
-    module, attribute = reference.split(":")
-    return getattr(importlib.import_module(module), attribute)
 
 
 class Detector:
@@ -67,7 +69,7 @@ class Detector:
         self.notes: list[str] = []  # what a user should know about this setup, one line each
         if self.method.needs_calibration and headclip is None:
             raise ZsadError(f"--method {method}: needs HeadCLIP calibration (an artifact)")
-        self._score_set, self.settings = _factory(self.method.set_scorer)(
+        self._score_set, self.settings = SCORERS[self.method.name][0](
             self.method.name, self.options, headclip, progress, backend.image_size
         )
 
@@ -241,26 +243,27 @@ class Detector:
             return self._threshold
         bundle = self.bundle
         if bundle is None:
-            self._note("no threshold given and no bundle: results carry scores, no OK/NG")
+            self.note("no threshold given and no bundle: results carry scores, no OK/NG")
             return None
         from zsad.formats.thresholds import bundle_threshold, mismatched_settings
 
         entry = bundle_threshold(bundle, self.name)
         if entry is None:
-            self._note(
+            self.note(
                 f"{bundle.root} has no {self.name} threshold (zsad calibrate-threshold): "
                 "results carry scores, no OK/NG"
             )
             return None
         differ = mismatched_settings(entry, self.settings if settings is None else settings)
         if differ:
-            self._note(
+            self.note(
                 f"warning: the {self.name} threshold in {bundle.root} was calibrated with other "
                 f"settings ({', '.join(differ)}); recalibrate for reliable OK/NG"
             )
         return float(entry["score"])
 
-    def _note(self, line: str) -> None:
+    def note(self, line: str) -> None:
+        """Keep a line a user should know about this setup (once)."""
         if line not in self.notes:
             self.notes.append(line)
 
@@ -278,7 +281,10 @@ class Detector:
         are CuPy arrays on the GPU when this detector's set scoring runs there (a bundle or
         engine with STAPS/MuSc and CuPy), else NumPy."""
         show = self.progress if progress is None else progress
-        return encode_images(self.backend, images, batch_size=batch_size, progress=show)
+        decoded = decode_each(images, decode_side(self.image_size))
+        return encode_images(
+            self.backend, decoded, count=len(images), batch_size=batch_size, progress=show
+        )
 
     def score_set(
         self,
@@ -302,18 +308,20 @@ class Detector:
             "score_s": round(time.perf_counter() - encoded_at, 3),
         }
         limit = self.threshold() if self.method.per_image else None
-        results: list[Result] = [Result(_label(image), None) for image in images]
+        results = [Result(image_label(image), None, index=i) for i, image in enumerate(images)]
         for index, message in encoded.failures:
             results[index].error = message
         for row, index in enumerate(encoded.indices):
             score = float(scores[row])
             results[index] = Result(
-                _label(images[index]),
+                image_label(images[index]),
                 score,
                 maps[row],
                 self.image_size,
                 decision=decide(score, limit),
                 threshold=limit,
+                index=index,
+                phase="set",
             )
         return SetResult(results, info, timing)
 
@@ -329,19 +337,18 @@ class Detector:
         scores, maps = self.headclip(outputs["cls"], outputs["local"])
         score = float(scores[0])
         limit = self.threshold()
-        return Result(_label(image), score, maps[0], self.image_size, decide(score, limit), limit)
+        label = image_label(image)
+        return Result(label, score, maps[0], self.image_size, decide(score, limit), limit)
 
-    def stream(self, bank: int = 32, *, threshold: float | None = None) -> Stream:
+    def stream(self, bank: int = DEFAULT_BANK, *, threshold: float | None = None) -> Stream:
         """Score images one at a time in arrival order (STAPS: each against the last ``bank``)."""
-        if self.method.stream_scorer is None:
+        if not self.method.streams:
             raise ZsadError(
                 f"stream: {self.name} does not score streams; use {' or '.join(STREAMABLE)}"
             )
         if bank < 2:
             raise ZsadError(f"--bank {bank}: a bank holds at least 2 images")
-        scorer, settings = _factory(self.method.stream_scorer)(
-            self.options, self.headclip, bank, self.image_size
-        )
+        scorer, settings = SCORERS[self.name][1](self.options, self.headclip, bank, self.image_size)
         limit = threshold if threshold is not None else self.threshold(settings)
         return Stream(self, scorer, settings, limit)
 
@@ -361,61 +368,6 @@ class Detector:
         return f"Detector({self.name!r}, {self.backend.name}, {self.image_size} px)"
 
 
-class Stream:
-    """Images in arrival order; ``add`` returns the images scored by that call (STAPS holds the
-    first ``bank`` images and scores them together once the bank is full)."""
-
-    def __init__(
-        self,
-        detector: Detector,
-        scorer: StreamScorer,
-        settings: dict[str, Any],
-        threshold: float | None,
-    ) -> None:
-        self.detector = detector
-        self.scorer = scorer
-        self.settings = settings
-        self.threshold = threshold
-        self._labels: dict[int, str | None] = {}
-        self._next = 0
-
-    def add(self, image: ImageInput) -> list[Result]:
-        """Take the next image; returns the results this made available (maybe none, or several)."""
-        outputs = self.detector.encode_one(image)
-        position = self._next
-        self._next += 1
-        self._labels[position] = _label(image)
-        scored = self.scorer.add(outputs, position)
-        for note in self.scorer.notes():
-            self.detector._note(note)
-        return self.results(scored)
-
-    def flush(self) -> list[Result]:
-        """Score the images still held (the end of a finite stream shorter than the bank)."""
-        try:
-            scored = self.scorer.flush()
-        except ValueError as exc:
-            raise ZsadError(f"stream: {exc}") from exc
-        for note in self.scorer.notes():
-            self.detector._note(note)
-        return self.results(scored)
-
-    def results(self, scored: list[Scored]) -> list[Result]:
-        """Scorer output as Results."""
-        return [
-            Result(
-                self._labels.pop(s.position, None),
-                s.score,
-                s.anomaly_map,
-                self.detector.image_size,
-                decide(s.score, self.threshold),
-                self.threshold,
-                index=s.position,
-            )
-            for s in scored
-        ]
-
-
 def _options(
     scoring: SetScoringConfig | None,
     jas_r: float | None,
@@ -433,10 +385,6 @@ def _options(
         None if csa_layers is None else tuple(csa_layers),
         None if readout_layers is None else tuple(readout_layers),
     )
-
-
-def _label(image: ImageInput) -> str | None:
-    return str(image) if isinstance(image, (str, os.PathLike)) else None
 
 
 def _served_artifact(backend: Any) -> Any:

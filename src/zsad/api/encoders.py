@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zsad.arrays import check_outputs_on
 from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES, Bundle
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.device import check_outputs_on
 
 if TYPE_CHECKING:
     from zsad.runtime.triton_backend import TritonBackend
@@ -154,7 +154,7 @@ def model_image_size(model: str, image_size: int | None) -> int:
 def set_outputs_on(spec: EncoderSpec, method: str, scoring_device: str) -> str:
     """'device' when a bundle's or engine's outputs feed STAPS/MuSc set scoring on CuPy (the
     taps then never leave the GPU), else 'host'."""
-    from zsad.scoring._xp import array_module
+    from zsad.arrays import array_module
     from zsad.scoring.pipeline import METHODS
 
     if not spec.runs_bundle or method not in METHODS:

@@ -35,10 +35,8 @@ def save_result_files(
     assert pixel_map is not None
     map_file = out_dir / "maps" / f"{name}.npy"
     save_npy(map_file, pixel_map.astype(np.float16))
-    files: dict[str, str | None] = {"map": str(map_file.relative_to(out_dir))}
-    if span is not None:
-        files["overlay"] = _overlay(out_dir, name, image, result, span)
-    return files
+    overlay = None if span is None else _overlay(out_dir, name, image, result, span)
+    return {"map": str(map_file.relative_to(out_dir)), "overlay": overlay}
 
 
 def write_set(
@@ -49,7 +47,8 @@ def write_set(
     overlays: bool = True,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Save each scored image's map and overlay; returns one results.jsonl record per input."""
+    """Save each scored image's map and overlay; returns one results.jsonl record per input,
+    its ``id`` the line it goes on."""
     span = scored.map_range() if overlays else None
     records: list[dict[str, Any]] = []
     for index, result in enumerate(
@@ -58,7 +57,7 @@ def write_set(
         files = (
             {} if not result.ok else save_result_files(out_dir, index, result, images[index], span)
         )
-        records.append(result.to_record(**files))
+        records.append({"id": index, **result.to_record(**files)})
     return records
 
 

@@ -1,19 +1,72 @@
-"""What the Detector returns: small typed results that serialise to results.jsonl's records."""
+"""What the Detector returns: small typed results, and the one record schema of results.jsonl
+(docs/records.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
 import numpy as np
 
+from zsad.errors import ZsadError
 from zsad.scoring.maps import upsample_maps
+
+# The version of the results.jsonl record; bumped whenever a field changes meaning or goes.
+RECORD_SCHEMA = 2
+# Every field of a record, in the order written (``id`` first: the line number).
+RECORD_FIELDS = (
+    "id",
+    "schema",
+    "index",
+    "path",
+    "name",
+    "size",
+    "mtime_ns",
+    "score",
+    "raw_score",
+    "decision",
+    "threshold",
+    "phase",
+    "map",
+    "overlay",
+    "error",
+    "rejected_to",
+    "time",
+    "timing",
+)
+REJECTED = "rejected"  # the decision of a file that never decoded
 
 
 def decide(score: float, threshold: float | None) -> str | None:
     """NG when the score is above the threshold, else OK; None without a threshold."""
     return None if threshold is None else ("NG" if score > threshold else "OK")
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with milliseconds: a record's ``time``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def read_record(record: Mapping[str, Any], where: str = "results.jsonl") -> dict[str, Any]:
+    """A results.jsonl record in the current schema: one written before ``schema`` existed
+    (version 1) gets every field it lacks as null; a newer version is a one-line error."""
+    version = record.get("schema", 1)
+    if not isinstance(version, int) or version > RECORD_SCHEMA:
+        raise ZsadError(
+            f"{where}: record schema {version!r} is newer than this zsad reads "
+            f"({RECORD_SCHEMA}); upgrade zsad"
+        )
+    return {**dict.fromkeys(RECORD_FIELDS), **record, "schema": version}
+
+
+class FileFacts(Protocol):
+    """Which version of a file a record is about: its name, size and modification time."""
+
+    name: str
+    size: int
+    mtime_ns: int
 
 
 @dataclass
@@ -24,10 +77,12 @@ class Result:
     score: float | None
     patch_map: np.ndarray | None = field(default=None, repr=False)  # (h, w), any resolution
     image_size: int = 0  # the encoder's input size: the resolution of ``anomaly_map``
-    decision: str | None = None  # "OK"/"NG" when a threshold is set
+    decision: str | None = None  # "OK"/"NG" when a threshold is set; "rejected" by a station
     threshold: float | None = None
-    index: int | None = None  # arrival position on a stream
+    index: int | None = None  # position in the input: in a set, or arrival order on a stream
     error: str | None = None
+    raw_score: float | None = None  # the image score before RsCIN/STAS (the map's maximum)
+    phase: str | None = None  # "set", or on a stream "warm-up"/"stream"
 
     @property
     def anomaly_map(self) -> np.ndarray | None:
@@ -43,20 +98,36 @@ class Result:
         """Whether it was scored (a failed image has an ``error`` instead)."""
         return self.error is None
 
-    def to_record(self, **files: Any) -> dict[str, Any]:
-        """The results.jsonl record; ``files`` adds where the map and overlay were written."""
-        record: dict[str, Any] = {
+    def to_record(
+        self,
+        *,
+        map: str | None = None,  # noqa: A002 (the record's field name)
+        overlay: str | None = None,
+        file: FileFacts | None = None,
+        rejected_to: str | None = None,
+        timing: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """The results.jsonl record (schema ``RECORD_SCHEMA``, without the ``id`` the writer
+        adds); ``map``/``overlay`` are where those files were written, relative to OUT."""
+        return {
+            "schema": RECORD_SCHEMA,
+            "index": self.index,
             "path": self.path,
+            "name": None if file is None else file.name,
+            "size": None if file is None else file.size,
+            "mtime_ns": None if file is None else file.mtime_ns,
             "score": self.score,
-            "map": None,
+            "raw_score": self.raw_score,
+            "decision": self.decision,
+            "threshold": self.threshold,
+            "phase": self.phase,
+            "map": map,
+            "overlay": overlay,
             "error": self.error,
+            "rejected_to": rejected_to,
+            "time": now_iso(),
+            "timing": timing,
         }
-        if self.decision is not None:
-            record.update(decision=self.decision, threshold=self.threshold)
-        if self.index is not None:
-            record["index"] = self.index
-        record.update(files)
-        return record
 
 
 @dataclass

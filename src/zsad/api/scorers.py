@@ -1,5 +1,5 @@
 """Scorers for each method: a set scorer (a batch of encoded images) and a stream scorer (one
-image at a time, in arrival order). The method registry names the factories below."""
+image at a time, in arrival order); ``SCORERS`` gives each registered method its two."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from zsad.arrays import to_numpy
 from zsad.errors import ZsadError
 from zsad.formats.artifact import HeadclipArtifact
 from zsad.runtime.encode import EncodedImages
-from zsad.scoring._xp import to_numpy
 from zsad.scoring.maps import patch_grid
 from zsad.scoring.pipeline import SetScoringConfig
 
@@ -210,6 +210,14 @@ def headclip_stream_scorer(
     return HeadclipScorer(headclip), headclip.settings()
 
 
+SetFactory = Callable[
+    [str, MethodOptions, HeadclipScoring | None, bool, int], tuple[SetScorer, dict[str, Any]]
+]
+StreamFactory = Callable[
+    [MethodOptions, HeadclipScoring | None, int, int], tuple["StreamScorer", dict[str, Any]]
+]
+
+
 @dataclass
 class Scored:
     """One image scored by a stream scorer: its arrival position, scores and map."""
@@ -235,7 +243,9 @@ class StreamScorer(Protocol):
         """Score whatever is held (end of a finite stream)."""
         ...
 
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+    def restore(
+        self, outputs: dict[str, np.ndarray], position: int, raw_score: float, score: float
+    ) -> None:
         """Put an image scored before a restart back into the scorer's memory."""
         ...
 
@@ -292,14 +302,12 @@ class RollingScorer:
         """Score the warm-up images held so far."""
         return self._scored(self.rolling.flush())
 
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+    def restore(
+        self, outputs: dict[str, np.ndarray], position: int, raw_score: float, score: float
+    ) -> None:
         """Refill the bank with an image scored before the restart."""
         self.rolling.restore(
-            outputs["taps"][0],
-            to_numpy(outputs["cls"][0]),
-            int(record["index"]),
-            float(record["raw_score"]),
-            float(record["score"]),
+            outputs["taps"][0], to_numpy(outputs["cls"][0]), position, raw_score, score
         )
 
     def held(self) -> int:
@@ -359,7 +367,9 @@ class HeadclipScorer:
         """Nothing is ever held."""
         return []
 
-    def restore(self, outputs: dict[str, np.ndarray], record: dict[str, Any]) -> None:
+    def restore(
+        self, outputs: dict[str, np.ndarray], position: int, raw_score: float, score: float
+    ) -> None:
         """Nothing to restore."""
 
     def held(self) -> int:
@@ -388,3 +398,11 @@ class HeadclipScorer:
     def notes(self) -> list[str]:
         """Nothing to report."""
         return []
+
+
+# Each method of zsad.formats.methods.METHODS: (its set scorer, its stream scorer).
+SCORERS: dict[str, tuple[SetFactory, StreamFactory]] = {
+    "musc": (staps_set_scorer, musc_stream_scorer),
+    "staps": (staps_set_scorer, staps_stream_scorer),
+    "headclip": (headclip_set_scorer, headclip_stream_scorer),
+}

@@ -26,6 +26,7 @@ import numpy as np
 from zsad.bench import measure as bm
 from zsad.bench.report import say, warn, write_report
 from zsad.errors import ZsadError
+from zsad.formats.methods import DEFAULT_BANK
 
 SETTLE = 5  # records per run left out of the latency figures
 
@@ -35,7 +36,7 @@ def bench_line(
     *,
     frames: int = 200,
     repeats: int = 3,
-    bank: int = 32,
+    bank: int = DEFAULT_BANK,
     model: str = "zsad-tiny",
     image_size: int = 224,
     seed: int = 0,
@@ -104,13 +105,12 @@ def _run_once(
         clients.append(_OpcuaListener(f"opc.tcp://127.0.0.1:{opcua_port}"))
         if broker.available:
             clients.append(_MqttListener(broker.port, f"bench/{repeat}/results"))
-    scorer = detector.stream(bank=bank).scorer
     options = StationOptions(
         out=out, overlays=True, status_interval_s=1.0, idle_exit_s=1.0, sinks=sinks,
         echo=lambda _line: None,
     )  # fmt: skip
     station = Station(
-        detector.backend, scorer, lambda done: HotFolder(work / "in", done, exclude=out), options
+        detector.stream(bank), lambda done: HotFolder(work / "in", done, exclude=out), options
     )
     for client in clients:
         client.start()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad.scoring._xp import module_of, to_numpy
+from zsad.arrays import module_of, to_numpy
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from zsad.arrays import module_of
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
 from zsad.bench.backends import (
@@ -23,7 +24,6 @@ from zsad.bench.report import resolve_device, say, write_report
 from zsad.errors import ZsadError
 from zsad.formats.bundle import Bundle
 from zsad.formats.methods import METHODS
-from zsad.scoring._xp import module_of
 
 STAGES = ("decode", "preprocess", "encoder", "scoring", "writing")
 Scorer = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
@@ -46,7 +46,7 @@ def bench_pipeline(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time STAPS over N images and HeadCLIP at each batch; writes bench.json, bench.md, a plot."""
-    from zsad.scoring._xp import array_module
+    from zsad.arrays import array_module
     from zsad.scoring.pipeline import SetScoringConfig
 
     if backend not in BACKENDS:

@@ -135,7 +135,7 @@ def bench_scoring(
 
 def gpu_scoring_unavailable() -> str | None:
     """None when CuPy sees a CUDA device, else why the GPU path is skipped."""
-    from zsad.scoring._xp import array_module
+    from zsad.arrays import array_module
 
     try:
         xp = array_module("gpu")

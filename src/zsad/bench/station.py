@@ -17,6 +17,7 @@ import numpy as np
 from zsad.bench import measure as bm
 from zsad.bench.report import markdown_header, say, warn
 from zsad.errors import ZsadError
+from zsad.formats.methods import DEFAULT_BANK
 
 Sample = tuple[float, int, float, float | None]  # seconds, scored, RSS MiB, GPU pool MiB
 
@@ -25,7 +26,7 @@ def bench_station(
     out: Path,
     *,
     frames: int = 3000,
-    bank: int = 32,
+    bank: int = DEFAULT_BANK,
     model: str = "zsad-tiny",
     image_size: int | None = None,
     bundle: Path | None = None,
@@ -50,10 +51,9 @@ def bench_station(
     banked = not detector.method.per_image
     started_under = bm.load_average()
     with detector:
-        scorer = detector.stream(bank=bank).scorer
         probe = _gpu_pool_probe(scoring) if banked else None
         records, samples, defects, summary = _run(
-            backend, scorer, probe, frames, defect_every, overlays, seed
+            detector.stream(bank), probe, frames, defect_every, overlays, seed
         )
     body = _body(records, samples, summary)
     if defects and banked:
@@ -102,8 +102,7 @@ def plot_memory(path: Path, samples: list[dict[str, Any]]) -> Path:
 
 
 def _run(
-    backend: Any,
-    scorer: Any,
+    stream: Any,
     probe: Callable[[], float] | None,
     frames: int,
     defect_every: int,
@@ -123,8 +122,7 @@ def _run(
             out=work / "out", overlays=overlays, status_interval_s=10.0, idle_exit_s=1.0
         )
         runner = Station(
-            backend,
-            scorer,
+            stream,
             lambda done: HotFolder(work / "in", done, exclude=work / "out"),
             options,
         )
@@ -166,7 +164,7 @@ def _frames(folder: Path, count: int, defect_every: int, seed: int) -> list[int]
 
 def _gpu_pool_probe(config: Any) -> Callable[[], float] | None:
     """MiB in use in CuPy's pool, where the bank and MSM live when scoring runs on the GPU."""
-    from zsad.scoring._xp import array_module
+    from zsad.arrays import array_module
 
     if array_module(config.device) is np:
         return None
@@ -179,12 +177,12 @@ def _gpu_pool_probe(config: Any) -> Callable[[], float] | None:
 def _sample(
     station: Any, stop: threading.Event, samples: list[Sample], gpu: Callable[[], float] | None
 ) -> None:
-    from zsad.station.station import rss_mb
+    from zsad.station.status import rss_mb
 
     start = time.perf_counter()
     while not stop.wait(0.5):
         gpu_mb = gpu() if gpu else None
-        samples.append((time.perf_counter() - start, station.scored, rss_mb(), gpu_mb))
+        samples.append((time.perf_counter() - start, station.report.scored, rss_mb(), gpu_mb))
 
 
 def _slope_mb_per_1000(samples: list[Sample], column: int = 2) -> float | None:

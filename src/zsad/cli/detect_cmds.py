@@ -25,6 +25,7 @@ from zsad.cli.options import (
     scoring_options,
 )
 from zsad.errors import ZsadError
+from zsad.formats.methods import DEFAULT_BANK
 
 PARTIAL_FAILURE_EXIT = 3  # infer finished, but some images could not be read
 ImagesArg = Annotated[
@@ -84,7 +85,7 @@ def infer(
     progress: ProgressOpt = True,
     recursive: RecursiveOpt = False,
     stream: StreamOpt = False,
-    bank: BankOpt = 32,
+    bank: BankOpt = DEFAULT_BANK,
     threshold: ThresholdOpt = None,
     *,
     encoder: Any,

@@ -25,6 +25,7 @@ from zsad.cli.options import (
     line_options,
     scoring_options,
 )
+from zsad.formats.methods import DEFAULT_BANK
 
 stream_scoring_options = scoring_options(exclude=STREAM_EXCLUDED)
 
@@ -92,7 +93,7 @@ def watch(
     in_dir: Annotated[Path, typer.Argument(help="Hot folder the camera or PLC writes images to.")],
     out: Annotated[Path, typer.Option("--out", help="Results folder (resumed if it exists).")],
     method: StreamMethodOpt = None,
-    bank: BankOpt = 32,
+    bank: BankOpt = DEFAULT_BANK,
     threshold: ThresholdOpt = None,
     retry_s: RetryOpt = 2.0,
     poll_s: PollOpt = 0.2,
@@ -161,7 +162,7 @@ def calibrate_threshold(
     labels: LabelsOpt = None,
     file_column: FileColumnOpt = None,
     label_column: LabelColumnOpt = None,
-    bank: BankOpt = 32,
+    bank: BankOpt = DEFAULT_BANK,
     dry_run: DryRunOpt = False,
     seed: SeedOpt = 0,
     *,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,17 @@ def as_rgb_array(image: ImageInput, max_side: int | None = None) -> np.ndarray:
     if array.dtype != np.uint8:
         raise ZsadError(f"image array of dtype {array.dtype}: expected uint8 (0..255)")
     return np.ascontiguousarray(array[:, :, :3])
+
+
+def decode_each(
+    images: Iterable[ImageInput], max_side: int | None = None
+) -> Iterator[np.ndarray | str]:
+    """Each input as RGB uint8 (``as_rgb_array``), in order, one at a time; an input that cannot
+    be decoded yields the one-line reason instead."""
+    for index, image in enumerate(images):
+        try:
+            yield as_rgb_array(image, max_side)
+        except ImageLoadError as exc:
+            yield str(exc)
+        except ZsadError as exc:
+            yield f"input {index}: {exc}"

@@ -11,6 +11,7 @@ from zsad.api.detector import Detector, Stream
 from zsad.data.datasets import Sample
 from zsad.data.images import ImageLoadError
 from zsad.errors import ZsadError, echo_stderr
+from zsad.formats.methods import DEFAULT_BANK
 from zsad.formats.thresholds import f1_max_threshold, false_alarm_threshold, store_threshold
 
 
@@ -38,7 +39,7 @@ def calibrate_threshold(
     detector: Detector,
     samples: list[Sample],
     *,
-    bank: int = 32,
+    bank: int = DEFAULT_BANK,
     false_alarm_rate: float = 0.01,
     labelled: bool = False,
     store: bool = True,

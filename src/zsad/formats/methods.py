@@ -1,8 +1,8 @@
 """The method registry: what each detection method needs from the encoder and what it can do.
 
 Every front end (the Detector API, export, the CLI's choices, the station) reads this one table.
-Scorers are named as ``module:attribute`` and imported only when a method is used, so this leaf
-module stays free of NumPy, SciPy and torch.
+It holds data only, so this leaf module stays free of NumPy, SciPy and torch; the scorers of each
+method are in zsad.api.scorers.SCORERS, keyed by the method's name.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ class Method:
     summary: str
     outputs: tuple[str, ...]  # encoder outputs it scores
     bundle_method: str  # the kind of bundle that serves it (bundle.json's "method")
-    set_scorer: str  # scores a set of images: "module:factory"
-    stream_scorer: str | None  # scores images one by one in arrival order; None: cannot
+    streams: bool  # scores images one by one in arrival order
     per_image: bool  # each image is scored on its own (predict works without a bank)
     needs_calibration: bool  # needs a HeadCLIP artifact (a torch model) or a bundle carrying one
 
@@ -35,8 +34,7 @@ METHODS: dict[str, Method] = {
             "the order of the images does not matter)",
             outputs=("cls", "taps"),
             bundle_method="staps",
-            set_scorer="zsad.api.scorers:staps_set_scorer",
-            stream_scorer="zsad.api.scorers:musc_stream_scorer",
+            streams=True,
             per_image=False,
             needs_calibration=False,
         ),
@@ -46,8 +44,7 @@ METHODS: dict[str, Method] = {
             "scores (the order of the images moves the scores)",
             outputs=("cls", "taps"),
             bundle_method="staps",
-            set_scorer="zsad.api.scorers:staps_set_scorer",
-            stream_scorer="zsad.api.scorers:staps_stream_scorer",
+            streams=True,
             per_image=False,
             needs_calibration=False,
         ),
@@ -56,17 +53,19 @@ METHODS: dict[str, Method] = {
             summary="calibrated once: learnable prompts, CSA local path with LHW, JAS",
             outputs=("cls", "local"),
             bundle_method="headclip",
-            set_scorer="zsad.api.scorers:headclip_set_scorer",
-            stream_scorer="zsad.api.scorers:headclip_stream_scorer",
+            streams=True,
             per_image=True,
             needs_calibration=True,
         ),
     )
 }
-STREAMABLE = tuple(name for name, m in METHODS.items() if m.stream_scorer is not None)
+STREAMABLE = tuple(name for name, m in METHODS.items() if m.streams)
 # Scores best on real features in a random or production order, and is the only order-free
 # training-free method (docs/methods.md#defaults).
 DEFAULT_METHOD = "musc"
+# Images in a rolling bank: a stream holds the first this many (warm-up), then scores each image
+# against the last this many.
+DEFAULT_BANK = 32
 
 
 def default_method(exported_for: str | None = None) -> str:

@@ -1,19 +1,17 @@
-"""Encode images with any backend: decode, preprocess, batch, collect per-image errors."""
+"""Encode decoded images with any backend: preprocess, batch, collect per-image errors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from zsad.data.images import ImageInput, ImageLoadError, as_rgb_array
-from zsad.errors import ZsadError
+from zsad.arrays import module_of
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.preprocess import decode_side, preprocess_image
-from zsad.scoring._xp import module_of
+from zsad.runtime.preprocess import preprocess_image
 
 
 @dataclass
@@ -37,12 +35,16 @@ def encode_image(backend: EncoderBackend, image: np.ndarray) -> dict[str, np.nda
 
 def encode_images(
     backend: EncoderBackend,
-    images: Sequence[ImageInput],
+    images: Iterable[np.ndarray | str],
     *,
+    count: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> EncodedImages:
-    """Decode, preprocess and encode images (paths, PIL images or arrays); bad ones are noted."""
+    """Preprocess and encode RGB uint8 images (H, W, 3) in order; a string in an image's place
+    is why that input could not be decoded (zsad.data.images.decode_each), kept as its failure.
+    ``count``: how many ``images`` yields (default ``len(images)``)."""
+    total = len(images) if count is None else count  # type: ignore[arg-type]
     kept: list[int] = []
     sizes: list[tuple[int, int]] = []
     failures: list[tuple[int, str]] = []
@@ -56,20 +58,14 @@ def encode_images(
         for name, value in backend.run(np.stack(pending)).items():
             if name not in outputs:
                 xp = module_of(value)
-                outputs[name] = xp.empty((len(images), *value.shape[1:]), value.dtype)
+                outputs[name] = xp.empty((total, *value.shape[1:]), value.dtype)
             outputs[name][start : start + len(value)] = value
         pending.clear()
 
-    for index, item in enumerate(
-        tqdm(images, desc="encoding", unit="img", disable=not progress, leave=False)
-    ):
-        try:
-            image = as_rgb_array(item, decode_side(backend.image_size))
-        except ImageLoadError as exc:
-            failures.append((index, str(exc)))
-            continue
-        except ZsadError as exc:
-            failures.append((index, f"input {index}: {exc}"))
+    bar = tqdm(images, total=total, desc="encoding", unit="img", disable=not progress, leave=False)
+    for index, image in enumerate(bar):
+        if isinstance(image, str):
+            failures.append((index, image))
             continue
         kept.append(index)
         sizes.append(image.shape[:2])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from zsad.arrays import check_outputs_on
 from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES, FP16_ONNX, FP32_ONNX, Bundle
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.device import check_outputs_on
 
 
 def open_backend(
@@ -23,7 +23,7 @@ def open_backend(
     ``.onnx`` runs on ONNX Runtime; ``.engine``/``.plan`` on the TensorRT flavour bundle.json
     records. A bundle directory runs ONNX Runtime: the FP16 file on CUDA, the FP32 file on CPU.
     ``image_size``, when given, must equal the bundle's. ``outputs_on="device"`` returns the
-    outputs as CuPy arrays on the GPU (zsad.runtime.device), for scoring that runs there.
+    outputs as CuPy arrays on the GPU (zsad.arrays), for scoring that runs there.
     """
     check_outputs_on(outputs_on)
     path = Path(path)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from zsad.arrays import check_outputs_on, device_arrays, device_pointer
 from zsad.errors import ZsadError
 from zsad.runtime.backend import Lifecycle, checked_pixels
-from zsad.runtime.device import check_outputs_on, device_arrays, device_pointer
 
 if TYPE_CHECKING:
     from zsad.formats.bundle import Bundle

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad.scoring._xp import to_numpy
+from zsad.arrays import to_numpy
 
 # CPU tiles hold about this many GEMM rows (T * K_A): enough for BLAS to run near its peak
 # while the band's corners stay a small overhead at the usual windows.

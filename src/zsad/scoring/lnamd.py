@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from zsad.scoring._xp import module_of
+from zsad.arrays import module_of
 
 # Images per GPU launch are bounded by this much float32 input (temporaries take ~4x).
 _GPU_CHUNK_BYTES = 256 * 2**20

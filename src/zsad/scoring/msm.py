@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from zsad.scoring._xp import array_module, to_numpy
+from zsad.arrays import array_module, to_numpy
 from zsad.scoring.aligned import aligned_nearest_cosines, grid_side
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from zsad.arrays import array_module, to_numpy
 from zsad.formats.methods import DEFAULT_METHOD
 from zsad.formats.methods import METHODS as REGISTRY
-from zsad.scoring._xp import array_module, to_numpy
 from zsad.scoring.aligned import alignment_check
 from zsad.scoring.bgmps import bgmps
 from zsad.scoring.lnamd import lnamd
@@ -19,8 +19,8 @@ from zsad.scoring.maps import IMAGE_SCORES, patch_grid, raw_image_scores
 from zsad.scoring.msm import mutual_scores
 from zsad.scoring.stas import SEMANTICS, pseudo_temporal_order, rscin, stas
 
-# The set-scoring methods this pipeline runs (the rest of the registry scores images alone).
-METHODS = tuple(name for name, m in REGISTRY.items() if m.set_scorer.endswith(":staps_set_scorer"))
+# The methods this pipeline runs: those that score images against each other.
+METHODS = tuple(name for name, m in REGISTRY.items() if not m.per_image)
 # STAS's pseudo-temporal axis: a seeded shuffle of the set, or the input order when the images
 # really arrived in that order (a production line).
 ORDERS = ("shuffle", "input")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad.scoring._xp import array_module
+from zsad.arrays import array_module
 from zsad.scoring.aligned import alignment_check, alignment_report
 from zsad.scoring.lnamd import lnamd
 from zsad.scoring.maps import raw_image_scores

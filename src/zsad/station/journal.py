@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from zsad.api.results import read_record
 from zsad.errors import ZsadError
 from zsad.formats.atomic import make_folders, open_output
 
@@ -69,14 +70,14 @@ class Journal:
         return count
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every record written so far, in order."""
+        """Every record written so far, in order, in the current schema (older ones upgraded)."""
         with self.path.open("rb") as handle:
             for number, line in enumerate(handle, start=1):
                 try:
                     record = json.loads(line)
                 except ValueError as exc:
                     raise ZsadError(f"{self.path}: line {number} is not JSON ({exc})") from exc
-                yield record
+                yield read_record(record, f"{self.path}: line {number}")
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably, under the next id: a single write of one line, then fsync."""

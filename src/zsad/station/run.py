@@ -13,10 +13,12 @@ from zsad.api.detector import Detector
 from zsad.data.datasets import same_folder
 from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
 from zsad.formats.atomic import write_json
+from zsad.formats.methods import DEFAULT_BANK
 from zsad.runtime.preprocess import decode_side
 from zsad.station.frames import HotFolder, PathList
 from zsad.station.line.hub import Sink
-from zsad.station.station import RETRY_FIRST_S, RETRY_MAX_S, STATUS, Station, StationOptions
+from zsad.station.station import RETRY_FIRST_S, RETRY_MAX_S, Station, StationOptions
+from zsad.station.status import STATUS
 
 Echo = Callable[[str], None]
 
@@ -26,7 +28,7 @@ def run_station(
     source_factory: Callable[[set[Any]], Any],
     *,
     out: Path,
-    bank: int = 32,
+    bank: int = DEFAULT_BANK,
     threshold: float | None = None,
     overlays: bool = True,
     status_every: float = 5.0,
@@ -44,7 +46,6 @@ def run_station(
         echo(f"zsad: {note}")
     options = StationOptions(
         out=out,
-        threshold=stream.threshold,
         overlays=overlays,
         status_interval_s=status_every,
         poll_s=poll_s,
@@ -53,7 +54,7 @@ def run_station(
         echo=echo,
         sinks=list(sinks or []),
     )
-    return Station(detector.backend, stream.scorer, source_factory, options).run()
+    return Station(stream, source_factory, options).run()
 
 
 def open_when_available(

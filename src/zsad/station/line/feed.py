@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from zsad.api.results import read_record
 from zsad.errors import ZsadError
 
 
@@ -53,17 +54,20 @@ class JournalFeed:
             pass
 
     def read(self, limit: int = 256) -> list[dict[str, Any]]:
-        """Up to ``limit`` new complete records, oldest first, each carrying its ``id``."""
+        """Up to ``limit`` new complete records, oldest first, each carrying its ``id``, in the
+        current schema (older records upgraded)."""
         number, offset = self._next, self._offset
         records = []
         for line in self._lines(limit):
+            where = f"{self.path}: record {number}"
             try:
-                record = json.loads(line)
-            except ValueError as exc:
+                record = read_record({"id": number, **json.loads(line)}, where)
+            except (ValueError, ZsadError) as exc:
                 # Stay before the bad line: nothing past it is handed out as if it were fine.
                 self._next, self._offset = number, offset
-                raise ZsadError(f"{self.path}: record {number} is not JSON ({exc})") from exc
-            record.setdefault("id", number)
+                if isinstance(exc, ZsadError):
+                    raise
+                raise ZsadError(f"{where} is not JSON ({exc})") from exc
             records.append(record)
             number, offset = number + 1, offset + len(line)
         return records
