@@ -570,8 +570,8 @@ def test_the_connection_guard_caps_all_clients_and_each_one() -> None:
 
 
 def test_a_client_cannot_lock_others_out_of_the_event_streams() -> None:
-    from zsad.station.line.http import HttpError
     from zsad.station.line.http_app import StreamSlots
+    from zsad.station.line.http_error import HttpError
 
     slots = StreamSlots(total=4)
     hog = [slots.admit("10.0.0.66")[0] for _ in range(4)]

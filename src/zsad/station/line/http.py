@@ -23,6 +23,7 @@ from typing import Any
 from zsad.errors import ZsadError
 from zsad.station.line.config import HttpConfig
 from zsad.station.line.feed import JournalFeed
+from zsad.station.line.http_error import HttpError
 from zsad.station.line.http_server import HEADER_DEADLINE_S, ServerThread
 from zsad.station.line.hub import LineContext
 
@@ -32,15 +33,6 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
 RECENT_NG = 8  # NG parts the status lists
 REFUSAL_LOG_S = 60.0  # at most one line per this long about refused tokens
 FILES = {"overlay.png": ("overlay", "image/png"), "map.npy": ("map", "application/octet-stream")}
-
-
-class HttpError(Exception):
-    """A request the API refuses: answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
 
 
 class _Tally:

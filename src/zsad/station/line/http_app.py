@@ -17,7 +17,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -28,10 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zsad.station.line.http import HttpError
-
-if TYPE_CHECKING:
-    from zsad.station.line.http import HttpSink
+from zsad.station.line.http_error import HttpError
 
 MAX_LIMIT = 1000  # records per /api/results page
 MAX_ID = 10**18 - 1  # the largest record id a request may name (18 digits)
@@ -329,6 +326,40 @@ async def _events(sink: HttpSink, slot: StreamSlot, start: int) -> AsyncIterator
 
 
 # ---------------------------------------------------------------------- routes
+
+
+class HttpSink(Protocol):
+    """What the routes read from the sink that serves them (``http.HttpSink``)."""
+
+    stopping: bool
+    keepalive_s: float
+    status_version: int
+    changes: Changes
+    slots: StreamSlots
+
+    def overview(self) -> dict[str, Any]:
+        """The status with the journal's tally."""
+
+    def known(self) -> int:
+        """The id the next record gets."""
+
+    def results(self, since: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` records from id ``since`` on."""
+
+    def record(self, record_id: int) -> dict[str, Any]:
+        """One record, or HttpError 404."""
+
+    def result_file(self, record_id: int, name: str) -> tuple[bytes, str]:
+        """A record's overlay or map (bytes, content type), or HttpError 404."""
+
+    def authorize(self, authorization: str | None, client: str) -> None:
+        """HttpError 401/403 unless the header carries the token."""
+
+    def set_threshold(self, value: float | None, client: str) -> None:
+        """Ask the station for a new threshold."""
+
+    def static(self, name: str) -> tuple[bytes, str]:
+        """A file of the operator page, or HttpError 404."""
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
