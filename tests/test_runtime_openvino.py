@@ -202,3 +202,35 @@ def test_fp32_parity_holds_with_real_weights(real_bundle, tmp_path) -> None:
     for name in reference:
         scale = np.abs(reference[name]).max()
         assert np.abs(out[name] - reference[name]).max() / scale < 1e-5, name
+
+
+def test_bench_encoder_times_openvino_beside_onnx_runtime(bundle, tmp_path) -> None:
+    args = ["bench", "encoder", "--bundle", str(bundle), "--device", "cpu", "--batch", "1"]
+    args += ["--backend", "onnxruntime,openvino-fp32,openvino-int8", "--iters", "2"]
+    args += ["--min-time", "0", "--warmup", "1", "--rounds", "1", "--out", str(tmp_path)]
+    result = zsad(*args)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["onnxruntime", "openvino-fp32", "openvino-int8"]
+    # Same graph, same FLOP count: the rows compare as fractions of one matmul peak.
+    assert len({r["gflop_per_image"] for r in rows}) == 1
+    assert all(r["fraction_of_peak"] > 0 for r in rows)
+
+
+def test_bench_pipeline_runs_backends_one_after_another(bundle, tmp_path) -> None:
+    args = ["bench", "pipeline", "--bundle", str(bundle), "--device", "cpu", "--n", "3"]
+    args += ["--backend", "onnxruntime,openvino-fp32", "--out", str(tmp_path)]
+    result = zsad(*args)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "bench.json").read_text())
+    runners = [(r["method"], r["runner"]) for r in data["rows"]]
+    assert runners == [("staps", "onnxruntime-fp32-cpu"), ("staps", "openvino-fp32-cpu")]
+    assert set(data["config"]["outputs_on"]) == {"onnxruntime-fp32-cpu", "openvino-fp32-cpu"}
+
+
+def test_bench_times_openvino_on_the_cpu_only() -> None:
+    from zsad.bench.backends import check_device
+
+    check_device("openvino-bf16", "cpu")
+    with pytest.raises(ZsadError, match="timed on the CPU"):
+        check_device("openvino-bf16", "cuda:0")
