@@ -34,6 +34,8 @@ class EncoderSpec:
     device: str = "auto"
     bundle: Path | None = None
     engine: Path | None = None
+    backend: str = "auto"  # what runs a bundle: auto, onnxruntime or openvino
+    precision: str | None = None  # OpenVINO's fp32 (default), bf16 or int8
     triton: str | None = None  # a Triton server URL: the encoder runs there
     triton_model: str | None = None
     triton_timeout_s: float = 30.0
@@ -61,8 +63,16 @@ class EncoderSpec:
 
     def check_device(self) -> None:
         """Fail early, in one line, when --device cuda cannot be honoured here."""
+        local_runtime = self.backend != "auto" or self.precision is not None
+        if (local_runtime or self.device == "gpu") and (self.bundle is None or self.triton):
+            raise ZsadError(
+                "--backend, --precision and --device gpu choose what runs a bundle here: "
+                "pass --bundle DIR (not --model or --triton)"
+            )
         if self.device != "cuda" or self.engine is not None or self.triton is not None:
             return
+        if self.backend == "openvino":
+            return  # its own one-line error, when the bundle opens
         if self.deployed:
             from zsad.runtime.onnx_backend import resolve_providers
 
@@ -195,7 +205,12 @@ def open_encoder(
     path = spec.engine if spec.engine is not None else spec.bundle
     assert path is not None
     backend = open_backend(
-        path, device=spec.device, image_size=spec.image_size, outputs_on=outputs_on
+        path,
+        device=spec.device,
+        image_size=spec.image_size,
+        outputs_on=outputs_on,
+        backend=spec.backend,
+        precision=spec.precision,
     )
     return _checked_outputs(backend, outputs, str(path))
 

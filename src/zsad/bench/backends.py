@@ -7,7 +7,16 @@ from typing import Any
 
 from zsad.errors import ZsadError
 
-BACKENDS = ("torch-fp32", "torch-fp16", "onnxruntime", "trt", "rtx")
+BACKENDS = (
+    "torch-fp32",
+    "torch-fp16",
+    "onnxruntime",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "trt",
+    "rtx",
+)
 
 
 def check_backends(names: list[str]) -> None:
@@ -18,9 +27,11 @@ def check_backends(names: list[str]) -> None:
 
 
 def check_device(backend: str, device: str) -> None:
-    """torch-fp16 and the engines run only on a CUDA GPU."""
+    """torch-fp16 and the engines run only on a CUDA GPU, OpenVINO only on the CPU here."""
     if backend in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
         raise ZsadError(f"{backend} needs a CUDA GPU; this run is on {device}")
+    if backend.startswith("openvino") and device != "cpu":
+        raise ZsadError(f"{backend} is timed on the CPU (--device cpu); this run is on {device}")
 
 
 def load_backbone(model: str, weights: Path | None, pretrained: str | None) -> Any:
@@ -43,8 +54,8 @@ def torch_backend(
 
 
 def bundle_backend(name: str, bundle: Path | None, device: str, outputs_on: str = "host") -> Any:
-    """The bundle's ONNX Runtime session (onnxruntime) or its engine (trt, rtx); with
-    ``outputs_on="device"`` its outputs stay on the GPU."""
+    """The bundle's ONNX Runtime session (onnxruntime), OpenVINO model (openvino-PRECISION) or
+    engine (trt, rtx); with ``outputs_on="device"`` its outputs stay on the GPU."""
     if bundle is None:
         raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
     from zsad.runtime.open import open_backend
@@ -52,4 +63,11 @@ def bundle_backend(name: str, bundle: Path | None, device: str, outputs_on: str 
     path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
     if name in ("trt", "rtx") and not path.exists():
         raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
-    return open_backend(path, device=device, image_size=None, outputs_on=outputs_on)
+    if name.startswith("openvino"):
+        precision = name.split("-", 1)[1]
+        return open_backend(
+            path, device="cpu", outputs_on=outputs_on, backend="openvino", precision=precision
+        )
+    # Named, so that --device auto's choice of runtime never swaps the row's runtime.
+    runtime = "onnxruntime" if name == "onnxruntime" else "auto"
+    return open_backend(path, device=device, outputs_on=outputs_on, backend=runtime)

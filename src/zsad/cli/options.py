@@ -63,10 +63,31 @@ ImageSizeOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[
-    Literal["auto", "cpu", "cuda"],
+    Literal["auto", "cpu", "cuda", "gpu"],
     typer.Option(
         "--device",
-        help="Where to run: auto, cpu, cuda (the GPU when one is present).",
+        help="Where to run: auto, cpu, cuda (the GPU when one is present), gpu (an Intel GPU, "
+        "with --backend openvino).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+RuntimeOpt = Annotated[
+    Literal["auto", "onnxruntime", "openvino"],
+    typer.Option(
+        "--backend",
+        help="What runs a --bundle: onnxruntime, openvino (Intel/AMD CPUs, Intel GPUs; the "
+        "openvino extra) or auto (ONNX Runtime on CUDA, else OpenVINO on x86-64 CPUs where "
+        "installed, else ONNX Runtime; says so on stderr).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+PrecisionOpt = Annotated[
+    Literal["fp32", "bf16", "int8"] | None,
+    typer.Option(
+        "--precision",
+        help="OpenVINO's arithmetic (implies --backend openvino): fp32 (default, the scores of "
+        "ONNX Runtime), bf16 (faster on CPUs with AVX-512 BF16 or AMX; scores move by about "
+        "1e-2) or int8 (8-bit weights, fp32 arithmetic).",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -258,6 +279,8 @@ _ENCODER_OPTIONS = {
     "image_size": (MaybeImageSizeOpt, None),
     "device": (DeviceOpt, "auto"),
     "bundle": (BundleOpt, None),
+    "backend": (RuntimeOpt, "auto"),
+    "precision": (PrecisionOpt, None),
     "engine": (EngineOpt, None),
     "triton": (TritonOpt, None),
     "triton_model": (TritonModelOpt, None),

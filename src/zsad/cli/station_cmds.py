@@ -148,7 +148,7 @@ def watch(
 
 @stream_scoring_options
 @headclip_options(calibration=False)
-@encoder_options(only=("bundle", "engine", "device"))
+@encoder_options(only=("bundle", "backend", "precision", "engine", "device"))
 def calibrate_threshold(
     images: Annotated[
         list[str],
