@@ -245,7 +245,7 @@ def test_a_trigger_needs_the_token_and_reaches_the_camera_with_its_part_id(line)
         (b'{"part_id": 42}', "part id"),
         (b'{"part_id": ""}', "part id"),
         (json.dumps({"part_id": "x" * 65}).encode(), "part id"),
-        (b'{"part_id": "a\nb"}', "control characters"),
+        (b'{"part_id": "a\\nb"}', "control characters"),
         (b"P-1", "not JSON"),
     ):
         status, answer = _call(port, "POST", "/api/trigger", bad, **bearer)
