@@ -785,7 +785,7 @@ _CAMERA_OPTIONS: dict[str, tuple[Any, Any]] = {
             float | None,
             "Disk the kept frames may take; over it the oldest OK frames are deleted first, NG "
             "frames only when no OK frame is left (default: no bound).",
-            min=0.001,
+            min=0.000001,
         ),
         None,
     ),
