@@ -125,26 +125,13 @@ def watch(
     Writers should write to a dot-file or *.tmp and rename; such names are ignored, and so
     are files not named like images (notes.txt, Thumbs.db). OUT may sit inside the hot folder
     (it is not scanned) but may not be the hot folder itself.
-    --source genicam://... or rtsp://... reads a camera instead (docs/cameras.md): each frame
-    is written under OUT/frames before it is scored, and --keep-frames keeps NG frames there.
+    --source genicam://... or rtsp://... reads a camera instead, frames kept in OUT/frames.
     """
-    from zsad.errors import ZsadError
     from zsad.formats.atomic import writable_folder
     from zsad.station.line.sinks import build_sinks
-    from zsad.station.run import (
-        check_watch_folders,
-        open_when_available,
-        watch_camera,
-        watch_folder,
-    )
+    from zsad.station.run import open_when_available, watch_camera, watch_folder
 
-    if in_dir is not None and source is not None:
-        raise ZsadError(f"{in_dir}: give the hot folder as IN_DIR or --source, not both")
-    if in_dir is None and source is None:
-        raise ZsadError("watch: give a hot folder (IN_DIR) or --source genicam://... or rtsp://...")
-    folder = in_dir or (source if isinstance(source, Path) else None)
-    if folder is not None:
-        check_watch_folders(folder, out)
+    chosen = _watched(in_dir, source, out)
     with writable_folder(out):
         opened = open_when_available(
             lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
@@ -160,10 +147,25 @@ def watch(
             "sinks": build_sinks(line),
         }
         with opened as det:
-            if folder is None:
-                watch_camera(det, source, out, **station)
+            if isinstance(chosen, Path):
+                watch_folder(det, chosen, out, retry_s=retry_s, **station)
             else:
-                watch_folder(det, folder, out, retry_s=retry_s, **station)
+                watch_camera(det, chosen, out, **station)
+
+
+def _watched(in_dir: Path | None, source: Any, out: Path) -> Any:
+    """The hot folder (checked against OUT) or the CameraConfig `zsad watch` is to read."""
+    from zsad.errors import ZsadError
+    from zsad.station.run import check_watch_folders
+
+    if in_dir is not None and source is not None:
+        raise ZsadError(f"{in_dir}: give the hot folder as IN_DIR or --source, not both")
+    if in_dir is None and source is None:
+        raise ZsadError("watch: give a hot folder (IN_DIR) or --source genicam://... or rtsp://...")
+    chosen = in_dir or source
+    if isinstance(chosen, Path):
+        check_watch_folders(chosen, out)
+    return chosen
 
 
 @stream_scoring_options
