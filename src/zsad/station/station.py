@@ -37,7 +37,7 @@ from zsad.data.images import ImageLoadError, load_image_bounded
 from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
 from zsad.formats.atomic import copy_file, make_folders, move_file, write_json, write_text
 from zsad.runtime.preprocess import decode_side
-from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
+from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection, Unanswered
 from zsad.station.journal import Journal
 from zsad.station.line.hub import LineContext, LineHub, Sink
 from zsad.station.poison import POISON_REASON, PoisonGuard
@@ -216,6 +216,8 @@ class Station:
             idle_since = now
             if isinstance(item, Rejection):
                 self._reject(item)
+            elif isinstance(item, Unanswered):
+                self._reject_trigger(item)
             else:
                 self._process(item)
         return "signal"
@@ -237,7 +239,8 @@ class Station:
                     warm_up.append(record)
             elif record["decision"] == REJECTED_DECISION:
                 self.report.journal_rejected += 1
-                self._finish_rejection(record)
+                if record["rejected_to"] is not None:  # a file, not a trigger given up
+                    self._finish_rejection(record)
         self.stream.next_index = next_position
         state_file = self.out / STATE
         if state_file.is_file():
@@ -443,6 +446,14 @@ class Station:
         self.report.note_rejected()
         self._finish_rejection(record)
         self.options.echo(f"zsad: rejected {item.path}: {item.reason}")
+
+    def _reject_trigger(self, item: Unanswered) -> None:
+        """Journal a trigger no frame answered, so the PLC sees a result for its part id."""
+        result = Result(None, None, decision=REJECTED_DECISION, error=item.reason)
+        self._append(result.to_record(part_id=item.part_id))
+        self.report.note_rejected()
+        part = "without a part id" if item.part_id is None else f"for part {item.part_id}"
+        self.options.echo(f"zsad: trigger {part} not answered: {item.reason}")
 
     def _finish_rejection(self, record: dict[str, Any]) -> None:
         """Move (hot folder) or copy (path list) a rejected file and write its reason beside it."""
