@@ -13,9 +13,10 @@ import pytest
 
 from helpers import one_line_error, station_records, wait_until, zsad
 from zsad.api.detector import Detector
-from zsad.data.cameras.source import GrabbingSource
+from zsad.data.cameras.source import CameraSettingError, GrabbingSource
 from zsad.data.cameras.store import FrameStore
 from zsad.data.images import load_image
+from zsad.errors import ZsadError
 from zsad.scoring.pipeline import SetScoringConfig
 from zsad.station.camera import CameraConfig, CameraFeed
 from zsad.station.frames import Unanswered
@@ -62,7 +63,7 @@ def _feed(
     out: Path, opener, trigger: str = "free", keep: str = "ng", trigger_timeout_s: float = 5.0
 ) -> CameraFeed:
     config = CameraConfig(
-        "genicam://fake.cti", trigger=trigger, keep=keep, trigger_timeout_s=trigger_timeout_s
+        "rtsp://127.0.0.1/stand-in", trigger=trigger, keep=keep, trigger_timeout_s=trigger_timeout_s
     )
     return CameraFeed(config, out, poll_s=0.05, echo=lambda line: None, open_camera=opener)
 
@@ -183,6 +184,45 @@ def test_a_trigger_no_frame_answers_is_given_up_with_its_part_id(tmp_path: Path)
         assert "device removed" in gone.reason and feed.down_since is not None
     finally:
         feed.close()
+
+
+class AbsentCamera(FakeCamera):
+    """A camera the producer does not find (off, or not on the network yet)."""
+
+    def _connect(self) -> None:
+        raise ZsadError("fake://camera: no device at that index (0 found)")
+
+
+def test_a_camera_missing_at_start_is_waited_for_and_said_back(tmp_path: Path) -> None:
+    cameras = [AbsentCamera("software"), AbsentCamera("software"), FakeCamera("software")]
+    feed = _feed(tmp_path, lambda: cameras.pop(0), trigger="software").start(set())
+    try:
+        assert feed.describe()["camera"] == "unreachable" and feed.outages == 1
+        assert "0 found" in feed.describe()["camera_error"]
+        with pytest.raises(TriggerRefused, match="unreachable"):
+            feed.trigger("too-early")
+        lost = feed.notices()
+        assert len(lost) == 1 and lost[0].startswith("camera unreachable, reopening it")
+        for _ in range(100):  # reopened after 0.5 s (absent again), then 1 s: back
+            feed.next()
+            if feed.down_since is None:
+                break
+        assert not cameras and feed.describe()["camera"] == "ok" and feed.outages == 1
+        back = feed.notices()
+        assert len(back) == 1 and "is back" in back[0]
+        feed.trigger("P-1")
+        assert _next_frame(feed).part_id == "P-1"
+    finally:
+        feed.close()
+
+
+def test_a_setting_the_camera_refuses_stops_the_station_at_start(tmp_path: Path) -> None:
+    class Refusing(FakeCamera):
+        def _connect(self) -> None:
+            raise CameraSettingError("fake://camera: camera setting Width=17: refused")
+
+    with pytest.raises(CameraSettingError, match="Width=17"):
+        _feed(tmp_path, lambda: Refusing()).start(set())
 
 
 def test_a_free_running_camera_refuses_triggers_for_good(tmp_path: Path) -> None:

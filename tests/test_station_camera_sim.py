@@ -18,6 +18,7 @@ import pytest
 
 from helpers import (
     free_port,
+    one_line_error,
     popen_watch,
     read_status,
     require_service,
@@ -25,6 +26,7 @@ from helpers import (
     stop_station,
     wait_for_lines,
     wait_until,
+    zsad,
 )
 from test_camera_genicam_sim import URI
 from test_camera_rtsp import MISSING as RTSP_MISSING
@@ -32,6 +34,7 @@ from test_camera_rtsp import SERVER as RTSP_SERVER
 from test_camera_rtsp import SYSTEM_PYTHON
 from test_line_http import _call
 from zsad.bench.line import listening
+from zsad.data.cameras.store import read_part_id
 
 pytestmark = pytest.mark.slow
 TOKEN = "trigger-token"
@@ -223,3 +226,59 @@ def test_rtsp_free_run_scores_frames_and_rides_out_the_server_going_away(
     records = _assert_each_frame_scored_once(out)
     assert {r["frame"] for r in records} == {None}  # --keep-frames none
     assert _frames_on_disk(out, "ok") | _frames_on_disk(out, "ng") == set()
+
+
+def test_every_trigger_taken_gets_a_record_even_one_the_camera_does_not_answer(
+    bundle: Path, tmp_path: Path
+) -> None:
+    out, token = tmp_path / "out", tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    port = free_port()
+    # One frame a second against a 0.3 s timeout: of a burst of triggers, one is answered at most.
+    station = _watch(
+        out, bundle, URI, "--trigger", "software", "--camera-set", "AcquisitionFrameRate=1",
+        "--trigger-timeout", "0.3", "--http", f"127.0.0.1:{port}", "--http-token-file",
+        str(token),
+    )  # fmt: skip
+    sent = [f"burst-{number}" for number in range(5)]
+    try:
+        wait_until(lambda: read_status(out).get("camera") == "ok", "the camera to open")
+        wait_until(lambda: listening(port), "the HTTP API")
+        for part in sent:
+            body = json.dumps({"part_id": part}).encode()
+            answer = _call(port, "POST", "/api/trigger", body, Authorization=f"Bearer {TOKEN}")
+            assert answer[0] == 202
+        wait_for_lines(out / "results.jsonl", len(sent) - 1, station)
+        time.sleep(0.5)  # every trigger's time is up
+    finally:
+        stderr = stop_station(station)
+    rejected = [r for r in station_records(out) if r["decision"] == "rejected"]
+    assert len(rejected) >= len(sent) - 1 and stderr.count("not answered") == len(rejected)
+    assert all("no frame came within 0.3 s" in r["error"] for r in rejected)
+    # The warm-up holds a frame scored before the stop: it waits on disk, its part id with it.
+    answered = [read_part_id(path) for path in (out / "frames/pending").glob("*.png")]
+    assert sorted([r["part_id"] for r in rejected] + answered) == sorted(sent)
+
+
+def test_a_camera_missing_at_start_is_waited_for_a_wrong_producer_stops_at_once(
+    rtsp: Any, bundle: Path, tmp_path: Path
+) -> None:
+    wrong = zsad(
+        "watch", "--source", f"genicam://{tmp_path}/no-such-producer.cti", "--bundle",
+        str(bundle), "--out", str(tmp_path / "wrong"),
+    )  # fmt: skip
+    one_line_error(wrong, "no GenTL producer")
+    url, start = rtsp
+    out = tmp_path / "out"
+    station = _watch(out, bundle, url, "--keep-frames", "none")
+    try:
+        wait_until(lambda: read_status(out).get("state") == "camera-unreachable", "the wait")
+        waiting = read_status(out)
+        start()
+        wait_for_lines(out / "results.jsonl", 5, station, timeout=90)
+        wait_until(lambda: read_status(out).get("camera") == "ok", "the status")
+    finally:
+        stderr = stop_station(station)
+    assert waiting["camera_error"] and waiting["camera_outages"] == 1
+    assert stderr.count("camera unreachable") == 1 and stderr.count("is back") == 1, stderr

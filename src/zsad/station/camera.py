@@ -4,8 +4,10 @@ A frame from the camera is written to ``frames/pending`` (``FrameStore``) and on
 to the station, so a kill between acquisition and record loses nothing: on restart, pending
 frames the journal does not list are scored again, and those it lists (the kill came after the
 record) are filed as their record says. Triggers from the line reach the camera through
-``trigger``; a camera that goes away is reopened with backoff, said once when lost and once
-when back, and shown in the status as ``camera-unreachable``. A trigger taken but not answered
+``trigger``; a camera that is not there at start or goes away later is reopened with backoff,
+said once when lost and once when back, and shown in the status as ``camera-unreachable``. A
+wrong URI, a missing producer or a setting the camera refuses stops the station instead: no
+wait mends those. A trigger taken but not answered
 (the camera went away, or no frame came within ``trigger_timeout_s``) comes out as
 ``Unanswered``, which the station journals as a rejected record with the trigger's part id: the
 PLC matching results to parts never waits for one that will not come.
@@ -22,8 +24,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from zsad.data.cameras.source import CameraFrame, GrabbingSource, parse_trigger
+from zsad.data.cameras.source import (
+    CameraFrame,
+    CameraSettingError,
+    GrabbingSource,
+    parse_trigger,
+)
 from zsad.data.cameras.store import FrameStore, frame_name, read_part_id
+from zsad.data.cameras.uri import check_uri, open_source
 from zsad.data.images import ImageLoadError, as_rgb_array
 from zsad.errors import ZsadError, echo_stderr
 from zsad.formats.urls import read_secret, split_url
@@ -53,7 +61,8 @@ class CameraConfig:
     trigger_timeout_s: float = 5.0  # a software trigger no frame answered by then is given up
 
     def check(self) -> None:
-        """One-line ZsadError for a URI with credentials or a bad trigger; nothing is opened."""
+        """One-line ZsadError for a wrong URI (credentials in it, an unknown scheme, a missing
+        producer) or trigger; nothing is opened."""
         split_url(
             self.source,
             "--source",
@@ -61,13 +70,12 @@ class CameraConfig:
             f"${PASSWORD_ENV}",
         )
         parse_trigger(self.trigger)
+        check_uri(self.source)
         if not self.trigger_timeout_s > 0:
             raise ZsadError(f"trigger timeout {self.trigger_timeout_s}: must be above 0 seconds")
 
     def open_source(self) -> GrabbingSource:
         """The camera (not yet opened), credentials added to an RTSP URL here, not before."""
-        from zsad.data.cameras.uri import open_source
-
         self.check()
         return open_source(self._url(), self.settings or None, self.trigger)
 
@@ -118,7 +126,8 @@ class CameraFeed:
     # ------------------------------------------------------------------ station side
 
     def start(self, done: set[FrameKey]) -> CameraFeed:
-        """Finish what a kill left pending, then open the camera (errors stop the station)."""
+        """Finish what a kill left pending, then open the camera: a wrong URI, producer or
+        setting stops the station; a camera that is not there yet is waited for."""
         filed = {}
         for relative in self.store.pending():
             path = self.out / relative
@@ -131,8 +140,15 @@ class CameraFeed:
             self._file_journalled(filed)
         if self._again:
             self.echo(f"zsad: {len(self._again)} frame(s) written before a restart are scored now")
-        self.camera = self._open_camera()
-        self.camera.open()
+        camera = self._open_camera()
+        try:
+            camera.open()
+        except CameraSettingError:
+            raise
+        except Exception as exc:  # off, unplugged, not on the network yet: reopened with backoff
+            self._went_away(exc)
+        else:
+            self.camera = camera
         return self
 
     @property
@@ -294,22 +310,26 @@ class CameraFeed:
 
     def _lost(self, camera: GrabbingSource, exc: BaseException) -> None:
         with self._lock:
-            self.down_since, self.down_error = time.time(), _one_line(exc)
-            self.camera = None
+            self._went_away(exc)
             # Under the lock: a trigger taken before the camera was marked away is given up here.
             given_up = camera.hub.abandon()
         reason = f"the camera went away before a frame answered the trigger ({self.down_error})"
         self._unanswered.extend(Unanswered(part_id, reason) for part_id in given_up)
+        try:
+            camera.close()
+        except Exception as close_error:  # a camera gone may fail to release; it is gone
+            self._notices.append(f"camera {self.config.source}: release failed: {close_error}")
+
+    def _went_away(self, exc: BaseException) -> None:
+        """Mark the camera away (at start or mid-run), say so once, and schedule the reopen."""
+        self.down_since, self.down_error = time.time(), _one_line(exc)
+        self.camera = None
         self.outages += 1
         self._reopen_at = time.monotonic() + self._delay
         self._notices.append(
             f"camera unreachable, reopening it (every {REOPEN_FIRST_S:g} s, up to "
             f"{REOPEN_MAX_S:g} s): {self.down_error}"
         )
-        try:
-            camera.close()
-        except Exception as close_error:  # a camera gone may fail to release; it is gone
-            self._notices.append(f"camera {self.config.source}: release failed: {close_error}")
 
 
 def _one_line(exc: BaseException) -> str:

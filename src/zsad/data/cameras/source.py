@@ -32,6 +32,10 @@ from zsad.errors import ZsadError
 TRIGGER_MODES = ("free", "software", "hardware")
 
 
+class CameraSettingError(ZsadError):
+    """A setting the camera refuses: a configuration error that waiting for the camera won't fix."""
+
+
 @dataclass(frozen=True)
 class CameraFrame:
     """One acquired frame: RGB uint8 (H, W, 3) and where and when it came from."""
