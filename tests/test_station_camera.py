@@ -285,3 +285,50 @@ def test_a_station_journals_a_trigger_given_up_and_resumes_past_it(
     again = run(FakeCamera("software"), [], None)
     assert again["journal"]["rejected"] == 1 and again["this_run"]["rejected"] == 0
     assert not (out / "rejected").exists()  # no file was rejected: nothing to move
+
+
+def test_a_restart_refills_the_bank_from_the_frames_kept_in_one_line(
+    bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+
+    def run(frames: int, keep: str) -> list[str]:
+        """Score ``frames`` frames (every one: hardware-triggered) from a camera that then goes
+        away for good."""
+        cameras = [FakeCamera("hardware", fail_after=frames)]
+
+        def opener() -> GrabbingSource:
+            if not cameras:
+                raise OSError("no device")
+            return cameras.pop()
+
+        lines: list[str] = []
+        feed = CameraFeed(
+            CameraConfig("rtsp://127.0.0.1/stand-in", trigger="hardware", keep=keep),
+            out,
+            poll_s=0.05,
+            echo=lines.append,
+            open_camera=opener,
+        )
+        options = StationOptions(out=out, poll_s=0.05, idle_exit_s=1.0, echo=lines.append)
+        try:
+            Station(detector.stream(3), feed.start, options).run()
+        finally:
+            feed.close()
+        return lines
+
+    run(6, keep="ng")  # no threshold, so no frame is NG: none is kept
+    lines = run(2, keep="all")
+    refill = [line for line in lines if "bank refilled" in line]
+    assert refill == [
+        "zsad: resumed at image 6; bank refilled with 0 of the last 3 scored images (3 no longer "
+        "on disk: frames not kept, or files moved away)"
+    ]
+    assert not any("skipped" in line for line in lines), lines
+    # Nothing to refill from: the two new frames make a new warm-up set, scored at the stop.
+    records = station_records(out)
+    assert [r["phase"] for r in records[6:]] == ["warm-up", "warm-up"]
+    lines = run(0, keep="all")
+    assert any("bank refilled with 2 of the last 3 scored images (1 no longer" in x for x in lines)
+    assert not any("skipped" in line for line in lines), lines

@@ -257,13 +257,25 @@ class Station:
             self._restore_bank(list(recent))
         return done
 
+    def _image_path(self, record: dict[str, Any]) -> Path:
+        """Where a journaled image is read back: a camera frame from where it is kept."""
+        return self.out / record["frame"] if record["frame"] else Path(record["path"])
+
+    def _on_disk(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+        """The records whose image is still there, and a note on those that are not."""
+        # Camera frames --keep-frames did not keep, or hot-folder files moved away: expected, so
+        # counted in one note rather than a line each.
+        present = [r for r in records if self._image_path(r).is_file()]
+        gone = len(records) - len(present)
+        note = f" ({gone} no longer on disk: frames not kept, or files moved away)" if gone else ""
+        return present, note
+
     def _reencode(
         self, records: list[dict[str, Any]], what: str
     ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """Each journaled image that still decodes, with its encoder outputs, in order."""
         for record in records:
-            # A camera frame is read back from where it is kept; one not kept is gone.
-            path = self.out / record["frame"] if record["frame"] else record["path"]
+            path = self._image_path(record)
             try:
                 image = load_image_bounded(path, self._decode_side)
             except ImageLoadError as exc:
@@ -276,20 +288,22 @@ class Station:
 
     def _restore_bank(self, records: list[dict[str, Any]]) -> None:
         restored = 0
-        for record, outputs in self._reencode(records, "bank"):
+        present, note = self._on_disk(records)
+        for record, outputs in self._reencode(present, "bank"):
             self.stream.restore(
                 outputs, int(record["index"]), float(record["raw_score"]), float(record["score"])
             )
             restored += 1
         self.options.echo(
             f"zsad: resumed at image {self.stream.next_index}; bank refilled with {restored} of "
-            f"the last {len(records)} scored images"
+            f"the last {len(records)} scored images{note}"
         )
 
     def _hold_warm_up_again(self, records: list[dict[str, Any]]) -> None:
         """Hold the warm-up images journaled before the restart again, in arrival order."""
         held = 0
-        for record, outputs in self._reencode(records, "warm-up"):
+        present, note = self._on_disk(records)
+        for record, outputs in self._reencode(present, "warm-up"):
             position = int(record["index"])
             self._journaled_warm_up.add(position)
             held += 1
@@ -298,7 +312,7 @@ class Station:
         self.options.echo(
             f"zsad: resumed at image {self.stream.next_index} during warm-up (the last run stopped "
             f"before the overlay range was saved); {held} of {len(records)} journaled warm-up "
-            "images held again, to be scored with the rest of the set"
+            f"images held again{note}, to be scored with the rest of the set"
         )
 
     @property
