@@ -16,8 +16,19 @@ from typing import Any
 
 import pytest
 
+from camera_sim import (
+    GENTL_MISSING,
+    GENTL_SIMULATOR,
+    RTSP_SERVER,
+    SYSTEM_PYTHON,
+    rtsp_missing,
+)
+from camera_sim import GENTL_URI as URI
 from helpers import (
+    MOSQUITTO,
+    Broker,
     free_port,
+    http_call,
     one_line_error,
     popen_watch,
     read_status,
@@ -28,17 +39,18 @@ from helpers import (
     wait_until,
     zsad,
 )
-from test_camera_genicam_sim import URI
-from test_camera_rtsp import MISSING as RTSP_MISSING
-from test_camera_rtsp import SERVER as RTSP_SERVER
-from test_camera_rtsp import SYSTEM_PYTHON
-from test_line_http import _call
 from zsad.bench.line import listening
 from zsad.data.cameras.store import read_part_id
 
 pytestmark = pytest.mark.slow
 TOKEN = "trigger-token"
 TOPIC = "plant/line1/cam"
+
+
+@pytest.fixture
+def gentl() -> None:
+    """The GenTL simulator is there (the tests using it read URI)."""
+    require_service(GENTL_SIMULATOR is not None, GENTL_MISSING)
 
 
 def _watch(out: Path, bundle: Path, source: str, *args: str) -> subprocess.Popen[str]:
@@ -66,12 +78,10 @@ def _assert_each_frame_scored_once(out: Path) -> list[dict]:
 
 
 def test_software_triggers_from_http_mqtt_and_opcua_carry_part_ids_into_records(
-    bundle: Path, tmp_path: Path
+    gentl: None, bundle: Path, tmp_path: Path
 ) -> None:
     import paho.mqtt.publish as publish
     from asyncua import Client, ua
-
-    from test_line_mqtt import MOSQUITTO, Broker
 
     require_service(Path(MOSQUITTO).exists(), "mosquitto is not installed (Debian: mosquitto)")
     broker = Broker(tmp_path / "broker", free_port())
@@ -91,7 +101,7 @@ def test_software_triggers_from_http_mqtt_and_opcua_carry_part_ids_into_records(
 
     def http(part: str) -> None:
         body = json.dumps({"part_id": part}).encode()
-        assert _call(http_port, "POST", "/api/trigger", body, **bearer)[0] == 202
+        assert http_call(http_port, "POST", "/api/trigger", body, **bearer)[0] == 202
 
     def mqtt(part: str) -> None:
         publish.single(f"{TOPIC}/trigger", part, qos=1, hostname="127.0.0.1", port=broker.port)
@@ -135,7 +145,7 @@ def test_software_triggers_from_http_mqtt_and_opcua_carry_part_ids_into_records(
 
 
 def test_kill_9_mid_run_then_restart_scores_every_frame_written_exactly_once(
-    bundle: Path, tmp_path: Path
+    gentl: None, bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     args = ("--camera-set", "AcquisitionFrameRate=20", "--keep-frames", "all")
@@ -156,7 +166,9 @@ def test_kill_9_mid_run_then_restart_scores_every_frame_written_exactly_once(
     print(f"{len(records) - count} frames in {seconds:.1f} s after the restart")
 
 
-def test_ng_frames_are_kept_within_the_budget_oldest_first(bundle: Path, tmp_path: Path) -> None:
+def test_ng_frames_are_kept_within_the_budget_oldest_first(
+    gentl: None, bundle: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     budget_bytes = 30_000  # a handful of the simulator's frames
     station = _watch(
@@ -177,7 +189,7 @@ def test_ng_frames_are_kept_within_the_budget_oldest_first(bundle: Path, tmp_pat
 
 @pytest.fixture
 def rtsp() -> Any:
-    require_service(RTSP_MISSING is None, f"RTSP tests: {RTSP_MISSING}")
+    require_service(rtsp_missing() is None, f"RTSP tests: {rtsp_missing()}")
     port = free_port()
     servers: list[subprocess.Popen[str]] = []
 
@@ -229,7 +241,7 @@ def test_rtsp_free_run_scores_frames_and_rides_out_the_server_going_away(
 
 
 def test_every_trigger_taken_gets_a_record_even_one_the_camera_does_not_answer(
-    bundle: Path, tmp_path: Path
+    gentl: None, bundle: Path, tmp_path: Path
 ) -> None:
     out, token = tmp_path / "out", tmp_path / "token"
     token.write_text(TOKEN + "\n")
@@ -247,7 +259,7 @@ def test_every_trigger_taken_gets_a_record_even_one_the_camera_does_not_answer(
         wait_until(lambda: listening(port), "the HTTP API")
         for part in sent:
             body = json.dumps({"part_id": part}).encode()
-            answer = _call(port, "POST", "/api/trigger", body, Authorization=f"Bearer {TOKEN}")
+            answer = http_call(port, "POST", "/api/trigger", body, Authorization=f"Bearer {TOKEN}")
             assert answer[0] == 202
         wait_for_lines(out / "results.jsonl", len(sent) - 1, station)
         time.sleep(0.5)  # every trigger's time is up
