@@ -294,3 +294,24 @@ def test_a_camera_missing_at_start_is_waited_for_a_wrong_producer_stops_at_once(
         stderr = stop_station(station)
     assert waiting["camera_error"] and waiting["camera_outages"] == 1
     assert stderr.count("camera unreachable") == 1 and stderr.count("is back") == 1, stderr
+
+
+def test_bench_station_with_a_camera_source_reports_ratios_to_the_hot_folder(
+    gentl: None, bundle: Path, tmp_path: Path
+) -> None:
+    args = ("bench", "station", "--out", str(tmp_path), "--bundle", str(bundle), "--bank", "4",
+            "--source", URI, "--camera-set", "Width=128", "--camera-set", "Height=128",
+            "--camera-set", "AcquisitionFrameRate=200")  # fmt: skip
+    one_line_error(zsad(*args, "--frames", "10", "--triggers", "5", "--bank", "12"), "past the")
+    result = zsad(*args, "--frames", "12", "--triggers", "5")
+    assert result.returncode == 0, result.stderr
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    runs = {(run["source"], run["overlays"]): run for run in bench["runs"]}
+    assert set(runs) == {(s, o) for s in ("hot folder", URI) for o in (True, False)}
+    for run in runs.values():
+        assert run["frames"] == 12 and run["frames_per_s"] > 0
+        assert 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
+    ratio = bench["camera_vs_hot_folder"]["True"]
+    camera, hot = runs[(URI, True)], runs[("hot folder", True)]
+    assert ratio["frames_per_s"] == round(camera["frames_per_s"] / hot["frames_per_s"], 2)
+    assert "| camera / hot folder |" in (tmp_path / "bench.md").read_text()

@@ -213,13 +213,15 @@ class Station:
                 if not getattr(self.source, "waits", False):
                     self._stop.wait(self.options.poll_s)
                 continue
-            idle_since = now
             if isinstance(item, Rejection):
                 self._reject(item)
             elif isinstance(item, Unanswered):
                 self._reject_trigger(item)
             else:
                 self._process(item)
+            # Idle is time with nothing to do: a frame that took longer than idle_exit_s to
+            # score does not end the run the moment it is done.
+            idle_since = time.monotonic()
         return "signal"
 
     # ------------------------------------------------------------------ resume
