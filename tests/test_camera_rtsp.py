@@ -7,40 +7,16 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from camera_sim import RTSP_SERVER, SYSTEM_PYTHON, rtsp_missing
 from helpers import free_port, require_service
 from zsad.data.cameras.uri import open_source
 from zsad.errors import ZsadError
 
-SERVER = Path(__file__).with_name("gst_rtsp_server.py")
-SYSTEM_PYTHON = "/usr/bin/python3"  # GStreamer's GObject bindings are Debian packages
-
-
-def _server_missing() -> str | None:
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        return "PyAV is not installed (pip install 'zsad[camera]')"
-    try:
-        check = subprocess.run(
-            [SYSTEM_PYTHON, str(SERVER), "--check"], capture_output=True, text=True, timeout=60
-        )
-    except OSError:
-        return f"no {SYSTEM_PYTHON}"
-    if check.returncode:
-        return (
-            f"GStreamer's RTSP server is not usable ({check.stderr.strip().splitlines()[-1]}); "
-            "apt-get install gstreamer1.0-rtsp gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-            "python3-gi gir1.2-gst-rtsp-server-1.0"
-        )
-    return None
-
-
-MISSING = _server_missing()
+MISSING = rtsp_missing()
 require_service(MISSING is None, f"RTSP tests: {MISSING}")
 
 
@@ -49,7 +25,7 @@ def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """rtsp://127.0.0.1:PORT/test served at 25 frames/s until the test ends."""
     port = free_port()
     process = subprocess.Popen(
-        [SYSTEM_PYTHON, str(SERVER), str(port), "160", "120", "25"],
+        [SYSTEM_PYTHON, str(RTSP_SERVER), str(port), "160", "120", "25"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -135,6 +135,20 @@ def test_camera_and_hardware_triggered_frames_are_all_kept_in_order() -> None:
     assert [wired.get(0)[0][0, 0, 0] for _ in range(3)] == [0, 1, 2]  # type: ignore[index]
 
 
+def test_triggers_given_up_are_answered_by_no_later_frame() -> None:
+    hub = FrameHub("software", camera_triggered=True)
+    hub.want("P1")
+    time.sleep(0.1)
+    hub.want("P2")
+    assert hub.overdue(0.05) == ["P1"]  # P2 is younger than the timeout
+    assert hub.abandon() == ["P2"] and hub.overdue(0.0) == []
+    hub.put(image(1), 0.0)  # the late answer to P1 or P2: given to no one
+    assert hub.get(0) is None and hub.dropped == 1
+    hub.want("P3")
+    hub.put(image(3), 0.0)
+    assert hub.get(0)[2] == "P3"  # type: ignore[index]
+
+
 def test_a_grabbing_error_reaches_the_reader_and_a_wait_times_out() -> None:
     class Broken(GrabbingSource):
         def _connect(self) -> None:

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from helpers import assert_each_once as _assert_each_once
-from helpers import free_port, one_line_error, popen_watch, require_service, stop_station, zsad
+from helpers import (
+    free_port,
+    http_call,
+    one_line_error,
+    popen_watch,
+    require_service,
+    stop_station,
+    zsad,
+)
 from helpers import station_records as _records
 from helpers import write_frame as _png
 from zsad.station.journal import Journal
@@ -27,22 +35,6 @@ from zsad.station.line.hub import LineContext, TriggerRefused
 
 TOKEN = "s3cret-token"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
-def _call(
-    port: int, method: str, path: str, body: bytes | None = None, **headers: str
-) -> tuple[int, Any]:
-    """One request; the answer's status and its JSON (or raw bytes when not JSON)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        data = response.read()
-        if response.getheader("Content-Type") == "application/json":
-            return response.status, json.loads(data)
-        return response.status, data
-    finally:
-        connection.close()
 
 
 def _raw(port: int, request: bytes) -> bytes:
@@ -146,19 +138,19 @@ def test_results_are_paged_from_the_journal_and_bad_paging_is_a_400(line) -> Non
     for i in range(7):
         served.append(decision="NG" if i in (2, 5) else "OK", score=0.1 * i)
     served.append(index=None, decision="rejected", score=None, error="cannot decode")
-    status, page = _call(served.port, "GET", "/api/results?since=3&limit=2")
+    status, page = http_call(served.port, "GET", "/api/results?since=3&limit=2")
     assert status == 200 and [r["id"] for r in page["results"]] == [3, 4] and page["next"] == 5
-    status, page = _call(served.port, "GET", "/api/results?since=6")
+    status, page = http_call(served.port, "GET", "/api/results?since=6")
     assert [r["decision"] for r in page["results"]] == ["OK", "rejected"]
-    assert _call(served.port, "GET", "/api/results/5")[1]["decision"] == "NG"
+    assert http_call(served.port, "GET", "/api/results/5")[1]["decision"] == "NG"
     # Past the end: an empty page, however far.
     for since in ("8", "123456789", str(10**18 - 1)):
-        assert _call(served.port, "GET", f"/api/results?since={since}")[1]["results"] == []
+        assert http_call(served.port, "GET", f"/api/results?since={since}")[1]["results"] == []
     for query in ("since=-1", "since=abc", "since=" + "9" * 5000, "limit=0", "limit=1001"):
-        status, answer = _call(served.port, "GET", f"/api/results?{query}")
+        status, answer = http_call(served.port, "GET", f"/api/results?{query}")
         assert status == 400 and query.split("=")[0] in answer["error"], answer
-    assert _call(served.port, "GET", "/api/results/8")[0] == 404
-    overview = _call(served.port, "GET", "/api/status")[1]
+    assert http_call(served.port, "GET", "/api/results/8")[0] == 404
+    overview = http_call(served.port, "GET", "/api/status")[1]
     assert overview["records"] == 8 and overview["station"]["state"] == "running"
     assert overview["counts"] == {"parts": 7, "ok": 5, "ng": 2, "no_decision": 0, "rejected": 1}
     assert [r["id"] for r in overview["recent_ng"]] == [5, 2]
@@ -176,7 +168,7 @@ def test_overlays_and_maps_come_only_from_inside_out(line, tmp_path: Path) -> No
     served.append(overlay="../secret.png", map=str(secret))  # a journal edited by hand
     served.append(overlay="overlays/link.png")
     served.append(overlay=None)
-    status, data = _call(served.port, "GET", "/api/results/0/overlay.png")
+    status, data = http_call(served.port, "GET", "/api/results/0/overlay.png")
     assert status == 200 and data == b"\x89PNG inside"
     for path in (
         "/api/results/1/overlay.png",
@@ -190,7 +182,7 @@ def test_overlays_and_maps_come_only_from_inside_out(line, tmp_path: Path) -> No
         "/static/%2e%2e/http.py",
         "/../../secret.png",
     ):
-        status, answer = _call(served.port, "GET", path)
+        status, answer = http_call(served.port, "GET", path)
         assert status == 404 and "error" in answer, (path, answer)
     answer = _raw(served.port, b"GET /api/results/0/../../../secret.png HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 404") and b"SECRET" not in answer
@@ -200,7 +192,7 @@ def test_the_threshold_needs_the_token_and_a_well_formed_body(line, tmp_path: Pa
     served = line()
     port, good = served.port, json.dumps({"threshold": 0.75}).encode()
     for auth in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        status, answer = _call(port, "POST", "/api/threshold", good, **auth)
+        status, answer = http_call(port, "POST", "/api/threshold", good, **auth)
         assert status == 401 and "Bearer" in answer["error"]
     assert served.context.take_threshold_request() is None
     bearer = {"Authorization": f"Bearer {TOKEN}"}
@@ -213,20 +205,20 @@ def test_the_threshold_needs_the_token_and_a_well_formed_body(line, tmp_path: Pa
         (b'{"threshold": 0.5, "by": "me"}', "unknown field"),
         (b"\xff\xfe", "not JSON"),
     ):
-        status, answer = _call(port, "POST", "/api/threshold", body, **bearer)
+        status, answer = http_call(port, "POST", "/api/threshold", body, **bearer)
         assert status == 400 and needle in answer["error"], (body, answer)
-    status, answer = _call(port, "POST", "/api/threshold", b"x" * 5000, **bearer)
+    status, answer = http_call(port, "POST", "/api/threshold", b"x" * 5000, **bearer)
     assert status == 413
     answer = _raw(
         port, f"POST /api/threshold HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
     )
     assert answer.startswith(b"HTTP/1.1 411")
-    assert _call(port, "POST", "/api/status", good, **bearer)[0] == 405
+    assert http_call(port, "POST", "/api/status", good, **bearer)[0] == 405
     assert served.context.take_threshold_request() is None
-    status, answer = _call(port, "POST", "/api/threshold", good, **bearer)
+    status, answer = http_call(port, "POST", "/api/threshold", good, **bearer)
     assert status == 202 and answer["threshold"] == 0.75
     assert served.context.take_threshold_request() == (0.75, "http 127.0.0.1")
-    status, _ = _call(port, "POST", "/api/threshold", b'{"threshold": null}', **bearer)
+    status, _ = http_call(port, "POST", "/api/threshold", b'{"threshold": null}', **bearer)
     assert status == 202 and served.context.take_threshold_request() == (None, "http 127.0.0.1")
 
 
@@ -234,11 +226,11 @@ def test_a_trigger_needs_the_token_and_reaches_the_camera_with_its_part_id(line)
     served = line()
     port, bearer = served.port, {"Authorization": f"Bearer {TOKEN}"}
     body = json.dumps({"part_id": "P-1042"}).encode()
-    status, answer = _call(port, "POST", "/api/trigger", body, **bearer)
+    status, answer = http_call(port, "POST", "/api/trigger", body, **bearer)
     assert status == 409 and "hot folder" in answer["error"]  # no camera serves triggers yet
     asked: list[str | None] = []
     served.context.serve_triggers(asked.append)
-    assert _call(port, "POST", "/api/trigger", body)[0] == 401
+    assert http_call(port, "POST", "/api/trigger", body)[0] == 401
     for bad, needle in (
         (b'{"part_id": "x", "by": "me"}', "unknown field"),
         (b'{"part": "x"}', "JSON object"),
@@ -248,30 +240,30 @@ def test_a_trigger_needs_the_token_and_reaches_the_camera_with_its_part_id(line)
         (b'{"part_id": "a\\nb"}', "control characters"),
         (b"P-1", "not JSON"),
     ):
-        status, answer = _call(port, "POST", "/api/trigger", bad, **bearer)
+        status, answer = http_call(port, "POST", "/api/trigger", bad, **bearer)
         assert status == 400 and needle in answer["error"], (bad, answer)
     assert asked == []
-    status, answer = _call(port, "POST", "/api/trigger", body, **bearer)
+    status, answer = http_call(port, "POST", "/api/trigger", body, **bearer)
     assert status == 202 and answer == {"part_id": "P-1042", "accepted": True}
-    assert _call(port, "POST", "/api/trigger", b'{"part_id": null}', **bearer)[0] == 202
+    assert http_call(port, "POST", "/api/trigger", b'{"part_id": null}', **bearer)[0] == 202
     assert asked == ["P-1042", None]
 
     def unreachable(part_id: str | None) -> None:
         raise TriggerRefused("camera unreachable since 12:00", busy=True)
 
     served.context.serve_triggers(unreachable)
-    status, answer = _call(port, "POST", "/api/trigger", body, **bearer)
+    status, answer = http_call(port, "POST", "/api/trigger", body, **bearer)
     assert status == 503 and "unreachable" in answer["error"]
 
 
 def test_without_a_token_the_api_is_read_only(line, monkeypatch) -> None:
     monkeypatch.delenv("ZSAD_HTTP_TOKEN", raising=False)
     served = line(token=None)
-    status, answer = _call(served.port, "POST", "/api/threshold", b'{"threshold": 1}',
+    status, answer = http_call(served.port, "POST", "/api/threshold", b'{"threshold": 1}',
                            Authorization=f"Bearer {TOKEN}")  # fmt: skip
     assert status == 403 and "read-only" in answer["error"]
     assert served.context.take_threshold_request() is None
-    assert _call(served.port, "GET", "/api/status")[1]["read_only"] is True
+    assert http_call(served.port, "GET", "/api/status")[1]["read_only"] is True
 
 
 def test_events_resume_after_the_last_event_id_and_keep_alive(line) -> None:
@@ -310,7 +302,7 @@ def test_events_resume_after_the_last_event_id_and_keep_alive(line) -> None:
     fresh.close()
     ahead.close()
     for bad in ("-1", "abc", "1" * 40, "²"):
-        status, answer = _call(served.port, "GET", "/api/events", **{"Last-Event-ID": bad})
+        status, answer = http_call(served.port, "GET", "/api/events", **{"Last-Event-ID": bad})
         assert status == 400 and "Last-Event-ID" in answer["error"]
 
 
@@ -328,8 +320,8 @@ def test_malformed_requests_get_json_errors_and_the_server_serves_on(line) -> No
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.split(b" ")[1] == code, answer[:200]
         assert "error" in json.loads(body), body
-    assert _call(served.port, "GET", "/api/nothing")[0] == 404
-    assert _call(served.port, "GET", "/api/status")[1]["records"] == 1
+    assert http_call(served.port, "GET", "/api/nothing")[0] == 404
+    assert http_call(served.port, "GET", "/api/status")[1]["records"] == 1
 
 
 # ---------------------------------------------------------------------- a real station
@@ -367,30 +359,30 @@ def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
     station = _watch(in_dir, out, bundle, port, "--http-token-file", str(tmp_path / "token"))
     try:
         overview = _until(
-            lambda: (o := _call(port, "GET", "/api/status")[1])["records"] == 6 and o,
+            lambda: (o := http_call(port, "GET", "/api/status")[1])["records"] == 6 and o,
             station,
             "six records",
         )
         assert overview["counts"]["parts"] == 6 and overview["station"]["backend"]
         journal = _records(out)
-        page = _call(port, "GET", "/api/results?since=0&limit=10")[1]
+        page = http_call(port, "GET", "/api/results?since=0&limit=10")[1]
         assert page["results"] == journal and page["next"] == 6
-        status, png = _call(port, "GET", f"/api/results/{journal[4]['id']}/overlay.png")
+        status, png = http_call(port, "GET", f"/api/results/{journal[4]['id']}/overlay.png")
         assert status == 200 and png == (out / journal[4]["overlay"]).read_bytes()
         assert png.startswith(b"\x89PNG")
         stream = _Events(port, "/api/events?since=0", **{"Last-Event-ID": "3"})
         assert stream.results(2) == journal[4:6]
         # Abuse on the side: none of it reaches the station.
-        assert _call(port, "GET", "/api/results?since=99999999999999")[1]["results"] == []
-        assert _call(port, "GET", "/api/results/0/../../../../etc/passwd")[0] == 404
+        assert http_call(port, "GET", "/api/results?since=99999999999999")[1]["results"] == []
+        assert http_call(port, "GET", "/api/results/0/../../../../etc/passwd")[0] == 404
         assert _raw(port, b"\x16\x03\x01 TLS, not HTTP\r\n\r\n").startswith(b"HTTP/1.1 400")
-        assert _call(port, "POST", "/api/threshold", b'{"threshold": 0}')[0] == 401
+        assert http_call(port, "POST", "/api/threshold", b'{"threshold": 0}')[0] == 401
         # The operator's new threshold, from the next image on: every part scores above 0.
-        status, _ = _call(port, "POST", "/api/threshold", b'{"threshold": 0}',
+        status, _ = http_call(port, "POST", "/api/threshold", b'{"threshold": 0}',
                           Authorization=f"Bearer {TOKEN}")  # fmt: skip
         assert status == 202
         _until(
-            lambda: _call(port, "GET", "/api/status")[1]["station"]["threshold"] == 0,
+            lambda: http_call(port, "GET", "/api/status")[1]["station"]["threshold"] == 0,
             station,
             "the new threshold",
         )
@@ -458,7 +450,7 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
     station = _watch(in_dir, out, bundle, port, "--http-token-file", str(tmp_path / "token"))
     running = True
     try:
-        _until(lambda: _call(port, "GET", "/api/status")[0] == 200, station, "the server")
+        _until(lambda: http_call(port, "GET", "/api/status")[0] == 200, station, "the server")
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 60, poll_frequency=0.1)
         wait.until(lambda d: d.find_element(By.ID, "live").text == "live")
@@ -467,11 +459,11 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
         for i, name in enumerate(names[:4]):  # a bank of 4: scored once the fourth comes
             _png(in_dir / name, i, "stain" if i == 1 else None)
         _until(lambda: len(_records(out)) == 4, station, "four records")
-        status, _ = _call(port, "POST", "/api/threshold", b'{"threshold": 0.41}',
+        status, _ = http_call(port, "POST", "/api/threshold", b'{"threshold": 0.41}',
                           Authorization=f"Bearer {TOKEN}")  # fmt: skip
         assert status == 202
         _until(
-            lambda: _call(port, "GET", "/api/status")[1]["station"]["threshold"] == 0.41,
+            lambda: http_call(port, "GET", "/api/status")[1]["station"]["threshold"] == 0.41,
             station,
             "the threshold",
         )
@@ -565,7 +557,7 @@ def test_a_trickled_request_head_is_cut_off_at_its_deadline_and_costs_no_thread(
         time.sleep(0.5)
         # The server threads do not grow with the slow clients (12 client threads are ours).
         assert threading.active_count() <= threads_before + 12 + 2
-        assert _call(served.port, "GET", "/api/status")[0] == 200  # served beside them
+        assert http_call(served.port, "GET", "/api/status")[0] == 200  # served beside them
         answers = [future.result() for future in slow]
     for answer, took in answers:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
@@ -643,9 +635,9 @@ def test_only_the_station_s_own_host_names_are_answered(line) -> None:
     served = line(allow_hosts=("station1.line",))
     port = served.port
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"station1.line:{port}", "[::1]"):
-        assert _call(port, "GET", "/api/status", Host=host)[0] == 200, host
+        assert http_call(port, "GET", "/api/status", Host=host)[0] == 200, host
     for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.2", "station1.line.evil"):
-        status, answer = _call(port, "GET", "/api/status", Host=host)
+        status, answer = http_call(port, "GET", "/api/status", Host=host)
         assert status == 421 and "--http-allow-host" in answer["error"], host
     # HTTP/1.0 without a Host (no browser sends that) is served.
     assert _raw(port, b"GET /api/status HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")
@@ -687,7 +679,7 @@ def test_deep_or_slow_bodies_are_refused_and_the_server_serves_on(line, monkeypa
     served = line()
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     for body in (b"[" * 2000 + b"]" * 2000, b'{"threshold": [[[[[[1]]]]]]}'):
-        status, answer = _call(served.port, "POST", "/api/threshold", body, **bearer)
+        status, answer = http_call(served.port, "POST", "/api/threshold", body, **bearer)
         assert status == 400 and "nests deeper" in answer["error"], answer
     monkeypatch.setattr(http_app, "BODY_DEADLINE_S", 0.5)
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as raw:
@@ -698,7 +690,7 @@ def test_deep_or_slow_bodies_are_refused_and_the_server_serves_on(line, monkeypa
         )
         assert raw.recv(4096).startswith(b"HTTP/1.1 408")
     assert served.context.take_threshold_request() is None
-    assert _call(served.port, "GET", "/api/status")[0] == 200
+    assert http_call(served.port, "GET", "/api/status")[0] == 200
 
 
 def test_head_answers_like_get_without_a_body(line) -> None:
@@ -717,7 +709,7 @@ def test_head_answers_like_get_without_a_body(line) -> None:
 def test_refused_tokens_are_logged_at_most_once_a_minute(line) -> None:
     served = line()
     for _ in range(3):
-        status, _ = _call(served.port, "POST", "/api/threshold", b"{}",
+        status, _ = http_call(served.port, "POST", "/api/threshold", b"{}",
                           Authorization="Bearer guess")  # fmt: skip
         assert status == 401
     said = [text for text in served.lines if "refused" in text]

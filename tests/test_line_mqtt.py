@@ -3,9 +3,7 @@ consumer, in order, through broker outages and a station kill -9, de-duplicable 
 
 from __future__ import annotations
 
-import getpass
 import json
-import shutil
 import signal
 import subprocess
 import threading
@@ -15,19 +13,18 @@ from pathlib import Path
 import pytest
 
 from helpers import (
+    MOSQUITTO,
+    Broker,
     free_port,
     one_line_error,
     popen_watch,
     require_service,
     station_records,
     wait_for_lines,
-    wait_until,
     write_frame,
     zsad,
 )
-from zsad.bench.line import listening
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TOPIC = "plant/line1/station1"
 
 
@@ -35,36 +32,6 @@ TOPIC = "plant/line1/station1"
 def _needs_broker_and_client() -> None:
     require_service(Path(MOSQUITTO).exists(), "mosquitto is not installed (Debian: mosquitto)")
     pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (zsad[line])")
-
-
-class Broker:
-    """A mosquitto on 127.0.0.1 with persistence, so sessions and queues survive a restart."""
-
-    def __init__(self, folder: Path, port: int, extra: str = "") -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = port
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {port} 127.0.0.1\n"
-            # Started as root, mosquitto would drop to its own user and fail to read our files.
-            f"user {getpass.getuser()}\n"
-            "persistence true\n"
-            f"persistence_location {folder}/\n"
-            "autosave_interval 1\n"
-            "autosave_on_changes true\n"
-            "log_dest none\n" + (extra or "allow_anonymous true\n")
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)])
-        wait_until(lambda: listening(self.port), "mosquitto to listen", timeout=10)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        self.process = None
 
 
 class Consumer:

@@ -4,27 +4,38 @@ a kill leaves pending finished on restart, triggers refused in one line, a camer
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import one_line_error, zsad
-from zsad.data.cameras.source import GrabbingSource
+from helpers import one_line_error, station_records, wait_until, zsad
+from zsad.api.detector import Detector
+from zsad.data.cameras.source import CameraSettingError, GrabbingSource
 from zsad.data.cameras.store import FrameStore
 from zsad.data.images import load_image
+from zsad.errors import ZsadError
+from zsad.scoring.pipeline import SetScoringConfig
 from zsad.station.camera import CameraConfig, CameraFeed
+from zsad.station.frames import Unanswered
 from zsad.station.line.hub import TriggerRefused
+from zsad.station.station import Station, StationOptions
 
 
 class FakeCamera(GrabbingSource):
     """Numbered flat frames: streamed, or one per software trigger as a GenICam camera does;
-    after ``fail_after`` frames the grab raises (a camera unplugged)."""
+    after ``fail_after`` frames or once ``unplugged`` is set the grab raises (a camera
+    unplugged); a ``mute`` camera takes triggers and never answers them."""
 
-    def __init__(self, trigger: str = "free", fail_after: int | None = None) -> None:
+    def __init__(
+        self, trigger: str = "free", fail_after: int | None = None, mute: bool = False
+    ) -> None:
         super().__init__("fake://camera", trigger)
         self.fail_after = fail_after
+        self.mute = mute
+        self.unplugged = threading.Event()
         self.grabbed = 0
         self.fired = 0
 
@@ -32,10 +43,11 @@ class FakeCamera(GrabbingSource):
         self.hub.camera_triggered = self.trigger_mode == "software"
 
     def _fire(self) -> None:
-        self.fired += 1
+        self.fired += 0 if self.mute else 1
 
     def _grab(self, timeout_s: float) -> np.ndarray | None:
-        if self.fail_after is not None and self.grabbed >= self.fail_after:
+        gone = self.fail_after is not None and self.grabbed >= self.fail_after
+        if gone or self.unplugged.is_set():
             raise OSError("device removed")
         if self.hub.camera_triggered and self.fired <= self.grabbed:
             time.sleep(0.01)
@@ -47,8 +59,12 @@ class FakeCamera(GrabbingSource):
         pass
 
 
-def _feed(out: Path, opener, trigger: str = "free", keep: str = "ng") -> CameraFeed:
-    config = CameraConfig("genicam://fake.cti", trigger=trigger, keep=keep)
+def _feed(
+    out: Path, opener, trigger: str = "free", keep: str = "ng", trigger_timeout_s: float = 5.0
+) -> CameraFeed:
+    config = CameraConfig(
+        "rtsp://127.0.0.1/stand-in", trigger=trigger, keep=keep, trigger_timeout_s=trigger_timeout_s
+    )
     return CameraFeed(config, out, poll_s=0.05, echo=lambda line: None, open_camera=opener)
 
 
@@ -143,6 +159,72 @@ def test_a_camera_lost_is_said_once_reopened_with_backoff_and_said_back(tmp_path
         feed.close()
 
 
+def _next_unanswered(feed: CameraFeed) -> Unanswered:
+    for _ in range(100):
+        item = feed.next()
+        if isinstance(item, Unanswered):
+            return item
+        assert item is None, item
+    raise AssertionError("no trigger was given up")
+
+
+def test_a_trigger_no_frame_answers_is_given_up_with_its_part_id(tmp_path: Path) -> None:
+    camera = FakeCamera("software", mute=True)
+    feed = _feed(tmp_path, lambda: camera, trigger="software", trigger_timeout_s=0.2).start(set())
+    try:
+        started = time.monotonic()
+        feed.trigger("P-late")
+        late = _next_unanswered(feed)
+        assert time.monotonic() - started >= 0.2
+        assert late.part_id == "P-late" and "within 0.2 s" in late.reason
+        feed.trigger("P-gone")
+        camera.unplugged.set()
+        gone = _next_unanswered(feed)
+        assert gone.part_id == "P-gone" and "went away" in gone.reason
+        assert "device removed" in gone.reason and feed.down_since is not None
+    finally:
+        feed.close()
+
+
+class AbsentCamera(FakeCamera):
+    """A camera the producer does not find (off, or not on the network yet)."""
+
+    def _connect(self) -> None:
+        raise ZsadError("fake://camera: no device at that index (0 found)")
+
+
+def test_a_camera_missing_at_start_is_waited_for_and_said_back(tmp_path: Path) -> None:
+    cameras = [AbsentCamera("software"), AbsentCamera("software"), FakeCamera("software")]
+    feed = _feed(tmp_path, lambda: cameras.pop(0), trigger="software").start(set())
+    try:
+        assert feed.describe()["camera"] == "unreachable" and feed.outages == 1
+        assert "0 found" in feed.describe()["camera_error"]
+        with pytest.raises(TriggerRefused, match="unreachable"):
+            feed.trigger("too-early")
+        lost = feed.notices()
+        assert len(lost) == 1 and lost[0].startswith("camera unreachable, reopening it")
+        for _ in range(100):  # reopened after 0.5 s (absent again), then 1 s: back
+            feed.next()
+            if feed.down_since is None:
+                break
+        assert not cameras and feed.describe()["camera"] == "ok" and feed.outages == 1
+        back = feed.notices()
+        assert len(back) == 1 and "is back" in back[0]
+        feed.trigger("P-1")
+        assert _next_frame(feed).part_id == "P-1"
+    finally:
+        feed.close()
+
+
+def test_a_setting_the_camera_refuses_stops_the_station_at_start(tmp_path: Path) -> None:
+    class Refusing(FakeCamera):
+        def _connect(self) -> None:
+            raise CameraSettingError("fake://camera: camera setting Width=17: refused")
+
+    with pytest.raises(CameraSettingError, match="Width=17"):
+        _feed(tmp_path, lambda: Refusing()).start(set())
+
+
 def test_a_free_running_camera_refuses_triggers_for_good(tmp_path: Path) -> None:
     feed = _feed(tmp_path, lambda: FakeCamera()).start(set())
     try:
@@ -167,3 +249,86 @@ def test_camera_options_are_checked_in_one_line(tmp_path: Path) -> None:
     one_line_error(result, "trigger 'sometimes'")
     result = zsad("watch", "--out", out)
     one_line_error(result, "IN_DIR", "--source")
+
+
+def test_a_station_journals_a_trigger_given_up_and_resumes_past_it(
+    bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+
+    def run(camera: FakeCamera, lines: list[str], trigger: str | None) -> dict:
+        feed = _feed(out, lambda: camera, trigger="software", trigger_timeout_s=0.2)
+        options = StationOptions(out=out, poll_s=0.05, idle_exit_s=1.0, echo=lines.append)
+        station = Station(detector.stream(3), feed.start, options)
+        summary: dict = {}
+        worker = threading.Thread(target=lambda: summary.update(station.run()))
+        worker.start()
+        try:
+            if trigger is not None:
+                wait_until(lambda: feed.camera is not None, "the camera to open", timeout=30)
+                feed.trigger(trigger)
+            worker.join(60)
+        finally:
+            feed.close()
+        assert not worker.is_alive()
+        return summary
+
+    lines: list[str] = []
+    first = run(FakeCamera("software", mute=True), lines, "P-9")
+    (record,) = station_records(out)
+    assert (record["decision"], record["part_id"], record["index"]) == ("rejected", "P-9", None)
+    assert "no frame came within 0.2 s" in record["error"]
+    assert record["path"] is None and record["rejected_to"] is None and record["frame"] is None
+    assert first["this_run"]["rejected"] == 1
+    assert any("trigger for part P-9 not answered" in line for line in lines)
+    again = run(FakeCamera("software"), [], None)
+    assert again["journal"]["rejected"] == 1 and again["this_run"]["rejected"] == 0
+    assert not (out / "rejected").exists()  # no file was rejected: nothing to move
+
+
+def test_a_restart_refills_the_bank_from_the_frames_kept_in_one_line(
+    bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+
+    def run(frames: int, keep: str) -> list[str]:
+        """Score ``frames`` frames (every one: hardware-triggered) from a camera that then goes
+        away for good."""
+        cameras = [FakeCamera("hardware", fail_after=frames)]
+
+        def opener() -> GrabbingSource:
+            if not cameras:
+                raise OSError("no device")
+            return cameras.pop()
+
+        lines: list[str] = []
+        feed = CameraFeed(
+            CameraConfig("rtsp://127.0.0.1/stand-in", trigger="hardware", keep=keep),
+            out,
+            poll_s=0.05,
+            echo=lines.append,
+            open_camera=opener,
+        )
+        options = StationOptions(out=out, poll_s=0.05, idle_exit_s=1.0, echo=lines.append)
+        try:
+            Station(detector.stream(3), feed.start, options).run()
+        finally:
+            feed.close()
+        return lines
+
+    run(6, keep="ng")  # no threshold, so no frame is NG: none is kept
+    lines = run(2, keep="all")
+    refill = [line for line in lines if "bank refilled" in line]
+    assert refill == [
+        "zsad: resumed at image 6; bank refilled with 0 of the last 3 scored images (3 no longer "
+        "on disk: frames not kept, or files moved away)"
+    ]
+    assert not any("skipped" in line for line in lines), lines
+    # Nothing to refill from: the two new frames make a new warm-up set, scored at the stop.
+    records = station_records(out)
+    assert [r["phase"] for r in records[6:]] == ["warm-up", "warm-up"]
+    lines = run(0, keep="all")
+    assert any("bank refilled with 2 of the last 3 scored images (1 no longer" in x for x in lines)
+    assert not any("skipped" in line for line in lines), lines

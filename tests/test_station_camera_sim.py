@@ -16,8 +16,20 @@ from typing import Any
 
 import pytest
 
+from camera_sim import (
+    GENTL_MISSING,
+    GENTL_SIMULATOR,
+    RTSP_SERVER,
+    SYSTEM_PYTHON,
+    rtsp_missing,
+)
+from camera_sim import GENTL_URI as URI
 from helpers import (
+    MOSQUITTO,
+    Broker,
     free_port,
+    http_call,
+    one_line_error,
     popen_watch,
     read_status,
     require_service,
@@ -25,17 +37,20 @@ from helpers import (
     stop_station,
     wait_for_lines,
     wait_until,
+    zsad,
 )
-from test_camera_genicam_sim import URI
-from test_camera_rtsp import MISSING as RTSP_MISSING
-from test_camera_rtsp import SERVER as RTSP_SERVER
-from test_camera_rtsp import SYSTEM_PYTHON
-from test_line_http import _call
 from zsad.bench.line import listening
+from zsad.data.cameras.store import read_part_id
 
 pytestmark = pytest.mark.slow
 TOKEN = "trigger-token"
 TOPIC = "plant/line1/cam"
+
+
+@pytest.fixture
+def gentl() -> None:
+    """The GenTL simulator is there (the tests using it read URI)."""
+    require_service(GENTL_SIMULATOR is not None, GENTL_MISSING)
 
 
 def _watch(out: Path, bundle: Path, source: str, *args: str) -> subprocess.Popen[str]:
@@ -63,12 +78,10 @@ def _assert_each_frame_scored_once(out: Path) -> list[dict]:
 
 
 def test_software_triggers_from_http_mqtt_and_opcua_carry_part_ids_into_records(
-    bundle: Path, tmp_path: Path
+    gentl: None, bundle: Path, tmp_path: Path
 ) -> None:
     import paho.mqtt.publish as publish
     from asyncua import Client, ua
-
-    from test_line_mqtt import MOSQUITTO, Broker
 
     require_service(Path(MOSQUITTO).exists(), "mosquitto is not installed (Debian: mosquitto)")
     broker = Broker(tmp_path / "broker", free_port())
@@ -88,7 +101,7 @@ def test_software_triggers_from_http_mqtt_and_opcua_carry_part_ids_into_records(
 
     def http(part: str) -> None:
         body = json.dumps({"part_id": part}).encode()
-        assert _call(http_port, "POST", "/api/trigger", body, **bearer)[0] == 202
+        assert http_call(http_port, "POST", "/api/trigger", body, **bearer)[0] == 202
 
     def mqtt(part: str) -> None:
         publish.single(f"{TOPIC}/trigger", part, qos=1, hostname="127.0.0.1", port=broker.port)
@@ -132,7 +145,7 @@ def test_software_triggers_from_http_mqtt_and_opcua_carry_part_ids_into_records(
 
 
 def test_kill_9_mid_run_then_restart_scores_every_frame_written_exactly_once(
-    bundle: Path, tmp_path: Path
+    gentl: None, bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     args = ("--camera-set", "AcquisitionFrameRate=20", "--keep-frames", "all")
@@ -153,7 +166,9 @@ def test_kill_9_mid_run_then_restart_scores_every_frame_written_exactly_once(
     print(f"{len(records) - count} frames in {seconds:.1f} s after the restart")
 
 
-def test_ng_frames_are_kept_within_the_budget_oldest_first(bundle: Path, tmp_path: Path) -> None:
+def test_ng_frames_are_kept_within_the_budget_oldest_first(
+    gentl: None, bundle: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     budget_bytes = 30_000  # a handful of the simulator's frames
     station = _watch(
@@ -174,7 +189,7 @@ def test_ng_frames_are_kept_within_the_budget_oldest_first(bundle: Path, tmp_pat
 
 @pytest.fixture
 def rtsp() -> Any:
-    require_service(RTSP_MISSING is None, f"RTSP tests: {RTSP_MISSING}")
+    require_service(rtsp_missing() is None, f"RTSP tests: {rtsp_missing()}")
     port = free_port()
     servers: list[subprocess.Popen[str]] = []
 
@@ -223,3 +238,80 @@ def test_rtsp_free_run_scores_frames_and_rides_out_the_server_going_away(
     records = _assert_each_frame_scored_once(out)
     assert {r["frame"] for r in records} == {None}  # --keep-frames none
     assert _frames_on_disk(out, "ok") | _frames_on_disk(out, "ng") == set()
+
+
+def test_every_trigger_taken_gets_a_record_even_one_the_camera_does_not_answer(
+    gentl: None, bundle: Path, tmp_path: Path
+) -> None:
+    out, token = tmp_path / "out", tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    port = free_port()
+    # One frame a second against a 0.3 s timeout: of a burst of triggers, one is answered at most.
+    station = _watch(
+        out, bundle, URI, "--trigger", "software", "--camera-set", "AcquisitionFrameRate=1",
+        "--trigger-timeout", "0.3", "--http", f"127.0.0.1:{port}", "--http-token-file",
+        str(token),
+    )  # fmt: skip
+    sent = [f"burst-{number}" for number in range(5)]
+    try:
+        wait_until(lambda: read_status(out).get("camera") == "ok", "the camera to open")
+        wait_until(lambda: listening(port), "the HTTP API")
+        for part in sent:
+            body = json.dumps({"part_id": part}).encode()
+            answer = http_call(port, "POST", "/api/trigger", body, Authorization=f"Bearer {TOKEN}")
+            assert answer[0] == 202
+        wait_for_lines(out / "results.jsonl", len(sent) - 1, station)
+        time.sleep(0.5)  # every trigger's time is up
+    finally:
+        stderr = stop_station(station)
+    rejected = [r for r in station_records(out) if r["decision"] == "rejected"]
+    assert len(rejected) >= len(sent) - 1 and stderr.count("not answered") == len(rejected)
+    assert all("no frame came within 0.3 s" in r["error"] for r in rejected)
+    # The warm-up holds a frame scored before the stop: it waits on disk, its part id with it.
+    answered = [read_part_id(path) for path in (out / "frames/pending").glob("*.png")]
+    assert sorted([r["part_id"] for r in rejected] + answered) == sorted(sent)
+
+
+def test_a_camera_missing_at_start_is_waited_for_a_wrong_producer_stops_at_once(
+    rtsp: Any, bundle: Path, tmp_path: Path
+) -> None:
+    wrong = zsad(
+        "watch", "--source", f"genicam://{tmp_path}/no-such-producer.cti", "--bundle",
+        str(bundle), "--out", str(tmp_path / "wrong"),
+    )  # fmt: skip
+    one_line_error(wrong, "no GenTL producer")
+    url, start = rtsp
+    out = tmp_path / "out"
+    station = _watch(out, bundle, url, "--keep-frames", "none")
+    try:
+        wait_until(lambda: read_status(out).get("state") == "camera-unreachable", "the wait")
+        waiting = read_status(out)
+        start()
+        wait_for_lines(out / "results.jsonl", 5, station, timeout=90)
+        wait_until(lambda: read_status(out).get("camera") == "ok", "the status")
+    finally:
+        stderr = stop_station(station)
+    assert waiting["camera_error"] and waiting["camera_outages"] == 1
+    assert stderr.count("camera unreachable") == 1 and stderr.count("is back") == 1, stderr
+
+
+def test_bench_station_with_a_camera_source_reports_ratios_to_the_hot_folder(
+    gentl: None, bundle: Path, tmp_path: Path
+) -> None:
+    args = ("bench", "station", "--out", str(tmp_path), "--bundle", str(bundle), "--bank", "4",
+            "--source", URI, "--camera-set", "Width=128", "--camera-set", "Height=128",
+            "--camera-set", "AcquisitionFrameRate=200")  # fmt: skip
+    one_line_error(zsad(*args, "--frames", "10", "--triggers", "5", "--bank", "12"), "past the")
+    result = zsad(*args, "--frames", "12", "--triggers", "5")
+    assert result.returncode == 0, result.stderr
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    runs = {(run["source"], run["overlays"]): run for run in bench["runs"]}
+    assert set(runs) == {(s, o) for s in ("hot folder", URI) for o in (True, False)}
+    for run in runs.values():
+        assert run["frames"] == 12 and run["frames_per_s"] > 0
+        assert 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
+    ratio = bench["camera_vs_hot_folder"]["True"]
+    camera, hot = runs[(URI, True)], runs[("hot folder", True)]
+    assert ratio["frames_per_s"] == round(camera["frames_per_s"] / hot["frames_per_s"], 2)
+    assert "| camera / hot folder |" in (tmp_path / "bench.md").read_text()

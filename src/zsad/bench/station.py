@@ -36,17 +36,11 @@ def bench_station(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Stream generated frames through a station; writes OUT/bench.json, bench.md, memory.png."""
-    from zsad.api.detector import Detector
-    from zsad.api.encoders import EncoderSpec
-    from zsad.api.scorers import MethodOptions
     from zsad.formats.atomic import write_json
     from zsad.scoring.pipeline import SetScoringConfig
 
-    if image_size is None and bundle is None:
-        image_size = 224
-    spec = EncoderSpec(model, None, "random", image_size, device, bundle, None)
     scoring = SetScoringConfig()
-    detector = Detector.from_spec(spec, None, options=MethodOptions(scoring), progress=False)
+    detector = open_detector(model, image_size, bundle, device, scoring)
     method, backend = detector.method.name, detector.backend
     banked = not detector.method.per_image
     started_under = bm.load_average()
@@ -82,6 +76,22 @@ def bench_station(
         f"second-half growth {body['rss_growth_mb_per_1000_images']} MB / 1000 images"
     )
     return payload
+
+
+def open_detector(
+    model: str, image_size: int | None, bundle: Path | None, device: str, scoring: Any = None
+) -> Any:
+    """The Detector a station bench runs: a bundle, or ``model`` at ``image_size`` (224)."""
+    from zsad.api.detector import Detector
+    from zsad.api.encoders import EncoderSpec
+    from zsad.api.scorers import MethodOptions
+    from zsad.scoring.pipeline import SetScoringConfig
+
+    if image_size is None and bundle is None:
+        image_size = 224
+    spec = EncoderSpec(model, None, "random", image_size, device, bundle, None)
+    options = MethodOptions(scoring or SetScoringConfig())
+    return Detector.from_spec(spec, None, options=options, progress=False)
 
 
 def plot_memory(path: Path, samples: list[dict[str, Any]]) -> Path:

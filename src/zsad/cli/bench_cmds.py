@@ -235,15 +235,35 @@ def station(
         bool, typer.Option("--overlays/--no-overlays", help="Write overlays as a station does.")
     ] = True,
     seed: SeedOpt = 0,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="A camera URI (genicam://, rtsp://): compare a station fed by it with one fed by "
+            "a hot folder, overlays on and off (frames/s, trigger-to-record latency).",
+        ),
+    ] = None,
+    camera_set: Annotated[
+        list[str] | None,
+        typer.Option("--camera-set", help="NAME=VALUE GenICam feature for --source (repeatable)."),
+    ] = None,
+    triggers: Annotated[
+        int, typer.Option("--triggers", min=5, help="With --source: frames timed one at a time.")
+    ] = 50,
 ) -> None:
     """Stream generated frames through `zsad watch`'s station and record images/s and RSS.
 
     The frames are written to a hot folder first (not timed), then the station drains it at full
     speed; memory is sampled every 0.5 s. A flat RSS over the second half (MB per 1000 images
-    near 0) shows the bank and the writers do not grow with the run length.
+    near 0) shows the bank and the writers do not grow with the run length. With --source, the
+    same station fed by the camera (software triggers) beside the hot folder instead.
     """
     from zsad.bench.station import bench_station
 
+    if source is not None:
+        _bench_source(out, source, camera_set or [], frames, triggers, bank, model, image_size,
+                      bundle, device, seed)  # fmt: skip
+        return
     bench_station(
         out,
         frames=frames,
@@ -323,6 +343,33 @@ def triton(
         ca_file=triton_ca,
         token_file=triton_token_file,
     )
+
+
+def _bench_source(
+    out: Path,
+    source: str,
+    camera_set: list[str],
+    frames: int,
+    triggers: int,
+    bank: int,
+    model: str,
+    image_size: int | None,
+    bundle: Path | None,
+    device: str,
+    seed: int,
+) -> None:
+    """`zsad bench station --source`: the camera beside the hot folder."""
+    from zsad.bench.station import open_detector
+    from zsad.bench.station_source import bench_station_source
+    from zsad.data.cameras.uri import check_uri, parse_settings
+
+    check_uri(source)
+    settings = parse_settings(camera_set)
+    with open_detector(model, image_size, bundle, device) as detector:
+        bench_station_source(
+            out, detector, source, settings=settings, frames=frames, triggers=triggers,
+            bank=bank, seed=seed,
+        )  # fmt: skip
 
 
 def line(

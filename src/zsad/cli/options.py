@@ -794,6 +794,16 @@ _CAMERA_OPTIONS: dict[str, tuple[Any, Any]] = {
         ),
         "free",
     ),
+    "trigger_timeout": (
+        _camera_option(
+            "--trigger-timeout",
+            float,
+            "Seconds a software trigger waits for its frame; then it is journalled as rejected "
+            "with its part id, so the line sees a result for every trigger taken.",
+            min=0.001,
+        ),
+        5.0,
+    ),
     "keep_frames": (
         _camera_option(
             "--keep-frames",
@@ -848,6 +858,8 @@ def camera_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             ]
             if v["trigger"] != "free":
                 given.append("--trigger")
+            if v["trigger_timeout"] != CameraConfig.trigger_timeout_s:
+                given.append("--trigger-timeout")
             if given:
                 raise ZsadError(f"{given[0]}: only with a camera --source (genicam:// or rtsp://)")
             return None if source is None else Path(source)
@@ -860,6 +872,7 @@ def camera_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             None if budget is None else int(budget * 1e9),
             v["camera_user"],
             v["camera_password_file"],
+            v["trigger_timeout"],
         )
         config.check()
         return config

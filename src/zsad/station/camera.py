@@ -4,8 +4,13 @@ A frame from the camera is written to ``frames/pending`` (``FrameStore``) and on
 to the station, so a kill between acquisition and record loses nothing: on restart, pending
 frames the journal does not list are scored again, and those it lists (the kill came after the
 record) are filed as their record says. Triggers from the line reach the camera through
-``trigger``; a camera that goes away is reopened with backoff, said once when lost and once
-when back, and shown in the status as ``camera-unreachable``.
+``trigger``; a camera that is not there at start or goes away later is reopened with backoff,
+said once when lost and once when back, and shown in the status as ``camera-unreachable``. A
+wrong URI, a missing producer or a setting the camera refuses stops the station instead: no
+wait mends those. A trigger taken but not answered
+(the camera went away, or no frame came within ``trigger_timeout_s``) comes out as
+``Unanswered``, which the station journals as a rejected record with the trigger's part id: the
+PLC matching results to parts never waits for one that will not come.
 """
 
 from __future__ import annotations
@@ -19,12 +24,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from zsad.data.cameras.source import CameraFrame, GrabbingSource, parse_trigger
+from zsad.data.cameras.source import (
+    CameraFrame,
+    CameraSettingError,
+    GrabbingSource,
+    parse_trigger,
+)
 from zsad.data.cameras.store import FrameStore, frame_name, read_part_id
+from zsad.data.cameras.uri import check_uri, open_source
 from zsad.data.images import ImageLoadError, as_rgb_array
-from zsad.errors import echo_stderr
+from zsad.errors import ZsadError, echo_stderr
 from zsad.formats.urls import read_secret, split_url
-from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
+from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection, Unanswered
 from zsad.station.journal import read_journal
 from zsad.station.line.hub import TriggerRefused
 from zsad.station.status import iso_time
@@ -47,9 +58,11 @@ class CameraConfig:
     budget_bytes: int | None = None  # kept frames never take more (oldest OK frames go first)
     username: str | None = None  # RTSP
     password_file: Path | None = None  # RTSP; default $ZSAD_CAMERA_PASSWORD
+    trigger_timeout_s: float = 5.0  # a software trigger no frame answered by then is given up
 
     def check(self) -> None:
-        """One-line ZsadError for a URI with credentials or a bad trigger; nothing is opened."""
+        """One-line ZsadError for a wrong URI (credentials in it, an unknown scheme, a missing
+        producer) or trigger; nothing is opened."""
         split_url(
             self.source,
             "--source",
@@ -57,11 +70,12 @@ class CameraConfig:
             f"${PASSWORD_ENV}",
         )
         parse_trigger(self.trigger)
+        check_uri(self.source)
+        if not self.trigger_timeout_s > 0:
+            raise ZsadError(f"trigger timeout {self.trigger_timeout_s}: must be above 0 seconds")
 
     def open_source(self) -> GrabbingSource:
         """The camera (not yet opened), credentials added to an RTSP URL here, not before."""
-        from zsad.data.cameras.uri import open_source
-
         self.check()
         return open_source(self._url(), self.settings or None, self.trigger)
 
@@ -105,13 +119,15 @@ class CameraFeed:
         self._reopen_at = 0.0
         self._delay = REOPEN_FIRST_S
         self._again: deque[Path] = deque()  # pending frames of an earlier run, to score
+        self._unanswered: deque[Unanswered] = deque()  # triggers given up, to journal
         self._notices: list[str] = []
         self._lock = threading.Lock()  # the camera, as the sinks' threads trigger it
 
     # ------------------------------------------------------------------ station side
 
     def start(self, done: set[FrameKey]) -> CameraFeed:
-        """Finish what a kill left pending, then open the camera (errors stop the station)."""
+        """Finish what a kill left pending, then open the camera: a wrong URI, producer or
+        setting stops the station; a camera that is not there yet is waited for."""
         filed = {}
         for relative in self.store.pending():
             path = self.out / relative
@@ -124,8 +140,15 @@ class CameraFeed:
             self._file_journalled(filed)
         if self._again:
             self.echo(f"zsad: {len(self._again)} frame(s) written before a restart are scored now")
-        self.camera = self._open_camera()
-        self.camera.open()
+        camera = self._open_camera()
+        try:
+            camera.open()
+        except CameraSettingError:
+            raise
+        except Exception as exc:  # off, unplugged, not on the network yet: reopened with backoff
+            self._went_away(exc)
+        else:
+            self.camera = camera
         return self
 
     @property
@@ -133,10 +156,13 @@ class CameraFeed:
         """Frames on disk not yet offered."""
         return len(self._again)
 
-    def next(self) -> Frame | Rejection | None:
-        """The next frame, written to OUT/frames/pending; None when none came within poll_s."""
+    def next(self) -> Frame | Rejection | Unanswered | None:
+        """The next frame (written to OUT/frames/pending) or trigger given up; None when
+        neither came within poll_s."""
         if self._again:
             return self._load(self._again.popleft())
+        if self._unanswered:
+            return self._unanswered.popleft()
         camera = self._camera()
         if camera is None:
             return None
@@ -145,6 +171,11 @@ class CameraFeed:
         except Exception as exc:  # the grabbing thread's error: the camera went away
             self._lost(camera, exc)
             return None
+        timeout = self.config.trigger_timeout_s
+        for part_id in camera.hub.overdue(timeout):
+            self._unanswered.append(
+                Unanswered(part_id, f"no frame came within {timeout:g} s of the trigger")
+            )
         return None if frame is None else self._keep(frame)
 
     def notices(self) -> list[str]:
@@ -279,18 +310,26 @@ class CameraFeed:
 
     def _lost(self, camera: GrabbingSource, exc: BaseException) -> None:
         with self._lock:
-            self.down_since, self.down_error = time.time(), _one_line(exc)
-            self.camera = None
+            self._went_away(exc)
+            # Under the lock: a trigger taken before the camera was marked away is given up here.
+            given_up = camera.hub.abandon()
+        reason = f"the camera went away before a frame answered the trigger ({self.down_error})"
+        self._unanswered.extend(Unanswered(part_id, reason) for part_id in given_up)
+        try:
+            camera.close()
+        except Exception as close_error:  # a camera gone may fail to release; it is gone
+            self._notices.append(f"camera {self.config.source}: release failed: {close_error}")
+
+    def _went_away(self, exc: BaseException) -> None:
+        """Mark the camera away (at start or mid-run), say so once, and schedule the reopen."""
+        self.down_since, self.down_error = time.time(), _one_line(exc)
+        self.camera = None
         self.outages += 1
         self._reopen_at = time.monotonic() + self._delay
         self._notices.append(
             f"camera unreachable, reopening it (every {REOPEN_FIRST_S:g} s, up to "
             f"{REOPEN_MAX_S:g} s): {self.down_error}"
         )
-        try:
-            camera.close()
-        except Exception as close_error:  # a camera gone may fail to release; it is gone
-            self._notices.append(f"camera {self.config.source}: release failed: {close_error}")
 
 
 def _one_line(exc: BaseException) -> str:

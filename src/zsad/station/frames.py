@@ -68,6 +68,14 @@ class Rejection(FileVersion):
     reason: str
 
 
+@dataclass(frozen=True)
+class Unanswered:
+    """A trigger taken from the line that no frame answered (the camera went away, or was late)."""
+
+    part_id: str | None
+    reason: str
+
+
 @dataclass
 class _Attempt:
     """Decode attempts on one version of a file that is not (yet) readable."""

@@ -37,7 +37,7 @@ from zsad.data.images import ImageLoadError, load_image_bounded
 from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
 from zsad.formats.atomic import copy_file, make_folders, move_file, write_json, write_text
 from zsad.runtime.preprocess import decode_side
-from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
+from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection, Unanswered
 from zsad.station.journal import Journal
 from zsad.station.line.hub import LineContext, LineHub, Sink
 from zsad.station.poison import POISON_REASON, PoisonGuard
@@ -213,11 +213,15 @@ class Station:
                 if not getattr(self.source, "waits", False):
                     self._stop.wait(self.options.poll_s)
                 continue
-            idle_since = now
             if isinstance(item, Rejection):
                 self._reject(item)
+            elif isinstance(item, Unanswered):
+                self._reject_trigger(item)
             else:
                 self._process(item)
+            # Idle is time with nothing to do: a frame that took longer than idle_exit_s to
+            # score does not end the run the moment it is done.
+            idle_since = time.monotonic()
         return "signal"
 
     # ------------------------------------------------------------------ resume
@@ -237,7 +241,8 @@ class Station:
                     warm_up.append(record)
             elif record["decision"] == REJECTED_DECISION:
                 self.report.journal_rejected += 1
-                self._finish_rejection(record)
+                if record["rejected_to"] is not None:  # a file, not a trigger given up
+                    self._finish_rejection(record)
         self.stream.next_index = next_position
         state_file = self.out / STATE
         if state_file.is_file():
@@ -254,13 +259,25 @@ class Station:
             self._restore_bank(list(recent))
         return done
 
+    def _image_path(self, record: dict[str, Any]) -> Path:
+        """Where a journaled image is read back: a camera frame from where it is kept."""
+        return self.out / record["frame"] if record["frame"] else Path(record["path"])
+
+    def _on_disk(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+        """The records whose image is still there, and a note on those that are not."""
+        # Camera frames --keep-frames did not keep, or hot-folder files moved away: expected, so
+        # counted in one note rather than a line each.
+        present = [r for r in records if self._image_path(r).is_file()]
+        gone = len(records) - len(present)
+        note = f" ({gone} no longer on disk: frames not kept, or files moved away)" if gone else ""
+        return present, note
+
     def _reencode(
         self, records: list[dict[str, Any]], what: str
     ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """Each journaled image that still decodes, with its encoder outputs, in order."""
         for record in records:
-            # A camera frame is read back from where it is kept; one not kept is gone.
-            path = self.out / record["frame"] if record["frame"] else record["path"]
+            path = self._image_path(record)
             try:
                 image = load_image_bounded(path, self._decode_side)
             except ImageLoadError as exc:
@@ -273,20 +290,22 @@ class Station:
 
     def _restore_bank(self, records: list[dict[str, Any]]) -> None:
         restored = 0
-        for record, outputs in self._reencode(records, "bank"):
+        present, note = self._on_disk(records)
+        for record, outputs in self._reencode(present, "bank"):
             self.stream.restore(
                 outputs, int(record["index"]), float(record["raw_score"]), float(record["score"])
             )
             restored += 1
         self.options.echo(
             f"zsad: resumed at image {self.stream.next_index}; bank refilled with {restored} of "
-            f"the last {len(records)} scored images"
+            f"the last {len(records)} scored images{note}"
         )
 
     def _hold_warm_up_again(self, records: list[dict[str, Any]]) -> None:
         """Hold the warm-up images journaled before the restart again, in arrival order."""
         held = 0
-        for record, outputs in self._reencode(records, "warm-up"):
+        present, note = self._on_disk(records)
+        for record, outputs in self._reencode(present, "warm-up"):
             position = int(record["index"])
             self._journaled_warm_up.add(position)
             held += 1
@@ -295,7 +314,7 @@ class Station:
         self.options.echo(
             f"zsad: resumed at image {self.stream.next_index} during warm-up (the last run stopped "
             f"before the overlay range was saved); {held} of {len(records)} journaled warm-up "
-            "images held again, to be scored with the rest of the set"
+            f"images held again{note}, to be scored with the rest of the set"
         )
 
     @property
@@ -443,6 +462,14 @@ class Station:
         self.report.note_rejected()
         self._finish_rejection(record)
         self.options.echo(f"zsad: rejected {item.path}: {item.reason}")
+
+    def _reject_trigger(self, item: Unanswered) -> None:
+        """Journal a trigger no frame answered, so the PLC sees a result for its part id."""
+        result = Result(None, None, decision=REJECTED_DECISION, error=item.reason)
+        self._append(result.to_record(part_id=item.part_id))
+        self.report.note_rejected()
+        part = "without a part id" if item.part_id is None else f"for part {item.part_id}"
+        self.options.echo(f"zsad: trigger {part} not answered: {item.reason}")
 
     def _finish_rejection(self, record: dict[str, Any]) -> None:
         """Move (hot folder) or copy (path list) a rejected file and write its reason beside it."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from zsad.data.cameras.pixels import to_rgb
-from zsad.data.cameras.source import GrabbingSource
+from zsad.data.cameras.source import CameraSettingError, GrabbingSource
 from zsad.errors import ZsadError
 
 INSTALL_HINT = "pip install 'zsad[camera]'"
@@ -109,7 +109,9 @@ class GenicamSource(GrabbingSource):
 
     def _set(self, nodes: Any, name: str, value: Any) -> None:
         if not self._has(nodes, name):
-            raise ZsadError(f"{self.name}: camera setting {name}: the camera has no such feature")
+            raise CameraSettingError(
+                f"{self.name}: camera setting {name}: the camera has no such feature"
+            )
         node = nodes.get_node(name)
         try:
             if isinstance(value, str):
@@ -117,7 +119,7 @@ class GenicamSource(GrabbingSource):
             else:
                 node.value = value
         except Exception as exc:  # GenApi's OutOfRange/InvalidArgument/Access exceptions
-            raise ZsadError(
+            raise CameraSettingError(
                 f"{self.name}: camera setting {name}={value}: refused ({_reason(exc)})"
             ) from exc
 

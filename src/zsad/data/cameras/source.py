@@ -9,7 +9,9 @@ hands frames to ``read`` by the rule its trigger mode sets:
 - ``software``: each ``trigger(part_id)`` is answered by one frame carrying that part id, in the
   order the triggers came. A camera that takes a software trigger exposes on it; any other source
   keeps streaming and answers a trigger with the first frame that arrives after it (frames that
-  arrive while no trigger waits are dropped; two triggers never share a frame).
+  arrive while no trigger waits are dropped; two triggers never share a frame). A trigger no
+  frame answered in time is given up (``FrameHub.overdue``); a frame a software-triggered camera
+  sends while no trigger waits (the late answer to one given up) is dropped.
 - ``hardware`` (``hardware:LINE``, ``Line0`` by default): the camera exposes on its input line;
   every frame it sends is kept, in order.
 """
@@ -28,6 +30,10 @@ import numpy as np
 from zsad.errors import ZsadError
 
 TRIGGER_MODES = ("free", "software", "hardware")
+
+
+class CameraSettingError(ZsadError):
+    """A setting the camera refuses: a configuration error that waiting for the camera won't fix."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,7 @@ class FrameHub:
                 self._ready.append((image, time.time(), None))
             elif self.mode == "hardware":
                 self._ready.append((image, time.time(), None))
-            elif self.camera_triggered:
-                part = self._pending.popleft().part_id if self._pending else None
-                self._ready.append((image, time.time(), part))
-            elif self._pending and self._pending[0].at <= arrived:
+            elif self._pending and (self.camera_triggered or self._pending[0].at <= arrived):
                 self._ready.append((image, time.time(), self._pending.popleft().part_id))
             else:
                 self.dropped += 1
@@ -122,6 +125,22 @@ class FrameHub:
         """Note a software trigger; the frame that answers it will carry ``part_id``."""
         with self._changed:
             self._pending.append(_Pending(part_id, time.monotonic()))
+
+    def overdue(self, timeout_s: float) -> list[str | None]:
+        """Give up the triggers waiting longer than ``timeout_s``: their part ids, oldest first."""
+        late = time.monotonic() - timeout_s
+        given_up = []
+        with self._changed:
+            while self._pending and self._pending[0].at <= late:
+                given_up.append(self._pending.popleft().part_id)
+        return given_up
+
+    def abandon(self) -> list[str | None]:
+        """Give up every trigger still waiting (the camera went away): their part ids."""
+        with self._changed:
+            given_up = [pending.part_id for pending in self._pending]
+            self._pending.clear()
+        return given_up
 
     def fail(self, error: BaseException) -> None:
         """Hand the grabbing thread's error to the reader."""

@@ -16,6 +16,19 @@ from zsad.errors import ZsadError
 SCHEMES = ("genicam", "rtsp", "rtsps")
 
 
+def check_uri(uri: str) -> None:
+    """One-line ZsadError for a URI no camera can answer (scheme, producer file, query); nothing
+    is imported or opened, so a station refuses it before loading anything."""
+    parts = urlsplit(uri)
+    if parts.scheme not in SCHEMES:
+        raise ZsadError(
+            f"source {uri}: unknown scheme {parts.scheme or '(none)'!r}; expected "
+            "genicam://PRODUCER.cti[?serial=S|index=N] or rtsp://HOST/PATH"
+        )
+    if parts.scheme == "genicam":
+        _genicam_target(uri)
+
+
 def open_source(
     uri: str,
     settings: dict[str, Any] | None = None,
@@ -24,14 +37,11 @@ def open_source(
 ) -> GrabbingSource:
     """The (not yet opened) source ``uri`` names; one-line ZsadError when it cannot be."""
     parse_trigger(trigger)
-    parts = urlsplit(uri)
-    if parts.scheme not in SCHEMES:
-        raise ZsadError(
-            f"source {uri}: unknown scheme {parts.scheme or '(none)'!r}; expected "
-            "genicam://PRODUCER.cti[?serial=S|index=N] or rtsp://HOST/PATH"
-        )
-    if parts.scheme == "genicam":
-        return _genicam(uri, parts.netloc + parts.path, parts.query, settings, trigger)
+    check_uri(uri)
+    if uri.startswith("genicam:"):
+        from zsad.data.cameras.genicam import GenicamSource
+
+        return GenicamSource(*_genicam_target(uri), settings, trigger)
     if settings:
         raise ZsadError(f"source {uri}: an RTSP stream takes no camera settings")
     from zsad.data.cameras.rtsp import RtspSource
@@ -39,9 +49,10 @@ def open_source(
     return RtspSource(uri, trigger=trigger, timeout_s=timeout_s)
 
 
-def _genicam(
-    uri: str, path: str, query: str, settings: dict[str, Any] | None, trigger: str
-) -> GrabbingSource:
+def _genicam_target(uri: str) -> tuple[Path, str | None, int]:
+    """(producer, serial, index) of a genicam:// URI."""
+    parts = urlsplit(uri)
+    path, query = parts.netloc + parts.path, parts.query
     producer = Path(path)
     if not path or not producer.is_file():
         raise ZsadError(f"source {uri}: no GenTL producer (.cti file) at {path or '(empty)'}")
@@ -55,10 +66,8 @@ def _genicam(
     index = fields.get("index", ["0"])[0]
     if not index.isdigit():
         raise ZsadError(f"source {uri}: index={index} is not a device number")
-    from zsad.data.cameras.genicam import GenicamSource
-
     serial = fields["serial"][0] if "serial" in fields else None
-    return GenicamSource(producer, serial, int(index), settings, trigger)
+    return producer, serial, int(index)
 
 
 def parse_settings(pairs: list[str]) -> dict[str, str]:
