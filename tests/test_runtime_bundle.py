@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import BUNDLE_SIZE, TORCH, one_line_error, zsad
+from zsad.api.detector import Detector
 from zsad.api.encoders import EncoderSpec, open_encoder
 from zsad.data.synthetic import make_dataset
 from zsad.errors import ZsadError
@@ -25,6 +26,26 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("data")
     make_dataset(root, seed=0, categories=["grid"], n_train=1, n_good=4, n_defect=2, size=64)
     return str(root / "grid" / "test" / "*" / "*.png")
+
+
+@pytest.mark.parametrize("which", ["bundle", "headclip_bundle"])
+def test_a_bundle_is_read_once_per_open(
+    which: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[Path] = []
+    load = Bundle.load.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Bundle], root: Path) -> Bundle:
+        read.append(Path(root))
+        return load(cls, root)
+
+    monkeypatch.setattr(Bundle, "load", classmethod(counted))
+    root = request.getfixturevalue(which)
+    for path in (root, root / "encoder.onnx"):
+        read.clear()
+        with Detector.from_bundle(path, device="cpu") as detector:
+            assert detector.method.name == ("musc" if which == "bundle" else "headclip")
+        assert read == [root], path
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:

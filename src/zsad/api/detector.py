@@ -12,9 +12,10 @@ import numpy as np
 
 from zsad.api.encoders import (
     DEFAULT_MODEL,
+    Deployment,
     EncoderSpec,
-    bundle_method,
     open_encoder,
+    read_deployment,
     require_torch,
     set_outputs_on,
 )
@@ -89,19 +90,24 @@ class Detector:
         """A Detector for ``method`` over ``spec``'s encoder (None: musc, or the method of a
         bundle that cannot serve musc)."""
         options = options or MethodOptions()
-        chosen = get_method(method or default_method(bundle_method(spec)))
-        headclip = None
-        dino = None if spec.deployed else get_arch(spec.model)
-        if chosen.needs_calibration and dino is not None:
-            raise ZsadError(dino.headclip_refusal)
-        if chosen.needs_calibration:
-            backend, artifact = _headclip_encoder(spec, calibration)
-            headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
-        elif calibration is not None:
-            raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
-        else:
-            on = set_outputs_on(spec, chosen.name, options.scoring.device)
-            backend = open_encoder(spec, chosen.outputs, outputs_on=on)
+        deployment = read_deployment(spec)
+        try:
+            chosen = get_method(method or default_method(deployment.method))
+            headclip = None
+            dino = None if spec.deployed else get_arch(spec.model)
+            if chosen.needs_calibration and dino is not None:
+                raise ZsadError(dino.headclip_refusal)
+            if chosen.needs_calibration:
+                backend, artifact = _headclip_encoder(spec, calibration, deployment)
+                headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
+            elif calibration is not None:
+                raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
+            else:
+                on = set_outputs_on(spec, chosen.name, options.scoring.device)
+                backend = open_encoder(spec, chosen.outputs, outputs_on=on, deployment=deployment)
+        except BaseException:
+            deployment.close()
+            raise
         return cls(
             chosen.name,
             backend,
@@ -400,7 +406,7 @@ def _served_artifact(backend: Any) -> Any:
 
 
 def _headclip_encoder(
-    spec: EncoderSpec, calibration: str | os.PathLike[str] | None
+    spec: EncoderSpec, calibration: str | os.PathLike[str] | None, deployment: Deployment
 ) -> tuple[EncoderBackend, Any]:
     """The HeadCLIP encoder and its artifact: from the bundle, or a model plus an artifact."""
     from zsad.formats.artifact import load_artifact
@@ -410,7 +416,7 @@ def _headclip_encoder(
             raise ZsadError(
                 f"--calibration {calibration}: a headclip bundle carries its own calibration"
             )
-        backend = open_encoder(spec, get_method("headclip").outputs)
+        backend = open_encoder(spec, get_method("headclip").outputs, deployment=deployment)
         if spec.triton is not None:
             return backend, _served_artifact(backend)
         bundle = backend.bundle  # type: ignore[attr-defined]

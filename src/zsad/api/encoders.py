@@ -93,13 +93,44 @@ def require_torch(what: str, alternative: str = "") -> None:
         ) from exc
 
 
-def bundle_method(spec: EncoderSpec) -> str | None:
-    """The method the bundle (or served model) behind ``spec`` was exported for (None: a model)."""
+@dataclass
+class Deployment:
+    """What a spec's bundle or server holds, read once per open: bundle.json, or the connection
+    to the served model, whose config carries its bundle's metadata."""
+
+    bundle: Bundle | None = None  # None: an open_clip model
+    served: TritonBackend | None = None
+
+    @property
+    def method(self) -> str | None:
+        """The method the bundle or served model was exported for (None: a model)."""
+        return None if self.bundle is None else self.bundle.method
+
+    def close(self) -> None:
+        """Drop the server connection when no encoder took it over."""
+        if self.served is not None:
+            self.served.close()
+
+
+def read_deployment(spec: EncoderSpec) -> Deployment:
+    """Read ``spec``'s bundle.json, or connect to its served model (nothing for a model)."""
     if spec.triton is not None:
-        with open_triton(spec) as backend:
-            return backend.bundle.method
-    root = spec.bundle_root()
-    return None if root is None else Bundle.load(root).method
+        served = open_triton(spec)
+        return Deployment(served.bundle, served)
+    if spec.bundle is not None and spec.engine is not None:
+        raise ZsadError("--bundle and --engine: give one of them")
+    if spec.engine is not None and spec.engine.suffix not in ENGINE_SUFFIXES:
+        raise ZsadError(
+            f"--engine {spec.engine}: expected an .engine or .plan file from zsad export"
+        )
+    if spec.bundle is not None and spec.bundle.suffix in ENGINE_SUFFIXES:
+        raise ZsadError(f"--bundle {spec.bundle}: this is an engine file; pass it with --engine")
+    path = spec.engine if spec.engine is not None else spec.bundle
+    if path is None:
+        return Deployment()
+    if not path.exists():
+        raise ZsadError(f"{path}: no such file or directory")
+    return Deployment(Bundle.load(path if path.is_dir() else path.parent))
 
 
 def open_triton(spec: EncoderSpec) -> TritonBackend:
@@ -168,10 +199,13 @@ def open_encoder(
     *,
     taps: tuple[int, ...] | None = None,
     outputs_on: str = "host",
+    deployment: Deployment | None = None,
 ) -> EncoderBackend:
     """The bundle (ONNX Runtime) or engine (TensorRT) backend when given, else the torch one.
 
     ``outputs_on="device"`` (a bundle or engine only) keeps the outputs on the GPU as CuPy arrays.
+    ``deployment``: what read_deployment(spec) already read, so that it is not read again; a
+    server connection in it becomes the returned encoder.
     """
     if check_outputs_on(outputs_on) == "device" and not spec.runs_bundle:
         raise ZsadError(
@@ -180,22 +214,19 @@ def open_encoder(
         )
     if not spec.deployed:
         return _torch_backend(spec, outputs, taps)
-    if spec.triton is not None:
-        return _checked_outputs(open_triton(spec), outputs, f"{spec.triton}/{spec.triton_model}")
+    deployment = deployment or read_deployment(spec)
+    if deployment.served is not None:
+        return _checked_outputs(deployment.served, outputs, spec.describe())
     from zsad.runtime.open import open_backend
 
-    if spec.bundle is not None and spec.engine is not None:
-        raise ZsadError("--bundle and --engine: give one of them")
-    if spec.engine is not None and spec.engine.suffix not in ENGINE_SUFFIXES:
-        raise ZsadError(
-            f"--engine {spec.engine}: expected an .engine or .plan file from zsad export"
-        )
-    if spec.bundle is not None and spec.bundle.suffix in ENGINE_SUFFIXES:
-        raise ZsadError(f"--bundle {spec.bundle}: this is an engine file; pass it with --engine")
     path = spec.engine if spec.engine is not None else spec.bundle
     assert path is not None
     backend = open_backend(
-        path, device=spec.device, image_size=spec.image_size, outputs_on=outputs_on
+        path,
+        device=spec.device,
+        image_size=spec.image_size,
+        outputs_on=outputs_on,
+        bundle=deployment.bundle,
     )
     return _checked_outputs(backend, outputs, str(path))
 

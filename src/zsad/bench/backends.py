@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from zsad.errors import ZsadError
+from zsad.formats.bundle import Bundle
+from zsad.runtime.open import open_backend
+from zsad.scoring.pipeline import METHODS as SET_METHODS
 
 BACKENDS = ("torch-fp32", "torch-fp16", "onnxruntime", "trt", "rtx")
 
@@ -42,14 +45,14 @@ def torch_backend(
     return TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
 
 
-def bundle_backend(name: str, bundle: Path | None, device: str, outputs_on: str = "host") -> Any:
+def bundle_backend(name: str, bundle: Path | None, device: str, gpu_scoring: bool = False) -> Any:
     """The bundle's ONNX Runtime session (onnxruntime) or its engine (trt, rtx); with
-    ``outputs_on="device"`` its outputs stay on the GPU."""
+    ``gpu_scoring`` a bundle for STAPS or MuSc keeps its outputs on the GPU for set scoring."""
     if bundle is None:
         raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
-    from zsad.runtime.open import open_backend
-
     path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
     if name in ("trt", "rtx") and not path.exists():
         raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
-    return open_backend(path, device=device, image_size=None, outputs_on=outputs_on)
+    loaded = Bundle.load(bundle)
+    on = "device" if gpu_scoring and loaded.method in SET_METHODS else "host"
+    return open_backend(path, device=device, image_size=None, outputs_on=on, bundle=loaded)

@@ -22,7 +22,6 @@ from zsad.bench.backends import (
 )
 from zsad.bench.report import resolve_device, say, write_report
 from zsad.errors import ZsadError
-from zsad.formats.bundle import Bundle
 from zsad.formats.methods import METHODS
 
 STAGES = ("decode", "preprocess", "encoder", "scoring", "writing")
@@ -122,11 +121,7 @@ def _encoders(
             name: torch_backend(loaded, backend, image_size, device, METHODS[name].outputs)
             for name in names
         }
-    from zsad.scoring.pipeline import METHODS as SET_METHODS
-
-    method = None if bundle is None else Bundle.load(bundle).method
-    on = "device" if gpu_scoring and method in SET_METHODS else "host"
-    runner = bundle_backend(backend, bundle, device, on)  # explains a missing --bundle
+    runner = bundle_backend(backend, bundle, device, gpu_scoring)  # explains a missing --bundle
     return {runner.bundle.method: runner}
 
 

@@ -17,19 +17,22 @@ def open_backend(
     device: str = "auto",
     image_size: int | None = None,
     outputs_on: str = "host",
+    bundle: Bundle | None = None,
 ) -> EncoderBackend:
     """Open an encoder backend from a bundle directory, an ONNX file or an engine inside one.
 
     ``.onnx`` runs on ONNX Runtime; ``.engine``/``.plan`` on the TensorRT flavour bundle.json
     records. A bundle directory runs ONNX Runtime: the FP16 file on CUDA, the FP32 file on CPU.
     ``image_size``, when given, must equal the bundle's. ``outputs_on="device"`` returns the
-    outputs as CuPy arrays on the GPU (zsad.arrays), for scoring that runs there.
+    outputs as CuPy arrays on the GPU (zsad.arrays), for scoring that runs there. ``bundle``:
+    the folder's bundle.json when the caller has already read it.
     """
     check_outputs_on(outputs_on)
     path = Path(path)
     if not path.exists():
         raise ZsadError(f"{path}: no such file or directory")
-    bundle = Bundle.load(path if path.is_dir() else path.parent)
+    if bundle is None:
+        bundle = Bundle.load(path if path.is_dir() else path.parent)
     if image_size is not None and image_size != bundle.image_size:
         raise ZsadError(
             f"--image-size {image_size}: bundle {bundle.root} was exported for "
