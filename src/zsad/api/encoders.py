@@ -69,9 +69,9 @@ class EncoderSpec:
             resolve_providers("cuda")
             return
         require_torch(f"--model {self.model}")
-        import torch
+        from zsad.model.cuda import cuda_available  # torch, present after require_torch
 
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise ZsadError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
 
     def describe(self) -> str:
@@ -84,8 +84,7 @@ class EncoderSpec:
 def require_torch(what: str, alternative: str = "") -> None:
     """Fail with one line naming the export extra when torch or open_clip is not installed."""
     try:
-        import open_clip  # noqa: F401
-        import torch  # noqa: F401
+        import zsad.model  # noqa: F401  (the torch layer: fails here without torch or open_clip)
     except ImportError as exc:
         raise ZsadError(
             f"{what} needs the export extra ({exc.name} is missing): pip install 'zsad[export]'"
@@ -173,13 +172,9 @@ def model_image_size(model: str, image_size: int | None) -> int:
     arch = get_arch(model)
     if arch is not None:
         return arch.default_image_size
-    import open_clip
+    from zsad.model.loading import clip_image_size  # open_clip reads the model's config
 
-    import zsad.model.loading  # noqa: F401  (registers zsad-tiny's config with open_clip)
-
-    config = open_clip.get_model_config(model) or {}
-    size = config.get("vision_cfg", {}).get("image_size", PAPER_IMAGE_SIZE)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+    return clip_image_size(model, PAPER_IMAGE_SIZE)
 
 
 def set_outputs_on(spec: EncoderSpec, method: str, scoring_device: str) -> str:

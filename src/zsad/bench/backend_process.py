@@ -152,21 +152,18 @@ def open_backend(
 
 def gpu_memory_in_use_mb(device: str) -> float:
     """Memory in use on the GPU (total less free), whoever allocated it."""
-    import torch
+    from zsad.model.cuda import memory_in_use_mb  # torch: only a CUDA bench reads GPU memory
 
-    free, total = torch.cuda.mem_get_info(torch.device(device))
-    return (total - free) / 2**20
+    return memory_in_use_mb(device)
 
 
 def release_torch_cache(device: str) -> None:
-    """Hand torch's cached GPU blocks back, so memory read next is what is really held."""
+    """Hand torch's cached GPU blocks back on a CUDA device, so memory read next is what is
+    really held; nothing on the CPU, where torch need not be installed."""
     if device.startswith("cuda"):
-        import gc
+        from zsad.model.cuda import release_cache  # torch: a CUDA bench only
 
-        import torch
-
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_cache()
 
 
 # ---------------------------------------------------------------------- the child
