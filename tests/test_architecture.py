@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "zsad"
 # The layers, leaves first; a module imports its own layer or a lower one only.
 RANKS = {
@@ -221,6 +223,7 @@ def test_the_command_line_is_a_thin_layer() -> None:
     assert not long, long
 
 
+@pytest.mark.slow
 def test_the_command_line_starts_without_heavy_imports() -> None:
     import subprocess
     import sys

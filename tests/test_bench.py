@@ -40,6 +40,7 @@ def _bench(tmp_path: Path, *args: str, plots: list[str]) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_bench_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from zsad.bench.scoring import ROUNDS
 
@@ -104,6 +105,7 @@ def test_paired_medians_alternate_the_run_with_its_reference() -> None:
     assert held_to == 3.0 and seconds >= 0
 
 
+@pytest.mark.slow
 def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,6 +131,7 @@ def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
     assert calls == ["msm"] + ["msm", "matmul"] * ROUNDS
 
 
+@pytest.mark.slow
 def test_bench_scoring_aligned_rows_beside_global(tmp_path: Path) -> None:
     args = ["scoring", "--n", "4", "--bank", "3", "--patches", "49", "--channels", "8"]
     plots = ["scoring_vs_n.png", "scoring_vs_bank.png"]
@@ -147,6 +150,7 @@ def test_bench_scoring_aligned_rows_beside_global(tmp_path: Path) -> None:
     assert bm.window_pairs(49, None) == bm.window_pairs(49, 6) == 49**2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("numpy_path", ["--numpy", "--no-numpy"])
 def test_bench_scoring_gpu_columns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_as_gpu, numpy_path: str
@@ -174,6 +178,7 @@ def test_bench_scoring_gpu_columns(
     assert numpy_keys.isdisjoint(row) == (numpy_path == "--no-numpy")
 
 
+@pytest.mark.slow
 def test_bench_encoder_reports_unavailable_backends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,6 +277,7 @@ def test_vit_l_flops_from_config() -> None:
     assert abs(bm.encoder_flops(shape)["total"] / 1e12 - 1.01) < 0.01
 
 
+@pytest.mark.slow
 def test_bench_encoder_counts_bundle_flops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = tmp_path / "bundle"
     args = ["--model", "zsad-tiny", "--image-size", "56"]

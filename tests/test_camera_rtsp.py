@@ -16,6 +16,8 @@ from helpers import free_port, require_service
 from zsad.data.cameras.uri import open_source
 from zsad.errors import ZsadError
 
+pytestmark = pytest.mark.slow
+
 SERVER = Path(__file__).with_name("gst_rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # GStreamer's GObject bindings are Debian packages
 

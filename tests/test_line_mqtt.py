@@ -27,6 +27,8 @@ from helpers import (
 )
 from zsad.bench.line import listening
 
+pytestmark = pytest.mark.slow
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TOPIC = "plant/line1/station1"
 

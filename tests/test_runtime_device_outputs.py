@@ -182,6 +182,7 @@ def _images(root: Path) -> list[Path]:
     return sorted((root / "wood" / "test").rglob("*.png"))[:6]
 
 
+@pytest.mark.slow
 def test_set_scoring_on_the_gpu_asks_for_device_outputs_and_scores_the_same(
     bundle: Path, gpu: Any, tmp_path: Path
 ) -> None:

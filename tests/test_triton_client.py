@@ -234,6 +234,7 @@ def test_a_token_over_a_plain_connection_is_warned_about(
     assert capsys.readouterr().err.count("token is sent unencrypted") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -254,6 +255,7 @@ def test_the_command_line_settings_fail_in_one_line(
     one_line_error(result, needle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
