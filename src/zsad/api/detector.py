@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from zsad.api.scorers import SCORERS, HeadclipScoring, MethodOptions
 from zsad.api.stream import Stream, image_label
 from zsad.data.images import ImageInput, as_rgb_array, decode_each
 from zsad.errors import ZsadError
+from zsad.formats.artifact import load_artifact, parse_artifact
 from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
 from zsad.formats.methods import (
@@ -34,6 +36,7 @@ from zsad.formats.methods import (
     default_method,
     get_method,
 )
+from zsad.formats.thresholds import bundle_threshold, mismatched_settings
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
@@ -251,8 +254,6 @@ class Detector:
         if bundle is None:
             self.note("no threshold given and no bundle: results carry scores, no OK/NG")
             return None
-        from zsad.formats.thresholds import bundle_threshold, mismatched_settings
-
         entry = bundle_threshold(bundle, self.name)
         if entry is None:
             self.note(
@@ -395,10 +396,6 @@ def _options(
 
 def _served_artifact(backend: Any) -> Any:
     """The calibration a HeadCLIP model on a Triton server carries in its config."""
-    import base64
-
-    from zsad.formats.artifact import parse_artifact
-
     if not backend.calibration:
         backend.close()
         raise ZsadError(f"{backend.where}: a headclip model without its calibration")
@@ -409,8 +406,6 @@ def _headclip_encoder(
     spec: EncoderSpec, calibration: str | os.PathLike[str] | None, deployment: Deployment
 ) -> tuple[EncoderBackend, Any]:
     """The HeadCLIP encoder and its artifact: from the bundle, or a model plus an artifact."""
-    from zsad.formats.artifact import load_artifact
-
     if spec.deployed:
         if calibration is not None:
             raise ZsadError(
@@ -436,6 +431,7 @@ def _headclip_encoder(
         )
     artifact = load_artifact(calibration, backbone=spec.model, image_size=spec.image_size)
     require_torch(f"--model {spec.model}", "; or run a bundle with --bundle")
+    # Here, not at the top: a Detector over a bundle or a server runs without torch.
     from zsad.model import load_clip
     from zsad.model.backend import TorchBackend
     from zsad.model.headclip import encoder_from_artifact

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsad.arrays import check_outputs_on
+from zsad.arrays import array_module, check_outputs_on
 from zsad.errors import ZsadError
+from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES, Bundle
+from zsad.formats.urls import read_secret
 from zsad.runtime.backend import EncoderBackend
+from zsad.runtime.onnx_backend import resolve_providers
+from zsad.runtime.open import open_backend
+from zsad.runtime.triton_backend import TOKEN_ENV, TritonBackend, parse_url
+from zsad.scoring.pipeline import METHODS as SET_METHODS
 
-if TYPE_CHECKING:
-    from zsad.runtime.triton_backend import TritonBackend
+# zsad.model (torch, open_clip) is imported inside the functions that build a PyTorch encoder:
+# bundles, engines and Triton run without torch installed.
 
 DEFAULT_MODEL = "ViT-L-14-336"
 # The ViT-L/14 methods were published at 518 px (37 x 37 patches); other models default to the
@@ -64,12 +69,10 @@ class EncoderSpec:
         if self.device != "cuda" or self.engine is not None or self.triton is not None:
             return
         if self.deployed:
-            from zsad.runtime.onnx_backend import resolve_providers
-
             resolve_providers("cuda")
             return
         require_torch(f"--model {self.model}")
-        from zsad.model.cuda import cuda_available  # torch, present after require_torch
+        from zsad.model.cuda import cuda_available
 
         if not cuda_available():
             raise ZsadError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
@@ -84,7 +87,7 @@ class EncoderSpec:
 def require_torch(what: str, alternative: str = "") -> None:
     """Fail with one line naming the export extra when torch or open_clip is not installed."""
     try:
-        import zsad.model  # noqa: F401  (the torch layer: fails here without torch or open_clip)
+        import zsad.model  # noqa: F401  (fails here without torch or open_clip)
     except ImportError as exc:
         raise ZsadError(
             f"{what} needs the export extra ({exc.name} is missing): pip install 'zsad[export]'"
@@ -134,9 +137,6 @@ def read_deployment(spec: EncoderSpec) -> Deployment:
 
 def open_triton(spec: EncoderSpec) -> TritonBackend:
     """Connect to the served encoder; with --bundle too, the served file must be that bundle's."""
-    from zsad.formats.urls import read_secret
-    from zsad.runtime.triton_backend import TOKEN_ENV, TritonBackend, parse_url
-
     parse_url(spec.triton)  # first: a URL with credentials must not be repeated in a message
     if spec.engine is not None:
         raise ZsadError("--triton and --engine: the engine runs on the server; give one of them")
@@ -167,12 +167,10 @@ def model_image_size(model: str, image_size: int | None) -> int:
         return image_size
     if model in PAPER_MODELS:
         return PAPER_IMAGE_SIZE
-    from zsad.formats.backbones import get_arch
-
     arch = get_arch(model)
     if arch is not None:
         return arch.default_image_size
-    from zsad.model.loading import clip_image_size  # open_clip reads the model's config
+    from zsad.model.loading import clip_image_size
 
     return clip_image_size(model, PAPER_IMAGE_SIZE)
 
@@ -180,10 +178,7 @@ def model_image_size(model: str, image_size: int | None) -> int:
 def set_outputs_on(spec: EncoderSpec, method: str, scoring_device: str) -> str:
     """'device' when a bundle's or engine's outputs feed STAPS/MuSc set scoring on CuPy (the
     taps then never leave the GPU), else 'host'."""
-    from zsad.arrays import array_module
-    from zsad.scoring.pipeline import METHODS
-
-    if not spec.runs_bundle or method not in METHODS:
+    if not spec.runs_bundle or method not in SET_METHODS:
         return "host"
     return "host" if array_module(scoring_device) is np else "device"
 
@@ -212,8 +207,6 @@ def open_encoder(
     deployment = deployment or read_deployment(spec)
     if deployment.served is not None:
         return _checked_outputs(deployment.served, outputs, spec.describe())
-    from zsad.runtime.open import open_backend
-
     path = spec.engine if spec.engine is not None else spec.bundle
     assert path is not None
     backend = open_backend(

@@ -9,6 +9,8 @@ from zsad.arrays import check_outputs_on
 from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES, FP16_ONNX, FP32_ONNX, Bundle
 from zsad.runtime.backend import EncoderBackend
+from zsad.runtime.onnx_backend import OnnxBackend, resolve_providers
+from zsad.runtime.tensorrt_backend import TensorRTBackend
 
 
 def open_backend(
@@ -39,11 +41,7 @@ def open_backend(
             f"{bundle.image_size} px (the size is fixed at export)"
         )
     if path.suffix in ENGINE_SUFFIXES:
-        from zsad.runtime.tensorrt_backend import TensorRTBackend
-
         return TensorRTBackend(bundle, path.name, device=device, outputs_on=outputs_on)
-    from zsad.runtime.onnx_backend import OnnxBackend, resolve_providers
-
     if path.is_dir():
         providers = resolve_providers(device)
         name = FP16_ONNX if providers[0] == "CUDAExecutionProvider" else FP32_ONNX
