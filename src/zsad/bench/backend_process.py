@@ -21,7 +21,13 @@ from typing import IO, Any
 
 import numpy as np
 
+import zsad
+from zsad.bench import measure as bm
+from zsad.bench.backends import bundle_backend, check_device, load_backbone, torch_backend
+from zsad.bench.measure import peak_rss_mb
 from zsad.errors import ZsadError
+from zsad.formats.bundle import FP32_ONNX
+from zsad.formats.methods import METHODS
 
 MEMORY_METHODS = {
     "row_hwm": "peak resident memory (VmHWM, MiB) of the backend's own process during the row's "
@@ -38,8 +44,6 @@ class BackendProcess:
     """The parent's handle on a child process serving one backend (use it as a context)."""
 
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        import zsad
-
         source = str(Path(zsad.__file__).resolve().parents[1])
         env = dict(os.environ)
         # The child must import this same zsad, whichever tree the parent runs from.
@@ -114,9 +118,6 @@ class BackendProcess:
 
 def bundle_flops(bundle: Path) -> tuple[float | None, str]:
     """FLOPs per image from the bundle's FP32 ONNX graph: every bundle backend runs that math."""
-    from zsad.bench import measure as bm
-    from zsad.formats.bundle import FP32_ONNX
-
     try:
         return bm.onnx_graph_flops(bundle / FP32_ONNX), f"FLOPs from the {FP32_ONNX} graph"
     except ImportError:
@@ -135,10 +136,6 @@ def open_backend(
     bundle: Path | None,
 ) -> tuple[Any, float | None, str]:
     """The backend for one --backend name, its FLOPs per image, and their source or absence."""
-    from zsad.bench import measure as bm
-    from zsad.bench.backends import bundle_backend, check_device, load_backbone, torch_backend
-    from zsad.formats.methods import METHODS
-
     check_device(name, device)
     if name.startswith("torch"):
         backbone = load_backbone(model, weights, pretrained)
@@ -202,8 +199,6 @@ class _Server:
         if command == "row":
             return self.row(message["batch"], message["warmup"])
         if command == "time":
-            from zsad.bench import measure as bm
-
             # One untimed run first: after waiting on the peak sample the backend's threads
             # are cold, and its first run pays for waking them, not for encoding.
             seconds = bm.time_runs(
@@ -255,7 +250,6 @@ class _Server:
             return {"mb": round(used, 1), "method": "gpu_delta"}
         if self.reset:
             return {"mb": _hwm_mb(), "method": "row_hwm"}
-        from zsad.bench.measure import peak_rss_mb
 
         return {"mb": peak_rss_mb(), "method": "process_peak"}
 

@@ -10,6 +10,9 @@ from zsad.formats.bundle import Bundle
 from zsad.runtime.open import open_backend
 from zsad.scoring.pipeline import METHODS as SET_METHODS
 
+# zsad.model (torch) is imported inside the torch-* functions: `zsad --help` imports this module,
+# and the bundle backends run without torch.
+
 BACKENDS = ("torch-fp32", "torch-fp16", "onnxruntime", "trt", "rtx")
 
 
