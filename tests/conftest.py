@@ -48,9 +48,8 @@ def _export(*args: str) -> str:
     """Run `zsad export ARGS` in this process (the fast suite starts no process); its stderr."""
     from typer.testing import CliRunner
 
-    from zsad.cli.app import _register, app
+    from zsad.cli.app import app
 
-    _register()
     result = CliRunner().invoke(app, ["export", *args])
     assert result.exit_code == 0, (result.output, result.exception)
     return result.stderr

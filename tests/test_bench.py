@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
 from zsad.bench.backend_process import bundle_flops
-from zsad.cli.app import _register, app
+from zsad.cli.app import app
 
-_register()
 runner = CliRunner()
 
 
@@ -105,14 +104,13 @@ def test_paired_medians_alternate_the_run_with_its_reference() -> None:
     assert held_to == 3.0 and seconds >= 0
 
 
-@pytest.mark.slow
 def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import zsad.scoring
+    import zsad.bench.scoring
 
     calls: list[str] = []
-    msm, matmul = zsad.scoring.mutual_scores, bm.numpy_matmul_seconds
+    msm, matmul = zsad.bench.scoring.mutual_scores, bm.numpy_matmul_seconds
 
     def spy_msm(*args: Any, **kwargs: Any) -> Any:
         calls.append("msm")
@@ -122,7 +120,7 @@ def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
         calls.append("matmul")
         return matmul(*args, **kwargs)
 
-    monkeypatch.setattr(zsad.scoring, "mutual_scores", spy_msm)
+    monkeypatch.setattr(zsad.bench.scoring, "mutual_scores", spy_msm)
     monkeypatch.setattr(bm, "numpy_matmul_seconds", spy_matmul)
     from zsad.bench.scoring import ROUNDS, bench_scoring
 

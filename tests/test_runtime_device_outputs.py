@@ -182,7 +182,6 @@ def _images(root: Path) -> list[Path]:
     return sorted((root / "wood" / "test").rglob("*.png"))[:6]
 
 
-@pytest.mark.slow
 def test_set_scoring_on_the_gpu_asks_for_device_outputs_and_scores_the_same(
     bundle: Path, gpu: Any, tmp_path: Path
 ) -> None:
@@ -232,9 +231,8 @@ def test_bench_pipeline_keeps_the_taps_on_the_device(
 
     from typer.testing import CliRunner
 
-    from zsad.cli.app import _register, app
+    from zsad.cli.app import app
 
-    _register()
     args = ["bench", "pipeline", "--backend", "onnxruntime", "--device", "cpu", "--n", "3"]
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, [*args, "--bundle", str(bundle), "--out", str(out)])

@@ -25,7 +25,11 @@ from zsad.cli.options import (
     scoring_options,
 )
 from zsad.errors import ZsadError
+from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
+
+# The commands import what they run inside their functions: `zsad --help` starts without the
+# Detector, the station, the evaluation (scikit-learn, SciPy) or torch.
 
 PARTIAL_FAILURE_EXIT = 3  # infer finished, but some images could not be read
 ImagesArg = Annotated[
@@ -102,8 +106,6 @@ def infer(
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
-    from zsad.formats.atomic import writable_folder
-
     if stream and images:
         raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
     if not stream and not images:

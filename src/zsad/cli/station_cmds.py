@@ -25,7 +25,12 @@ from zsad.cli.options import (
     line_options,
     scoring_options,
 )
+from zsad.errors import ZsadError
+from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
+
+# The commands import what they run inside their functions: `zsad --help` starts without the
+# station, its line sinks or the threshold evaluation (scikit-learn).
 
 stream_scoring_options = scoring_options(exclude=STREAM_EXCLUDED)
 
@@ -120,7 +125,6 @@ def watch(
     are files not named like images (notes.txt, Thumbs.db). OUT may sit inside the hot folder
     (it is not scanned) but may not be the hot folder itself.
     """
-    from zsad.formats.atomic import writable_folder
     from zsad.station.line.sinks import build_sinks
     from zsad.station.run import check_watch_folders, open_when_available, watch_folder
 
@@ -177,7 +181,6 @@ def calibrate_threshold(
     BUNDLE/bundle.json under the method, with the settings it holds for. Prints JSON.
     """
     from zsad.data.datasets import read_folder, read_labelled_folder
-    from zsad.errors import ZsadError
     from zsad.evaluation.thresholds import calibrate_threshold as calibrate
 
     if not encoder.deployed:
