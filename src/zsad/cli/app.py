@@ -33,18 +33,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-
-for _commands in (
-    bench_cmds,
-    calibrate_cmds,
-    data_cmds,
-    detect_cmds,
-    eval_cmds,
-    export_cmds,
-    station_cmds,
-    weights_cmds,
-):
-    _commands.register(app)
+bench_cmds.register(app)
+calibrate_cmds.register(app)
+data_cmds.register(app)
+detect_cmds.register(app)
+eval_cmds.register(app)
+export_cmds.register(app)
+station_cmds.register(app)
+weights_cmds.register(app)
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from zsad.api.encoders import model_image_size, require_torch
 from zsad.cli.options import QueueDelayOpt, encoder_options, int_tuple, local_path_options
 from zsad.formats.methods import DEFAULT_METHOD, METHODS
 
-# The commands import what they run inside their functions: export needs torch, the engine builds
-# TensorRT and triton-serve a server; `zsad --help` starts without any of them.
+# The commands import what they run inside their functions (export needs torch): `zsad --help`
+# starts without any of it.
 
 ComputeCapabilityOpt = Annotated[
     str | None,

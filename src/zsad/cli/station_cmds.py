@@ -30,7 +30,7 @@ from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
 
 # The commands import what they run inside their functions: `zsad --help` starts without the
-# station, its line sinks or the threshold evaluation (scikit-learn).
+# station, its line sinks or the threshold search.
 
 stream_scoring_options = scoring_options(exclude=STREAM_EXCLUDED)
 
