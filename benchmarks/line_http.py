@@ -179,7 +179,10 @@ def run_once(args: argparse.Namespace, work: Path, label: str, served: bool) -> 
         command += ["--http", f"127.0.0.1:{port}"]
     station = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     status = out / "status.json"
-    while not (status.is_file() and json.loads(status.read_text())["state"] == "running"):
+    # A fresh station warms up its bank first: up is "warming-up" (or "running" with a bank).
+    while not (
+        status.is_file() and json.loads(status.read_text())["state"] in ("warming-up", "running")
+    ):
         if station.poll() is not None:
             raise SystemExit(station.communicate()[1])
         time.sleep(0.05)
@@ -208,7 +211,9 @@ def run_once(args: argparse.Namespace, work: Path, label: str, served: bool) -> 
     if isinstance(client, BrowserClient) and args.screenshot:
         time.sleep(1.5)  # the page shows the last part and its overlay
         shot = args.screenshot
-        client.driver.save_screenshot(str(shot))
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        if not client.driver.save_screenshot(str(shot)):
+            raise SystemExit(f"{shot}: the browser could not save the screenshot there")
     station.send_signal(signal.SIGTERM)
     _, stderr = station.communicate(timeout=600)
     if client is not None:

@@ -319,6 +319,11 @@ class FakeEngine:
         mode = self.trt.TensorIOMode
         return mode.INPUT if name == "pixels" else mode.OUTPUT
 
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name == "pixels":  # a dynamic batch, as zsad's engines are built
+            return (-1, 3, self.spec["image_size"], self.spec["image_size"])
+        return (-1, *OUTPUT_SHAPES[name])
+
     def get_tensor_dtype(self, name: str) -> Any:
         return (
             self.trt.DataType.HALF if self.dtypes[name] == np.float16 else self.trt.DataType.FLOAT
@@ -383,12 +388,13 @@ def write_engine_bundle(
     output_dtype: str = "float32",
     outputs: tuple[str, ...] = ("cls", "taps"),
     blob: bytes | None = None,
+    engine_size: int = IMAGE_SIZE,
 ) -> Path:
     """A bundle whose bundle.json lists an engine; the engine blob is the fake engine's spec
     (``profile`` is what the engine really takes, ``max_batch`` what bundle.json says)."""
     root.mkdir(parents=True, exist_ok=True)
     spec = {
-        "image_size": IMAGE_SIZE,
+        "image_size": engine_size,
         "profile": list(profile or (1, max_batch)),
         "input_dtype": input_dtype,
         "output_dtype": output_dtype,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from zsad.data.cameras.source import CameraFrame
-from zsad.data.cameras.store import FrameStore, frame_name
+from zsad.data.cameras.store import FrameStore, frame_name, read_part_id
 from zsad.data.images import load_image
 from zsad.errors import ZsadError
 
@@ -21,11 +21,10 @@ def picture(seed: int) -> np.ndarray:
 
 
 def scored(store: FrameStore, name: str, seed: int, ng: bool) -> str | None:
-    """What a station does per frame: write, score (elsewhere), settle, journal, release."""
+    """What a station does per frame: write, score (elsewhere), link, journal, file."""
     relative = store.write(picture(seed), name)
-    linked = store.settle(relative, ng)
-    if linked is None:
-        store.release(relative)
+    linked = store.destination(relative, ng)
+    store.file_as(relative, linked)
     return linked
 
 
@@ -35,8 +34,10 @@ def test_a_frame_is_written_as_a_lossless_png_and_linked_relative_to_out(tmp_pat
     assert relative == "frames/pending/f1.png"
     np.testing.assert_array_equal(load_image(tmp_path / relative), picture(1))
     assert store.pending() == [relative]
-    linked = store.settle(relative, ng=True)
-    assert linked == "frames/ng/f1.png" and not (tmp_path / relative).exists()
+    linked = store.destination(relative, ng=True)
+    assert linked == "frames/ng/f1.png" and (tmp_path / relative).exists()
+    store.file_as(relative, linked)
+    assert not (tmp_path / relative).exists()
     np.testing.assert_array_equal(load_image(tmp_path / linked), picture(1))
     assert store.pending() == []
     assert [p.name for p in (tmp_path / "frames").rglob(".*")] == []  # no temp file left
@@ -110,19 +111,29 @@ def test_names_and_policies_are_checked_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ZsadError, match="already there"):
         store.write(picture(1), "same")
     with pytest.raises(ZsadError, match="not a pending frame"):
-        store.settle("frames/ok/same.png", ng=True)
+        store.destination("frames/ok/same.png", ng=True)
+    with pytest.raises(ZsadError, match="not a place for a kept frame"):
+        store.file_as("frames/pending/same.png", "frames/pending/other.png")
 
 
 def test_kept_frames_and_folders_are_readable_by_others_not_writable(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
         store = FrameStore(tmp_path / "out", keep="all")
-        linked = store.settle(store.write(picture(0), "f"), ng=False)
+        linked = scored(store, "f", 0, ng=False)
     finally:
         os.umask(old)
     assert linked is not None
     assert (tmp_path / "out" / linked).stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "out/frames/ok").stat().st_mode & 0o777 == 0o755
+
+
+def test_the_part_id_travels_in_the_png_so_a_restart_still_knows_it(tmp_path: Path) -> None:
+    store = FrameStore(tmp_path)
+    tagged = store.write(picture(0), "tagged", part_id="PLC 42/ü")
+    plain = store.write(picture(1), "plain")
+    assert read_part_id(tmp_path / tagged) == "PLC 42/ü"
+    assert read_part_id(tmp_path / plain) is None
 
 
 def test_frame_names_sort_by_time_and_carry_a_safe_part_id() -> None:

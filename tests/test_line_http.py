@@ -23,7 +23,7 @@ from helpers import write_frame as _png
 from zsad.station.journal import Journal
 from zsad.station.line.config import HttpConfig
 from zsad.station.line.http import HttpSink
-from zsad.station.line.hub import LineContext
+from zsad.station.line.hub import LineContext, TriggerRefused
 
 TOKEN = "s3cret-token"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -231,6 +231,41 @@ def test_the_threshold_needs_the_token_and_a_well_formed_body(line, tmp_path: Pa
     assert served.context.take_threshold_request() == (0.75, "http 127.0.0.1")
     status, _ = _call(port, "POST", "/api/threshold", b'{"threshold": null}', **bearer)
     assert status == 202 and served.context.take_threshold_request() == (None, "http 127.0.0.1")
+
+
+@pytest.mark.slow
+def test_a_trigger_needs_the_token_and_reaches_the_camera_with_its_part_id(line) -> None:
+    served = line()
+    port, bearer = served.port, {"Authorization": f"Bearer {TOKEN}"}
+    body = json.dumps({"part_id": "P-1042"}).encode()
+    status, answer = _call(port, "POST", "/api/trigger", body, **bearer)
+    assert status == 409 and "hot folder" in answer["error"]  # no camera serves triggers yet
+    asked: list[str | None] = []
+    served.context.serve_triggers(asked.append)
+    assert _call(port, "POST", "/api/trigger", body)[0] == 401
+    for bad, needle in (
+        (b'{"part_id": "x", "by": "me"}', "unknown field"),
+        (b'{"part": "x"}', "JSON object"),
+        (b'{"part_id": 42}', "part id"),
+        (b'{"part_id": ""}', "part id"),
+        (json.dumps({"part_id": "x" * 65}).encode(), "part id"),
+        (b'{"part_id": "a\\nb"}', "control characters"),
+        (b"P-1", "not JSON"),
+    ):
+        status, answer = _call(port, "POST", "/api/trigger", bad, **bearer)
+        assert status == 400 and needle in answer["error"], (bad, answer)
+    assert asked == []
+    status, answer = _call(port, "POST", "/api/trigger", body, **bearer)
+    assert status == 202 and answer == {"part_id": "P-1042", "accepted": True}
+    assert _call(port, "POST", "/api/trigger", b'{"part_id": null}', **bearer)[0] == 202
+    assert asked == ["P-1042", None]
+
+    def unreachable(part_id: str | None) -> None:
+        raise TriggerRefused("camera unreachable since 12:00", busy=True)
+
+    served.context.serve_triggers(unreachable)
+    status, answer = _call(port, "POST", "/api/trigger", body, **bearer)
+    assert status == 503 and "unreachable" in answer["error"]
 
 
 @pytest.mark.slow

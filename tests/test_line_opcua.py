@@ -475,3 +475,48 @@ def test_acknowledge_with_an_argument_of_the_wrong_type_is_a_type_mismatch(
         sink.stop(3.0)
         journal.close()
     assert got == {"Station.AcknowledgedResultId": 1}
+
+
+def test_trigger_carries_the_part_id_and_a_refusal_is_a_bad_status(tmp_path: Path) -> None:
+    from zsad.station.journal import Journal
+    from zsad.station.line.config import OpcuaConfig
+    from zsad.station.line.hub import LineContext, TriggerRefused
+    from zsad.station.line.opcua import OpcuaSink
+
+    journal = Journal(tmp_path / "results.jsonl")
+    context = LineContext(tmp_path, echo=lambda line: None)
+    url = f"opc.tcp://127.0.0.1:{free_port()}"
+    sink = OpcuaSink(OpcuaConfig(url, "none"))
+    sink.start(context)
+    asked: list[str | None] = []
+
+    def unreachable(part_id: str | None) -> None:
+        raise TriggerRefused("camera unreachable", busy=True)
+
+    async def plc() -> None:
+        async with Client(url, timeout=30) as client:
+            view = await Station(client).open()
+            method = ua.QualifiedName("Trigger", view.ns)
+
+            async def trigger(argument: ua.Variant) -> Any:
+                return await view.node("Station").call_method(method, argument)
+
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidState"):
+                await trigger(ua.Variant("P-1"))  # a hot folder takes no triggers
+            context.serve_triggers(asked.append)
+            with pytest.raises(ua.UaStatusCodeError, match="BadTypeMismatch"):
+                await trigger(ua.Variant(7, ua.VariantType.Int64))
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
+                await trigger(ua.Variant("x" * 65))
+            await trigger(ua.Variant("P-1"))
+            await trigger(ua.Variant(""))
+            context.serve_triggers(unreachable)
+            with pytest.raises(ua.UaStatusCodeError, match="BadResourceUnavailable"):
+                await trigger(ua.Variant("P-2"))
+
+    try:
+        asyncio.run(plc())
+    finally:
+        sink.stop(3.0)
+        journal.close()
+    assert asked == ["P-1", None]

@@ -237,6 +237,10 @@ def test_runtime_failures_are_one_line_errors(fakes: SimpleNamespace, tmp_path: 
         ({"blob": b"not an engine"}, ["could not deserialise the engine on Stand-in RTX 3090"]),
         ({"outputs": ("cls",)}, ["the engine takes ['pixels'] and gives ['cls']"]),
         ({"outputs": ("cls", "taps", "local")}, ["gives ['cls', 'local', 'taps']"]),
+        (
+            {"engine_size": IMAGE_SIZE + 14},
+            [f"takes images of (3, {IMAGE_SIZE + 14}, {IMAGE_SIZE + 14}); bundle.json says"],
+        ),
         ({"fail": "cuStreamCreate"}, ["CUDA stream creation failed: no CUDA-capable device"]),
         ({"device": "cuda:1"}, ["CUDA device 1 failed: invalid argument"]),
         ({"device": "cpu"}, ["--device cpu: a TensorRT engine needs a GPU"]),
@@ -252,6 +256,7 @@ def test_opening_failures_are_one_line_errors_that_hold_nothing(
         version=setup.get("version", "1.7.1"),
         outputs=setup.get("outputs", ("cls", "taps")),
         blob=setup.get("blob"),
+        engine_size=setup.get("engine_size", IMAGE_SIZE),
     )
     driver.capability = setup.get("capability", driver.capability)
     if "fail" in setup:

@@ -100,6 +100,25 @@ def test_every_config_parses_and_matches_the_bundle(bundle: Path, tmp_path: Path
     assert (repo / "zsad_python" / "1" / "model.py").read_text().startswith('"""Triton')
 
 
+def test_the_openvino_form_serves_the_fp32_file_on_the_cpu(bundle: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = zsad("triton", str(bundle), str(repo), "--form", "onnx,openvino", block=TORCH)
+    assert result.returncode == 0, result.stderr
+    configs = _configs(repo)
+    config = configs["zsad_openvino"]
+    assert config.backend == "openvino" and not config.platform
+    assert config.default_model_filename == "model.onnx"
+    # On the CPU whatever --kind says: Triton's OpenVINO backend has no NVIDIA GPU device.
+    assert [g.kind for g in config.instance_group] == [CPU]
+    assert configs["zsad"].instance_group[0].kind == GPU
+    assert config.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+    assert config.parameters[PARAM_FILE].string_value == "encoder.onnx"
+    meta = json.loads((bundle / "bundle.json").read_text())
+    served = repo / "zsad_openvino" / "1" / "model.onnx"
+    assert sha256_file(served) == meta["files"]["encoder.onnx"]["sha256"]
+    assert list(config.input[0].dims) == [3, BUNDLE_SIZE, BUNDLE_SIZE]
+
+
 def test_headclip_carries_its_calibration_and_the_ensemble_parses(
     headclip_bundle: Path, tmp_path: Path
 ) -> None:

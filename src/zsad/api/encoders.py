@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,13 +14,15 @@ from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES, Bundle
 from zsad.formats.urls import read_secret
 from zsad.runtime.backend import EncoderBackend
-from zsad.runtime.onnx_backend import resolve_providers
-from zsad.runtime.open import open_backend
-from zsad.runtime.triton_backend import TOKEN_ENV, TritonBackend, parse_url
 from zsad.scoring.pipeline import METHODS as SET_METHODS
 
-# zsad.model (torch, open_clip) is imported inside the functions that build a PyTorch encoder:
-# bundles, engines and Triton run without torch installed.
+if TYPE_CHECKING:
+    from zsad.runtime.triton_backend import TritonBackend
+
+# Two kinds of import stay inside functions: zsad.model (torch, open_clip), where a PyTorch
+# encoder is built, since bundles, engines and Triton run without torch; and the runtimes
+# (zsad.runtime.open, onnx_backend, triton_backend), where an encoder opens, since the command
+# line imports this module and `zsad --help` must not load them.
 
 DEFAULT_MODEL = "ViT-L-14-336"
 # The ViT-L/14 methods were published at 518 px (37 x 37 patches); other models default to the
@@ -39,6 +42,8 @@ class EncoderSpec:
     device: str = "auto"
     bundle: Path | None = None
     engine: Path | None = None
+    backend: str = "auto"  # what runs a bundle: auto, onnxruntime or openvino
+    precision: str | None = None  # OpenVINO's fp32 (default), bf16 or int8
     triton: str | None = None  # a Triton server URL: the encoder runs there
     triton_model: str | None = None
     triton_timeout_s: float = 30.0
@@ -66,9 +71,19 @@ class EncoderSpec:
 
     def check_device(self) -> None:
         """Fail early, in one line, when --device cuda cannot be honoured here."""
+        local_runtime = self.backend != "auto" or self.precision is not None
+        if (local_runtime or self.device == "gpu") and (self.bundle is None or self.triton):
+            raise ZsadError(
+                "--backend, --precision and --device gpu choose what runs a bundle here: "
+                "pass --bundle DIR (not --model or --triton)"
+            )
         if self.device != "cuda" or self.engine is not None or self.triton is not None:
             return
+        if self.backend == "openvino":
+            return  # its own one-line error, when the bundle opens
         if self.deployed:
+            from zsad.runtime.onnx_backend import resolve_providers
+
             resolve_providers("cuda")
             return
         require_torch(f"--model {self.model}")
@@ -137,6 +152,8 @@ def read_deployment(spec: EncoderSpec) -> Deployment:
 
 def open_triton(spec: EncoderSpec) -> TritonBackend:
     """Connect to the served encoder; with --bundle too, the served file must be that bundle's."""
+    from zsad.runtime.triton_backend import TOKEN_ENV, TritonBackend, parse_url
+
     parse_url(spec.triton)  # first: a URL with credentials must not be repeated in a message
     if spec.engine is not None:
         raise ZsadError("--triton and --engine: the engine runs on the server; give one of them")
@@ -209,11 +226,15 @@ def open_encoder(
         return _checked_outputs(deployment.served, outputs, spec.describe())
     path = spec.engine if spec.engine is not None else spec.bundle
     assert path is not None
+    from zsad.runtime.open import open_backend
+
     backend = open_backend(
         path,
         device=spec.device,
         image_size=spec.image_size,
         outputs_on=outputs_on,
+        backend=spec.backend,
+        precision=spec.precision,
         bundle=deployment.bundle,
     )
     return _checked_outputs(backend, outputs, str(path))

@@ -24,6 +24,7 @@ RECORD_FIELDS = (
     "name",
     "size",
     "mtime_ns",
+    "part_id",
     "score",
     "raw_score",
     "decision",
@@ -31,6 +32,7 @@ RECORD_FIELDS = (
     "phase",
     "map",
     "overlay",
+    "frame",
     "error",
     "rejected_to",
     "time",
@@ -106,9 +108,11 @@ class Result:
         file: FileFacts | None = None,
         rejected_to: str | None = None,
         timing: dict[str, float] | None = None,
+        part_id: str | None = None,
+        frame: str | None = None,
     ) -> dict[str, Any]:
         """The results.jsonl record (schema ``RECORD_SCHEMA``, without the ``id`` the writer
-        adds); ``map``/``overlay`` are where those files were written, relative to OUT."""
+        adds); ``map``/``overlay``/``frame`` are where those files are, relative to OUT."""
         return {
             "schema": RECORD_SCHEMA,
             "index": self.index,
@@ -116,6 +120,7 @@ class Result:
             "name": None if file is None else file.name,
             "size": None if file is None else file.size,
             "mtime_ns": None if file is None else file.mtime_ns,
+            "part_id": part_id,
             "score": self.score,
             "raw_score": self.raw_score,
             "decision": self.decision,
@@ -123,6 +128,7 @@ class Result:
             "phase": self.phase,
             "map": map,
             "overlay": overlay,
+            "frame": frame,
             "error": self.error,
             "rejected_to": rejected_to,
             "time": now_iso(),

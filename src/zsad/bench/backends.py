@@ -7,13 +7,22 @@ from typing import Any
 
 from zsad.errors import ZsadError
 from zsad.formats.bundle import Bundle
-from zsad.runtime.open import open_backend
 from zsad.scoring.pipeline import METHODS as SET_METHODS
 
-# zsad.model (torch) is imported inside the torch-* functions: `zsad --help` imports this module,
-# and the bundle backends run without torch.
+# zsad.model (torch) and zsad.runtime.open are imported inside the functions that open a backend:
+# `zsad --help` imports this module for the backend names, and the bundle backends run without
+# torch.
 
-BACKENDS = ("torch-fp32", "torch-fp16", "onnxruntime", "trt", "rtx")
+BACKENDS = (
+    "torch-fp32",
+    "torch-fp16",
+    "onnxruntime",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "trt",
+    "rtx",
+)
 
 
 def check_backends(names: list[str]) -> None:
@@ -24,9 +33,11 @@ def check_backends(names: list[str]) -> None:
 
 
 def check_device(backend: str, device: str) -> None:
-    """torch-fp16 and the engines run only on a CUDA GPU."""
+    """torch-fp16 and the engines run only on a CUDA GPU, OpenVINO only on the CPU here."""
     if backend in ("torch-fp16", "trt", "rtx") and not device.startswith("cuda"):
         raise ZsadError(f"{backend} needs a CUDA GPU; this run is on {device}")
+    if backend.startswith("openvino") and device != "cpu":
+        raise ZsadError(f"{backend} is timed on the CPU (--device cpu); this run is on {device}")
 
 
 def load_backbone(model: str, weights: Path | None, pretrained: str | None) -> Any:
@@ -49,13 +60,28 @@ def torch_backend(
 
 
 def bundle_backend(name: str, bundle: Path | None, device: str, gpu_scoring: bool = False) -> Any:
-    """The bundle's ONNX Runtime session (onnxruntime) or its engine (trt, rtx); with
-    ``gpu_scoring`` a bundle for STAPS or MuSc keeps its outputs on the GPU for set scoring."""
+    """The bundle's ONNX Runtime session (onnxruntime), OpenVINO model (openvino-PRECISION) or
+    engine (trt, rtx); with ``gpu_scoring`` a bundle for STAPS or MuSc keeps its outputs on the
+    GPU for set scoring."""
     if bundle is None:
         raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
     path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
     if name in ("trt", "rtx") and not path.exists():
         raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
+    from zsad.runtime.open import open_backend
+
     loaded = Bundle.load(bundle)
     on = "device" if gpu_scoring and loaded.method in SET_METHODS else "host"
-    return open_backend(path, device=device, image_size=None, outputs_on=on, bundle=loaded)
+    if name.startswith("openvino"):
+        precision = name.split("-", 1)[1]
+        return open_backend(
+            path,
+            device="cpu",
+            outputs_on=on,
+            backend="openvino",
+            precision=precision,
+            bundle=loaded,
+        )
+    # Named, so that --device auto's choice of runtime never swaps the row's runtime.
+    runtime = "onnxruntime" if name == "onnxruntime" else "auto"
+    return open_backend(path, device=device, outputs_on=on, backend=runtime, bundle=loaded)

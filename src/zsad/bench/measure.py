@@ -319,6 +319,8 @@ def environment(device: str) -> dict[str, Any]:
         "cupy-cuda13x",
         "tensorrt",
         "tensorrt-rtx-cu12",
+        "openvino",
+        "nncf",
     ):
         try:
             versions[dist] = md.version(dist)

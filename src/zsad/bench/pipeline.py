@@ -54,50 +54,62 @@ def bench_pipeline(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time STAPS over N images and HeadCLIP at each batch; writes bench.json, bench.md, a plot."""
-    if backend not in BACKENDS:
-        raise ZsadError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    names = backend.split(",")
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown:
+        raise ZsadError(f"--backend {','.join(unknown)}: choose from {', '.join(BACKENDS)}")
     dev = resolve_device(device)
     env = bm.environment(dev)
     scoring = SetScoringConfig(method="staps", seed=seed)
     gpu_scoring = array_module(scoring.device) is not np
-    encoders = _encoders(backend, model, weights, pretrained, image_size, dev, bundle, gpu_scoring)
-    size = next(iter(encoders.values())).image_size
     rows: list[dict[str, Any]] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="zsad-bench-") as tmp:
-            count = max(
-                n if "staps" in encoders else 0, headclip_n if "headclip" in encoders else 0
+    outputs_on: dict[str, str] = {}
+    sizes = set()
+    with tempfile.TemporaryDirectory(prefix="zsad-bench-") as tmp:
+        for name in names:  # one after another on the same images, so their rows compare
+            encoders = _encoders(
+                name, model, weights, pretrained, image_size, dev, bundle, gpu_scoring
             )
-            paths = _synthetic_paths(Path(tmp) / "data", count, 256, seed)
-            if "staps" in encoders:
-                runner = encoders["staps"]
-                score = _staps_scorer(scoring, size)
-                stages = _stages(runner, paths[:n], batch_size, score, Path(tmp) / "staps")
-                rows.append(_row("staps", runner.name, n, batch_size, stages))
-            if "headclip" in encoders:
-                runner = encoders["headclip"]
-                score = _headclip_scorer(size, seed)
-                for b in headclip_batches:
-                    folder = Path(tmp) / f"headclip{b}"
-                    stages = _stages(runner, paths[:headclip_n], b, score, folder)
-                    rows.append(_row("headclip", runner.name, headclip_n, b, stages))
-    finally:
-        # Only at the end: the torch-* encoders share one CLIP, which close() moves off the GPU.
-        for encoder in encoders.values():
-            encoder.close()
+            try:
+                size = next(iter(encoders.values())).image_size
+                sizes.add(size)
+                count = max(
+                    n if "staps" in encoders else 0, headclip_n if "headclip" in encoders else 0
+                )
+                work = Path(tmp) / name
+                paths = _synthetic_paths(work / "data", count, 256, seed)
+                if "staps" in encoders:
+                    runner = encoders["staps"]
+                    score = _staps_scorer(scoring, size)
+                    stages = _stages(runner, paths[:n], batch_size, score, work / "staps")
+                    rows.append(_row("staps", runner.name, n, batch_size, stages))
+                if "headclip" in encoders:
+                    runner = encoders["headclip"]
+                    score = _headclip_scorer(size, seed)
+                    for b in headclip_batches:
+                        folder = work / f"headclip{b}"
+                        stages = _stages(runner, paths[:headclip_n], b, score, folder)
+                        rows.append(_row("headclip", runner.name, headclip_n, b, stages))
+                # STAPS with a bundle and GPU scoring: the taps stay on the GPU throughout.
+                outputs_on.update(
+                    {e.name: getattr(e, "outputs_on", "host") for e in encoders.values()}
+                )
+            finally:
+                # Only here: the torch-* encoders share one CLIP, which close() moves off the GPU.
+                for encoder in encoders.values():
+                    encoder.close()
     config = {
         "backend": backend,
         "model": model if backend.startswith("torch") else None,
         "bundle": None if bundle is None else str(bundle),
         "pretrained": pretrained,
-        "image_size": size,
+        "image_size": sizes.pop() if len(sizes) == 1 else sorted(sizes),
         "n": n,
         "headclip_n": headclip_n,
         "headclip_batch": list(headclip_batches),
         "staps_batch": batch_size,
         "scoring_device": "gpu" if gpu_scoring else "cpu",
-        # STAPS with a bundle and GPU scoring: the taps stay on the GPU from encoder to scoring.
-        "outputs_on": {name: getattr(e, "outputs_on", "host") for name, e in encoders.items()},
+        "outputs_on": outputs_on,
     }
     cols = ["method", "runner", "images", "batch", "images_per_s", "total_s", *STAGES]
     md = bm.markdown_table(rows, cols)

@@ -180,8 +180,9 @@ def pipeline(
         str,
         typer.Option(
             "--backend",
-            help=f"One of {', '.join(BACKENDS)}. torch-* build both encoders from --model; the "
-            "others run --bundle, which serves one method (the one it was exported for).",
+            help=f"Comma-separated, timed one after another: {', '.join(BACKENDS)}. torch-* "
+            "build both encoders from --model; the others run --bundle, which serves one method "
+            "(the one it was exported for).",
         ),
     ] = "torch-fp32",
     bundle: BundleOpt = None,

@@ -24,6 +24,7 @@ from zsad.cli.options import (
     headclip_options,
     scoring_options,
 )
+from zsad.data.datasets import read_folder
 from zsad.errors import ZsadError
 from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
@@ -121,7 +122,6 @@ def infer(
                 stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
             return
         from zsad.api.infer import infer_to_folder
-        from zsad.data.datasets import read_folder
 
         paths = [s.path for s in read_folder(images, recursive=recursive, out=out)]
         with detector(

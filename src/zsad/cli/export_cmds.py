@@ -36,7 +36,7 @@ TritonRepoOpt = Annotated[
     ),
 ]
 NameOpt = Annotated[
-    str, typer.Option("--name", help="Model name; other forms get _fp16, _trt, _python.")
+    str, typer.Option("--name", help="Model name; other forms get _fp16, _trt, _python, _openvino.")
 ]
 FormOpt = Annotated[
     str,
@@ -44,7 +44,8 @@ FormOpt = Annotated[
         "--form",
         help="Comma-separated: onnx (FP32, onnxruntime_onnx), fp16 (FP16 ONNX), trt "
         "(tensorrt_plan, when the bundle has a full TensorRT engine), python (ONNX Runtime "
-        "inside the Python backend, for servers without the onnxruntime backend).",
+        "inside the Python backend, for servers without the onnxruntime backend), openvino "
+        "(the FP32 ONNX file on Triton's OpenVINO backend, CPU).",
     ),
 ]
 PreferredOpt = Annotated[

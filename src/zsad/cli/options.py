@@ -13,11 +13,13 @@ from typing import Annotated, Any, Literal
 import typer
 
 from zsad.api.encoders import EncoderSpec
+from zsad.data.cameras.uri import parse_settings
 from zsad.errors import ZsadError
 from zsad.formats.backbones import MAX_GRID
 from zsad.formats.local_path import parse_layers
 from zsad.formats.methods import METHODS, STREAMABLE
 from zsad.scoring.pipeline import SetScoringConfig
+from zsad.station.camera import CameraConfig
 from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaConfig
 
 # zsad.api.scorers (the Detector's scoring, tqdm) is imported where the options become
@@ -70,10 +72,31 @@ ImageSizeOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[
-    Literal["auto", "cpu", "cuda"],
+    Literal["auto", "cpu", "cuda", "gpu"],
     typer.Option(
         "--device",
-        help="Where to run: auto, cpu, cuda (the GPU when one is present).",
+        help="Where to run: auto, cpu, cuda (the GPU when one is present), gpu (an Intel GPU, "
+        "with --backend openvino).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+RuntimeOpt = Annotated[
+    Literal["auto", "onnxruntime", "openvino"],
+    typer.Option(
+        "--backend",
+        help="What runs a --bundle: onnxruntime, openvino (Intel/AMD CPUs, Intel GPUs; the "
+        "openvino extra) or auto (ONNX Runtime on CUDA, else OpenVINO on x86-64 CPUs where "
+        "installed, else ONNX Runtime; says so on stderr).",
+        rich_help_panel=ENCODER_PANEL,
+    ),
+]
+PrecisionOpt = Annotated[
+    Literal["fp32", "bf16", "int8"] | None,
+    typer.Option(
+        "--precision",
+        help="OpenVINO's arithmetic (implies --backend openvino): fp32 (default, the scores of "
+        "ONNX Runtime), bf16 (faster on CPUs with AVX-512 BF16 or AMX; scores move by about "
+        "1e-2) or int8 (8-bit weights, fp32 arithmetic).",
         rich_help_panel=ENCODER_PANEL,
     ),
 ]
@@ -265,6 +288,8 @@ _ENCODER_OPTIONS = {
     "image_size": (MaybeImageSizeOpt, None),
     "device": (DeviceOpt, "auto"),
     "bundle": (BundleOpt, None),
+    "backend": (RuntimeOpt, "auto"),
+    "precision": (PrecisionOpt, None),
     "engine": (EngineOpt, None),
     "triton": (TritonOpt, None),
     "triton_model": (TritonModelOpt, None),
@@ -727,3 +752,112 @@ def line_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return config
 
     return option_group("line", parameters, build)
+
+
+CAMERA_PANEL = "Camera (--source genicam:// or rtsp://)"
+
+
+def _camera_option(flag: str, annotation: Any, help: str, **extra: Any) -> Any:
+    return Annotated[
+        annotation, typer.Option(flag, help=help, rich_help_panel=CAMERA_PANEL, **extra)
+    ]
+
+
+_CAMERA_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "source": (
+        _camera_option(
+            "--source",
+            str | None,
+            "Where frames come from: a hot folder (as IN_DIR), genicam://PRODUCER.cti "
+            "[?serial=S|index=N] (GigE Vision / USB3 Vision through the vendor's GenTL producer) "
+            "or rtsp://HOST[:PORT]/PATH. Camera frames are kept under OUT/frames.",
+        ),
+        None,
+    ),
+    "camera_set": (
+        _camera_option(
+            "--camera-set",
+            list[str] | None,
+            "NAME=VALUE: a GenICam feature written before acquisition, in order (repeatable), "
+            "e.g. ExposureTime=5000 or PixelFormat=BayerRG8.",
+        ),
+        None,
+    ),
+    "trigger": (
+        _camera_option(
+            "--trigger",
+            str,
+            "free (the camera's frame rate), software (one frame per trigger from the line: "
+            "OPC UA Trigger, MQTT PREFIX/trigger, POST /api/trigger) or hardware[:LINE] (the "
+            "camera's input line, Line0 by default).",
+        ),
+        "free",
+    ),
+    "keep_frames": (
+        _camera_option(
+            "--keep-frames",
+            Literal["ng", "all", "none"],
+            "Scored frames kept under OUT/frames (ng/ or ok/), linked from their record.",
+        ),
+        "ng",
+    ),
+    "frames_budget_gb": (
+        _camera_option(
+            "--frames-budget-gb",
+            float | None,
+            "Disk the kept frames may take; over it the oldest OK frames are deleted first, NG "
+            "frames only when no OK frame is left (default: no bound).",
+            min=0.000001,
+        ),
+        None,
+    ),
+    "camera_user": (_camera_option("--camera-user", str | None, "RTSP user name."), None),
+    "camera_password_file": (
+        _camera_option(
+            "--camera-password-file",
+            Path | None,
+            "File whose first line is the RTSP password (default: $ZSAD_CAMERA_PASSWORD).",
+        ),
+        None,
+    ),
+}
+
+
+def camera_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--source and the camera options, given as ``source``: a CameraConfig for a camera, the
+    folder's Path for a hot folder, None without --source."""
+    parameters = [option_parameter(f"cam_{n}", *spec) for n, spec in _CAMERA_OPTIONS.items()]
+
+    def build(values: dict[str, Any]) -> CameraConfig | Path | None:
+        v = {name: values[f"cam_{name}"] for name in _CAMERA_OPTIONS}
+        source = v["source"]
+        if source is None or "://" not in source:
+            given = [
+                flag
+                for flag, name in (
+                    ("--camera-set", "camera_set"),
+                    ("--frames-budget-gb", "frames_budget_gb"),
+                    ("--camera-user", "camera_user"),
+                    ("--camera-password-file", "camera_password_file"),
+                )
+                if v[name]
+            ]
+            if v["trigger"] != "free":
+                given.append("--trigger")
+            if given:
+                raise ZsadError(f"{given[0]}: only with a camera --source (genicam:// or rtsp://)")
+            return None if source is None else Path(source)
+        budget = v["frames_budget_gb"]
+        config = CameraConfig(
+            source,
+            parse_settings(v["camera_set"] or []),
+            v["trigger"],
+            v["keep_frames"],
+            None if budget is None else int(budget * 1e9),
+            v["camera_user"],
+            v["camera_password_file"],
+        )
+        config.check()
+        return config
+
+    return option_group("source", parameters, build)

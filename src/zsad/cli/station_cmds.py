@@ -1,4 +1,4 @@
-"""Station commands: `zsad watch` (a hot folder) and `zsad calibrate-threshold`."""
+"""Station commands: `zsad watch` (a hot folder or a camera) and `zsad calibrate-threshold`."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ from zsad.cli.options import (
     SeedOpt,
     StreamMethodOpt,
     ThresholdOpt,
+    camera_options,
     encoder_options,
     headclip_options,
     line_options,
     scoring_options,
 )
+from zsad.data.datasets import read_folder, read_labelled_folder
 from zsad.errors import ZsadError
 from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
@@ -90,12 +92,17 @@ DryRunOpt = Annotated[
 ]
 
 
+@camera_options()
 @line_options()
 @stream_scoring_options
 @headclip_options()
 @encoder_options()
 def watch(
-    in_dir: Annotated[Path, typer.Argument(help="Hot folder the camera or PLC writes images to.")],
+    in_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Hot folder the camera or PLC writes images to (or give --source)."),
+    ] = None,
+    *,
     out: Annotated[Path, typer.Option("--out", help="Results folder (resumed if it exists).")],
     method: StreamMethodOpt = None,
     bank: BankOpt = DEFAULT_BANK,
@@ -106,13 +113,13 @@ def watch(
     status_every: StatusOpt = 5.0,
     overlays: OverlaysOpt = True,
     seed: SeedOpt = 0,
-    *,
     encoder: Any,
     headclip: HeadclipFlags,
     scoring: Any,
     line: Any,
+    source: Any,
 ) -> None:
-    """Inspect images as they arrive in a hot folder, in arrival order, until stopped.
+    """Inspect images as they arrive in a hot folder or from a camera, in order, until stopped.
 
     Writes one line per image to OUT/results.jsonl (arrival index, score, OK/NG, map, overlay,
     timings), appended and fsync'd one at a time, with maps in OUT/maps and overlays in
@@ -124,35 +131,50 @@ def watch(
     Writers should write to a dot-file or *.tmp and rename; such names are ignored, and so
     are files not named like images (notes.txt, Thumbs.db). OUT may sit inside the hot folder
     (it is not scanned) but may not be the hot folder itself.
+    --source genicam://... or rtsp://... reads a camera instead, frames kept in OUT/frames.
     """
     from zsad.station.line.sinks import build_sinks
-    from zsad.station.run import check_watch_folders, open_when_available, watch_folder
+    from zsad.station.run import open_when_available, watch_camera, watch_folder
 
-    check_watch_folders(in_dir, out)
+    chosen = _watched(in_dir, source, out)
     with writable_folder(out):
         opened = open_when_available(
             lambda: detector(encoder, method, headclip, scoring), out, echo=echo_err
         )
+        station = {
+            "bank": bank,
+            "threshold": threshold,
+            "overlays": overlays,
+            "status_every": status_every,
+            "idle_exit_s": exit_when_idle,
+            "poll_s": poll_s,
+            "echo": echo_err,
+            "sinks": build_sinks(line),
+        }
         with opened as det:
-            watch_folder(
-                det,
-                in_dir,
-                out,
-                retry_s=retry_s,
-                bank=bank,
-                threshold=threshold,
-                overlays=overlays,
-                status_every=status_every,
-                idle_exit_s=exit_when_idle,
-                poll_s=poll_s,
-                echo=echo_err,
-                sinks=build_sinks(line),
-            )
+            if isinstance(chosen, Path):
+                watch_folder(det, chosen, out, retry_s=retry_s, **station)
+            else:
+                watch_camera(det, chosen, out, **station)
+
+
+def _watched(in_dir: Path | None, source: Any, out: Path) -> Any:
+    """The hot folder (checked against OUT) or the CameraConfig `zsad watch` is to read."""
+    from zsad.station.run import check_watch_folders
+
+    if in_dir is not None and source is not None:
+        raise ZsadError(f"{in_dir}: give the hot folder as IN_DIR or --source, not both")
+    if in_dir is None and source is None:
+        raise ZsadError("watch: give a hot folder (IN_DIR) or --source genicam://... or rtsp://...")
+    chosen = in_dir or source
+    if isinstance(chosen, Path):
+        check_watch_folders(chosen, out)
+    return chosen
 
 
 @stream_scoring_options
 @headclip_options(calibration=False)
-@encoder_options(only=("bundle", "engine", "device"))
+@encoder_options(only=("bundle", "backend", "precision", "engine", "device"))
 def calibrate_threshold(
     images: Annotated[
         list[str],
@@ -180,7 +202,6 @@ def calibrate_threshold(
     first --bank images, then the rolling bank), and the threshold is stored in
     BUNDLE/bundle.json under the method, with the settings it holds for. Prints JSON.
     """
-    from zsad.data.datasets import read_folder, read_labelled_folder
     from zsad.evaluation.thresholds import calibrate_threshold as calibrate
 
     if not encoder.deployed:

@@ -28,7 +28,7 @@ from zsad.formats.triton import (
     SUFFIXES,
 )
 
-FORMS = ("onnx", "fp16", "trt", "python")
+FORMS = ("onnx", "fp16", "trt", "python", "openvino")
 DEFAULT_FORMS = ("onnx", "fp16", "trt")
 
 
@@ -86,8 +86,11 @@ def encoder_config(
         "fp16": 'platform: "onnxruntime_onnx"\ndefault_model_filename: "model.onnx"\n',
         "trt": 'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n',
         "python": 'backend: "python"\n',
+        "openvino": 'backend: "openvino"\ndefault_model_filename: "model.onnx"\n',
     }[form]
     kind = "KIND_GPU" if form == "trt" or options.kind == "gpu" else "KIND_CPU"
+    if form == "openvino":
+        kind = "KIND_CPU"  # Triton's OpenVINO backend runs on the server's CPU
     meta = bundle.meta
     preferred = [b for b in options.preferred_batch if b <= max_batch]
     batching = "dynamic_batching {\n"
@@ -95,6 +98,10 @@ def encoder_config(
         batching += f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
     batching += f"  max_queue_delay_microseconds: {options.queue_delay_us}\n}}\n"
     params = {PARAM_BUNDLE: json.dumps(meta, sort_keys=True), PARAM_FILE: served_file}
+    if form == "openvino":
+        # The backend reads these keys and no others; it has no f32 precision key, so a CPU with
+        # AMX or AVX-512 BF16 may compute bf16 there (docs/triton.md).
+        params.update({"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"})
     if bundle.calibration is not None:
         calibration = bundle.file(bundle.calibration).read_bytes()
         params[PARAM_CALIBRATION] = base64.b64encode(calibration).decode("ascii")

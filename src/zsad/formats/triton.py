@@ -15,6 +15,7 @@ SUFFIXES = {
     "fp16": "_fp16",
     "trt": "_trt",
     "python": "_python",
+    "openvino": "_openvino",
     "headclip": "_headclip",  # ensemble: encoder + scorer, image in, score and map out
     "scorer": "_headclip_scorer",
 }

@@ -185,6 +185,13 @@ class TensorRTBackend(Lifecycle):
                 f"input and {list(self.outputs)}"
             )
         self._input = inputs[0]
+        # A bundle.json that lies about its image size fails here, in one line, not at a frame.
+        taken = tuple(int(d) for d in engine.get_tensor_shape(self._input))[1:]
+        if taken != (3, self.image_size, self.image_size):
+            raise ZsadError(
+                f"{path}: the engine takes images of {taken}; bundle.json says "
+                f"(3, {self.image_size}, {self.image_size}) (export the bundle again)"
+            )
         self._dtypes = {
             name: np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             for name in (self._input, *self.outputs)

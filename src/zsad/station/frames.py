@@ -58,6 +58,7 @@ class Frame(FileVersion):
     image: np.ndarray
     seen_at: float  # time.monotonic() when the file was first seen
     decode_s: float
+    part_id: str | None = None  # given with the trigger a camera frame answers
 
 
 @dataclass

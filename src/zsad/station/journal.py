@@ -71,13 +71,7 @@ class Journal:
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record written so far, in order, in the current schema (older ones upgraded)."""
-        with self.path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise ZsadError(f"{self.path}: line {number} is not JSON ({exc})") from exc
-                yield read_record(record, f"{self.path}: line {number}")
+        return read_journal(self.path)
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record durably, under the next id: a single write of one line, then fsync."""
@@ -94,3 +88,14 @@ class Journal:
         """Release the file and the lock."""
         os.close(self._fd)
         os.close(self._lock)
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Every record of the journal at ``path``, in order, in the current schema."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ZsadError(f"{path}: line {number} is not JSON ({exc})") from exc
+            yield read_record(record, f"{path}: line {number}")

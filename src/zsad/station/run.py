@@ -1,5 +1,5 @@
-"""Run a station from a Detector: a hot folder (`zsad watch`) or a list of paths on a stream
-(`zsad infer --stream`)."""
+"""Run a station from a Detector: a hot folder or a camera (`zsad watch`), or a list of paths on
+a stream (`zsad infer --stream`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from zsad.errors import ServiceUnavailable, ZsadError, echo_stderr
 from zsad.formats.atomic import write_json
 from zsad.formats.methods import DEFAULT_BANK
 from zsad.runtime.preprocess import decode_side
+from zsad.station.camera import CameraConfig, CameraFeed
 from zsad.station.frames import HotFolder, PathList
 from zsad.station.line.hub import Sink
 from zsad.station.station import RETRY_FIRST_S, RETRY_MAX_S, Station, StationOptions
@@ -122,6 +123,26 @@ def watch_folder(
         move_rejected=True,
         **station,
     )
+
+
+def watch_camera(
+    detector: Detector,
+    camera: CameraConfig,
+    out: Path,
+    *,
+    poll_s: float = 0.2,
+    echo: Echo = echo_stderr,
+    **station: Any,
+) -> dict[str, Any]:
+    """Inspect frames from ``camera`` (a CameraConfig: URI, settings, trigger, frames kept) as
+    they come, each written under OUT/frames before it is scored (see ``run_station``)."""
+    feed = CameraFeed(camera, out, poll_s=poll_s, echo=echo)
+    try:
+        return run_station(
+            detector, feed.start, out=out, poll_s=poll_s, echo=echo, move_rejected=True, **station
+        )
+    finally:
+        feed.close()
 
 
 def stream_paths(

@@ -24,7 +24,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from zsad.station.frames import FileVersion, Frame, FrameKey, Rejection
 from zsad.station.journal import Journal
 from zsad.station.line.hub import LineContext, LineHub, Sink
 from zsad.station.poison import POISON_REASON, PoisonGuard
-from zsad.station.status import STATUS, StatusReport
+from zsad.station.status import STATUS, StatusReport, iso_time
 
 RESULTS = "results.jsonl"
 STATE = "station-state.json"
@@ -78,12 +77,7 @@ class _Held(FileVersion):
     seen_at: float
     decode_s: float
     encode_s: float
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+    part_id: str | None = None
 
 
 class Station:
@@ -113,6 +107,7 @@ class Station:
         self._state_written: dict[str, Any] | None = None
         self.source: Any = None
         self._source_missing_since: float | None = None
+        self._frames: Any = None  # the source, when it keeps frames (a camera)
         self._encoder_down_since: float | None = None  # a remote encoder unreachable since
         self._encoder_error: str | None = None
         self.encoder_outages = 0
@@ -163,6 +158,9 @@ class Station:
         self.source = self.source_factory(done)
         if hasattr(self.source, "on_decode"):
             self.source.on_decode = self.guard.take
+        # A camera keeps its frames under OUT/frames and files each once its record is written.
+        self._frames = self.source if hasattr(self.source, "link") else None
+        self.line.context.serve_triggers(getattr(self.source, "trigger", None))
         self._status("running")
         handlers = self._install_signals()
         stopped_by = "input exhausted"
@@ -197,8 +195,11 @@ class Station:
             finally:
                 self._blocking = False
             self._watch_source()
-            for line in getattr(self.source, "notices", list)():
+            notices = getattr(self.source, "notices", list)()
+            for line in notices:
                 self.options.echo(f"zsad: {line}")
+            if notices and hasattr(self.source, "describe"):
+                self._status("running")  # a camera lost or back: the status says so at once
             self._take_threshold_request()
             now = time.monotonic()
             if self.report.due(self.options.status_interval_s):
@@ -209,7 +210,8 @@ class Station:
                 idle_exit = self.options.idle_exit_s
                 if idle_exit is not None and now - idle_since >= idle_exit:
                     return f"idle for {idle_exit:g} s"
-                self._stop.wait(self.options.poll_s)
+                if not getattr(self.source, "waits", False):
+                    self._stop.wait(self.options.poll_s)
                 continue
             idle_since = now
             if isinstance(item, Rejection):
@@ -257,8 +259,10 @@ class Station:
     ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """Each journaled image that still decodes, with its encoder outputs, in order."""
         for record in records:
+            # A camera frame is read back from where it is kept; one not kept is gone.
+            path = self.out / record["frame"] if record["frame"] else record["path"]
             try:
-                image = load_image_bounded(record["path"], self._decode_side)
+                image = load_image_bounded(path, self._decode_side)
             except ImageLoadError as exc:
                 self.options.echo(f"zsad: {what}: skipped {exc}")
                 continue
@@ -327,6 +331,7 @@ class Station:
             frame.seen_at,
             frame.decode_s,
             encoded - start,
+            frame.part_id,
         )
         self.guard.take(frame, "score")
         position = self.stream.next_index
@@ -410,8 +415,13 @@ class Station:
                 "write_ms": round((time.perf_counter() - start) * 1e3, 2),
                 "latency_ms": round((time.monotonic() - held.seen_at) * 1e3, 1),
             }
-            record = result.to_record(**files, file=held, timing=timing)
+            link = None if self._frames is None else self._frames.link(held, result.decision)
+            record = result.to_record(
+                **files, file=held, timing=timing, part_id=held.part_id, frame=link
+            )
             self._append(record)
+            if self._frames is not None:
+                self._frames.file(held, link)
             self.report.note_scored(record, self.journal.count - 1)
         self._save_state()
 
@@ -515,8 +525,11 @@ class Station:
             self._state_written = state
 
     def _status(self, state: str, **extra: Any) -> dict[str, Any]:
+        camera = getattr(self.source, "describe", dict)()
         if state == "running" and self._encoder_down_since is not None:
             state = "encoder-unreachable"
+        elif state == "running" and camera.get("camera") == "unreachable":
+            state = "camera-unreachable"
         elif state == "running" and self.scorer.warming_up():
             state = "warming-up"
         status = self.report.build(
@@ -528,12 +541,13 @@ class Station:
                 "backend": self.backend_name,
                 "threshold": self.stream.threshold,
                 "source": "ok" if self._source_missing_since is None else "missing",
-                "source_missing_since": _iso(self._source_missing_since),
+                "source_missing_since": iso_time(self._source_missing_since),
                 "encoder": "ok" if self._encoder_down_since is None else "unreachable",
-                "encoder_down_since": _iso(self._encoder_down_since),
+                "encoder_down_since": iso_time(self._encoder_down_since),
                 "encoder_error": self._encoder_error,
                 "encoder_outages": self.encoder_outages,
                 **self.scorer.describe(),
+                **camera,
                 **extra,
             },
         )

@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from datetime import datetime, timezone
 from typing import Any
 
 from zsad.api.results import now_iso
 
 STATUS = "status.json"
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """``time.time()`` seconds as ISO 8601 UTC with milliseconds; None stays None."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def rss_mb() -> float:

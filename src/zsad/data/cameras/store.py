@@ -2,10 +2,11 @@
 
 A frame is written before it is scored, into ``frames/pending`` (a temporary file created
 exclusively, fsync'd, renamed, the folder fsync'd): a crash after acquisition loses nothing,
-and ``pending()`` lists what a restart must still score. Once scored, ``settle`` moves it to
-``frames/ng`` or ``frames/ok`` when the policy keeps it, before the record is journalled, so a
-journalled link always resolves; a frame the policy does not keep stays pending until
-``release`` removes it after its record is journalled.
+and ``pending()`` lists what a restart must still score. Once scored, ``destination`` says where
+the policy files it (``frames/ng`` or ``frames/ok``, or nowhere); the record names that link and
+is journalled, then ``file_as`` moves the frame there or removes it. A crash between the two
+leaves the frame pending with its record journalled: the restart finishes the move from the
+record, so a frame is never scored twice and a journalled link resolves once the station runs.
 
 Policies: ``ng`` keeps NG frames only, ``all`` keeps every frame, ``none`` keeps none. A disk
 budget bounds the kept frames: over it, the oldest OK frames go first and NG frames only when
@@ -21,14 +22,22 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from zsad.data.cameras.source import CameraFrame
 from zsad.errors import ZsadError
 from zsad.formats.atomic import atomic_open, make_folders, sync_folder
 
 KEEP_POLICIES = ("ng", "all", "none")
+PART_ID = "zsad:part_id"  # the PNG text key of the part id given with the trigger
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def read_part_id(path: Path) -> str | None:
+    """The part id ``write`` put in a frame's PNG text, None if it has none."""
+    with Image.open(path) as image:
+        return image.text.get(PART_ID)  # type: ignore[attr-defined]
 
 
 def frame_name(frame: CameraFrame) -> str:
@@ -57,22 +66,37 @@ class FrameStore:
         self._kept = {verdict: deque(self._scan(self.root / verdict)) for verdict in ("ok", "ng")}
         self.used_bytes = sum(size for kept in self._kept.values() for _, size in kept)
 
-    def write(self, image: np.ndarray, name: str) -> str:
-        """Write ``image`` durably as frames/pending/NAME.png; its path relative to OUT."""
+    def write(self, image: np.ndarray, name: str, part_id: str | None = None) -> str:
+        """Write ``image`` durably as frames/pending/NAME.png (``part_id`` in its PNG text, so
+        a restart that scores it again still knows it); its path relative to OUT."""
         target = self._target("pending", name)
+        text = PngInfo()
+        if part_id is not None:
+            text.add_itxt(PART_ID, part_id)
         with atomic_open(target, "wb") as handle:
             # Level 1: a multi-megapixel frame compresses in tens of milliseconds, not a second.
-            Image.fromarray(image).save(handle, format="PNG", compress_level=1)
+            Image.fromarray(image).save(handle, format="PNG", compress_level=1, pnginfo=text)
         sync_folder(target.parent)
         return target.relative_to(self.out).as_posix()
 
-    def settle(self, relative: str, ng: bool) -> str | None:
-        """File a scored pending frame as NG or OK; the path a record links, None if not kept."""
+    def destination(self, relative: str, ng: bool) -> str | None:
+        """Where the policy files a scored pending frame (relative to OUT), None if not kept."""
         if not self.keeps(ng):
             return None
         source = self._pending(relative)
-        verdict = "ng" if ng else "ok"
-        target = self._target(verdict, source.stem)
+        target = self._target("ng" if ng else "ok", source.stem)
+        return target.relative_to(self.out).as_posix()
+
+    def file_as(self, relative: str, link: str | None) -> None:
+        """Move a pending frame to ``link`` (a ``destination``), or remove it when None."""
+        source = self._pending(relative)
+        if link is None:
+            source.unlink(missing_ok=True)
+            return
+        target = self.out / link
+        verdict = target.parent.name
+        if target.parent.parent != self.root or verdict not in self._kept:
+            raise ZsadError(f"{link}: not a place for a kept frame under {self.root}")
         size = source.stat().st_size
         os.replace(source, target)
         sync_folder(target.parent)
@@ -80,18 +104,13 @@ class FrameStore:
         self._kept[verdict].append((target.name, size))
         self.used_bytes += size
         self._enforce_budget(newest=target)
-        return target.relative_to(self.out).as_posix()
-
-    def release(self, relative: str) -> None:
-        """Remove a pending frame the policy does not keep, once its record is journalled."""
-        self._pending(relative).unlink(missing_ok=True)
 
     def keeps(self, ng: bool) -> bool:
         """Whether the policy keeps a frame of this verdict."""
         return self.keep == "all" or (self.keep == "ng" and ng)
 
     def pending(self) -> list[str]:
-        """Frames written but not yet settled or released, oldest first (paths relative to OUT)."""
+        """Frames written but not yet filed, oldest first (paths relative to OUT)."""
         folder = self.root / "pending"
         return [(folder / name).relative_to(self.out).as_posix() for name, _ in self._scan(folder)]
 

@@ -7,8 +7,8 @@ added in ``http_server``.
 
 A client never holds up the station: every route reads the journal through this sink's own
 ``JournalFeed`` and takes no lock of the station's beyond ``LineContext``'s (a status copy, a
-threshold request). State changes need a token (``Authorization: Bearer``); without one configured
-the API is read-only.
+threshold request, a trigger). State changes and triggers need a token (``Authorization:
+Bearer``); without one configured the API is read-only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from zsad.station.line.config import HttpConfig
 from zsad.station.line.feed import JournalFeed
 from zsad.station.line.http_error import HttpError
 from zsad.station.line.http_server import HEADER_DEADLINE_S, ServerThread
-from zsad.station.line.hub import LineContext
+from zsad.station.line.hub import LineContext, TriggerRefused
 
 STATIC = Path(__file__).parent / "static"
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -303,6 +303,17 @@ class HttpSink:
         """Ask the station to use ``value`` from its next image (after ``authorize``)."""
         assert self.context is not None
         self.context.request_threshold(value, f"http {client}")
+
+    def trigger(self, part_id: Any) -> str | None:
+        """Trigger the camera (after ``authorize``): 400 for a bad part id, 409 when the
+        station takes no triggers, 503 while the camera is unreachable."""
+        assert self.context is not None
+        try:
+            return self.context.trigger(part_id)
+        except TriggerRefused as exc:
+            raise HttpError(503 if exc.busy else 409, str(exc)) from exc
+        except ZsadError as exc:
+            raise HttpError(400, str(exc)) from exc
 
     def static(self, name: str) -> tuple[bytes, str]:
         """A file of the operator page (a fixed set, read at start)."""

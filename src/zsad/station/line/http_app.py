@@ -153,29 +153,39 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def threshold_from(body: bytes) -> float | None:
-    """The threshold of a ``{"threshold": x}`` body (a finite number, or null for none)."""
+def _json_field(body: bytes, name: str, example: str) -> Any:
+    """The value of ``name`` in a JSON body that is one object with that one field."""
     try:
         text = body.decode()
     except UnicodeDecodeError as exc:
-        raise HttpError(400, f'the body is not JSON ({exc}); send {{"threshold": 0.5}}') from exc
+        raise HttpError(400, f"the body is not JSON ({exc}); send {example}") from exc
     if json_depth(text) > MAX_DEPTH:
-        raise HttpError(400, f'the body nests deeper than {MAX_DEPTH}; send {{"threshold": x}}')
+        raise HttpError(400, f"the body nests deeper than {MAX_DEPTH}; send {example}")
     try:
         payload = json.loads(text)
     except ValueError as exc:
-        raise HttpError(400, f'the body is not JSON ({exc}); send {{"threshold": 0.5}}') from exc
-    if not isinstance(payload, dict) or "threshold" not in payload:
-        raise HttpError(400, 'send a JSON object {"threshold": x}, x a number or null')
-    extra = sorted(set(payload) - {"threshold"})
+        raise HttpError(400, f"the body is not JSON ({exc}); send {example}") from exc
+    if not isinstance(payload, dict) or name not in payload:
+        raise HttpError(400, f"send a JSON object {example}")
+    extra = sorted(set(payload) - {name})
     if extra:
-        raise HttpError(400, f"unknown field(s) {', '.join(extra)[:200]}; send only threshold")
-    value = payload["threshold"]
+        raise HttpError(400, f"unknown field(s) {', '.join(extra)[:200]}; send only {name}")
+    return payload[name]
+
+
+def threshold_from(body: bytes) -> float | None:
+    """The threshold of a ``{"threshold": x}`` body (a finite number, or null for none)."""
+    value = _json_field(body, "threshold", '{"threshold": x}, x a number or null')
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise HttpError(400, f"threshold {str(value)[:40]!r}: give a finite number, or null")
     return float(value)
+
+
+def part_id_from(body: bytes) -> Any:
+    """The part id of a ``{"part_id": "..."}`` trigger body (checked by the station)."""
+    return _json_field(body, "part_id", '{"part_id": "..."}, a string or null')
 
 
 async def _body(request: Request) -> bytes:
@@ -358,6 +368,9 @@ class HttpSink(Protocol):
     def set_threshold(self, value: float | None, client: str) -> None:
         """Ask the station for a new threshold."""
 
+    def trigger(self, part_id: Any) -> str | None:
+        """Trigger the camera (the part id as taken), or HttpError 400/409/503."""
+
     def static(self, name: str) -> tuple[bytes, str]:
         """A file of the operator page, or HttpError 404."""
 
@@ -428,6 +441,11 @@ def build_app(sink: HttpSink, hosts: frozenset[str], wildcard: bool) -> Starlett
         sink.set_threshold(value, _client(request))
         return _json({"threshold": value, "applies": "from the next image"}, 202)
 
+    async def trigger(request: Request) -> Response:
+        sink.authorize(request.headers.get("authorization"), _client(request))
+        part_id = await run_in_threadpool(sink.trigger, part_id_from(await _body(request)))
+        return _json({"part_id": part_id, "accepted": True}, 202)
+
     async def page(request: Request) -> Response:
         name = request.path_params.get("name", "index.html")
         data, content_type = sink.static(name)
@@ -456,6 +474,7 @@ def build_app(sink: HttpSink, hosts: frozenset[str], wildcard: bool) -> Starlett
         Route("/api/results/{rest:path}", _answers(result), methods=reading),
         Route("/api/events", _answers(events), methods=reading),
         Route("/api/threshold", _answers(threshold), methods=["POST"]),
+        Route("/api/trigger", _answers(trigger), methods=["POST"]),
         Route("/{rest:path}", _answers(not_found), methods=reading),
     ]
     return Starlette(

@@ -13,9 +13,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from zsad.errors import echo_stderr
+from zsad.errors import ZsadError, echo_stderr
 
 RESULTS = "results.jsonl"
+MAX_PART_ID = 64  # characters of a part id given with a trigger
+NO_TRIGGERS = (
+    "this station reads a hot folder; triggers need a camera --source with --trigger software"
+)
+
+Trigger = Callable[[str | None], None]
+
+
+class TriggerRefused(ZsadError):
+    """A trigger the station cannot serve: ``busy`` when it may succeed later (the camera is
+    unreachable), else never in this configuration."""
+
+    def __init__(self, message: str, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+def check_part_id(value: object) -> str | None:
+    """A part id as given with a trigger: None, or 1 to MAX_PART_ID printable characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_PART_ID:
+        raise ZsadError(f"part id {str(value)[:80]!r}: give 1 to {MAX_PART_ID} characters, or none")
+    if not value.isprintable():
+        raise ZsadError(f"part id {value!r}: control characters are not taken")
+    return value
 
 
 class LineContext:
@@ -31,6 +57,7 @@ class LineContext:
         self._status_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._record_events: list[threading.Event] = []
         self._threshold_request: tuple[float | None, str] | None = None  # the newest wins
+        self._trigger: Trigger | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ station side
@@ -51,6 +78,11 @@ class LineContext:
             listeners = list(self._status_listeners)
         for listener in listeners:
             listener(self._status)
+
+    def serve_triggers(self, trigger: Trigger | None) -> None:
+        """Send the sinks' triggers to ``trigger`` (the camera's); None refuses them."""
+        with self._lock:
+            self._trigger = trigger
 
     def take_threshold_request(self) -> tuple[float | None, str] | None:
         """The newest threshold a sink asked for (value, who asked), once; None if none."""
@@ -90,6 +122,17 @@ class LineContext:
         """Call ``listener(status)`` with every new status (on the station's thread)."""
         with self._lock:
             self._status_listeners.append(listener)
+
+    def trigger(self, part_id: object) -> str | None:
+        """Ask the camera for one frame carrying ``part_id``; the part id as taken, or
+        TriggerRefused (ZsadError for a bad part id)."""
+        part = check_part_id(part_id)
+        with self._lock:
+            trigger = self._trigger
+        if trigger is None:
+            raise TriggerRefused(NO_TRIGGERS)
+        trigger(part)
+        return part
 
     def request_threshold(self, value: float | None, source: str) -> None:
         """Ask the station to use a new OK/NG threshold from its next image on."""

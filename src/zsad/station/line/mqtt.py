@@ -8,6 +8,11 @@ such an event, with the same ``id`` to de-duplicate by. At most ``WINDOW`` messa
 flight; the rest wait in the journal, never in memory, and the station never waits for the
 broker. A retained message on PREFIX/status carries the station's status; the last will sets it
 to ``offline`` when the station disappears without a goodbye.
+
+A camera station also takes triggers on PREFIX/trigger: a message (a part id as plain text, or
+``{"part_id": "..."}``; empty for none) asks for one frame. Who may publish there is the
+broker's to decide (its ACLs); a retained trigger is ignored, so a reconnect never replays one.
+A trigger the station refuses is answered on PREFIX/trigger/refused.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from zsad.errors import ZsadError
 from zsad.formats.atomic import write_json
 from zsad.station.line.config import MqttConfig
 from zsad.station.line.feed import JournalFeed
-from zsad.station.line.hub import LineContext
+from zsad.station.line.hub import LineContext, TriggerRefused
 
 POSITION = "mqtt-position.json"
 WINDOW = 64  # messages in flight at once
@@ -51,6 +56,8 @@ class MqttSink:
         self.host, self.port, self.tls = config.endpoint()
         self.results_topic = f"{config.topic}/results"
         self.status_topic = f"{config.topic}/status"
+        self.trigger_topic = f"{config.topic}/trigger"
+        self.refused_topic = f"{config.topic}/trigger/refused"
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -155,10 +162,26 @@ class MqttSink:
         self._status = status
         self._wake.set()
 
-    def _on_connect(self, _client: Any, _data: Any, _flags: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: Any, _data: Any, _flags: Any, reason: Any, _p: Any) -> None:
         self._connect_reason = reason
         self._connected = not reason.is_failure
+        if self._connected:
+            client.subscribe(self.trigger_topic, qos=1)
         self._connect_answered.set()
+
+    def _on_message(self, client: Any, _data: Any, message: Any) -> None:
+        """A trigger from the line; a refusal is published where the PLC can read it."""
+        if message.topic != self.trigger_topic or message.retain:
+            return
+        try:
+            text = message.payload.decode().strip()
+            part_id = json.loads(text)["part_id"] if text.startswith("{") else (text or None)
+            self.context.trigger(part_id)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, ZsadError) as exc:
+            busy = isinstance(exc, TriggerRefused) and exc.busy
+            error = str(exc) if isinstance(exc, ZsadError) else f"not a trigger ({exc!r})"
+            refusal = {"payload": message.payload[:100].decode(errors="replace"), "error": error}
+            client.publish(self.refused_topic, json.dumps({**refusal, "busy": busy}), qos=1)
 
     def _on_disconnect(self, _client: Any, _data: Any, _flags: Any, reason: Any, _p: Any) -> None:
         was_connected, self._connected = self._connected, False
@@ -229,6 +252,7 @@ class MqttSink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.will_set(self.status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password())

@@ -27,7 +27,7 @@ from zsad.errors import ZsadError
 from zsad.formats.atomic import write_json
 from zsad.station.line.config import OpcuaConfig
 from zsad.station.line.feed import JournalFeed
-from zsad.station.line.hub import LineContext
+from zsad.station.line.hub import LineContext, TriggerRefused
 
 NAMESPACE = "urn:zsad:station"
 ACKNOWLEDGED = "opcua-ack.json"  # in OUT: the last id the PLC acknowledged, kept over restarts
@@ -65,6 +65,7 @@ VARIABLES: dict[str, tuple[str, Any]] = {
 }
 OBJECTS = ("Station", "Station.VisionStateMachine", "Station.Counters", "Station.LastResult")
 ACKNOWLEDGE = "Station.Acknowledge"
+TRIGGER = "Station.Trigger"
 ACKNOWLEDGED_ID = "Station.AcknowledgedResultId"  # writable: the other way to acknowledge
 # The station's states in OPC 40100's VisionStateMachine.
 VISION_STATES = {
@@ -92,7 +93,7 @@ def result_values(record: dict[str, Any]) -> dict[str, Any]:
         created = NO_TIME
     index = record.get("index")
     return {
-        "Station.LastResult.PartId": str(record.get("name") or ""),
+        "Station.LastResult.PartId": str(record.get("part_id") or record.get("name") or ""),
         "Station.LastResult.Path": str(record.get("path") or ""),
         "Station.LastResult.Index": -1 if index is None else int(index),
         "Station.LastResult.Score": math.nan if score is None else float(score),
@@ -371,6 +372,19 @@ class OpcuaSink:
             [argument],
             [],
         )
+        part = ua.Argument(
+            Name="PartId",
+            DataType=ua.NodeId(ua.ObjectIds.String),
+            ValueRank=-1,
+            Description=ua.LocalizedText("The part in place (empty for none): in its result"),
+        )
+        await parents["Station"].add_method(
+            ua.NodeId(TRIGGER, index),
+            ua.QualifiedName("Trigger", index),
+            self._trigger,
+            [part],
+            [],
+        )
         return nodes
 
     def _catch_up(self, feed: JournalFeed) -> dict[str, Any] | None:
@@ -438,6 +452,22 @@ class OpcuaSink:
         await self._server.write_attribute_value(
             self._nodes[ACKNOWLEDGED_ID], ua.DataValue(result_id)
         )
+        return []
+
+    async def _trigger(self, _parent: Any, part_id: Any) -> Any:
+        """The Trigger method: one frame from the camera, its result carrying ``PartId``."""
+        from asyncua import ua
+
+        if part_id is None or part_id.VariantType != ua.VariantType.String or part_id.is_array:
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        try:
+            await asyncio.to_thread(self._context.trigger, part_id.Value or None)
+        except TriggerRefused as exc:
+            busy = exc.busy  # the camera is away: BadResourceUnavailable, try again later
+            codes = ua.StatusCodes
+            return ua.StatusCode(codes.BadResourceUnavailable if busy else codes.BadInvalidState)
+        except ZsadError:
+            return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
         return []
 
     def _acknowledged_written(self, node: Any, attribute: Any, data: Any) -> None:
