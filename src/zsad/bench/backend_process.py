@@ -24,7 +24,6 @@ import numpy as np
 import zsad
 from zsad.bench import measure as bm
 from zsad.bench.backends import bundle_backend, check_device, load_backbone, torch_backend
-from zsad.bench.measure import peak_rss_mb
 from zsad.errors import ZsadError
 from zsad.formats.bundle import FP32_ONNX
 from zsad.formats.methods import METHODS
@@ -250,8 +249,7 @@ class _Server:
             return {"mb": round(used, 1), "method": "gpu_delta"}
         if self.reset:
             return {"mb": _hwm_mb(), "method": "row_hwm"}
-
-        return {"mb": peak_rss_mb(), "method": "process_peak"}
+        return {"mb": bm.peak_rss_mb(), "method": "process_peak"}
 
     def close(self) -> None:
         if self.runner is not None:
