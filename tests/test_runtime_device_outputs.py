@@ -239,7 +239,7 @@ def test_bench_pipeline_keeps_the_taps_on_the_device(
     assert result.exit_code == 0, result.output
     data = json.loads((out / "bench.json").read_text())
     assert data["config"]["scoring_device"] == "gpu"
-    assert data["config"]["outputs_on"] == {"staps": "device"}
+    assert data["config"]["outputs_on"] == {"onnxruntime-fp32-cpu": "device"}  # by runner
     assert data["rows"][0]["images"] == 3
 
 
