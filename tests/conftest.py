@@ -44,19 +44,27 @@ def real_dinov2(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(graph=graph, weights=weights, summary=json.loads(result.stdout))
 
 
+def _export(*args: str) -> str:
+    """Run `zsad export ARGS` in this process (the fast suite starts no process); its stderr."""
+    from typer.testing import CliRunner
+
+    from zsad.cli.app import app
+
+    result = CliRunner().invoke(app, ["export", *args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stderr
+
+
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A zsad-tiny STAPS bundle at the runtime tests' size, exported once for the session."""
     from helpers import BUNDLE_SIZE as SIZE
-    from helpers import zsad
 
     out = tmp_path_factory.mktemp("bundle")
-    result = zsad(
-        "export", "--model", "zsad-tiny", "--method", "staps", "--image-size", str(SIZE),
-        "--out", str(out),
+    stderr = _export(
+        "--model", "zsad-tiny", "--method", "staps", "--image-size", str(SIZE), "--out", str(out)
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "parity fp16_vs_fp32" in result.stderr
+    assert "parity fp16_vs_fp32" in stderr
     return out
 
 
@@ -65,7 +73,6 @@ def headclip_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A zsad-tiny HeadCLIP bundle (runtime tests' size) from a seeded hand-made artifact, exported
     with ``--triton``: BUNDLE/triton holds its default Triton repository."""
     from helpers import BUNDLE_SIZE as SIZE
-    from helpers import zsad
     from zsad.formats.artifact import HeadclipArtifact, save_artifact
     from zsad.formats.local_path import LocalPath
 
@@ -79,12 +86,11 @@ def headclip_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     artifact = HeadclipArtifact(text, weights, "zsad-tiny", SIZE, local_path, hyper)
     save_artifact(root / "headclip.safetensors", artifact)
     out = root / "bundle"
-    result = zsad(
-        "export", "--model", "zsad-tiny", "--method", "headclip", "--image-size", str(SIZE),
+    _export(
+        "--model", "zsad-tiny", "--method", "headclip", "--image-size", str(SIZE),
         "--calibration", str(root / "headclip.safetensors"), "--out", str(out),
         "--triton", str(out / "triton"),
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
     return out
 
 

@@ -26,6 +26,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return sorted((root / "wood" / "test").rglob("*.png"))[:10]
 
 
+@pytest.mark.slow
 def test_import_zsad_is_light() -> None:
     code = (
         "import sys, zsad; zsad.Detector; zsad.Result; "
@@ -36,6 +37,7 @@ def test_import_zsad_is_light() -> None:
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_score_set_matches_the_cli_records(bundle: Path, images: list[Path], tmp_path) -> None:
     import zsad as api
 
@@ -123,6 +125,7 @@ def test_stream_holds_the_warm_up_then_scores_each_image(bundle: Path, images: l
     assert held[0].path == str(images[0])
 
 
+@pytest.mark.slow
 def test_the_example_runs_where_torch_cannot_be_imported(bundle: Path, images: list[Path]) -> None:
     script = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}\n" + (
         "import runpy, sys\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "zsad"
 # The layers, leaves first; a module imports its own layer or a lower one only.
 RANKS = {
@@ -28,6 +30,7 @@ RANKS = {
 # Same rank, and still independent of each other: pure NumPy/CuPy, image I/O, backends.
 SIBLINGS = frozenset({"data", "scoring", "runtime"})
 TORCH = ("torch", "open_clip")
+TORCH_LAYERS = frozenset({"model", "calibration", "export"})  # the only importers of TORCH
 TORCH_RANK = RANKS["model"]  # the layers that may need PyTorch start here
 Graph = dict[str, list[tuple[str, int]]]
 
@@ -111,6 +114,18 @@ def torch_reached(graph: Graph) -> list[str]:
     return reached
 
 
+def torch_importers(graph: Graph) -> list[str]:
+    """Imports of torch or open_clip (lazy ones included) in modules outside the torch layers;
+    those reach PyTorch through a function of the torch layers instead."""
+    return [
+        f"{module}:{line} imports {name}"
+        for module, imports in graph.items()
+        if _layer(module) not in TORCH_LAYERS
+        for name, line in imports
+        if name.split(".")[0] in TORCH
+    ]
+
+
 def test_every_package_has_a_rank() -> None:
     layers = {_layer(m) for m in _modules()} - {"__init__"}
     assert layers <= set(RANKS), sorted(layers - set(RANKS))
@@ -149,6 +164,20 @@ def test_the_layers_below_the_models_never_reach_torch() -> None:
     # A lazy torch import planted two modules down is found through the graph.
     planted = {**graph, "zsad.arrays": [*graph["zsad.arrays"], ("torch.cuda", 9)]}
     assert any(r.startswith("zsad.scoring.msm -> zsad.arrays:9") for r in torch_reached(planted))
+
+
+def test_only_the_torch_layers_import_torch() -> None:
+    graph = _graph(everything=True)
+    assert not torch_importers(graph), "\n".join(torch_importers(graph))
+    # A lazy import planted in the API or a bench is found; the torch layers may import it.
+    for module, planted in (
+        ("zsad.api.encoders", "torch"),
+        ("zsad.bench.measure", "open_clip"),
+        ("zsad.model.cuda", "torch.cuda"),
+    ):
+        found = torch_importers({**graph, module: [*graph[module], (planted, 7)]})
+        expected = [] if module == "zsad.model.cuda" else [f"{module}:7 imports {planted}"]
+        assert found == expected, (module, found)
 
 
 def test_no_import_cycles_between_modules() -> None:
@@ -194,6 +223,7 @@ def test_the_command_line_is_a_thin_layer() -> None:
     assert not long, long
 
 
+@pytest.mark.slow
 def test_the_command_line_starts_without_heavy_imports() -> None:
     import subprocess
     import sys

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
 from zsad.bench.backend_process import bundle_flops
-from zsad.cli.app import _register, app
+from zsad.cli.app import app
 
-_register()
 runner = CliRunner()
 
 
@@ -40,6 +39,7 @@ def _bench(tmp_path: Path, *args: str, plots: list[str]) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_bench_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from zsad.bench.scoring import ROUNDS
 
@@ -107,10 +107,10 @@ def test_paired_medians_alternate_the_run_with_its_reference() -> None:
 def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import zsad.scoring
+    import zsad.bench.scoring
 
     calls: list[str] = []
-    msm, matmul = zsad.scoring.mutual_scores, bm.numpy_matmul_seconds
+    msm, matmul = zsad.bench.scoring.mutual_scores, bm.numpy_matmul_seconds
 
     def spy_msm(*args: Any, **kwargs: Any) -> Any:
         calls.append("msm")
@@ -120,7 +120,7 @@ def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
         calls.append("matmul")
         return matmul(*args, **kwargs)
 
-    monkeypatch.setattr(zsad.scoring, "mutual_scores", spy_msm)
+    monkeypatch.setattr(zsad.bench.scoring, "mutual_scores", spy_msm)
     monkeypatch.setattr(bm, "numpy_matmul_seconds", spy_matmul)
     from zsad.bench.scoring import ROUNDS, bench_scoring
 
@@ -129,6 +129,7 @@ def test_bench_scoring_times_msm_in_rounds_beside_its_matmul(
     assert calls == ["msm"] + ["msm", "matmul"] * ROUNDS
 
 
+@pytest.mark.slow
 def test_bench_scoring_aligned_rows_beside_global(tmp_path: Path) -> None:
     args = ["scoring", "--n", "4", "--bank", "3", "--patches", "49", "--channels", "8"]
     plots = ["scoring_vs_n.png", "scoring_vs_bank.png"]
@@ -147,6 +148,7 @@ def test_bench_scoring_aligned_rows_beside_global(tmp_path: Path) -> None:
     assert bm.window_pairs(49, None) == bm.window_pairs(49, 6) == 49**2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("numpy_path", ["--numpy", "--no-numpy"])
 def test_bench_scoring_gpu_columns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numpy_as_gpu, numpy_path: str
@@ -174,6 +176,7 @@ def test_bench_scoring_gpu_columns(
     assert numpy_keys.isdisjoint(row) == (numpy_path == "--no-numpy")
 
 
+@pytest.mark.slow
 def test_bench_encoder_reports_unavailable_backends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,6 +275,7 @@ def test_vit_l_flops_from_config() -> None:
     assert abs(bm.encoder_flops(shape)["total"] / 1e12 - 1.01) < 0.01
 
 
+@pytest.mark.slow
 def test_bench_encoder_counts_bundle_flops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = tmp_path / "bundle"
     args = ["--model", "zsad-tiny", "--image-size", "56"]

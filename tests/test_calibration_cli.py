@@ -12,6 +12,8 @@ from zsad.data.synthetic import make_dataset
 from zsad.formats.artifact import load_artifact
 from zsad.formats.local_path import LocalPath
 
+pytestmark = pytest.mark.slow
+
 TINY = ("--model", "zsad-tiny", "--image-size", "56", "--batch-size", "4")
 
 

@@ -73,6 +73,7 @@ def _heldout_pixel_auroc(clip, artifact, batch) -> float:
     return pixel_metrics(masks > 0.5, maps)["auroc"]
 
 
+@pytest.mark.slow
 def test_calibration_lowers_the_loss_and_transfers_to_a_held_out_category(tmp_path: Path) -> None:
     # The random tiny encoder has no semantics, so the learned prompts and head weights carry
     # all of the signal. Of the synthetic categories, grid -> fabric is the pair across which
@@ -98,6 +99,7 @@ def test_calibration_lowers_the_loss_and_transfers_to_a_held_out_category(tmp_pa
     assert after >= before + 0.2 and after > 0.5, (before, after)
 
 
+@pytest.mark.slow
 def test_runs_are_deterministic_and_resume_exactly(small_data: Path, tmp_path: Path) -> None:
     samples = read_mvtec(small_data)
     config = CalibrationConfig(image_size=56, epochs=2, batch_size=3, seed=5, checkpoint_every=1)

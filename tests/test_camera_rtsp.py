@@ -16,6 +16,8 @@ from helpers import free_port, require_service
 from zsad.data.cameras.uri import open_source
 from zsad.errors import ZsadError
 
+pytestmark = pytest.mark.slow
+
 MISSING = rtsp_missing()
 require_service(MISSING is None, f"RTSP tests: {MISSING}")
 

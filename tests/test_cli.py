@@ -13,6 +13,8 @@ import pytest
 from helpers import ENV, one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -13,6 +13,8 @@ from helpers import TORCH, one_line_error, zsad
 from zsad.api.encoders import model_image_size
 from zsad.data.synthetic import make_dataset
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -242,6 +242,7 @@ PEAK_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM from /proc")
 def test_decoding_a_large_png_holds_no_extra_full_size_copies(tmp_path: Path) -> None:
     height, width = 4500, 6000

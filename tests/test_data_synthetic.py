@@ -61,6 +61,7 @@ def test_same_seed_gives_identical_bytes_and_rerun_replaces(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(SYNTHETIC_CATEGORIES)
 
 
+@pytest.mark.slow
 def test_output_does_not_depend_on_the_process_hash_seed(tmp_path: Path) -> None:
     script = (
         "import sys; from zsad.data.synthetic import make_dataset; "

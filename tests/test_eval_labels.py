@@ -119,6 +119,7 @@ def xray(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_eval_folder_with_a_label_csv(xray: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = zsad(
@@ -139,6 +140,7 @@ def test_eval_folder_with_a_label_csv(xray: Path, tmp_path: Path) -> None:
     assert names == [f"case_{i:03d}.png" for i in range(8)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
@@ -163,6 +165,7 @@ def test_read_labelled_folder_matches_the_eval_csv(xray: Path) -> None:
     assert [s.label for s in samples] == [0, 0, 1, 0, 0, 1, 0, 0]
 
 
+@pytest.mark.slow
 def test_calibrate_threshold_reads_an_id_label_csv(
     bundle: Path, xray: Path, tmp_path: Path
 ) -> None:

@@ -164,6 +164,7 @@ def test_rtx_engine_builds_without_a_gpu_and_is_recorded(staps_bundle: Path) -> 
     assert Bundle.load(staps_bundle).engine.file == "encoder.engine"  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_headclip_export_bakes_the_head_weights(
     tmp_path: Path, artifact: tuple[Path, HeadclipArtifact]
 ) -> None:
@@ -290,6 +291,7 @@ def _strict(path: Path | onnx.ModelProto, pixels: np.ndarray) -> dict[str, np.nd
     return dict(zip(session.output_names, values, strict=True))
 
 
+@pytest.mark.slow
 def test_fp16_parity_holds_with_outlier_activations(tmp_path: Path) -> None:
     encoder = _encoder("staps", _outlier_clip())
     pixels = parity.check_batch(SIZE, n=2, seed=1)

@@ -11,6 +11,8 @@ import pytest
 from helpers import TORCH, one_line_error, zsad
 from zsad.data.synthetic import make_dataset
 
+pytestmark = pytest.mark.slow
+
 TINY = ("--model", "zsad-tiny", "--image-size", "56")
 COMMON = ("--no-progress", "--no-overlays")
 

@@ -133,6 +133,7 @@ def line(tmp_path: Path) -> Iterator[Callable[..., _Line]]:
         each.close()
 
 
+@pytest.mark.slow
 def test_results_are_paged_from_the_journal_and_bad_paging_is_a_400(line) -> None:
     served = line()
     for i in range(7):
@@ -157,6 +158,7 @@ def test_results_are_paged_from_the_journal_and_bad_paging_is_a_400(line) -> Non
     assert overview["latest"]["id"] == 6 and overview["read_only"] is False
 
 
+@pytest.mark.slow
 def test_overlays_and_maps_come_only_from_inside_out(line, tmp_path: Path) -> None:
     served = line()
     (served.out / "overlays").mkdir()
@@ -188,6 +190,7 @@ def test_overlays_and_maps_come_only_from_inside_out(line, tmp_path: Path) -> No
     assert answer.startswith(b"HTTP/1.1 404") and b"SECRET" not in answer
 
 
+@pytest.mark.slow
 def test_the_threshold_needs_the_token_and_a_well_formed_body(line, tmp_path: Path) -> None:
     served = line()
     port, good = served.port, json.dumps({"threshold": 0.75}).encode()
@@ -222,6 +225,7 @@ def test_the_threshold_needs_the_token_and_a_well_formed_body(line, tmp_path: Pa
     assert status == 202 and served.context.take_threshold_request() == (None, "http 127.0.0.1")
 
 
+@pytest.mark.slow
 def test_a_trigger_needs_the_token_and_reaches_the_camera_with_its_part_id(line) -> None:
     served = line()
     port, bearer = served.port, {"Authorization": f"Bearer {TOKEN}"}
@@ -256,6 +260,7 @@ def test_a_trigger_needs_the_token_and_reaches_the_camera_with_its_part_id(line)
     assert status == 503 and "unreachable" in answer["error"]
 
 
+@pytest.mark.slow
 def test_without_a_token_the_api_is_read_only(line, monkeypatch) -> None:
     monkeypatch.delenv("ZSAD_HTTP_TOKEN", raising=False)
     served = line(token=None)
@@ -266,6 +271,7 @@ def test_without_a_token_the_api_is_read_only(line, monkeypatch) -> None:
     assert http_call(served.port, "GET", "/api/status")[1]["read_only"] is True
 
 
+@pytest.mark.slow
 def test_events_resume_after_the_last_event_id_and_keep_alive(line) -> None:
     served = line(keepalive_s=0.2)
     for _ in range(5):
@@ -306,6 +312,7 @@ def test_events_resume_after_the_last_event_id_and_keep_alive(line) -> None:
         assert status == 400 and "Last-Event-ID" in answer["error"]
 
 
+@pytest.mark.slow
 def test_malformed_requests_get_json_errors_and_the_server_serves_on(line) -> None:
     served = line()
     served.append()
@@ -347,6 +354,7 @@ def _until(check: Callable[[], Any], station: subprocess.Popen[str], what: str) 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -400,6 +408,7 @@ def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
     assert json.loads((out / "status.json").read_text())["sinks"]["http"]["read_only"] is False
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_a_one_line_error(bundle: Path, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -436,6 +445,7 @@ def _browser(profile: Path) -> Any:
     return webdriver.Chrome(options=options, service=service)
 
 
+@pytest.mark.slow
 def test_the_operator_page_shows_live_results_in_a_real_browser(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -521,6 +531,7 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
 # ---------------------------------------------------------------------- limits of the server
 
 
+@pytest.mark.slow
 def test_the_listen_backlog_takes_a_burst_of_connections(line) -> None:
     served = line()
     listing = subprocess.run(
@@ -547,6 +558,7 @@ def _trickle(port: int, seconds: float) -> tuple[bytes, float]:
     return b"", time.monotonic() - began
 
 
+@pytest.mark.slow
 def test_a_trickled_request_head_is_cut_off_at_its_deadline_and_costs_no_thread(line) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -564,6 +576,7 @@ def test_a_trickled_request_head_is_cut_off_at_its_deadline_and_costs_no_thread(
         assert b"within 1 s" in answer and took < 5.0, (answer, took)
 
 
+@pytest.mark.slow
 def test_one_client_holds_at_most_its_share_of_connections(line) -> None:
     served = line()
     held = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(16)]
@@ -616,6 +629,7 @@ def test_a_client_cannot_lock_others_out_of_the_event_streams() -> None:
     assert slots.admit("10.0.0.8")[1] in (hog[2], hog[3], newcomer, second)
 
 
+@pytest.mark.slow
 def test_a_displaced_event_stream_ends_and_says_why(line) -> None:
     served = line(keepalive_s=0.2)
     stream = _Events(served.port)
@@ -631,6 +645,7 @@ def test_a_displaced_event_stream_ends_and_says_why(line) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_only_the_station_s_own_host_names_are_answered(line) -> None:
     served = line(allow_hosts=("station1.line",))
     port = served.port
@@ -673,6 +688,7 @@ def test_a_wildcard_bind_takes_any_ip_address_but_not_other_names() -> None:
     assert status("10.1.2.3:8080", False) == 421
 
 
+@pytest.mark.slow
 def test_deep_or_slow_bodies_are_refused_and_the_server_serves_on(line, monkeypatch) -> None:
     from zsad.station.line import http_app
 
@@ -693,6 +709,7 @@ def test_deep_or_slow_bodies_are_refused_and_the_server_serves_on(line, monkeypa
     assert http_call(served.port, "GET", "/api/status")[0] == 200
 
 
+@pytest.mark.slow
 def test_head_answers_like_get_without_a_body(line) -> None:
     served = line()
     served.append()
@@ -706,6 +723,7 @@ def test_head_answers_like_get_without_a_body(line) -> None:
         connection.close()
 
 
+@pytest.mark.slow
 def test_refused_tokens_are_logged_at_most_once_a_minute(line) -> None:
     served = line()
     for _ in range(3):

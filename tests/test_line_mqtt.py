@@ -25,6 +25,8 @@ from helpers import (
     zsad,
 )
 
+pytestmark = pytest.mark.slow
+
 TOPIC = "plant/line1/station1"
 
 

@@ -31,6 +31,8 @@ asyncua = pytest.importorskip("asyncua")
 from asyncua import Client, ua  # noqa: E402
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 NAMESPACE = "urn:zsad:station"
 CLIENT_URI = "urn:zsad:test:plc"
 

@@ -99,6 +99,7 @@ def test_credentials_in_a_url_are_refused_without_repeating_them(
         assert hint in message, message
 
 
+@pytest.mark.slow
 def test_watch_refuses_an_mqtt_url_with_credentials_before_any_work(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = zsad(

@@ -216,6 +216,7 @@ def test_build_encoder_picks_the_family() -> None:
     assert out.taps.shape == (1, 4, 1 + 16, 768) and out.cls.shape == (1, 768)
 
 
+@pytest.mark.slow
 def test_cli_lists_and_refuses_dino_models_in_one_line(tmp_path: Path) -> None:
     listed = [json.loads(line) for line in zsad("models", "--json").stdout.splitlines()]
     dino = {m["name"]: m for m in listed if m["name"].startswith("dino")}
@@ -253,6 +254,7 @@ def test_cli_lists_and_refuses_dino_models_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
+@pytest.mark.slow
 def test_from_onnx_refuses_a_graph_that_is_not_a_dinov2_backbone(bundle, tmp_path) -> None:
     graph = bundle / "encoder.onnx"  # zsad-tiny, a CLIP tower
     one_line_error(

@@ -68,6 +68,7 @@ def test_cls_and_taps_equal_open_clip_at_native_size(clip_model: open_clip.CLIP)
     torch.testing.assert_close(out.taps, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_outputs_at_518_agree_with_open_clip_built_at_518(clip_model: open_clip.CLIP) -> None:
     enc = DualPathEncoder(clip_model, image_size=518)
     big = open_clip.create_model("zsad-tiny", pretrained=None, force_image_size=518).eval()

@@ -23,6 +23,8 @@ from zsad.formats.bundle import FP16_ONNX, FP32_ONNX
 from zsad.model import TapEncoder, load_backbone
 from zsad.runtime.preprocess import preprocess_batch
 
+pytestmark = pytest.mark.slow
+
 SIZE = 224  # the graph's input size
 BLOCKS = 12
 
@@ -167,7 +169,6 @@ def _meets_floors(metrics: Path, method: str) -> None:
         assert got[metric] >= floor, (metric, got[metric])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["musc", "staps"])
 def test_real_weights_on_generated_data(real_dinov2, images, tmp_path, method) -> None:
     result = zsad(
@@ -179,7 +180,6 @@ def test_real_weights_on_generated_data(real_dinov2, images, tmp_path, method) -
     _meets_floors(tmp_path / "metrics.json", method)
 
 
-@pytest.mark.slow
 def test_the_demo_scores_musc_with_real_weights(real_dinov2, tmp_path) -> None:
     result = zsad("demo", "--real-weights", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import BUNDLE_SIZE, TORCH, one_line_error, zsad
+from zsad.api.detector import Detector
 from zsad.api.encoders import EncoderSpec, open_encoder
 from zsad.data.synthetic import make_dataset
 from zsad.errors import ZsadError
@@ -27,6 +28,26 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(root / "grid" / "test" / "*" / "*.png")
 
 
+@pytest.mark.parametrize("which", ["bundle", "headclip_bundle"])
+def test_a_bundle_is_read_once_per_open(
+    which: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[Path] = []
+    load = Bundle.load.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Bundle], root: Path) -> Bundle:
+        read.append(Path(root))
+        return load(cls, root)
+
+    monkeypatch.setattr(Bundle, "load", classmethod(counted))
+    root = request.getfixturevalue(which)
+    for path in (root, root / "encoder.onnx"):
+        read.clear()
+        with Detector.from_bundle(path, device="cpu") as detector:
+            assert detector.method.name == ("musc" if which == "bundle" else "headclip")
+        assert read == [root], path
+
+
 def _copy(bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(bundle, target)
@@ -38,6 +59,7 @@ def _scores(out: Path) -> dict[str, float]:
     return {Path(r["path"]).name + r["path"]: r["score"] for r in map(json.loads, lines)}
 
 
+@pytest.mark.slow
 def test_infer_with_the_bundle_matches_the_pytorch_path_without_torch(
     bundle: Path, images: str, tmp_path: Path
 ) -> None:
@@ -77,6 +99,7 @@ def test_altered_or_truncated_files_are_refused(bundle: Path, tmp_path: Path) ->
         Bundle.load(copy)
 
 
+@pytest.mark.slow
 def test_image_size_and_method_mismatches_are_errors(bundle: Path, images: str) -> None:
     result = zsad("infer", images, "--bundle", str(bundle), "--image-size", "112")
     one_line_error(result, "--image-size 112", f"{SIZE} px")
@@ -117,6 +140,7 @@ def _with_fake_engine(bundle: Path, tmp_path: Path, flavour: str, version: str) 
     return engine
 
 
+@pytest.mark.slow
 def test_engine_of_a_missing_flavour_names_the_package(
     bundle: Path, images: str, tmp_path: Path
 ) -> None:
@@ -134,6 +158,7 @@ def test_engine_from_another_tensorrt_version_is_refused(bundle: Path, tmp_path:
         open_backend(engine, device="cpu")
 
 
+@pytest.mark.slow
 def test_build_engine_adds_an_rtx_engine_without_torch(bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
     copy = _copy(bundle, tmp_path)

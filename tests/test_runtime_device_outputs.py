@@ -231,16 +231,15 @@ def test_bench_pipeline_keeps_the_taps_on_the_device(
 
     from typer.testing import CliRunner
 
-    from zsad.cli.app import _register, app
+    from zsad.cli.app import app
 
-    _register()
     args = ["bench", "pipeline", "--backend", "onnxruntime", "--device", "cpu", "--n", "3"]
     out = tmp_path / "bench"
     result = CliRunner().invoke(app, [*args, "--bundle", str(bundle), "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "bench.json").read_text())
     assert data["config"]["scoring_device"] == "gpu"
-    assert data["config"]["outputs_on"] == {"onnxruntime-fp32-cpu": "device"}  # per runner
+    assert data["config"]["outputs_on"] == {"onnxruntime-fp32-cpu": "device"}  # by runner
     assert data["rows"][0]["images"] == 3
 
 

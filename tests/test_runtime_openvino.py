@@ -83,6 +83,7 @@ def test_outputs_on_the_device_come_back_as_cupy(bundle, pixels, reference, monk
     np.testing.assert_allclose(out["cls"], reference["cls"], atol=2e-5)
 
 
+@pytest.mark.slow
 def test_infer_on_openvino_matches_onnx_runtime_without_torch(bundle, tmp_path) -> None:
     make_dataset(tmp_path / "data", seed=1, categories=["grid"], n_train=1, n_good=4, n_defect=2)
     images = str(tmp_path / "data" / "grid" / "test" / "*" / "*.png")
@@ -103,6 +104,7 @@ def test_infer_on_openvino_matches_onnx_runtime_without_torch(bundle, tmp_path) 
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
@@ -120,6 +122,7 @@ def test_impossible_choices_are_one_line_errors(bundle, tmp_path, args, needles)
     one_line_error(result, *needles)
 
 
+@pytest.mark.slow
 def test_backend_options_need_a_bundle(tmp_path) -> None:
     make_dataset(tmp_path, seed=0, categories=["grid"], n_train=1, n_good=2, n_defect=1)
     result = zsad(
@@ -186,6 +189,7 @@ def real_bundle(real_dinov2, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fp32_parity_holds_with_real_weights(real_bundle, tmp_path) -> None:
     """Real DINOv2 activations have outliers random weights lack; fp32 must still agree."""
     from zsad.data.images import load_image
@@ -204,6 +208,7 @@ def test_fp32_parity_holds_with_real_weights(real_bundle, tmp_path) -> None:
         assert np.abs(out[name] - reference[name]).max() / scale < 1e-5, name
 
 
+@pytest.mark.slow
 def test_bench_encoder_times_openvino_beside_onnx_runtime(bundle, tmp_path) -> None:
     args = ["bench", "encoder", "--bundle", str(bundle), "--device", "cpu", "--batch", "1"]
     args += ["--backend", "onnxruntime,openvino-fp32,openvino-int8", "--iters", "2"]
@@ -217,6 +222,7 @@ def test_bench_encoder_times_openvino_beside_onnx_runtime(bundle, tmp_path) -> N
     assert all(r["fraction_of_peak"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_bench_pipeline_runs_backends_one_after_another(bundle, tmp_path) -> None:
     args = ["bench", "pipeline", "--bundle", str(bundle), "--device", "cpu", "--n", "3"]
     args += ["--backend", "onnxruntime,openvino-fp32", "--out", str(tmp_path)]

@@ -253,6 +253,7 @@ def fixtured(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_infer_reports_alignment_and_cli_checks_the_option(fixtured: Path, tmp_path: Path) -> None:
     images = str(fixtured / "chip" / "test")
     common = ("--model", "zsad-tiny", "--pretrained", "random", "--image-size", "56")
@@ -278,6 +279,7 @@ def test_infer_reports_alignment_and_cli_checks_the_option(fixtured: Path, tmp_p
     assert "use --align-window 1 or less" in warned[0]
 
 
+@pytest.mark.slow
 def test_station_reports_alignment_after_warm_up(fixtured: Path, tmp_path: Path) -> None:
     paths = sorted((fixtured / "chip" / "test").glob("*/*.png"))
     out = tmp_path / "station"
@@ -293,6 +295,7 @@ def test_station_reports_alignment_after_warm_up(fixtured: Path, tmp_path: Path)
     assert status["alignment"]["align_window"] == 1 and status["alignment"]["pairs"] >= 1
 
 
+@pytest.mark.slow
 def test_python_api_takes_the_window_like_the_cli() -> None:
     import zsad
     from zsad.api.scorers import staps_settings
@@ -304,6 +307,7 @@ def test_python_api_takes_the_window_like_the_cli() -> None:
     assert staps_settings(zsad.SetScoringConfig(), 8)["align_window"] is None
 
 
+@pytest.mark.slow
 def test_eval_stores_the_alignment_check_per_category(fixtured: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = zsad(

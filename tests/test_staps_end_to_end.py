@@ -112,6 +112,7 @@ def test_fewer_than_two_images_is_rejected() -> None:
         score_set(taps, np.ones((1, 4), np.float32), SetScoringConfig(), image_size=SIZE)
 
 
+@pytest.mark.slow
 def test_gpu_code_path_on_numpy_gives_the_cpu_maps(
     encoded_categories: dict[str, tuple], monkeypatch: pytest.MonkeyPatch, numpy_as_gpu
 ) -> None:

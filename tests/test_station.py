@@ -198,6 +198,7 @@ def test_a_second_station_on_the_same_results_is_refused(bundle: Path, tmp_path:
     Journal(tmp_path / "results.jsonl").close()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_restart_scores_every_image_exactly_once(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -220,6 +221,7 @@ def test_kill_9_mid_run_then_restart_scores_every_image_exactly_once(
     _assert_each_once(out, names)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_current_image_and_exits_0(bundle: Path, tmp_path: Path) -> None:
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
@@ -239,6 +241,7 @@ def test_sigterm_finishes_the_current_image_and_exits_0(bundle: Path, tmp_path: 
     assert not (out / "in-progress.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [None, "staps"])
 def test_the_api_stream_and_the_cli_score_every_frame_the_same_by_default(
     bundle: Path, tmp_path: Path, method: str | None
@@ -269,6 +272,7 @@ def test_the_api_stream_and_the_cli_score_every_frame_the_same_by_default(
         ], out.name
 
 
+@pytest.mark.slow
 def test_infer_stream_reads_paths_from_stdin_and_resumes(bundle: Path, tmp_path: Path) -> None:
     paths = []
     for i in range(6):
@@ -291,6 +295,7 @@ def test_infer_stream_reads_paths_from_stdin_and_resumes(bundle: Path, tmp_path:
     assert all(p.exists() for p in paths)  # a path list is never moved
 
 
+@pytest.mark.slow
 def test_watch_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
     one_line_error(zsad("watch", str(tmp_path / "nope"), "--out", str(tmp_path)), "not a folder")
     result = zsad(
@@ -300,6 +305,7 @@ def test_watch_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
     one_line_error(result, "--method", "'patchcore' is not one of 'musc', 'staps', 'headclip'")
 
 
+@pytest.mark.slow
 def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -343,6 +349,7 @@ def test_calibrated_threshold_is_stored_in_the_bundle_and_used(
     assert result.returncode == 0 and "recalibrate" not in result.stderr
 
 
+@pytest.mark.slow
 def test_f1_max_threshold_from_a_labelled_folder(bundle: Path, tmp_path: Path) -> None:
     folder = tmp_path / "val"
     folder.mkdir()
@@ -360,6 +367,7 @@ def test_f1_max_threshold_from_a_labelled_folder(bundle: Path, tmp_path: Path) -
     assert "thresholds" not in json.loads((bundle / "bundle.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("category", ["wood", "fabric"])
 def test_rolling_staps_ranks_planted_defects_highest(category: str) -> None:
     from zsad.api.encoders import EncoderSpec, open_encoder
@@ -414,6 +422,7 @@ def test_the_hot_folder_offers_files_oldest_first_and_rejects_after_retries(
     assert folder.next().name == "a.png"
 
 
+@pytest.mark.slow
 def test_bench_station_reports_throughput_and_memory(bundle: Path, tmp_path: Path) -> None:
     result = zsad("bench", "station", "--out", str(tmp_path), "--bundle", str(bundle),
                   "--frames", "16", "--bank", "4", "--defect-every", "5")  # fmt: skip
@@ -455,6 +464,7 @@ def test_a_rejection_recorded_before_a_crash_is_moved_on_restart(
     assert len(_records(out)) == 1
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_is_a_one_line_error_and_resumable(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -476,6 +486,7 @@ def test_an_unwritable_output_is_a_one_line_error_and_resumable(
     _assert_each_once(out, ["0.png", "1.png", "2.png"])
 
 
+@pytest.mark.slow
 def test_calibrate_threshold_without_readable_images_says_so(bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "empty.png").touch()
     (tmp_path / "text.png").write_text("hello")
@@ -515,6 +526,7 @@ def test_a_hot_folder_says_once_why_an_image_is_not_taken(tmp_path: Path) -> Non
     assert [Path(line.split(": ")[1]).name for line in folder.notices()] == ["camera.gif"]
 
 
+@pytest.mark.slow
 def test_the_station_prints_what_its_hot_folder_passes_over(bundle: Path, tmp_path: Path) -> None:
     from PIL import Image
 

@@ -235,6 +235,7 @@ def test_a_free_running_camera_refuses_triggers_for_good(tmp_path: Path) -> None
         feed.close()
 
 
+@pytest.mark.slow
 def test_camera_options_are_checked_in_one_line(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     secret = "hunter2"

@@ -98,6 +98,7 @@ def _arrive_in_order(folder: Path, names: list[str]) -> None:
 # ---------------------------------------------------------------------- 1. OUT and the hot folder
 
 
+@pytest.mark.slow
 def test_out_as_the_hot_folder_is_a_one_line_error_and_writes_nothing(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -126,6 +127,7 @@ def test_out_as_the_hot_folder_is_refused_through_symlinks_and_before_it_exists(
     assert not (folder / "results").exists()
 
 
+@pytest.mark.slow
 def test_out_inside_the_hot_folder_is_never_scanned(bundle: Path, tmp_path: Path) -> None:
     folder = tmp_path / "D"
     folder.mkdir()
@@ -224,6 +226,7 @@ def test_overlays_are_saved_at_a_bounded_resolution(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "out" / files["overlay"]).size == (1024, 768 + legend)
 
 
+@pytest.mark.slow
 def test_a_huge_frame_is_decoded_and_drawn_at_a_bounded_size(
     bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,6 +267,7 @@ def test_a_huge_frame_is_decoded_and_drawn_at_a_bounded_size(
 # ---------------------------------------------------------------------- 2a. a bundle that lies
 
 
+@pytest.mark.slow
 def test_a_bundle_whose_graph_is_another_size_is_a_one_line_error(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -309,6 +313,7 @@ watch_folder(det, in_dir, out, bank=2, idle_exit_s=0.3, poll_s=0.05)
 """
 
 
+@pytest.mark.slow
 def test_a_frame_at_three_deaths_in_a_row_in_its_own_work_is_rejected(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -345,6 +350,7 @@ def test_a_frame_at_three_deaths_in_a_row_in_its_own_work_is_rejected(
     assert not (out / IN_PROGRESS).exists()
 
 
+@pytest.mark.slow
 def test_a_stop_by_signal_or_idle_does_not_count_and_a_crash_does(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -386,6 +392,7 @@ def test_a_stop_by_signal_or_idle_does_not_count_and_a_crash_does(
     assert not (out / IN_PROGRESS).exists()
 
 
+@pytest.mark.slow
 def test_a_marker_left_by_a_dead_run(bundle: Path, tmp_path: Path) -> None:
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
@@ -451,6 +458,7 @@ def _dies_in_hand(
     assert (in_dir / name).exists()
 
 
+@pytest.mark.slow
 def test_deaths_outside_a_frames_own_work_are_not_counted(bundle: Path, tmp_path: Path) -> None:
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
@@ -462,6 +470,7 @@ def test_deaths_outside_a_frames_own_work_are_not_counted(bundle: Path, tmp_path
     _assert_each_once(out, ["0.png", "1.png", "2.png"])
 
 
+@pytest.mark.slow
 def test_two_kills_in_a_frames_own_work_do_not_reject_it(bundle: Path, tmp_path: Path) -> None:
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
@@ -474,6 +483,7 @@ def test_two_kills_in_a_frames_own_work_do_not_reject_it(bundle: Path, tmp_path:
     assert not (out / IN_PROGRESS).exists()
 
 
+@pytest.mark.slow
 def test_a_death_during_start_up_keeps_the_count_and_adds_nothing(
     bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -500,6 +510,7 @@ def test_a_death_during_start_up_keeps_the_count_and_adds_nothing(
     _assert_each_once(out, ["0.png", "1.png"])
 
 
+@pytest.mark.slow
 def test_a_restart_after_a_death_in_warm_up_scores_as_a_clean_run(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -543,6 +554,7 @@ def test_a_restart_after_a_death_in_warm_up_scores_as_a_clean_run(
 # ---------------------------------------------------------------------- 3. users' other files
 
 
+@pytest.mark.slow
 def test_files_not_named_like_images_are_left_alone(bundle: Path, tmp_path: Path) -> None:
     in_dir, out = tmp_path / "in", tmp_path / "out"
     (in_dir / "docs").mkdir(parents=True)
@@ -568,6 +580,7 @@ def test_files_not_named_like_images_are_left_alone(bundle: Path, tmp_path: Path
 # ---------------------------------------------------------------------- 4. a hot folder that goes
 
 
+@pytest.mark.slow
 def test_a_hot_folder_that_goes_missing_is_reported_and_picked_up_again(
     bundle: Path, tmp_path: Path
 ) -> None:

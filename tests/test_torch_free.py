@@ -6,7 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from helpers import BLOCKER, TORCH
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = f"BLOCKED = {set(TORCH)!r}\n{BLOCKER}" + textwrap.dedent(
     """

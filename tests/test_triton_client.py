@@ -19,6 +19,7 @@ from helpers import (
     write_frame,
     zsad,
 )
+from zsad.api.detector import Detector
 from zsad.api.encoders import EncoderSpec, open_triton
 from zsad.errors import ZsadError
 from zsad.formats.triton import PARAM_BUNDLE, PARAM_FILE
@@ -182,6 +183,16 @@ def _served(spec: EncoderSpec) -> StandInClient:
     return StandInClient.made[-1]
 
 
+def test_a_detector_connects_to_and_describes_the_served_model_once(
+    clients: list[StandInClient],
+) -> None:
+    spec = EncoderSpec(triton="grpc://gpu-server", triton_model="zsad")
+    with Detector.from_spec(spec) as detector:
+        assert detector.method.name == "musc"  # the default, which a STAPS bundle serves
+    assert len(clients) == 1
+    assert [name for name, _ in clients[0].requests].count("get_model_config") == 1
+
+
 def test_the_token_file_goes_as_a_bearer_header_on_every_request(
     clients: list[StandInClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,6 +234,7 @@ def test_a_token_over_a_plain_connection_is_warned_about(
     assert capsys.readouterr().err.count("token is sent unencrypted") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -243,6 +255,7 @@ def test_the_command_line_settings_fail_in_one_line(
     one_line_error(result, needle)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -34,6 +34,8 @@ require_service(triton_client_installed(), "no Triton client: pip install -e '.[
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 FP32 = model_config_pb2.DataType.Value("TYPE_FP32")
 CPU = model_config_pb2.ModelInstanceGroup.Kind.Value("KIND_CPU")
 GPU = model_config_pb2.ModelInstanceGroup.Kind.Value("KIND_GPU")

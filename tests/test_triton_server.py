@@ -37,6 +37,8 @@ from zsad.runtime.onnx_backend import CPU, OnnxBackend
 from zsad.runtime.preprocess import preprocess_image
 from zsad.runtime.triton_backend import TritonBackend
 
+pytestmark = pytest.mark.slow
+
 require_service(triton_client_installed(), "no Triton client: pip install -e '.[triton]'")
 
 COMMON = ("--no-progress", "--no-overlays")

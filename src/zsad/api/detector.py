@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Sequence
@@ -12,9 +13,10 @@ import numpy as np
 
 from zsad.api.encoders import (
     DEFAULT_MODEL,
+    Deployment,
     EncoderSpec,
-    bundle_method,
     open_encoder,
+    read_deployment,
     require_torch,
     set_outputs_on,
 )
@@ -23,6 +25,7 @@ from zsad.api.scorers import SCORERS, HeadclipScoring, MethodOptions
 from zsad.api.stream import Stream, image_label
 from zsad.data.images import ImageInput, as_rgb_array, decode_each
 from zsad.errors import ZsadError
+from zsad.formats.artifact import load_artifact, parse_artifact
 from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
 from zsad.formats.methods import (
@@ -33,6 +36,7 @@ from zsad.formats.methods import (
     default_method,
     get_method,
 )
+from zsad.formats.thresholds import bundle_threshold, mismatched_settings
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
@@ -89,19 +93,24 @@ class Detector:
         """A Detector for ``method`` over ``spec``'s encoder (None: musc, or the method of a
         bundle that cannot serve musc)."""
         options = options or MethodOptions()
-        chosen = get_method(method or default_method(bundle_method(spec)))
-        headclip = None
-        dino = None if spec.deployed else get_arch(spec.model)
-        if chosen.needs_calibration and dino is not None:
-            raise ZsadError(dino.headclip_refusal)
-        if chosen.needs_calibration:
-            backend, artifact = _headclip_encoder(spec, calibration)
-            headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
-        elif calibration is not None:
-            raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
-        else:
-            on = set_outputs_on(spec, chosen.name, options.scoring.device)
-            backend = open_encoder(spec, chosen.outputs, outputs_on=on)
+        deployment = read_deployment(spec)
+        try:
+            chosen = get_method(method or default_method(deployment.method))
+            headclip = None
+            dino = None if spec.deployed else get_arch(spec.model)
+            if chosen.needs_calibration and dino is not None:
+                raise ZsadError(dino.headclip_refusal)
+            if chosen.needs_calibration:
+                backend, artifact = _headclip_encoder(spec, calibration, deployment)
+                headclip = HeadclipScoring.from_artifact(artifact, backend.image_size, options)
+            elif calibration is not None:
+                raise ZsadError(f"--calibration {calibration}: only used with --method headclip")
+            else:
+                on = set_outputs_on(spec, chosen.name, options.scoring.device)
+                backend = open_encoder(spec, chosen.outputs, outputs_on=on, deployment=deployment)
+        except BaseException:
+            deployment.close()
+            raise
         return cls(
             chosen.name,
             backend,
@@ -245,8 +254,6 @@ class Detector:
         if bundle is None:
             self.note("no threshold given and no bundle: results carry scores, no OK/NG")
             return None
-        from zsad.formats.thresholds import bundle_threshold, mismatched_settings
-
         entry = bundle_threshold(bundle, self.name)
         if entry is None:
             self.note(
@@ -389,10 +396,6 @@ def _options(
 
 def _served_artifact(backend: Any) -> Any:
     """The calibration a HeadCLIP model on a Triton server carries in its config."""
-    import base64
-
-    from zsad.formats.artifact import parse_artifact
-
     if not backend.calibration:
         backend.close()
         raise ZsadError(f"{backend.where}: a headclip model without its calibration")
@@ -400,17 +403,15 @@ def _served_artifact(backend: Any) -> Any:
 
 
 def _headclip_encoder(
-    spec: EncoderSpec, calibration: str | os.PathLike[str] | None
+    spec: EncoderSpec, calibration: str | os.PathLike[str] | None, deployment: Deployment
 ) -> tuple[EncoderBackend, Any]:
     """The HeadCLIP encoder and its artifact: from the bundle, or a model plus an artifact."""
-    from zsad.formats.artifact import load_artifact
-
     if spec.deployed:
         if calibration is not None:
             raise ZsadError(
                 f"--calibration {calibration}: a headclip bundle carries its own calibration"
             )
-        backend = open_encoder(spec, get_method("headclip").outputs)
+        backend = open_encoder(spec, get_method("headclip").outputs, deployment=deployment)
         if spec.triton is not None:
             return backend, _served_artifact(backend)
         bundle = backend.bundle  # type: ignore[attr-defined]
@@ -430,6 +431,7 @@ def _headclip_encoder(
         )
     artifact = load_artifact(calibration, backbone=spec.model, image_size=spec.image_size)
     require_torch(f"--model {spec.model}", "; or run a bundle with --bundle")
+    # Here, not at the top: a Detector over a bundle or a server runs without torch.
     from zsad.model import load_clip
     from zsad.model.backend import TorchBackend
     from zsad.model.headclip import encoder_from_artifact

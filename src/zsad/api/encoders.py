@@ -8,13 +8,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsad.arrays import check_outputs_on
+from zsad.arrays import array_module, check_outputs_on
 from zsad.errors import ZsadError
+from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES, Bundle
+from zsad.formats.urls import read_secret
 from zsad.runtime.backend import EncoderBackend
+from zsad.scoring.pipeline import METHODS as SET_METHODS
 
 if TYPE_CHECKING:
     from zsad.runtime.triton_backend import TritonBackend
+
+# Two kinds of import stay inside functions: zsad.model (torch, open_clip), where a PyTorch
+# encoder is built, since bundles, engines and Triton run without torch; and the runtimes
+# (zsad.runtime.open, onnx_backend, triton_backend), where an encoder opens, since the command
+# line imports this module and `zsad --help` must not load them.
 
 DEFAULT_MODEL = "ViT-L-14-336"
 # The ViT-L/14 methods were published at 518 px (37 x 37 patches); other models default to the
@@ -79,9 +87,9 @@ class EncoderSpec:
             resolve_providers("cuda")
             return
         require_torch(f"--model {self.model}")
-        import torch
+        from zsad.model.cuda import cuda_available
 
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise ZsadError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
 
     def describe(self) -> str:
@@ -94,8 +102,7 @@ class EncoderSpec:
 def require_torch(what: str, alternative: str = "") -> None:
     """Fail with one line naming the export extra when torch or open_clip is not installed."""
     try:
-        import open_clip  # noqa: F401
-        import torch  # noqa: F401
+        import zsad.model  # noqa: F401  (fails here without torch or open_clip)
     except ImportError as exc:
         raise ZsadError(
             f"{what} needs the export extra ({exc.name} is missing): pip install 'zsad[export]'"
@@ -103,18 +110,48 @@ def require_torch(what: str, alternative: str = "") -> None:
         ) from exc
 
 
-def bundle_method(spec: EncoderSpec) -> str | None:
-    """The method the bundle (or served model) behind ``spec`` was exported for (None: a model)."""
+@dataclass
+class Deployment:
+    """What a spec's bundle or server holds, read once per open: bundle.json, or the connection
+    to the served model, whose config carries its bundle's metadata."""
+
+    bundle: Bundle | None = None  # None: an open_clip model
+    served: TritonBackend | None = None
+
+    @property
+    def method(self) -> str | None:
+        """The method the bundle or served model was exported for (None: a model)."""
+        return None if self.bundle is None else self.bundle.method
+
+    def close(self) -> None:
+        """Drop the server connection when no encoder took it over."""
+        if self.served is not None:
+            self.served.close()
+
+
+def read_deployment(spec: EncoderSpec) -> Deployment:
+    """Read ``spec``'s bundle.json, or connect to its served model (nothing for a model)."""
     if spec.triton is not None:
-        with open_triton(spec) as backend:
-            return backend.bundle.method
-    root = spec.bundle_root()
-    return None if root is None else Bundle.load(root).method
+        served = open_triton(spec)
+        return Deployment(served.bundle, served)
+    if spec.bundle is not None and spec.engine is not None:
+        raise ZsadError("--bundle and --engine: give one of them")
+    if spec.engine is not None and spec.engine.suffix not in ENGINE_SUFFIXES:
+        raise ZsadError(
+            f"--engine {spec.engine}: expected an .engine or .plan file from zsad export"
+        )
+    if spec.bundle is not None and spec.bundle.suffix in ENGINE_SUFFIXES:
+        raise ZsadError(f"--bundle {spec.bundle}: this is an engine file; pass it with --engine")
+    path = spec.engine if spec.engine is not None else spec.bundle
+    if path is None:
+        return Deployment()
+    if not path.exists():
+        raise ZsadError(f"{path}: no such file or directory")
+    return Deployment(Bundle.load(path if path.is_dir() else path.parent))
 
 
 def open_triton(spec: EncoderSpec) -> TritonBackend:
     """Connect to the served encoder; with --bundle too, the served file must be that bundle's."""
-    from zsad.formats.urls import read_secret
     from zsad.runtime.triton_backend import TOKEN_ENV, TritonBackend, parse_url
 
     parse_url(spec.triton)  # first: a URL with credentials must not be repeated in a message
@@ -147,27 +184,18 @@ def model_image_size(model: str, image_size: int | None) -> int:
         return image_size
     if model in PAPER_MODELS:
         return PAPER_IMAGE_SIZE
-    from zsad.formats.backbones import get_arch
-
     arch = get_arch(model)
     if arch is not None:
         return arch.default_image_size
-    import open_clip
+    from zsad.model.loading import clip_image_size
 
-    import zsad.model.loading  # noqa: F401  (registers zsad-tiny's config with open_clip)
-
-    config = open_clip.get_model_config(model) or {}
-    size = config.get("vision_cfg", {}).get("image_size", PAPER_IMAGE_SIZE)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+    return clip_image_size(model, PAPER_IMAGE_SIZE)
 
 
 def set_outputs_on(spec: EncoderSpec, method: str, scoring_device: str) -> str:
     """'device' when a bundle's or engine's outputs feed STAPS/MuSc set scoring on CuPy (the
     taps then never leave the GPU), else 'host'."""
-    from zsad.arrays import array_module
-    from zsad.scoring.pipeline import METHODS
-
-    if not spec.runs_bundle or method not in METHODS:
+    if not spec.runs_bundle or method not in SET_METHODS:
         return "host"
     return "host" if array_module(scoring_device) is np else "device"
 
@@ -178,10 +206,13 @@ def open_encoder(
     *,
     taps: tuple[int, ...] | None = None,
     outputs_on: str = "host",
+    deployment: Deployment | None = None,
 ) -> EncoderBackend:
     """The bundle (ONNX Runtime) or engine (TensorRT) backend when given, else the torch one.
 
     ``outputs_on="device"`` (a bundle or engine only) keeps the outputs on the GPU as CuPy arrays.
+    ``deployment``: what read_deployment(spec) already read, so that it is not read again; a
+    server connection in it becomes the returned encoder.
     """
     if check_outputs_on(outputs_on) == "device" and not spec.runs_bundle:
         raise ZsadError(
@@ -190,20 +221,13 @@ def open_encoder(
         )
     if not spec.deployed:
         return _torch_backend(spec, outputs, taps)
-    if spec.triton is not None:
-        return _checked_outputs(open_triton(spec), outputs, f"{spec.triton}/{spec.triton_model}")
-    from zsad.runtime.open import open_backend
-
-    if spec.bundle is not None and spec.engine is not None:
-        raise ZsadError("--bundle and --engine: give one of them")
-    if spec.engine is not None and spec.engine.suffix not in ENGINE_SUFFIXES:
-        raise ZsadError(
-            f"--engine {spec.engine}: expected an .engine or .plan file from zsad export"
-        )
-    if spec.bundle is not None and spec.bundle.suffix in ENGINE_SUFFIXES:
-        raise ZsadError(f"--bundle {spec.bundle}: this is an engine file; pass it with --engine")
+    deployment = deployment or read_deployment(spec)
+    if deployment.served is not None:
+        return _checked_outputs(deployment.served, outputs, spec.describe())
     path = spec.engine if spec.engine is not None else spec.bundle
     assert path is not None
+    from zsad.runtime.open import open_backend
+
     backend = open_backend(
         path,
         device=spec.device,
@@ -211,6 +235,7 @@ def open_encoder(
         outputs_on=outputs_on,
         backend=spec.backend,
         precision=spec.precision,
+        bundle=deployment.bundle,
     )
     return _checked_outputs(backend, outputs, str(path))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -14,11 +14,10 @@ from zsad.arrays import to_numpy
 from zsad.errors import ZsadError
 from zsad.formats.artifact import HeadclipArtifact
 from zsad.runtime.encode import EncodedImages
+from zsad.scoring.headclip import score_headclip
 from zsad.scoring.maps import patch_grid
-from zsad.scoring.pipeline import SetScoringConfig
-
-if TYPE_CHECKING:
-    from zsad.scoring.stream import RollingStaps
+from zsad.scoring.pipeline import SetScoringConfig, score_set
+from zsad.scoring.stream import RollingStaps
 
 # (image scores (N,), maps (N, h, w) at any resolution, facts for the summary)
 SetScores = tuple[np.ndarray, np.ndarray, dict[str, Any]]
@@ -83,8 +82,6 @@ class HeadclipScoring:
 
     def __call__(self, cls: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(cls (N, D), local (N, L, P, D)) -> (image scores (N,), pixel maps (N, S, S))."""
-        from zsad.scoring.headclip import score_headclip
-
         # JAS runs on NumPy: outputs a backend left on the GPU come over here (they are small).
         cls, local = to_numpy(cls), to_numpy(local)
         if local.ndim == 3:
@@ -139,8 +136,6 @@ def staps_set_scorer(
     scoring = replace(options.scoring, method=method)
 
     def score(encoded: EncodedImages) -> SetScores:
-        from zsad.scoring.pipeline import score_set
-
         if len(encoded) < 2:
             raise ZsadError(
                 f"{len(encoded)} readable image(s): mutual scoring needs at least 2"
@@ -181,8 +176,6 @@ def headclip_set_scorer(
 def _rolling_scorer(
     scoring: SetScoringConfig, bank: int, image_size: int
 ) -> tuple[StreamScorer, dict[str, Any]]:
-    from zsad.scoring.stream import RollingStaps
-
     rolling = RollingStaps(scoring, bank, image_size)
     return RollingScorer(rolling), staps_settings(scoring, bank)
 

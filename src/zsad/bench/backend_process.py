@@ -21,7 +21,12 @@ from typing import IO, Any
 
 import numpy as np
 
+import zsad
+from zsad.bench import measure as bm
+from zsad.bench.backends import bundle_backend, check_device, load_backbone, torch_backend
 from zsad.errors import ZsadError
+from zsad.formats.bundle import FP32_ONNX
+from zsad.formats.methods import METHODS
 
 MEMORY_METHODS = {
     "row_hwm": "peak resident memory (VmHWM, MiB) of the backend's own process during the row's "
@@ -38,8 +43,6 @@ class BackendProcess:
     """The parent's handle on a child process serving one backend (use it as a context)."""
 
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        import zsad
-
         source = str(Path(zsad.__file__).resolve().parents[1])
         env = dict(os.environ)
         # The child must import this same zsad, whichever tree the parent runs from.
@@ -114,9 +117,6 @@ class BackendProcess:
 
 def bundle_flops(bundle: Path) -> tuple[float | None, str]:
     """FLOPs per image from the bundle's FP32 ONNX graph: every bundle backend runs that math."""
-    from zsad.bench import measure as bm
-    from zsad.formats.bundle import FP32_ONNX
-
     try:
         return bm.onnx_graph_flops(bundle / FP32_ONNX), f"FLOPs from the {FP32_ONNX} graph"
     except ImportError:
@@ -135,10 +135,6 @@ def open_backend(
     bundle: Path | None,
 ) -> tuple[Any, float | None, str]:
     """The backend for one --backend name, its FLOPs per image, and their source or absence."""
-    from zsad.bench import measure as bm
-    from zsad.bench.backends import bundle_backend, check_device, load_backbone, torch_backend
-    from zsad.formats.methods import METHODS
-
     check_device(name, device)
     if name.startswith("torch"):
         backbone = load_backbone(model, weights, pretrained)
@@ -152,21 +148,18 @@ def open_backend(
 
 def gpu_memory_in_use_mb(device: str) -> float:
     """Memory in use on the GPU (total less free), whoever allocated it."""
-    import torch
+    from zsad.model.cuda import memory_in_use_mb  # torch: only a CUDA bench reads GPU memory
 
-    free, total = torch.cuda.mem_get_info(torch.device(device))
-    return (total - free) / 2**20
+    return memory_in_use_mb(device)
 
 
 def release_torch_cache(device: str) -> None:
-    """Hand torch's cached GPU blocks back, so memory read next is what is really held."""
+    """Hand torch's cached GPU blocks back on a CUDA device, so memory read next is what is
+    really held; nothing on the CPU, where torch need not be installed."""
     if device.startswith("cuda"):
-        import gc
+        from zsad.model.cuda import release_cache  # torch: a CUDA bench only
 
-        import torch
-
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_cache()
 
 
 # ---------------------------------------------------------------------- the child
@@ -205,8 +198,6 @@ class _Server:
         if command == "row":
             return self.row(message["batch"], message["warmup"])
         if command == "time":
-            from zsad.bench import measure as bm
-
             # One untimed run first: after waiting on the peak sample the backend's threads
             # are cold, and its first run pays for waking them, not for encoding.
             seconds = bm.time_runs(
@@ -258,9 +249,7 @@ class _Server:
             return {"mb": round(used, 1), "method": "gpu_delta"}
         if self.reset:
             return {"mb": _hwm_mb(), "method": "row_hwm"}
-        from zsad.bench.measure import peak_rss_mb
-
-        return {"mb": peak_rss_mb(), "method": "process_peak"}
+        return {"mb": bm.peak_rss_mb(), "method": "process_peak"}
 
     def close(self) -> None:
         if self.runner is not None:

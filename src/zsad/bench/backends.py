@@ -6,6 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from zsad.errors import ZsadError
+from zsad.formats.bundle import Bundle
+from zsad.scoring.pipeline import METHODS as SET_METHODS
+
+# zsad.model (torch) and zsad.runtime.open are imported inside the functions that open a backend:
+# `zsad --help` imports this module for the backend names, and the bundle backends run without
+# torch.
 
 BACKENDS = (
     "torch-fp32",
@@ -53,21 +59,29 @@ def torch_backend(
     return TorchBackend(encoder, device=device, fp16=name == "torch-fp16")
 
 
-def bundle_backend(name: str, bundle: Path | None, device: str, outputs_on: str = "host") -> Any:
+def bundle_backend(name: str, bundle: Path | None, device: str, gpu_scoring: bool = False) -> Any:
     """The bundle's ONNX Runtime session (onnxruntime), OpenVINO model (openvino-PRECISION) or
-    engine (trt, rtx); with ``outputs_on="device"`` its outputs stay on the GPU."""
+    engine (trt, rtx); with ``gpu_scoring`` a bundle for STAPS or MuSc keeps its outputs on the
+    GPU for set scoring."""
     if bundle is None:
         raise ZsadError(f"{name} runs a `zsad export` bundle: pass --bundle DIR")
-    from zsad.runtime.open import open_backend
-
     path = bundle / "encoder.engine" if name in ("trt", "rtx") else bundle
     if name in ("trt", "rtx") and not path.exists():
         raise ZsadError(f"{path}: no engine in the bundle (export with --engine {name})")
+    from zsad.runtime.open import open_backend
+
+    loaded = Bundle.load(bundle)
+    on = "device" if gpu_scoring and loaded.method in SET_METHODS else "host"
     if name.startswith("openvino"):
         precision = name.split("-", 1)[1]
         return open_backend(
-            path, device="cpu", outputs_on=outputs_on, backend="openvino", precision=precision
+            path,
+            device="cpu",
+            outputs_on=on,
+            backend="openvino",
+            precision=precision,
+            bundle=loaded,
         )
     # Named, so that --device auto's choice of runtime never swaps the row's runtime.
     runtime = "onnxruntime" if name == "onnxruntime" else "auto"
-    return open_backend(path, device=device, outputs_on=outputs_on, backend=runtime)
+    return open_backend(path, device=device, outputs_on=on, backend=runtime, bundle=loaded)

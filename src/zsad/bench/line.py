@@ -23,10 +23,20 @@ from typing import Any
 
 import numpy as np
 
+from zsad.api.detector import Detector
+from zsad.api.encoders import EncoderSpec
+from zsad.api.scorers import MethodOptions
 from zsad.bench import measure as bm
 from zsad.bench.report import say, warn, write_report
+from zsad.bench.station import _frames
 from zsad.errors import ZsadError
 from zsad.formats.methods import DEFAULT_BANK
+from zsad.scoring.pipeline import SetScoringConfig
+from zsad.station.frames import HotFolder
+from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaConfig
+from zsad.station.line.opcua import NAMESPACE
+from zsad.station.line.sinks import build_sinks
+from zsad.station.station import Station, StationOptions
 
 SETTLE = 5  # records per run left out of the latency figures
 
@@ -42,12 +52,6 @@ def bench_line(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Station images/s with sinks off and on, and sink latency p50/p99; writes OUT/bench.*."""
-    from zsad.api.detector import Detector
-    from zsad.api.encoders import EncoderSpec
-    from zsad.api.scorers import MethodOptions
-    from zsad.bench.station import _frames
-    from zsad.scoring.pipeline import SetScoringConfig
-
     spec = EncoderSpec(model, None, "random", image_size, "cpu", None, None)
     options = MethodOptions(SetScoringConfig())
     detector = Detector.from_spec(spec, None, options=options, progress=False)
@@ -83,11 +87,6 @@ def bench_line(
 def _run_once(
     detector: Any, work: Path, bank: int, broker: _Broker, sinks_on: bool, repeat: int
 ) -> dict[str, Any]:
-    from zsad.station.frames import HotFolder
-    from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaConfig
-    from zsad.station.line.sinks import build_sinks
-    from zsad.station.station import Station, StationOptions
-
     out = work / f"out-{repeat}-{'on' if sinks_on else 'off'}"
     clients: list[_Listener] = []
     sinks = []
@@ -284,8 +283,6 @@ class _OpcuaListener(_Listener):
         import asyncio
 
         from asyncua import Client, ua
-
-        from zsad.station.line.opcua import NAMESPACE
 
         listener = self
 

@@ -218,22 +218,9 @@ def matmul_peak_tflops(
     if device == "cpu":
         seconds = numpy_matmul_seconds(size, size, size, calls * flops)
         return round(calls * flops / seconds / 1e12, 4)
-    import torch
+    from zsad.model.cuda import matmul_peak_tflops as cuda_peak  # torch: a CUDA bench only
 
-    size = max(size, 8192)
-    flops = 2.0 * size**3
-    dt = {"float32": torch.float32, "float16": torch.float16}[dtype]
-    a = torch.randn(size, size, device=device, dtype=dt)
-    b = torch.randn(size, size, device=device, dtype=dt)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return round(flops * calls / (start.elapsed_time(end) / 1e3) / 1e12, 2)
+    return cuda_peak(device, dtype, max(size, 8192), calls)
 
 
 def cupy_matmul_peak_tflops(dtype: str = "float16", size: int = 8192) -> float:
@@ -356,10 +343,11 @@ def environment(device: str) -> dict[str, Any]:
 def _gpu_name() -> str:
     # torch where it is installed; CuPy on a station that scores on the GPU without torch.
     try:
-        import torch
+        from zsad.model.cuda import device_name  # torch, where it is installed
 
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
+        name = device_name()
+        if name is not None:
+            return name
     except ImportError:
         pass
     try:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from zsad.arrays import module_of
+from zsad.api.overlay import save_overlay
+from zsad.arrays import array_module, module_of
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
 from zsad.bench.backends import (
@@ -21,9 +22,16 @@ from zsad.bench.backends import (
     torch_backend,
 )
 from zsad.bench.report import resolve_device, say, write_report
+from zsad.data.images import load_image
+from zsad.data.synthetic import make_dataset
 from zsad.errors import ZsadError
-from zsad.formats.bundle import Bundle
+from zsad.formats.atomic import save_npy
+from zsad.formats.backbones import get_arch
 from zsad.formats.methods import METHODS
+from zsad.runtime.preprocess import preprocess_image
+from zsad.scoring.headclip import score_headclip
+from zsad.scoring.maps import upsample_maps
+from zsad.scoring.pipeline import SetScoringConfig, score_set
 
 STAGES = ("decode", "preprocess", "encoder", "scoring", "writing")
 Scorer = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
@@ -46,9 +54,6 @@ def bench_pipeline(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time STAPS over N images and HeadCLIP at each batch; writes bench.json, bench.md, a plot."""
-    from zsad.arrays import array_module
-    from zsad.scoring.pipeline import SetScoringConfig
-
     names = backend.split(",")
     unknown = [name for name in names if name not in BACKENDS]
     if unknown:
@@ -126,25 +131,17 @@ def _encoders(
     STAPS scores there)."""
     check_device(backend, device)
     if backend.startswith("torch"):
-        from zsad.formats.backbones import get_arch
-
         loaded = load_backbone(model, weights, pretrained)
         names = ("staps",) if get_arch(model) is not None else ("staps", "headclip")
         return {
             name: torch_backend(loaded, backend, image_size, device, METHODS[name].outputs)
             for name in names
         }
-    from zsad.scoring.pipeline import METHODS as SET_METHODS
-
-    method = None if bundle is None else Bundle.load(bundle).method
-    on = "device" if gpu_scoring and method in SET_METHODS else "host"
-    runner = bundle_backend(backend, bundle, device, on)  # explains a missing --bundle
+    runner = bundle_backend(backend, bundle, device, gpu_scoring)  # explains a missing --bundle
     return {runner.bundle.method: runner}
 
 
 def _staps_scorer(config: Any, image_size: int) -> Scorer:
-    from zsad.scoring.pipeline import score_set
-
     def score(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         result = score_set(o["taps"], o["cls"], config, image_size=image_size)
         return result.image_scores, result.patch_maps
@@ -154,8 +151,6 @@ def _staps_scorer(config: Any, image_size: int) -> Scorer:
 
 def _headclip_scorer(image_size: int, seed: int) -> Scorer:
     # Random prompts time exactly like calibrated ones; their width is the CLS width.
-    from zsad.scoring.headclip import score_headclip
-
     prompts: dict[int, np.ndarray] = {}
 
     def score(o: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +165,6 @@ def _headclip_scorer(image_size: int, seed: int) -> Scorer:
 
 
 def _synthetic_paths(root: Path, count: int, size: int, seed: int) -> list[Path]:
-    from zsad.data.synthetic import make_dataset
-
     make_dataset(
         root, seed=seed, categories=["grid"], n_train=count, n_good=1, n_defect=0, size=size
     )
@@ -187,9 +180,6 @@ def _stages(
     backend: Any, paths: list[Path], batch: int, score: Scorer, out: Path
 ) -> dict[str, float]:
     """Per-stage seconds: decode, preprocess, encoder, scoring, writing."""
-    from zsad.data.images import load_image
-    from zsad.runtime.preprocess import preprocess_image
-
     t: dict[str, float] = {}
     start = time.perf_counter()
     images = [load_image(p) for p in paths]
@@ -216,11 +206,6 @@ def _stages(
 
 def _write_results(out: Path, paths: list[Path], patch_maps: np.ndarray, map_size: int) -> None:
     """What `zsad detect` writes per image: the float16 pixel map and the heatmap overlay."""
-    from zsad.api.overlay import save_overlay
-    from zsad.data.images import load_image
-    from zsad.formats.atomic import save_npy
-    from zsad.scoring.maps import upsample_maps
-
     vmin, vmax = float(patch_maps.min()), float(patch_maps.max())
     for i, path in enumerate(paths):
         name = f"{i:05d}_{path.stem}"

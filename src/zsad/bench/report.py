@@ -23,10 +23,10 @@ def warn(line: str) -> None:
 def cuda_available() -> bool:
     """Whether torch is installed and sees a CUDA device."""
     try:
-        import torch
+        from zsad.model.cuda import cuda_available as torch_sees_cuda  # torch, if installed
     except ImportError:
         return False
-    return bool(torch.cuda.is_available())
+    return torch_sees_cuda()
 
 
 def resolve_device(device: str) -> str:

@@ -9,10 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from zsad.arrays import array_module
 from zsad.bench import measure as bm
 from zsad.bench import plots as bp
 from zsad.bench.report import say, write_report
 from zsad.errors import ZsadError
+from zsad.scoring import mutual_scores
+from zsad.scoring.pipeline import SetScoringConfig, score_set
 
 BASELINE = (
     "MuSc-style: full FP32 P x (N-1)P distance matrix per image (NumPy; CuPy for the "
@@ -135,8 +138,6 @@ def bench_scoring(
 
 def gpu_scoring_unavailable() -> str | None:
     """None when CuPy sees a CUDA device, else why the GPU path is skipped."""
-    from zsad.arrays import array_module
-
     try:
         xp = array_module("gpu")
     except Exception as exc:  # noqa: BLE001 - any failure means "no GPU path here"
@@ -176,8 +177,6 @@ def _msm_row(
 ) -> dict[str, Any]:
     """MSM at one shape: NumPy time, memory and matmul fraction; GPU time against its peak.
     With ``window``, aligned MSM, held to the FLOPs of the pairs inside the window."""
-    from zsad.scoring import mutual_scores
-
     patches, channels, budget = shape
     n = feats.shape[0]
     n_ref = 0 if bank is None else bank.shape[0]
@@ -273,8 +272,6 @@ def _score_set_columns(
     n: int, taps: int, shape: tuple[int, int, float], seed: int, device: str
 ) -> dict[str, Any]:
     """Time the whole STAPS scoring (LNAMD, MSM per (tap, r), BGMPS, STAS) at this shape."""
-    from zsad.scoring.pipeline import SetScoringConfig, score_set
-
     patches, channels, budget = shape
     rng = np.random.default_rng(seed)
     tokens = rng.standard_normal((n, taps, patches + 1, channels), dtype=np.float32)

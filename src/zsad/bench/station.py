@@ -14,10 +14,22 @@ from typing import Any
 
 import numpy as np
 
+from zsad.api.detector import Detector
+from zsad.api.encoders import EncoderSpec
+from zsad.api.scorers import MethodOptions
+from zsad.arrays import array_module
 from zsad.bench import measure as bm
+from zsad.bench.plots import line_chart
 from zsad.bench.report import markdown_header, say, warn
+from zsad.data.synthetic import DEFECT_TYPES, render_sample
 from zsad.errors import ZsadError
+from zsad.evaluation.metrics import image_metrics
+from zsad.formats.atomic import write_json
 from zsad.formats.methods import DEFAULT_BANK
+from zsad.scoring.pipeline import SetScoringConfig
+from zsad.station.frames import HotFolder
+from zsad.station.station import Station, StationOptions
+from zsad.station.status import rss_mb
 
 Sample = tuple[float, int, float, float | None]  # seconds, scored, RSS MiB, GPU pool MiB
 
@@ -36,9 +48,6 @@ def bench_station(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Stream generated frames through a station; writes OUT/bench.json, bench.md, memory.png."""
-    from zsad.formats.atomic import write_json
-    from zsad.scoring.pipeline import SetScoringConfig
-
     scoring = SetScoringConfig()
     detector = open_detector(model, image_size, bundle, device, scoring)
     method, backend = detector.method.name, detector.backend
@@ -79,14 +88,13 @@ def bench_station(
 
 
 def open_detector(
-    model: str, image_size: int | None, bundle: Path | None, device: str, scoring: Any = None
-) -> Any:
+    model: str,
+    image_size: int | None,
+    bundle: Path | None,
+    device: str,
+    scoring: SetScoringConfig | None = None,
+) -> Detector:
     """The Detector a station bench runs: a bundle, or ``model`` at ``image_size`` (224)."""
-    from zsad.api.detector import Detector
-    from zsad.api.encoders import EncoderSpec
-    from zsad.api.scorers import MethodOptions
-    from zsad.scoring.pipeline import SetScoringConfig
-
     if image_size is None and bundle is None:
         image_size = 224
     spec = EncoderSpec(model, None, "random", image_size, device, bundle, None)
@@ -96,8 +104,6 @@ def open_detector(
 
 def plot_memory(path: Path, samples: list[dict[str, Any]]) -> Path:
     """RSS (and the GPU pool) against images scored: flat lines are a station that does not grow."""
-    from zsad.bench.plots import line_chart
-
     series = {"RSS": [(s["scored"], s["rss_mb"]) for s in samples]}
     gpu = [(s["scored"], s["gpu_pool_mb"]) for s in samples if s.get("gpu_pool_mb") is not None]
     if gpu:
@@ -120,9 +126,6 @@ def _run(
     seed: int,
 ) -> tuple[list[dict[str, Any]], list[Sample], list[int], dict[str, Any]]:
     """Write the frames to a hot folder (untimed), then drain it at full speed while sampling."""
-    from zsad.station.frames import HotFolder
-    from zsad.station.station import Station, StationOptions
-
     work = Path(tempfile.mkdtemp(prefix="zsad-bench-station-"))
     try:
         start = time.perf_counter()
@@ -153,8 +156,6 @@ def _frames(folder: Path, count: int, defect_every: int, seed: int) -> list[int]
     """Write `count` synthetic wood frames, oldest first; returns the defective indices."""
     from PIL import Image
 
-    from zsad.data.synthetic import DEFECT_TYPES, render_sample
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     defects = []
@@ -174,8 +175,6 @@ def _frames(folder: Path, count: int, defect_every: int, seed: int) -> list[int]
 
 def _gpu_pool_probe(config: Any) -> Callable[[], float] | None:
     """MiB in use in CuPy's pool, where the bank and MSM live when scoring runs on the GPU."""
-    from zsad.arrays import array_module
-
     if array_module(config.device) is np:
         return None
     import cupy
@@ -187,8 +186,6 @@ def _gpu_pool_probe(config: Any) -> Callable[[], float] | None:
 def _sample(
     station: Any, stop: threading.Event, samples: list[Sample], gpu: Callable[[], float] | None
 ) -> None:
-    from zsad.station.status import rss_mb
-
     start = time.perf_counter()
     while not stop.wait(0.5):
         gpu_mb = gpu() if gpu else None
@@ -206,8 +203,6 @@ def _slope_mb_per_1000(samples: list[Sample], column: int = 2) -> float | None:
 
 def _auroc(records: list[dict[str, Any]], defects: list[int]) -> float:
     """Image AUROC of the planted defects (frame names are their indices)."""
-    from zsad.evaluation.metrics import image_metrics
-
     planted = set(defects)
     labels = np.array([int(int(Path(r["name"]).stem) in planted) for r in records])
     return round(image_metrics(labels, [r["score"] for r in records])["auroc"], 4)

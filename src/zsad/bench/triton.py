@@ -21,10 +21,14 @@ import numpy as np
 from zsad.bench import measure as bm
 from zsad.bench.plots import line_chart
 from zsad.bench.report import say, write_report
+from zsad.bench.triton_server import LocalTritonServer
 from zsad.errors import ZsadError
+from zsad.export.triton_repo import RepositoryOptions, write_repository
 from zsad.formats.bundle import Bundle
 from zsad.formats.urls import read_secret
 from zsad.runtime.backend import EncoderBackend
+from zsad.runtime.open import open_backend
+from zsad.runtime.triton_backend import TOKEN_ENV, TritonBackend
 
 
 def _load(
@@ -90,9 +94,6 @@ def bench_triton(
     token: str | None = None,
 ) -> dict[str, Any]:
     """Measure local ONNX Runtime and each served model at each client count; writes OUT."""
-    from zsad.runtime.open import open_backend
-    from zsad.runtime.triton_backend import TritonBackend
-
     expected = Bundle.load(bundle)
     size = expected.image_size
     pixels = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
@@ -168,9 +169,6 @@ def bench_local_server(
     one model per max batch size, and run ``bench_triton`` against it."""
     import tempfile
 
-    from zsad.bench.triton_server import LocalTritonServer
-    from zsad.export.triton_repo import RepositoryOptions, write_repository
-
     with tempfile.TemporaryDirectory(prefix="zsad-bench-triton-") as folder:
         repo = Path(folder)
         settings = {}
@@ -215,8 +213,6 @@ def run_bench(
     """Against the running server at ``url`` (its ``models``, over TLS with ``ca_file`` and the
     access token where given), else a local one from ``server_env`` serving one model per max
     batch size."""
-    from zsad.runtime.triton_backend import TOKEN_ENV
-
     if url is not None:
         if not models:
             raise ZsadError("--triton: needs --triton-model NAME[,NAME...]")

@@ -11,6 +11,16 @@ try:  # typer >= 0.26 runs on its own copy of click
 except ImportError:
     from click import exceptions as click_exceptions
 
+from zsad.cli import (
+    bench_cmds,
+    calibrate_cmds,
+    data_cmds,
+    detect_cmds,
+    eval_cmds,
+    export_cmds,
+    station_cmds,
+    weights_cmds,
+)
 from zsad.errors import ZsadError
 
 app = typer.Typer(
@@ -23,32 +33,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-
-def _register() -> None:
-    from zsad.cli import (
-        bench_cmds,
-        calibrate_cmds,
-        data_cmds,
-        detect_cmds,
-        eval_cmds,
-        export_cmds,
-        station_cmds,
-        weights_cmds,
-    )
-
-    bench_cmds.register(app)
-    calibrate_cmds.register(app)
-    data_cmds.register(app)
-    detect_cmds.register(app)
-    eval_cmds.register(app)
-    export_cmds.register(app)
-    station_cmds.register(app)
-    weights_cmds.register(app)
+bench_cmds.register(app)
+calibrate_cmds.register(app)
+data_cmds.register(app)
+detect_cmds.register(app)
+eval_cmds.register(app)
+export_cmds.register(app)
+station_cmds.register(app)
+weights_cmds.register(app)
 
 
 def main() -> None:
     """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
-    _register()
     try:
         code = app(standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as exc:

@@ -21,6 +21,9 @@ from zsad.cli.options import (
 )
 from zsad.errors import ZsadError
 
+# Each command imports its bench inside its function: `zsad --help` and the other commands
+# start without the benches (and torch, CuPy or the line clients they may load).
+
 bench_app = typer.Typer(
     name="bench",
     help="Benchmarks: each writes OUT/bench.json, OUT/bench.md and PNG plots. Random weights "

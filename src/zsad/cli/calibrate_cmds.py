@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from zsad.api.encoders import model_image_size, require_torch
 from zsad.cli.options import (
     ProgressOpt,
     SeedOpt,
@@ -16,6 +17,8 @@ from zsad.cli.options import (
     option_parameter,
 )
 from zsad.scoring.headclip import JAS_RATIO, TOP_K_PERCENT
+
+# zsad.calibration (torch) is imported inside the command, after require_torch's one-line check.
 
 _PANEL = "Training"
 _TRAINING = {
@@ -127,8 +130,6 @@ def calibrate(
     --method headclip --calibration OUT` needs; a checkpoint (OUT.ckpt) is written every 50
     steps and after every epoch, and `--resume` continues an interrupted run from it.
     """
-    from zsad.api.encoders import model_image_size, require_torch
-
     require_torch("zsad calibrate")
     from zsad.calibration.run import calibrate_dataset, summary_line
     from zsad.calibration.train import CalibrationConfig

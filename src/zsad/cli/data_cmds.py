@@ -7,7 +7,11 @@ from typing import Annotated
 
 import typer
 
+from zsad.api.encoders import model_image_size, require_torch
 from zsad.cli.options import SeedOpt
+
+# The commands import what they run inside their functions: `zsad --help` starts without the
+# synthetic data generator (SciPy) or zsad.model (torch).
 
 
 def make_data(
@@ -48,8 +52,6 @@ def models(
     """List the image encoders zsad can run (needs the export extra): name, patch size, the
     input size zsad uses by default, the methods, and open_clip's pretrained tags."""
     import json
-
-    from zsad.api.encoders import model_image_size, require_torch
 
     require_torch("zsad models")
     from zsad.model.loading import supported_models

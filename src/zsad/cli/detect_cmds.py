@@ -24,8 +24,13 @@ from zsad.cli.options import (
     headclip_options,
     scoring_options,
 )
+from zsad.data.datasets import read_folder
 from zsad.errors import ZsadError
+from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
+
+# The commands import what they run inside their functions: `zsad --help` starts without the
+# Detector, the station, the evaluation (scikit-learn, SciPy) or torch.
 
 PARTIAL_FAILURE_EXIT = 3  # infer finished, but some images could not be read
 ImagesArg = Annotated[
@@ -102,8 +107,6 @@ def infer(
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
-    from zsad.formats.atomic import writable_folder
-
     if stream and images:
         raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
     if not stream and not images:
@@ -119,7 +122,6 @@ def infer(
                 stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
             return
         from zsad.api.infer import infer_to_folder
-        from zsad.data.datasets import read_folder
 
         paths = [s.path for s in read_folder(images, recursive=recursive, out=out)]
         with detector(

@@ -22,6 +22,10 @@ from zsad.cli.options import (
     headclip_options,
     scoring_options,
 )
+from zsad.formats.atomic import writable_folder
+
+# zsad.evaluation (scikit-learn, SciPy) is imported inside the command: `zsad --help` starts
+# without it.
 
 EvalLabelsOpt = Annotated[
     Path | None,
@@ -76,7 +80,6 @@ def evaluate(
     """
     from zsad.evaluation.report import dataset_samples, markdown_table
     from zsad.evaluation.report import evaluate as run_eval
-    from zsad.formats.atomic import writable_folder
 
     with writable_folder(out):
         samples = dataset_samples(root, dataset, categories, labels, file_column, label_column)

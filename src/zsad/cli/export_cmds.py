@@ -7,8 +7,12 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from zsad.cli.options import QueueDelayOpt, encoder_options, local_path_options
+from zsad.api.encoders import model_image_size, require_torch
+from zsad.cli.options import QueueDelayOpt, encoder_options, int_tuple, local_path_options
 from zsad.formats.methods import DEFAULT_METHOD, METHODS
+
+# The commands import what they run inside their functions (export needs torch): `zsad --help`
+# starts without any of it.
 
 ComputeCapabilityOpt = Annotated[
     str | None,
@@ -110,8 +114,6 @@ def export(
     Run it with `zsad infer --bundle OUT` (ONNX Runtime) or
     `zsad infer --engine OUT/encoder.engine` (TensorRT).
     """
-    from zsad.api.encoders import model_image_size, require_torch
-
     require_torch("zsad export")
     from zsad.export.engine import parse_compute_capabilities
     from zsad.export.pipeline import export_model
@@ -181,7 +183,6 @@ def triton(
     HeadCLIP's calibration too), which `zsad infer --triton URL --triton-model NAME` checks on
     connect. Serve it with tritonserver --model-repository REPO (see docs/triton.md).
     """
-    from zsad.cli.options import int_tuple
     from zsad.export.triton_repo import RepositoryOptions, write_repository
 
     options = RepositoryOptions(

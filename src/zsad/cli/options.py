@@ -12,9 +12,18 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from zsad.api.encoders import EncoderSpec
+from zsad.data.cameras.uri import parse_settings
 from zsad.errors import ZsadError
 from zsad.formats.backbones import MAX_GRID
+from zsad.formats.local_path import parse_layers
 from zsad.formats.methods import METHODS, STREAMABLE
+from zsad.scoring.pipeline import SetScoringConfig
+from zsad.station.camera import CameraConfig
+from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaConfig
+
+# zsad.api.scorers (the Detector's scoring, tqdm) is imported where the options become
+# MethodOptions: `zsad --help` starts without it.
 
 SCORING_PANEL = "Training-free scoring (staps / musc)"
 HEADCLIP_PANEL = "HeadCLIP"
@@ -294,8 +303,6 @@ def encoder_options(
     only: tuple[str, ...] = tuple(_ENCODER_OPTIONS),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The encoder options (--model ... --engine, or ``only`` these), given as ``encoder``."""
-    from zsad.api.encoders import EncoderSpec
-
     parameters = [option_parameter(f"enc_{n}", *_ENCODER_OPTIONS[n]) for n in only]
 
     def build(values: dict[str, Any]) -> EncoderSpec:
@@ -410,8 +417,6 @@ STREAM_EXCLUDED = ("order", "use_bgmps", "embed", "cluster", "dim", "n_component
 
 
 def _scoring_defaults() -> dict[str, Any]:
-    from zsad.scoring.pipeline import SetScoringConfig
-
     return {f.name: getattr(SetScoringConfig(), f.name) for f in fields(SetScoringConfig)}
 
 
@@ -444,8 +449,6 @@ def int_tuple(flag: str, text: str) -> tuple[int, ...]:
 
 def build_scoring(values: dict[str, Any], seed: int) -> Any:
     """Turn parsed option values into a SetScoringConfig, with one-line errors."""
-    from zsad.scoring.pipeline import SetScoringConfig
-
     flags = {name: flag for name, flag, _, _ in _SCORING_OPTIONS}
     for name, default in _scoring_defaults().items():
         if isinstance(default, tuple) and isinstance(values.get(name), str):
@@ -565,8 +568,6 @@ _LOCAL_PATH_OPTIONS = {
 
 def _local_path_values(values: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The local-path options as MethodOptions/CalibrationConfig fields (None: not given)."""
-    from zsad.formats.local_path import parse_layers
-
     chosen = {n: values[prefix + n] for n in _LOCAL_PATH_OPTIONS}
     for name in ("csa_layers", "readout_layers"):
         if chosen[name] is not None:
@@ -723,8 +724,6 @@ _LINE_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 def line_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The MQTT, OPC UA and HTTP options of a station, given as ``line`` (a LineConfig)."""
-    from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaConfig
-
     parameters = [option_parameter(f"line_{n}", *spec) for n, spec in _LINE_OPTIONS.items()]
 
     def build(values: dict[str, Any]) -> LineConfig:
@@ -837,9 +836,6 @@ _CAMERA_OPTIONS: dict[str, tuple[Any, Any]] = {
 def camera_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--source and the camera options, given as ``source``: a CameraConfig for a camera, the
     folder's Path for a hot folder, None without --source."""
-    from zsad.data.cameras.uri import parse_settings
-    from zsad.station.camera import CameraConfig
-
     parameters = [option_parameter(f"cam_{n}", *spec) for n, spec in _CAMERA_OPTIONS.items()]
 
     def build(values: dict[str, Any]) -> CameraConfig | Path | None:

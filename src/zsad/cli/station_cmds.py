@@ -26,7 +26,13 @@ from zsad.cli.options import (
     line_options,
     scoring_options,
 )
+from zsad.data.datasets import read_folder, read_labelled_folder
+from zsad.errors import ZsadError
+from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
+
+# The commands import what they run inside their functions: `zsad --help` starts without the
+# station, its line sinks or the threshold search.
 
 stream_scoring_options = scoring_options(exclude=STREAM_EXCLUDED)
 
@@ -127,7 +133,6 @@ def watch(
     (it is not scanned) but may not be the hot folder itself.
     --source genicam://... or rtsp://... reads a camera instead, frames kept in OUT/frames.
     """
-    from zsad.formats.atomic import writable_folder
     from zsad.station.line.sinks import build_sinks
     from zsad.station.run import open_when_available, watch_camera, watch_folder
 
@@ -155,7 +160,6 @@ def watch(
 
 def _watched(in_dir: Path | None, source: Any, out: Path) -> Any:
     """The hot folder (checked against OUT) or the CameraConfig `zsad watch` is to read."""
-    from zsad.errors import ZsadError
     from zsad.station.run import check_watch_folders
 
     if in_dir is not None and source is not None:
@@ -198,8 +202,6 @@ def calibrate_threshold(
     first --bank images, then the rolling bank), and the threshold is stored in
     BUNDLE/bundle.json under the method, with the settings it holds for. Prints JSON.
     """
-    from zsad.data.datasets import read_folder, read_labelled_folder
-    from zsad.errors import ZsadError
     from zsad.evaluation.thresholds import calibrate_threshold as calibrate
 
     if not encoder.deployed:

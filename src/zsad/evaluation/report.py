@@ -14,8 +14,10 @@ import numpy as np
 from zsad.api.detector import Detector
 from zsad.api.records import write_set
 from zsad.api.results import SetResult
-from zsad.data.datasets import Sample
+from zsad.data.datasets import Sample, read_labelled_folder, read_mvtec
+from zsad.data.images import load_mask
 from zsad.errors import ZsadError, echo_stderr
+from zsad.evaluation.metrics import image_metrics, pixel_metrics
 from zsad.formats.atomic import write_jsonl, write_text
 
 LEVELS: tuple[str, ...] = ("image", "pixel")
@@ -23,9 +25,6 @@ LEVELS: tuple[str, ...] = ("image", "pixel")
 
 def category_metrics(samples: list[Sample], scored: SetResult, size: int) -> dict[str, Any]:
     """Image metrics, plus pixel metrics when the samples have masks, over the scored samples."""
-    from zsad.data.images import load_mask
-    from zsad.evaluation.metrics import image_metrics, pixel_metrics
-
     kept = [(s, r) for s, r in zip(samples, scored.results, strict=True) if r.ok]
     labels = np.array([s.label for s, _ in kept])
     metrics: dict[str, Any] = {"image": image_metrics(labels, scored.scores)}
@@ -173,8 +172,6 @@ def dataset_samples(
 ) -> list[Sample]:
     """The samples of an MVTec-layout root, or of a folder with an image-level label CSV, after
     checking that the options fit the layout."""
-    from zsad.data.datasets import read_labelled_folder, read_mvtec
-
     if dataset == "mvtec":
         for given, name in ((labels, "--labels"), (file_column, "--file-column"),
                             (label_column, "--label-column")):  # fmt: skip

@@ -15,9 +15,11 @@ import torch
 
 from zsad.errors import ZsadError
 from zsad.export import parity
+from zsad.export.engine import add_engine
 from zsad.export.fp16 import FP32_ISLANDS, convert_to_fp16
 from zsad.export.onnx_export import INPUT_NAME, OPSET, export_onnx, save_model
 from zsad.formats.artifact import load_artifact
+from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import (
     BUNDLE_JSON,
     ENGINE_FILE,
@@ -28,7 +30,9 @@ from zsad.formats.bundle import (
     write_meta,
 )
 from zsad.formats.methods import DEFAULT_METHOD, get_method
+from zsad.model import build_encoder, load_backbone
 from zsad.model.encoder import DualPathEncoder
+from zsad.model.loading import default_tag
 from zsad.model.vit import TapEncoder
 from zsad.runtime.preprocess import OPENAI_MEAN, OPENAI_STD
 from zsad.runtime.tensorrt_backend import import_tensorrt
@@ -174,8 +178,6 @@ def export_bundle(
     }
     write_meta(out, meta)
     if engine != "none":
-        from zsad.export.engine import add_engine
-
         meta = add_engine(
             out,
             flavour=engine,
@@ -238,10 +240,6 @@ def export_model(
     HeadCLIP's encoder computes the local path its calibration was trained with; ``local_path``
     (keys local_path, csa_layers, readout_layers; None values take the artifact's) must agree.
     """
-    from zsad.formats.backbones import get_arch
-    from zsad.model import build_encoder, load_backbone
-    from zsad.model.loading import default_tag
-
     spec = get_method(method)
     if compute_capabilities and engine != "rtx":
         raise ZsadError("--compute-capability: only used with --engine rtx")

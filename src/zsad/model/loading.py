@@ -76,6 +76,13 @@ def supported_models() -> list[dict[str, Any]]:
     return models
 
 
+def clip_image_size(model: str, default: int) -> int:
+    """The input size open_clip's config gives ``model``, else ``default``."""
+    config = open_clip.get_model_config(model) or {}
+    size = config.get("vision_cfg", {}).get("image_size", default)
+    return int(size[0] if isinstance(size, list | tuple) else size)
+
+
 def default_tag(model_name: str) -> str:
     """The --pretrained tag used when none is given: the model's standard release."""
     return RELEASE_TAG if get_arch(model_name) is not None else "openai"

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from zsad.errors import ZsadError
+from zsad.formats.atomic import atomic_open
 from zsad.formats.backbones import ARCHITECTURES
 
 _CLS = "embeddings.cls_token"
@@ -131,8 +132,6 @@ def recover_dinov2(path: Path) -> RecoveredBackbone:
 def save_backbone(backbone: RecoveredBackbone, out: Path, source: Path) -> None:
     """Write the tensors as a HuggingFace-layout ``.safetensors`` file, atomically."""
     from safetensors.numpy import save
-
-    from zsad.formats.atomic import atomic_open
 
     metadata = {"format": "pt", "source": source.name, "zsad_model": backbone.model or ""}
     payload = save(

@@ -10,6 +10,9 @@ from zsad.errors import ZsadError
 from zsad.formats.bundle import ENGINE_SUFFIXES, FP16_ONNX, FP32_ONNX, Bundle
 from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.choose import check_engine_backend, choose_backend
+from zsad.runtime.onnx_backend import OnnxBackend, resolve_providers
+from zsad.runtime.openvino_backend import OpenVinoBackend, openvino_device
+from zsad.runtime.tensorrt_backend import TensorRTBackend
 
 
 def open_backend(
@@ -20,6 +23,7 @@ def open_backend(
     outputs_on: str = "host",
     backend: str = "auto",
     precision: str | None = None,
+    bundle: Bundle | None = None,
 ) -> EncoderBackend:
     """Open an encoder backend from a bundle directory, an ONNX file or an engine inside one.
 
@@ -28,13 +32,15 @@ def open_backend(
     file on CPU) or OpenVINO (the FP32 file, computed at ``precision``); ``backend="auto"`` picks
     as zsad.runtime.choose does. ``image_size``, when given, must equal the bundle's.
     ``outputs_on="device"`` returns the outputs as CuPy arrays on the GPU (zsad.arrays),
-    for scoring that runs there.
+    for scoring that runs there. ``bundle``: the folder's bundle.json when the caller has
+    already read it.
     """
     check_outputs_on(outputs_on)
     path = Path(path)
     if not path.exists():
         raise ZsadError(f"{path}: no such file or directory")
-    bundle = Bundle.load(path if path.is_dir() else path.parent)
+    if bundle is None:
+        bundle = Bundle.load(path if path.is_dir() else path.parent)
     if image_size is not None and image_size != bundle.image_size:
         raise ZsadError(
             f"--image-size {image_size}: bundle {bundle.root} was exported for "
@@ -42,14 +48,10 @@ def open_backend(
         )
     if path.suffix in ENGINE_SUFFIXES:
         check_engine_backend(backend, precision)
-        from zsad.runtime.tensorrt_backend import TensorRTBackend
-
         return TensorRTBackend(bundle, path.name, device=device, outputs_on=outputs_on)
     if path.is_dir() or path.suffix == ".onnx":
         backend = choose_backend(backend, device, precision)
     if backend == "openvino":
-        from zsad.runtime.openvino_backend import OpenVinoBackend, openvino_device
-
         name = FP32_ONNX if path.is_dir() else path.name
         return OpenVinoBackend(
             bundle,
@@ -58,8 +60,6 @@ def open_backend(
             precision=precision or "fp32",
             outputs_on=outputs_on,
         )
-    from zsad.runtime.onnx_backend import OnnxBackend, resolve_providers
-
     if path.is_dir():
         providers = resolve_providers(device)
         name = FP16_ONNX if providers[0] == "CUDAExecutionProvider" else FP32_ONNX
