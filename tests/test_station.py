@@ -540,3 +540,40 @@ def test_the_station_prints_what_its_hot_folder_passes_over(bundle: Path, tmp_pa
     assert result.returncode == 0, result.stderr
     said = [line for line in result.stderr.splitlines() if "not taken" in line]
     assert len(said) == 1 and "camera.gif" in said[0] and said[0].startswith("zsad: "), said
+
+
+def test_a_file_rewritten_while_it_decodes_is_taken_once_as_its_settled_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zsad.station import frames
+
+    _png(tmp_path / "part.png", 0)
+    final = tmp_path / "final.png"
+    _png(final, 1)
+    decode = frames.as_rgb_array
+    calls = []
+
+    def decode_while_the_writer_finishes(path: Path, max_side: int | None = None) -> np.ndarray:
+        calls.append(path.stat().st_size)
+        image = decode(path, max_side)
+        if len(calls) == 1:  # the writer finishes the file under the decoder's feet
+            shutil.copyfile(final, path)
+            os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+        return image
+
+    monkeypatch.setattr(frames, "as_rgb_array", decode_while_the_writer_finishes)
+    done: set[frames.FrameKey] = set()
+    folder = HotFolder(tmp_path, done, retry_s=0.3)
+    taken = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(f.name == "part.png" for f in taken):
+        frame = folder.next()
+        if frame is not None:
+            taken.append(frame)
+            done.add(frame.key)
+    part = [f for f in taken if f.name == "part.png"]
+    stat = (tmp_path / "part.png").stat()
+    # One frame, keyed by the settled file: the next scan finds nothing new to score.
+    assert [f.key for f in part] == [("part.png", stat.st_size, stat.st_mtime_ns)]
+    assert len(calls) >= 2
+    assert all(f.name != "part.png" for f in iter(folder.next, None))

@@ -133,6 +133,16 @@ class _Decoder:
             del self.attempts[name]
             return Rejection(path, name, stat.st_size, stat.st_mtime_ns, state.reason)
         decode_s = time.perf_counter() - start
+        try:
+            after = path.stat()
+        except OSError:
+            after = None
+        if after is None or (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+            # Written to (or gone) while it decoded: the pixels may be the new version's and the
+            # key the old one's, which would score the new version again. Try once it settles.
+            if self.on_decode is not None:
+                self.on_decode(None)
+            return None
         self.attempts.pop(name, None)
         return Frame(path, name, stat.st_size, stat.st_mtime_ns, image, state.first_seen, decode_s)
 
