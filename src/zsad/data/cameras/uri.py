@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from zsad.data.cameras.genicam import GenicamSource
+from zsad.data.cameras.rtsp import RtspSource
 from zsad.data.cameras.source import GrabbingSource, parse_trigger
 from zsad.errors import ZsadError
 
@@ -39,13 +41,9 @@ def open_source(
     parse_trigger(trigger)
     check_uri(uri)
     if uri.startswith("genicam:"):
-        from zsad.data.cameras.genicam import GenicamSource
-
         return GenicamSource(*_genicam_target(uri), settings, trigger)
     if settings:
         raise ZsadError(f"source {uri}: an RTSP stream takes no camera settings")
-    from zsad.data.cameras.rtsp import RtspSource
-
     return RtspSource(uri, trigger=trigger, timeout_s=timeout_s)
 
 

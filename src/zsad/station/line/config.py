@@ -12,6 +12,7 @@ from typing import Literal
 
 from zsad.errors import ZsadError
 from zsad.formats.urls import read_secret, split_url
+from zsad.station.line.certificates import server_credentials, trusted_certificates
 
 MQTT_PASSWORD_ENV = "ZSAD_MQTT_PASSWORD"
 HTTP_TOKEN_ENV = "ZSAD_HTTP_TOKEN"
@@ -102,8 +103,6 @@ class OpcuaConfig:
 
     def check(self) -> None:
         """Refuse bad settings before the station starts."""
-        from zsad.station.line.certificates import server_credentials, trusted_certificates
-
         self.endpoint()
         if self.security == "none":
             if self.certificate or self.private_key or self.trusted:

@@ -25,6 +25,7 @@ from typing import Any
 
 from zsad.errors import ZsadError
 from zsad.formats.atomic import write_json
+from zsad.station.line.certificates import server_credentials, trusted_certificates
 from zsad.station.line.config import OpcuaConfig
 from zsad.station.line.feed import JournalFeed
 from zsad.station.line.hub import LineContext, TriggerRefused
@@ -325,8 +326,6 @@ class OpcuaSink:
         await server.start()
 
     async def _load_credentials(self, server: Any) -> None:
-        from zsad.station.line.certificates import server_credentials, trusted_certificates
-
         assert self.config.certificate is not None and self.config.private_key is not None
         credentials = server_credentials(self.config.certificate, self.config.private_key)
         await server.load_certificate(credentials.certificate_der)

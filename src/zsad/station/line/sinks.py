@@ -1,10 +1,14 @@
-"""The sinks a station runs, built from their settings; each sink's package is imported only when
-that sink is asked for. Kept apart from the settings so the sink modules can import them."""
+"""The sinks a station runs, built from their settings. Kept apart from the settings so the sink
+modules can import them; each sink imports its own package (paho-mqtt, asyncua, starlette) only
+when it starts."""
 
 from __future__ import annotations
 
 from zsad.station.line.config import LineConfig
+from zsad.station.line.http import HttpSink
 from zsad.station.line.hub import Sink
+from zsad.station.line.mqtt import MqttSink
+from zsad.station.line.opcua import OpcuaSink
 
 
 def build_sinks(config: LineConfig) -> list[Sink]:
@@ -12,15 +16,9 @@ def build_sinks(config: LineConfig) -> list[Sink]:
     config.check()
     sinks: list[Sink] = []
     if config.mqtt is not None:
-        from zsad.station.line.mqtt import MqttSink
-
         sinks.append(MqttSink(config.mqtt))
     if config.opcua is not None:
-        from zsad.station.line.opcua import OpcuaSink
-
         sinks.append(OpcuaSink(config.opcua))
     if config.http is not None:
-        from zsad.station.line.http import HttpSink
-
         sinks.append(HttpSink(config.http))
     return sinks
