@@ -72,6 +72,8 @@ class FakeDriver:
     capability: tuple[int, int] = (8, 6)
     gpu: str = "Stand-in RTX 3090"
     devices: int = 1
+    memory: int = 24 * 2**30
+    driver_version: int = 12040
     calls: list[tuple[str, tuple]] = field(default_factory=list)
     allocations: list[tuple[int, int]] = field(default_factory=list)  # (address, bytes)
     frees: list[int] = field(default_factory=list)
@@ -143,6 +145,14 @@ class FakeDriver:
         err = self._call("cuDeviceGetName", length, device)
         name = self.gpu.encode().ljust(length, b"\0")[:length]
         return (err, b"") if err else (CUresult.CUDA_SUCCESS, name)
+
+    def cuDeviceTotalMem(self, device: int) -> tuple:  # noqa: N802
+        err = self._call("cuDeviceTotalMem", device)
+        return (err, 0) if err else (CUresult.CUDA_SUCCESS, self.memory)
+
+    def cuDriverGetVersion(self) -> tuple:  # noqa: N802
+        err = self._call("cuDriverGetVersion")
+        return (err, 0) if err else (CUresult.CUDA_SUCCESS, self.driver_version)
 
     def cuDevicePrimaryCtxRetain(self, device: int) -> tuple:  # noqa: N802
         err = self._call("cuDevicePrimaryCtxRetain", device)

@@ -36,6 +36,7 @@ def test_every_command_explains_itself() -> None:
         "export",
         "build-engine",
         "weights",
+        "doctor",
     ]
     for command in commands:
         assert command in top.stdout

@@ -16,6 +16,7 @@ from zsad.cli import (
     calibrate_cmds,
     data_cmds,
     detect_cmds,
+    doctor_cmds,
     eval_cmds,
     export_cmds,
     station_cmds,
@@ -37,6 +38,7 @@ bench_cmds.register(app)
 calibrate_cmds.register(app)
 data_cmds.register(app)
 detect_cmds.register(app)
+doctor_cmds.register(app)
 eval_cmds.register(app)
 export_cmds.register(app)
 station_cmds.register(app)

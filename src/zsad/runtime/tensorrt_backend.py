@@ -105,6 +105,21 @@ def gpu_compute_capability(index: int = 0) -> tuple[str, str]:
     return f"{major}.{minor}", name
 
 
+def gpu_details(index: int = 0) -> dict[str, Any]:
+    """Name, compute capability, memory (MiB) and driver version of CUDA device ``index``."""
+    capability, name = gpu_compute_capability(index)
+    cu = _driver()
+    device = _check(cu.cuDeviceGet(index), f"device {index}")
+    memory = _check(cu.cuDeviceTotalMem(device), "query")
+    version = int(_check(cu.cuDriverGetVersion(), "query"))  # e.g. 12040 for CUDA 12.4
+    return {
+        "name": name,
+        "compute_capability": capability,
+        "memory_mib": int(memory) // 2**20,
+        "driver": f"CUDA {version // 1000}.{version % 1000 // 10}",
+    }
+
+
 class TensorRTBackend(Lifecycle):
     """Runs a bundle's serialized engine; implements zsad.runtime.backend.EncoderBackend.
 
