@@ -21,6 +21,7 @@ from zsad.api.encoders import (
 from zsad.api.results import Result, SetResult, decide
 from zsad.api.scorers import SCORERS, HeadclipScoring, MethodOptions
 from zsad.api.stream import Stream, image_label
+from zsad.api.subsets import SetPlan, plan_set
 from zsad.data.images import ImageInput, as_rgb_array, decode_each
 from zsad.errors import ZsadError
 from zsad.formats.backbones import get_arch
@@ -286,21 +287,89 @@ class Detector:
             self.backend, decoded, count=len(images), batch_size=batch_size, progress=show
         )
 
+    def plan(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        subset_size: int | None = None,
+        divide: int | None = None,
+        strata: Sequence[str] | None = None,
+        memory_gb: float | None = None,
+    ) -> SetPlan:
+        """How ``score_set`` splits ``images``: ``divide`` subsets, or subsets of about
+        ``subset_size``, else as large as fit ``memory_gb`` (None: the memory available now);
+        stratified by ``strata`` (a label or group per image; default: its folder)."""
+        return plan_set(
+            images,
+            lambda order: self._footprint(images, order),
+            subset_size=subset_size,
+            divide=divide,
+            strata=strata,
+            memory_gb=memory_gb,
+            seed=self.options.scoring.seed,
+        )
+
     def score_set(
         self,
         images: Sequence[ImageInput],
         *,
         batch_size: int = 8,
         progress: bool | None = None,
+        subset_size: int | None = None,
+        divide: int | None = None,
+        strata: Sequence[str] | None = None,
+        memory_gb: float | None = None,
     ) -> SetResult:
         """Score a set: one Result per input, in order; unreadable inputs carry an ``error``.
 
         STAPS/MuSc score the images against each other (at least 2 readable; 50-200 of one
-        product is typical). HeadCLIP scores each on its own and decides OK/NG when a
-        threshold is set; set-relative STAPS scores carry no decision.
+        product is typical), in subsets when asked or when the set would not fit in memory
+        (see ``plan``). HeadCLIP scores each on its own and decides OK/NG when a threshold is
+        set; set-relative STAPS scores carry no decision. The scores do not depend on the
+        order of ``images`` (unless STAPS takes it as time: ``order="input"``).
         """
+        plan = self.plan(
+            images, subset_size=subset_size, divide=divide, strata=strata, memory_gb=memory_gb
+        )
+        results: list[Result] = []
+        infos: list[dict[str, Any]] = []
+        timing = {"encode_s": 0.0, "score_s": 0.0}
+        for subset in range(plan.count):
+            part = self.score_subset(
+                images,
+                plan.members(subset, self.time_is_input_order),
+                subset=subset,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            results += part.results
+            infos.append(part.info)
+            timing = {k: round(v + part.timing[k], 3) for k, v in timing.items()}
+        results.sort(key=lambda r: r.index)  # type: ignore[arg-type, return-value]
+        info = infos[0] if plan.count == 1 else {"subsets": plan.count, "parts": infos}
+        return SetResult(results, info, timing)
+
+    @property
+    def time_is_input_order(self) -> bool:
+        """Whether the input order is STAS's time (STAPS with ``order="input"``); otherwise a
+        set is scored in content order, so its scores do not depend on how it was listed."""
+        scoring = self.options.scoring
+        return self.name == "staps" and scoring.use_stas and scoring.order == "input"
+
+    def score_subset(
+        self,
+        images: Sequence[ImageInput],
+        members: Sequence[int],
+        *,
+        subset: int = 0,
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> SetResult:
+        """Score ``images[i] for i in members`` as one set, in that order: one Result per
+        member, in that order, carrying its position in ``images`` and ``subset``."""
         start = time.perf_counter()
-        encoded = self.encode(images, batch_size=batch_size, progress=progress)
+        chosen = [images[i] for i in members]
+        encoded = self.encode(chosen, batch_size=batch_size, progress=progress)
         encoded_at = time.perf_counter()
         scores, maps, info = self._score_set(encoded)
         timing = {
@@ -308,22 +377,45 @@ class Detector:
             "score_s": round(time.perf_counter() - encoded_at, 3),
         }
         limit = self.threshold() if self.method.per_image else None
-        results = [Result(image_label(image), None, index=i) for i, image in enumerate(images)]
-        for index, message in encoded.failures:
-            results[index].error = message
-        for row, index in enumerate(encoded.indices):
+        results = [
+            Result(image_label(chosen[k]), None, index=i, subset=subset)
+            for k, i in enumerate(members)
+        ]
+        for k, message in encoded.failures:
+            results[k].error = message
+        for row, k in enumerate(encoded.indices):
             score = float(scores[row])
-            results[index] = Result(
-                image_label(images[index]),
+            results[k] = Result(
+                image_label(chosen[k]),
                 score,
                 maps[row],
                 self.image_size,
                 decision=decide(score, limit),
                 threshold=limit,
-                index=index,
+                index=members[k],
                 phase="set",
+                subset=subset,
             )
         return SetResult(results, info, timing)
+
+    def _footprint(
+        self, images: Sequence[ImageInput], order: Sequence[int]
+    ) -> tuple[int, int] | None:
+        """(bytes per image, bytes per pair) of scoring these images as a set, measured on the
+        first that decodes in ``order``; None if none does."""
+        for i in order:
+            try:
+                outputs = self.encode_one(images[i])
+            except ZsadError:
+                continue
+            per_image = sum(int(v.nbytes) for v in outputs.values())
+            if "taps" not in outputs:
+                return per_image, 0
+            _, n_taps, tokens, _ = outputs["taps"].shape
+            experts = n_taps * len(self.options.scoring.r_list)
+            # Float32 expert maps per image, and the float32 MSM table per pair of images.
+            return per_image + experts * (tokens - 1) * 4, (tokens - 1) * 4
+        return None
 
     def predict(self, image: ImageInput) -> Result:
         """Score one image on its own: a path, a PIL image or an (H, W, 3) uint8 array."""

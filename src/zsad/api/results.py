@@ -29,6 +29,7 @@ RECORD_FIELDS = (
     "decision",
     "threshold",
     "phase",
+    "subset",
     "map",
     "overlay",
     "error",
@@ -83,6 +84,7 @@ class Result:
     error: str | None = None
     raw_score: float | None = None  # the image score before RsCIN/STAS (the map's maximum)
     phase: str | None = None  # "set", or on a stream "warm-up"/"stream"
+    subset: int | None = None  # in a set: the subset it was scored with (0 for a whole set)
 
     @property
     def anomaly_map(self) -> np.ndarray | None:
@@ -121,6 +123,7 @@ class Result:
             "decision": self.decision,
             "threshold": self.threshold,
             "phase": self.phase,
+            "subset": self.subset,
             "map": map,
             "overlay": overlay,
             "error": self.error,
