@@ -365,8 +365,8 @@ class Detector:
         batch_size: int = 8,
         progress: bool | None = None,
     ) -> SetResult:
-        """Score ``images[i] for i in members`` as one set, in that order: one Result per
-        member, in that order, carrying its position in ``images`` and ``subset``."""
+        """Score ``images[i] for i in members`` as one set, in that order (STAS's time): one
+        Result per member, in input order, carrying its position in ``images`` and ``subset``."""
         start = time.perf_counter()
         chosen = [images[i] for i in members]
         encoded = self.encode(chosen, batch_size=batch_size, progress=progress)
@@ -396,6 +396,7 @@ class Detector:
                 phase="set",
                 subset=subset,
             )
+        results.sort(key=lambda r: r.index)  # type: ignore[arg-type, return-value]
         return SetResult(results, info, timing)
 
     def _footprint(
