@@ -75,3 +75,17 @@ def test_no_subset_falls_below_the_floor() -> None:
     assert subset_count(23, divide=10) == 4
     assert subset_count(4, subset_size=1) == 1
     assert subset_count(100, subset_size=30) == 4
+
+
+def test_a_set_below_the_floor_is_scored_with_a_warning_and_marked(
+    bundle: Path, images: list[Path]
+) -> None:
+    from zsad import Detector
+
+    with Detector.from_bundle(bundle, device="cpu") as det:
+        whole = det.score_set(images)
+        assert det.notes == []
+        small = det.score_set(images[:3])
+        assert any("3 images scored against each other" in note for note in det.notes)
+    assert {r.set_size for r in whole} == {len(images)}
+    assert [r.to_record()["set_size"] for r in small] == [3, 3, 3]

@@ -38,6 +38,7 @@ from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
 from zsad.scoring.pipeline import SetScoringConfig
+from zsad.scoring.subsets import MIN_SET_SIZE
 
 
 class Detector:
@@ -322,11 +323,12 @@ class Detector:
     ) -> SetResult:
         """Score a set: one Result per input, in order; unreadable inputs carry an ``error``.
 
-        STAPS/MuSc score the images against each other (at least 2 readable; 50-200 of one
-        product is typical), in subsets when asked or when the set would not fit in memory
-        (see ``plan``). HeadCLIP scores each on its own and decides OK/NG when a threshold is
-        set; set-relative STAPS scores carry no decision. The scores do not depend on the
-        order of ``images`` (unless STAPS takes it as time: ``order="input"``).
+        STAPS/MuSc score the images against each other (at least 2 readable, 5 for scores that
+        mean something; 50-200 of one product is typical), in subsets when asked or when the
+        set would not fit in memory (see ``plan``). HeadCLIP scores each on its own and decides
+        OK/NG when a threshold is set; set-relative STAPS scores carry no decision. The scores
+        do not depend on the order of ``images`` (unless STAPS takes it as time:
+        ``order="input"``).
         """
         plan = self.plan(
             images, subset_size=subset_size, divide=divide, strata=strata, memory_gb=memory_gb
@@ -377,6 +379,12 @@ class Detector:
             "score_s": round(time.perf_counter() - encoded_at, 3),
         }
         limit = self.threshold() if self.method.per_image else None
+        set_size = None if self.method.per_image else len(encoded)
+        if set_size is not None and set_size < MIN_SET_SIZE:
+            self.note(
+                f"warning: {set_size} images scored against each other, fewer than "
+                f"{MIN_SET_SIZE}: their scores say little (records carry set_size)"
+            )
         results = [
             Result(image_label(chosen[k]), None, index=i, subset=subset)
             for k, i in enumerate(members)
@@ -395,6 +403,7 @@ class Detector:
                 index=members[k],
                 phase="set",
                 subset=subset,
+                set_size=set_size,
             )
         results.sort(key=lambda r: r.index)  # type: ignore[arg-type, return-value]
         return SetResult(results, info, timing)
