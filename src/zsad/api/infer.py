@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from zsad.api.detector import Detector
 from zsad.api.journal import SetJournal
 from zsad.api.records import write_set
+from zsad.api.subsets import SubsetRequest
 from zsad.errors import echo_stderr
 from zsad.formats.atomic import write_json
 from zsad.scoring.aligned import alignment_report
-
-
-@dataclass(frozen=True)
-class SubsetRequest:
-    """How to split a set: ``divide`` subsets, or of about ``size`` images, else fitted to
-    ``memory_gb`` (None: the memory available when the run starts)."""
-
-    size: int | None = None
-    divide: int | None = None
-    memory_gb: float | None = None
 
 
 def infer_to_folder(

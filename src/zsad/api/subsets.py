@@ -27,6 +27,16 @@ Footprint = Callable[[Sequence[int]], tuple[int, int] | None]
 
 
 @dataclass(frozen=True)
+class SubsetRequest:
+    """How to split a set: ``divide`` subsets, or of about ``size`` images, else fitted to
+    ``memory_gb`` (None: the memory available when the run starts)."""
+
+    size: int | None = None
+    divide: int | None = None
+    memory_gb: float | None = None
+
+
+@dataclass(frozen=True)
 class SetPlan:
     """A set's content keys and the subset of each image; ``size`` is the subset size asked
     for or fitted to memory (None: the set is scored whole)."""
