@@ -35,7 +35,10 @@ def test_a_cut_subset_is_dropped_and_the_complete_ones_kept(tmp_path: Path) -> N
     assert (tmp_path / "results.jsonl").read_bytes() == whole
     with SetJournal(tmp_path, {"paths": ["e"]}, [0]) as journal:
         assert journal.done == set() and journal.records == []
-    assert (tmp_path / "results.jsonl").read_bytes() == b""
+        # Another run keeps the earlier results until it has its own first subset.
+        assert (tmp_path / "results.jsonl").read_bytes() == whole
+        journal.append([_record(0, 0)])
+    assert (tmp_path / "results.jsonl").read_bytes() == json.dumps(_record(0, 0)).encode() + b"\n"
 
 
 def _lines(path: Path) -> list[dict]:
