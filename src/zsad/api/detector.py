@@ -277,13 +277,19 @@ class Detector:
         return encode_image(self.backend, as_rgb_array(image, decode_side(self.image_size)))
 
     def encode(
-        self, images: Sequence[ImageInput], *, batch_size: int = 8, progress: bool | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int = 8,
+        progress: bool | None = None,
+        positions: Sequence[int] | None = None,
     ) -> EncodedImages:
-        """Run the encoder over images; unreadable ones are listed in ``failures``. The outputs
-        are CuPy arrays on the GPU when this detector's set scoring runs there (a bundle or
-        engine with STAPS/MuSc and CuPy), else NumPy."""
+        """Run the encoder over images; unreadable ones are listed in ``failures`` (named by
+        their place in ``positions``, default their index). The outputs are CuPy arrays on the
+        GPU when this detector's set scoring runs there (a bundle or engine with STAPS/MuSc and
+        CuPy), else NumPy."""
         show = self.progress if progress is None else progress
-        decoded = decode_each(images, decode_side(self.image_size))
+        decoded = decode_each(images, decode_side(self.image_size), positions)
         return encode_images(
             self.backend, decoded, count=len(images), batch_size=batch_size, progress=show
         )
@@ -371,7 +377,7 @@ class Detector:
         Result per member, in input order, carrying its position in ``images`` and ``subset``."""
         start = time.perf_counter()
         chosen = [images[i] for i in members]
-        encoded = self.encode(chosen, batch_size=batch_size, progress=progress)
+        encoded = self.encode(chosen, batch_size=batch_size, progress=progress, positions=members)
         encoded_at = time.perf_counter()
         scores, maps, info = self._score_set(encoded)
         timing = {
