@@ -89,3 +89,17 @@ def test_a_set_below_the_floor_is_scored_with_a_warning_and_marked(
         assert any("3 images scored against each other" in note for note in det.notes)
     assert {r.set_size for r in whole} == {len(images)}
     assert [r.to_record()["set_size"] for r in small] == [3, 3, 3]
+
+
+def test_the_default_split_fits_the_memory_budget(bundle: Path, images: list[Path]) -> None:
+    from zsad import Detector
+    from zsad.errors import ZsadError
+
+    with Detector.from_bundle(bundle, device="cpu") as det:
+        roomy = det.plan(images, memory_gb=100)
+        tight = det.plan(images, memory_gb=1e-5)
+        with pytest.raises(ZsadError, match="not both"):
+            det.plan(images, subset_size=5, divide=2)
+    assert (roomy.count, roomy.size) == (1, None)
+    assert tight.size == 1 and tight.count == len(images) // 5
+    assert min(np.bincount(tight.subsets)) >= 5
