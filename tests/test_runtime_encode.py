@@ -50,3 +50,21 @@ def test_failures_are_skipped_and_outputs_stay_aligned(tmp_path: Path) -> None:
     assert np.all(np.diff(means) > 0)  # image i is brighter than image i-1, in input order
     # The backend's own normalisation is applied: pixel value 0 -> (0 - 0.5) / 0.25.
     assert means[0] == -2.0
+
+
+def test_half_outputs_stay_float32_once_a_value_overflows_float16() -> None:
+    images = [np.full((20, 30, 3), value, np.uint8) for value in (0, 100, 255)]
+    backend = MeanBackend()
+    encoded = encode_images(backend, images, batch_size=1, progress=False, half=("cls",))
+    assert encoded.outputs["cls"].dtype == np.float16
+    np.testing.assert_allclose(encoded.outputs["cls"][:, 0], [-2.0, -0.431, 2.0], atol=1e-3)
+
+    class LoudBackend(MeanBackend):
+        def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+            return {"cls": 1e5 * super().run(pixels)["cls"]}
+
+    # The first image fits float16 (-43137), the second does not (-2e5): the kept one is carried.
+    loud = [images[1], images[0], images[2]]
+    encoded = encode_images(LoudBackend(), loud, batch_size=1, progress=False, half=("cls",))
+    assert encoded.outputs["cls"].dtype == np.float32
+    np.testing.assert_allclose(encoded.outputs["cls"][:, 0], [-43137.25, -2e5, 2e5], rtol=1e-3)

@@ -23,6 +23,7 @@ from zsad.api.encoders import (
 from zsad.api.results import Result, SetResult, decide
 from zsad.api.scorers import SCORERS, HeadclipScoring, MethodOptions
 from zsad.api.stream import Stream, image_label
+from zsad.api.subsets import SetPlan, plan_set
 from zsad.data.images import ImageInput, as_rgb_array, decode_each
 from zsad.errors import ZsadError
 from zsad.formats.artifact import load_artifact, parse_artifact
@@ -41,6 +42,11 @@ from zsad.runtime.backend import EncoderBackend
 from zsad.runtime.encode import EncodedImages, encode_image, encode_images
 from zsad.runtime.preprocess import decode_side
 from zsad.scoring.pipeline import SetScoringConfig
+from zsad.scoring.subsets import MIN_SET_SIZE
+
+# Set scoring keeps a set's taps in float16: half the memory, image scores within 1e-4 of
+# float32 taps and the same AUROC (docs/methods.md, "Large sets").
+HALF_OUTPUTS = ("taps",)
 
 
 class Detector:
@@ -282,15 +288,48 @@ class Detector:
         return encode_image(self.backend, as_rgb_array(image, decode_side(self.image_size)))
 
     def encode(
-        self, images: Sequence[ImageInput], *, batch_size: int = 8, progress: bool | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int = 8,
+        progress: bool | None = None,
+        positions: Sequence[int] | None = None,
     ) -> EncodedImages:
-        """Run the encoder over images; unreadable ones are listed in ``failures``. The outputs
-        are CuPy arrays on the GPU when this detector's set scoring runs there (a bundle or
-        engine with STAPS/MuSc and CuPy), else NumPy."""
+        """Run the encoder over images; unreadable ones are listed in ``failures`` (named by
+        their place in ``positions``, default their index). The outputs are CuPy arrays on the
+        GPU when this detector's set scoring runs there (a bundle or engine with STAPS/MuSc and
+        CuPy), else NumPy."""
         show = self.progress if progress is None else progress
-        decoded = decode_each(images, decode_side(self.image_size))
+        decoded = decode_each(images, decode_side(self.image_size), positions)
         return encode_images(
-            self.backend, decoded, count=len(images), batch_size=batch_size, progress=show
+            self.backend,
+            decoded,
+            count=len(images),
+            batch_size=batch_size,
+            progress=show,
+            half=HALF_OUTPUTS,
+        )
+
+    def plan(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        subset_size: int | None = None,
+        divide: int | None = None,
+        strata: Sequence[str] | None = None,
+        memory_gb: float | None = None,
+    ) -> SetPlan:
+        """How ``score_set`` splits ``images``: ``divide`` subsets, or subsets of about
+        ``subset_size``, else as large as fit ``memory_gb`` (None: the memory available now);
+        stratified by ``strata`` (a label or group per image; default: its folder)."""
+        return plan_set(
+            images,
+            lambda order: self._footprint(images, order),
+            subset_size=subset_size,
+            divide=divide,
+            strata=strata,
+            memory_gb=memory_gb,
+            seed=self.options.scoring.seed,
         )
 
     def score_set(
@@ -299,15 +338,62 @@ class Detector:
         *,
         batch_size: int = 8,
         progress: bool | None = None,
+        subset_size: int | None = None,
+        divide: int | None = None,
+        strata: Sequence[str] | None = None,
+        memory_gb: float | None = None,
     ) -> SetResult:
         """Score a set: one Result per input, in order; unreadable inputs carry an ``error``.
 
-        STAPS/MuSc score the images against each other (at least 2 readable; 50-200 of one
-        product is typical). HeadCLIP scores each on its own and decides OK/NG when a
-        threshold is set; set-relative STAPS scores carry no decision.
+        STAPS/MuSc score the images against each other (at least 2 readable, 5 for scores that
+        mean something; 50-200 of one product is typical), in subsets when asked or when the
+        set would not fit in memory (see ``plan``). HeadCLIP scores each on its own and decides
+        OK/NG when a threshold is set; set-relative STAPS scores carry no decision. The scores
+        do not depend on the order of ``images`` (unless STAPS takes it as time:
+        ``order="input"``).
         """
+        plan = self.plan(
+            images, subset_size=subset_size, divide=divide, strata=strata, memory_gb=memory_gb
+        )
+        results: list[Result] = []
+        infos: list[dict[str, Any]] = []
+        timing = {"encode_s": 0.0, "score_s": 0.0}
+        for subset in range(plan.count):
+            part = self.score_subset(
+                images,
+                plan.members(subset, self.time_is_input_order),
+                subset=subset,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            results += part.results
+            infos.append(part.info)
+            timing = {k: round(v + part.timing[k], 3) for k, v in timing.items()}
+        results.sort(key=lambda r: r.index)  # type: ignore[arg-type, return-value]
+        info = infos[0] if plan.count == 1 else {"subsets": plan.count, "parts": infos}
+        return SetResult(results, info, timing)
+
+    @property
+    def time_is_input_order(self) -> bool:
+        """Whether the input order is STAS's time (STAPS with ``order="input"``); otherwise a
+        set is scored in content order, so its scores do not depend on how it was listed."""
+        scoring = self.options.scoring
+        return self.name == "staps" and scoring.use_stas and scoring.order == "input"
+
+    def score_subset(
+        self,
+        images: Sequence[ImageInput],
+        members: Sequence[int],
+        *,
+        subset: int = 0,
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> SetResult:
+        """Score ``images[i] for i in members`` as one set, in that order (STAS's time): one
+        Result per member, in input order, carrying its position in ``images`` and ``subset``."""
         start = time.perf_counter()
-        encoded = self.encode(images, batch_size=batch_size, progress=progress)
+        chosen = [images[i] for i in members]
+        encoded = self.encode(chosen, batch_size=batch_size, progress=progress, positions=members)
         encoded_at = time.perf_counter()
         scores, maps, info = self._score_set(encoded)
         timing = {
@@ -315,22 +401,56 @@ class Detector:
             "score_s": round(time.perf_counter() - encoded_at, 3),
         }
         limit = self.threshold() if self.method.per_image else None
-        results = [Result(image_label(image), None, index=i) for i, image in enumerate(images)]
-        for index, message in encoded.failures:
-            results[index].error = message
-        for row, index in enumerate(encoded.indices):
+        set_size = None if self.method.per_image else len(encoded)
+        if set_size is not None and set_size < MIN_SET_SIZE:
+            self.note(
+                f"warning: {set_size} images scored against each other, fewer than "
+                f"{MIN_SET_SIZE}: their scores say little (records carry set_size)"
+            )
+        results = [
+            Result(image_label(chosen[k]), None, index=i, subset=subset)
+            for k, i in enumerate(members)
+        ]
+        for k, message in encoded.failures:
+            results[k].error = message
+        for row, k in enumerate(encoded.indices):
             score = float(scores[row])
-            results[index] = Result(
-                image_label(images[index]),
+            results[k] = Result(
+                image_label(chosen[k]),
                 score,
                 maps[row],
                 self.image_size,
                 decision=decide(score, limit),
                 threshold=limit,
-                index=index,
+                index=members[k],
                 phase="set",
+                subset=subset,
+                set_size=set_size,
             )
+        results.sort(key=lambda r: r.index)  # type: ignore[arg-type, return-value]
         return SetResult(results, info, timing)
+
+    def _footprint(
+        self, images: Sequence[ImageInput], order: Sequence[int]
+    ) -> tuple[int, int] | None:
+        """(bytes per image, bytes per pair) of scoring these images as a set, measured on the
+        first that decodes in ``order``; None if none does."""
+        for i in order:
+            try:
+                outputs = self.encode_one(images[i])
+            except ZsadError:
+                continue
+            per_image = sum(
+                int(v.size) * (2 if name in HALF_OUTPUTS else v.itemsize)
+                for name, v in outputs.items()
+            )
+            if "taps" not in outputs:
+                return per_image, 0
+            _, n_taps, tokens, _ = outputs["taps"].shape
+            experts = n_taps * len(self.options.scoring.r_list)
+            # Float32 expert maps per image, and the float32 MSM table per pair of images.
+            return per_image + experts * (tokens - 1) * 4, (tokens - 1) * 4
+        return None
 
     def predict(self, image: ImageInput) -> Result:
         """Score one image on its own: a path, a PIL image or an (H, W, 3) uint8 array."""

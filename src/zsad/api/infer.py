@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from zsad.api.detector import Detector
+from zsad.api.journal import SetJournal
 from zsad.api.records import write_set
+from zsad.api.subsets import SubsetRequest
 from zsad.errors import echo_stderr
-from zsad.formats.atomic import write_json, write_jsonl
+from zsad.formats.atomic import write_json
 from zsad.scoring.aligned import alignment_report
 
 
@@ -20,31 +23,72 @@ def infer_to_folder(
     *,
     batch_size: int = 8,
     overlays: bool = True,
+    subsets: SubsetRequest | None = None,
     echo: Callable[[str], None] = echo_stderr,
 ) -> dict[str, Any]:
-    """Score ``paths`` as one set and write OUT/results.jsonl, maps, overlays and summary.json;
-    returns the summary."""
-    scored = detector.score_set(paths, batch_size=batch_size)
-    for failure in scored.failures:
-        echo(f"zsad: skipped {failure.error}")
+    """Score ``paths`` subset by subset into OUT/results.jsonl (a journal: a run of the same
+    images and settings resumes after its last complete subset), maps, overlays (one colour
+    scale per subset) and summary.json; returns the summary."""
+    subsets = subsets or SubsetRequest()
+    plan = detector.plan(
+        paths, subset_size=subsets.size, divide=subsets.divide, memory_gb=subsets.memory_gb
+    )
+    run = {
+        "paths": [str(p) for p in paths],
+        "keys": list(plan.keys),
+        "encoder": detector.source,
+        "settings": detector.settings,
+        "subset_size": subsets.size,
+        "divide": subsets.divide,
+        "overlays": overlays,
+    }
+    infos: list[dict[str, Any]] = []
+    timing = {"encode_s": 0.0, "score_s": 0.0}
+    with SetJournal(out, run, list(plan.subsets)) as journal:
+        plan = replace(plan, subsets=tuple(journal.subsets), count=max(journal.subsets) + 1)
+        if journal.done:
+            echo(
+                f"zsad: resuming {journal.path}: {len(journal.done)} of {plan.count} "
+                "subsets already scored"
+            )
+        for subset in range(plan.count):
+            if subset in journal.done:
+                continue
+            members = plan.members(subset, detector.time_is_input_order)
+            part = detector.score_subset(paths, members, subset=subset, batch_size=batch_size)
+            for failure in part.failures:
+                echo(f"zsad: skipped {failure.error}")
+            if "alignment" in part.info:
+                echo(f"zsad: {alignment_report(part.info['alignment'])}")
+            journal.append(
+                write_set(
+                    out,
+                    part,
+                    paths,
+                    overlays=overlays,
+                    progress=detector.progress,
+                    first_id=len(journal.records),
+                )
+            )
+            infos.append(part.info)
+            timing = {k: round(v + part.timing[k], 3) for k, v in timing.items()}
+        records = journal.records
     for note in detector.notes:
         echo(f"zsad: {note}")
-    if "alignment" in scored.info:
-        echo(f"zsad: {alignment_report(scored.info['alignment'])}")
-    records = write_set(out, scored, paths, overlays=overlays, progress=detector.progress)
-    write_jsonl(out / "results.jsonl", records)
-    ranked = sorted(scored.scored, key=lambda r: -(r.score or 0.0))
+    ranked = sorted((r for r in records if r["error"] is None), key=lambda r: -r["score"])
     summary = {
         "images": len(paths),
-        "scored": len(scored.scored),
-        "failed": len(scored.failures),
+        "scored": len(ranked),
+        "failed": len(records) - len(ranked),
+        "subsets": plan.count,
+        "subset_size": plan.size,
         "encoder": detector.source,
         "backend": detector.backend.name,
         "image_size": detector.image_size,
         "settings": detector.settings,
-        "timing": scored.timing,
-        "most_anomalous": [{"path": r.path, "score": r.score} for r in ranked[:10]],
-        "info": scored.info,
+        "timing": timing,
+        "most_anomalous": [{"path": r["path"], "score": r["score"]} for r in ranked[:10]],
+        "info": infos[0] if len(infos) == 1 else {"parts": infos},
     }
     write_json(out / "summary.json", summary)
     return summary

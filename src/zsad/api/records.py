@@ -46,18 +46,21 @@ def write_set(
     *,
     overlays: bool = True,
     progress: bool = False,
+    first_id: int = 0,
 ) -> list[dict[str, Any]]:
-    """Save each scored image's map and overlay; returns one results.jsonl record per input,
-    its ``id`` the line it goes on."""
+    """Save each scored image's map and overlay (``images`` indexed by each result's input
+    position); returns one results.jsonl record per result, numbered on from ``first_id``."""
     span = scored.map_range() if overlays else None
     records: list[dict[str, Any]] = []
-    for index, result in enumerate(
-        tqdm(scored.results, desc="writing", unit="img", disable=not progress, leave=False)
+    for line, result in enumerate(
+        tqdm(scored.results, desc="writing", unit="img", disable=not progress, leave=False),
+        start=first_id,
     ):
+        index = line - first_id if result.index is None else result.index
         files = (
             {} if not result.ok else save_result_files(out_dir, index, result, images[index], span)
         )
-        records.append({"id": index, **result.to_record(**files)})
+        records.append({"id": line, **result.to_record(**files)})
     return records
 
 

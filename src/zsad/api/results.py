@@ -30,6 +30,8 @@ RECORD_FIELDS = (
     "decision",
     "threshold",
     "phase",
+    "subset",
+    "set_size",
     "map",
     "overlay",
     "frame",
@@ -85,6 +87,8 @@ class Result:
     error: str | None = None
     raw_score: float | None = None  # the image score before RsCIN/STAS (the map's maximum)
     phase: str | None = None  # "set", or on a stream "warm-up"/"stream"
+    subset: int | None = None  # in a set: the subset it was scored with (0 for a whole set)
+    set_size: int | None = None  # MuSc/STAPS: how many images it was scored against each other with
 
     @property
     def anomaly_map(self) -> np.ndarray | None:
@@ -126,6 +130,8 @@ class Result:
             "decision": self.decision,
             "threshold": self.threshold,
             "phase": self.phase,
+            "subset": self.subset,
+            "set_size": self.set_size,
             "map": map,
             "overlay": overlay,
             "frame": frame,

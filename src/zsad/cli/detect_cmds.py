@@ -12,19 +12,21 @@ from zsad.cli.options import (
     STATION_PANEL,
     BankOpt,
     BatchOpt,
+    DivideOpt,
     HeadclipFlags,
     ImageSizeOpt,
+    MemoryGbOpt,
     MethodOpt,
     OutOpt,
     OverlaysOpt,
     ProgressOpt,
     SeedOpt,
+    SubsetSizeOpt,
     ThresholdOpt,
     encoder_options,
     headclip_options,
     scoring_options,
 )
-from zsad.data.datasets import read_folder
 from zsad.errors import ZsadError
 from zsad.formats.atomic import writable_folder
 from zsad.formats.methods import DEFAULT_BANK
@@ -92,6 +94,9 @@ def infer(
     stream: StreamOpt = False,
     bank: BankOpt = DEFAULT_BANK,
     threshold: ThresholdOpt = None,
+    subset_size: SubsetSizeOpt = None,
+    divide: DivideOpt = None,
+    memory_gb: MemoryGbOpt = None,
     *,
     encoder: Any,
     headclip: HeadclipFlags,
@@ -104,6 +109,9 @@ def infer(
     image: path, score, map, overlay, error), OUT/maps/*.npy (float16 pixel maps at the encoder
     size), OUT/overlays/*.png and OUT/summary.json. Unreadable files are reported and skipped.
     OUT may not be an input folder; folders and globs never take the images inside OUT.
+    The scores do not depend on the order the images are listed in (except staps with
+    --order input). Large sets are scored in subsets (--subset-size, --divide, --memory-gb);
+    a killed run started again with the same command resumes after its last complete subset.
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
@@ -111,6 +119,10 @@ def infer(
         raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
     if not stream and not images:
         raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
+    if stream and (subset_size or divide or memory_gb):
+        raise ZsadError(
+            "--stream scores against a rolling --bank: no --subset-size/--divide/--memory-gb"
+        )
     with writable_folder(out):
         if stream:
             from zsad.station.run import open_when_available, stream_paths
@@ -121,14 +133,21 @@ def infer(
             with opened as det:
                 stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
             return
-        from zsad.api.infer import infer_to_folder
+        from zsad.api.infer import SubsetRequest, infer_to_folder
+        from zsad.data.datasets import read_folder
 
         paths = [s.path for s in read_folder(images, recursive=recursive, out=out)]
         with detector(
             encoder, method, headclip, scoring, threshold=threshold, progress=progress
         ) as det:
             summary = infer_to_folder(
-                det, paths, out, batch_size=batch_size, overlays=overlays, echo=echo_err
+                det,
+                paths,
+                out,
+                batch_size=batch_size,
+                overlays=overlays,
+                subsets=SubsetRequest(subset_size, divide, memory_gb),
+                echo=echo_err,
             )
         typer.echo(f"scored {summary['scored']} of {len(paths)} images -> {out / 'results.jsonl'}")
         if summary["failed"]:

@@ -10,14 +10,17 @@ import typer
 from zsad.cli.detect_cmds import PARTIAL_FAILURE_EXIT, detector, echo_err
 from zsad.cli.options import (
     BatchOpt,
+    DivideOpt,
     FileColumnOpt,
     HeadclipFlags,
     LabelColumnOpt,
+    MemoryGbOpt,
     MethodOpt,
     OutOpt,
     OverlaysOpt,
     ProgressOpt,
     SeedOpt,
+    SubsetSizeOpt,
     encoder_options,
     headclip_options,
     scoring_options,
@@ -64,6 +67,9 @@ def evaluate(
     overlays: OverlaysOpt = False,
     seed: SeedOpt = 0,
     progress: ProgressOpt = True,
+    subset_size: SubsetSizeOpt = None,
+    divide: DivideOpt = None,
+    memory_gb: MemoryGbOpt = None,
     *,
     encoder: Any,
     headclip: HeadclipFlags,
@@ -78,6 +84,7 @@ def evaluate(
     --overlays). Exit status: 0 every image scored, 3 done but some images could not be read
     (left out of the metrics, listed in metrics.json), 2 a usage error.
     """
+    from zsad.api.subsets import SubsetRequest
     from zsad.evaluation.report import dataset_samples, markdown_table
     from zsad.evaluation.report import evaluate as run_eval
 
@@ -91,6 +98,7 @@ def evaluate(
                 batch_size=batch_size,
                 overlays=overlays,
                 progress=progress,
+                subsets=SubsetRequest(subset_size, divide, memory_gb),
                 echo=echo_err,
             )
         typer.echo(markdown_table(payload["categories"], payload["mean"]))

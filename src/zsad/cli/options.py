@@ -218,6 +218,36 @@ BankOpt = Annotated[
         rich_help_panel=STATION_PANEL,
     ),
 ]
+SubsetSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--subset-size",
+        min=1,
+        help="musc/staps: score the images in subsets of about K, each on its own (MuSc's "
+        "subsets), every folder shared out over them. Default: as large as --memory-gb allows.",
+        rich_help_panel=SCORING_PANEL,
+    ),
+]
+DivideOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--divide",
+        min=1,
+        help="musc/staps: score the images in N subsets (MuSc's --divide_num); not with "
+        "--subset-size.",
+        rich_help_panel=SCORING_PANEL,
+    ),
+]
+MemoryGbOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--memory-gb",
+        min=0.01,
+        help="Memory for encoder outputs and mutual scoring, in GB: a set too large for it is "
+        "scored in subsets. Default: the memory available when the run starts.",
+        rich_help_panel=SCORING_PANEL,
+    ),
+]
 ThresholdOpt = Annotated[
     float | None,
     typer.Option(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -274,14 +274,17 @@ def as_rgb_array(image: ImageInput, max_side: int | None = None) -> np.ndarray:
 
 
 def decode_each(
-    images: Iterable[ImageInput], max_side: int | None = None
+    images: Iterable[ImageInput],
+    max_side: int | None = None,
+    positions: Sequence[int] | None = None,
 ) -> Iterator[np.ndarray | str]:
     """Each input as RGB uint8 (``as_rgb_array``), in order, one at a time; an input that cannot
-    be decoded yields the one-line reason instead."""
+    be decoded yields the one-line reason instead, naming it by its place in ``positions``
+    (default: 0, 1, 2 ...)."""
     for index, image in enumerate(images):
         try:
             yield as_rgb_array(image, max_side)
         except ImageLoadError as exc:
             yield str(exc)
         except ZsadError as exc:
-            yield f"input {index}: {exc}"
+            yield f"input {index if positions is None else positions[index]}: {exc}"

@@ -14,6 +14,7 @@ import numpy as np
 from zsad.api.detector import Detector
 from zsad.api.records import write_set
 from zsad.api.results import SetResult
+from zsad.api.subsets import SubsetRequest
 from zsad.data.datasets import Sample, read_labelled_folder, read_mvtec
 from zsad.data.images import load_mask
 from zsad.errors import ZsadError, echo_stderr
@@ -107,9 +108,11 @@ def evaluate(
     batch_size: int = 8,
     overlays: bool = False,
     progress: bool = False,
+    subsets: SubsetRequest | None = None,
     echo: Callable[[str], None] = echo_stderr,
 ) -> dict[str, Any]:
-    """Score each category as one set and write OUT/metrics.json, OUT/metrics.md and
+    """Score each category as one set (or in ``subsets``, each holding its share of every
+    defect type) and write OUT/metrics.json, OUT/metrics.md and
     OUT/CATEGORY/results.jsonl (+ maps, overlays); returns the metrics.json content, in which
     undefined metrics are None (null), pixel metrics exist only for categories with masks, and
     images that could not be read are listed under their category's ``excluded`` and counted
@@ -120,7 +123,16 @@ def evaluate(
     for category in sorted({s.category for s in samples}):
         subset = [s for s in samples if s.category == category]
         paths = [s.path for s in subset]
-        scored = detector.score_set(paths, batch_size=batch_size, progress=progress)
+        split = subsets or SubsetRequest()
+        scored = detector.score_set(
+            paths,
+            batch_size=batch_size,
+            progress=progress,
+            subset_size=split.size,
+            divide=split.divide,
+            strata=[s.defect or str(s.label) for s in subset],
+            memory_gb=split.memory_gb,
+        )
         for failure in scored.failures:
             echo(f"zsad: skipped {failure.error}")
         timing[category] = scored.timing

@@ -40,10 +40,13 @@ def encode_images(
     count: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    half: tuple[str, ...] = (),
 ) -> EncodedImages:
     """Preprocess and encode RGB uint8 images (H, W, 3) in order; a string in an image's place
     is why that input could not be decoded (zsad.data.images.decode_each), kept as its failure.
-    ``count``: how many ``images`` yields (default ``len(images)``)."""
+    ``count``: how many ``images`` yields (default ``len(images)``). The outputs named in
+    ``half`` are kept in float16 (half the memory), or float32 from the first value that
+    float16 cannot hold."""
     total = len(images) if count is None else count  # type: ignore[arg-type]
     kept: list[int] = []
     sizes: list[tuple[int, int]] = []
@@ -56,9 +59,12 @@ def encode_images(
     def flush() -> None:
         start = len(kept) - len(pending)
         for name, value in backend.run(np.stack(pending)).items():
+            xp = module_of(value)
             if name not in outputs:
-                xp = module_of(value)
-                outputs[name] = xp.empty((total, *value.shape[1:]), value.dtype)
+                dtype = xp.float16 if name in half else value.dtype
+                outputs[name] = xp.empty((total, *value.shape[1:]), dtype)
+            if outputs[name].dtype == xp.float16 and not _fits_half(xp, value):
+                outputs[name] = outputs[name].astype(xp.float32)
             outputs[name][start : start + len(value)] = value
         pending.clear()
 
@@ -76,3 +82,8 @@ def encode_images(
         flush()
     outputs = {name: value[: len(kept)] for name, value in outputs.items()}
     return EncodedImages(kept, sizes, outputs, failures)
+
+
+def _fits_half(xp: Any, value: Any) -> bool:
+    """Whether float16 holds every value (its largest finite value is 65504)."""
+    return bool(xp.abs(value).max() <= np.finfo(np.float16).max)
