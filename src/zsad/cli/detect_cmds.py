@@ -12,20 +12,18 @@ from zsad.cli.options import (
     STATION_PANEL,
     BankOpt,
     BatchOpt,
-    DivideOpt,
     HeadclipFlags,
     ImageSizeOpt,
-    MemoryGbOpt,
     MethodOpt,
     OutOpt,
     OverlaysOpt,
     ProgressOpt,
     SeedOpt,
-    SubsetSizeOpt,
     ThresholdOpt,
     encoder_options,
     headclip_options,
     scoring_options,
+    subset_options,
 )
 from zsad.errors import ZsadError
 from zsad.formats.atomic import writable_folder
@@ -79,6 +77,19 @@ def detector(
     return det
 
 
+def _check_inputs(images: list[str] | None, stream: bool, subsets: Any) -> None:
+    """Refuse IMAGES with --stream, neither, and subsets on a stream."""
+    if stream and images:
+        raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
+    if not stream and not images:
+        raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
+    if stream and any((subsets.size, subsets.divide, subsets.memory_gb)):
+        raise ZsadError(
+            "--stream scores against a rolling --bank: no --subset-size/--divide/--memory-gb"
+        )
+
+
+@subset_options()
 @scoring_options()
 @headclip_options()
 @encoder_options()
@@ -94,35 +105,24 @@ def infer(
     stream: StreamOpt = False,
     bank: BankOpt = DEFAULT_BANK,
     threshold: ThresholdOpt = None,
-    subset_size: SubsetSizeOpt = None,
-    divide: DivideOpt = None,
-    memory_gb: MemoryGbOpt = None,
     *,
     encoder: Any,
     headclip: HeadclipFlags,
     scoring: Any,
+    subsets: Any,
 ) -> None:
     """Score images for anomalies, zero-shot.
 
-    staps/musc score the images against each other (at least 2; 50-200 of one product is
-    typical); headclip scores each image on its own. Writes OUT/results.jsonl (one line per
-    image: path, score, map, overlay, error), OUT/maps/*.npy (float16 pixel maps at the encoder
-    size), OUT/overlays/*.png and OUT/summary.json. Unreadable files are reported and skipped.
-    OUT may not be an input folder; folders and globs never take the images inside OUT.
-    The scores do not depend on the order the images are listed in (except staps with
-    --order input). Large sets are scored in subsets (--subset-size, --divide, --memory-gb);
-    a killed run started again with the same command resumes after its last complete subset.
+    staps/musc score the images against each other (5 or more, fewer with a warning; 50-200
+    of one product is typical), in any listing order alike; headclip scores each on its own.
+    Writes OUT/results.jsonl (docs/records.md), OUT/maps/*.npy, OUT/overlays/*.png and
+    OUT/summary.json; unreadable files are reported and skipped; OUT may not be an input
+    folder. Large sets are scored in subsets (--subset-size, --divide, --memory-gb); a killed
+    run started again with the same command resumes after its last complete subset.
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
-    if stream and images:
-        raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
-    if not stream and not images:
-        raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
-    if stream and (subset_size or divide or memory_gb):
-        raise ZsadError(
-            "--stream scores against a rolling --bank: no --subset-size/--divide/--memory-gb"
-        )
+    _check_inputs(images, stream, subsets)
     with writable_folder(out):
         if stream:
             from zsad.station.run import open_when_available, stream_paths
@@ -133,7 +133,7 @@ def infer(
             with opened as det:
                 stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
             return
-        from zsad.api.infer import SubsetRequest, infer_to_folder
+        from zsad.api.infer import infer_to_folder
         from zsad.data.datasets import read_folder
 
         paths = [s.path for s in read_folder(images, recursive=recursive, out=out)]
@@ -146,7 +146,7 @@ def infer(
                 out,
                 batch_size=batch_size,
                 overlays=overlays,
-                subsets=SubsetRequest(subset_size, divide, memory_gb),
+                subsets=subsets,
                 echo=echo_err,
             )
         typer.echo(f"scored {summary['scored']} of {len(paths)} images -> {out / 'results.jsonl'}")

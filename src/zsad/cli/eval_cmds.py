@@ -10,20 +10,18 @@ import typer
 from zsad.cli.detect_cmds import PARTIAL_FAILURE_EXIT, detector, echo_err
 from zsad.cli.options import (
     BatchOpt,
-    DivideOpt,
     FileColumnOpt,
     HeadclipFlags,
     LabelColumnOpt,
-    MemoryGbOpt,
     MethodOpt,
     OutOpt,
     OverlaysOpt,
     ProgressOpt,
     SeedOpt,
-    SubsetSizeOpt,
     encoder_options,
     headclip_options,
     scoring_options,
+    subset_options,
 )
 from zsad.formats.atomic import writable_folder
 
@@ -40,6 +38,7 @@ EvalLabelsOpt = Annotated[
 ]
 
 
+@subset_options()
 @scoring_options()
 @headclip_options()
 @encoder_options()
@@ -67,13 +66,11 @@ def evaluate(
     overlays: OverlaysOpt = False,
     seed: SeedOpt = 0,
     progress: ProgressOpt = True,
-    subset_size: SubsetSizeOpt = None,
-    divide: DivideOpt = None,
-    memory_gb: MemoryGbOpt = None,
     *,
     encoder: Any,
     headclip: HeadclipFlags,
     scoring: Any,
+    subsets: Any,
 ) -> None:
     """Evaluate on a labelled dataset: per-category and mean image/pixel metrics.
 
@@ -84,7 +81,6 @@ def evaluate(
     --overlays). Exit status: 0 every image scored, 3 done but some images could not be read
     (left out of the metrics, listed in metrics.json), 2 a usage error.
     """
-    from zsad.api.subsets import SubsetRequest
     from zsad.evaluation.report import dataset_samples, markdown_table
     from zsad.evaluation.report import evaluate as run_eval
 
@@ -98,7 +94,7 @@ def evaluate(
                 batch_size=batch_size,
                 overlays=overlays,
                 progress=progress,
-                subsets=SubsetRequest(subset_size, divide, memory_gb),
+                subsets=subsets,
                 echo=echo_err,
             )
         typer.echo(markdown_table(payload["categories"], payload["mean"]))

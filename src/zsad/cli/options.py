@@ -218,7 +218,7 @@ BankOpt = Annotated[
         rich_help_panel=STATION_PANEL,
     ),
 ]
-SubsetSizeOpt = Annotated[
+_SubsetSizeOpt = Annotated[
     int | None,
     typer.Option(
         "--subset-size",
@@ -228,7 +228,7 @@ SubsetSizeOpt = Annotated[
         rich_help_panel=SCORING_PANEL,
     ),
 ]
-DivideOpt = Annotated[
+_DivideOpt = Annotated[
     int | None,
     typer.Option(
         "--divide",
@@ -238,7 +238,7 @@ DivideOpt = Annotated[
         rich_help_panel=SCORING_PANEL,
     ),
 ]
-MemoryGbOpt = Annotated[
+_MemoryGbOpt = Annotated[
     float | None,
     typer.Option(
         "--memory-gb",
@@ -248,6 +248,25 @@ MemoryGbOpt = Annotated[
         rich_help_panel=SCORING_PANEL,
     ),
 ]
+_SUBSET_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "size": (_SubsetSizeOpt, None),
+    "divide": (_DivideOpt, None),
+    "memory_gb": (_MemoryGbOpt, None),
+}
+
+
+def subset_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--subset-size, --divide and --memory-gb, given as ``subsets`` (a SubsetRequest)."""
+    parameters = [option_parameter(f"sub_{n}", *spec) for n, spec in _SUBSET_OPTIONS.items()]
+
+    def build(values: dict[str, Any]) -> Any:
+        from zsad.api.subsets import SubsetRequest  # the scoring stack: not for --help
+
+        return SubsetRequest(**{n: values[f"sub_{n}"] for n in _SUBSET_OPTIONS})
+
+    return option_group("subsets", parameters, build)
+
+
 ThresholdOpt = Annotated[
     float | None,
     typer.Option(
