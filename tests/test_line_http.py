@@ -355,6 +355,18 @@ def _until(check: Callable[[], Any], station: subprocess.Popen[str], what: str) 
 
 
 @pytest.mark.slow
+def _set_threshold(port: int, station: subprocess.Popen[str], value: float) -> None:
+    """POST a new threshold with the token, then wait until the station reports it."""
+    body = json.dumps({"threshold": value}).encode()
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert http_call(port, "POST", "/api/threshold", body, **bearer)[0] == 202
+    _until(
+        lambda: http_call(port, "GET", "/api/status")[1]["station"]["threshold"] == value,
+        station,
+        f"the threshold {value}",
+    )
+
+
 def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -386,14 +398,7 @@ def test_a_watching_station_serves_its_journal_live_and_takes_a_threshold(
         assert _raw(port, b"\x16\x03\x01 TLS, not HTTP\r\n\r\n").startswith(b"HTTP/1.1 400")
         assert http_call(port, "POST", "/api/threshold", b'{"threshold": 0}')[0] == 401
         # The operator's new threshold, from the next image on: every part scores above 0.
-        status, _ = http_call(port, "POST", "/api/threshold", b'{"threshold": 0}',
-                          Authorization=f"Bearer {TOKEN}")  # fmt: skip
-        assert status == 202
-        _until(
-            lambda: http_call(port, "GET", "/api/status")[1]["station"]["threshold"] == 0,
-            station,
-            "the new threshold",
-        )
+        _set_threshold(port, station, 0)
         for i, name in enumerate(names[6:], start=6):
             _png(in_dir / name, i)
         live = stream.results(3)
@@ -469,14 +474,7 @@ def test_the_operator_page_shows_live_results_in_a_real_browser(
         for i, name in enumerate(names[:4]):  # a bank of 4: scored once the fourth comes
             _png(in_dir / name, i, "stain" if i == 1 else None)
         _until(lambda: len(_records(out)) == 4, station, "four records")
-        status, _ = http_call(port, "POST", "/api/threshold", b'{"threshold": 0.41}',
-                          Authorization=f"Bearer {TOKEN}")  # fmt: skip
-        assert status == 202
-        _until(
-            lambda: http_call(port, "GET", "/api/status")[1]["station"]["threshold"] == 0.41,
-            station,
-            "the threshold",
-        )
+        _set_threshold(port, station, 0.41)
         for i, name in enumerate(names[4:], start=4):
             _png(in_dir / name, i, "stain" if i == 6 else None)
         (in_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")

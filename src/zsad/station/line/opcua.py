@@ -358,32 +358,27 @@ class OpcuaSink:
         writable = server.get_node(nodes[ACKNOWLEDGED_ID])
         await writable.set_writable()
         server.set_attribute_value_setter(nodes[ACKNOWLEDGED_ID], self._acknowledged_written)
-        argument = ua.Argument(
-            Name="ResultId",
-            DataType=ua.NodeId(ua.ObjectIds.Int64),
-            ValueRank=-1,
-            Description=ua.LocalizedText("The id of the result the PLC has acted on"),
-        )
-        await parents["Station"].add_method(
-            ua.NodeId(ACKNOWLEDGE, index),
-            ua.QualifiedName("Acknowledge", index),
-            self._acknowledge,
-            [argument],
-            [],
-        )
-        part = ua.Argument(
-            Name="PartId",
-            DataType=ua.NodeId(ua.ObjectIds.String),
-            ValueRank=-1,
-            Description=ua.LocalizedText("The part in place (empty for none): in its result"),
-        )
-        await parents["Station"].add_method(
-            ua.NodeId(TRIGGER, index),
-            ua.QualifiedName("Trigger", index),
-            self._trigger,
-            [part],
-            [],
-        )
+        methods = (
+            (ACKNOWLEDGE, "Acknowledge", self._acknowledge, "ResultId", ua.ObjectIds.Int64,
+             "The id of the result the PLC has acted on"),
+            (TRIGGER, "Trigger", self._trigger, "PartId", ua.ObjectIds.String,
+             "The part in place (empty for none): in its result"),
+        )  # fmt: skip
+        for node_id, name, handler, argument, kind, description in methods:
+            await parents["Station"].add_method(
+                ua.NodeId(node_id, index),
+                ua.QualifiedName(name, index),
+                handler,
+                [
+                    ua.Argument(
+                        Name=argument,
+                        DataType=ua.NodeId(kind),
+                        ValueRank=-1,
+                        Description=ua.LocalizedText(description),
+                    )
+                ],
+                [],
+            )
         return nodes
 
     def _catch_up(self, feed: JournalFeed) -> dict[str, Any] | None:
