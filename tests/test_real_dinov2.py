@@ -149,11 +149,13 @@ def test_a_real_bundle_runs_torch_free_and_matches_torch(real_dinov2, images, tm
 
 
 # Floors from measured figures (224 px, generated data at its defaults, docs/backbones.md),
-# a little below them: musc 98.7 / 98.7 / 95.1 and staps 95.1 / 98.9 / 95.8 (image AUROC /
-# pixel AUROC / AUPRO), against zsad-tiny's 90.2 / 96.0 / 86.1 and 85.5 / 96.0 / 85.8.
+# a little below them: musc 98.7 / 98.7 / 95.1 and staps 90.9 / 98.4 / 94.2 (image AUROC /
+# pixel AUROC / AUPRO), against zsad-tiny's 90.2 / 96.0 / 86.1 and 84.6 / 96.3 / 87.7. STAPS's
+# figures hold for its one pseudo-temporal order (a seeded shuffle of the content order): in
+# another random order its image AUROC moves by several points (docs/methods.md).
 FLOORS = {
     "musc": {"image auroc": 0.97, "pixel auroc": 0.98, "pixel aupro": 0.93},
-    "staps": {"image auroc": 0.93, "pixel auroc": 0.98, "pixel aupro": 0.94},
+    "staps": {"image auroc": 0.89, "pixel auroc": 0.97, "pixel aupro": 0.93},
 }
 
 
