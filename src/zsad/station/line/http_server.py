@@ -10,6 +10,7 @@ the station, and JSON refusals for bytes that are not HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
@@ -54,7 +55,7 @@ class ConnectionGuard:
 
 def _refusal(status: int, reason: str, message: str) -> bytes:
     """A whole HTTP response, written before (or instead of) the protocol's own."""
-    body = ('{"error": "' + message.replace('"', "'") + '"}').encode()
+    body = json.dumps({"error": message}).encode()
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
