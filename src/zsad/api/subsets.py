@@ -98,6 +98,29 @@ def plan_set(
     return SetPlan(keys, names, tuple(int(s) for s in subsets), count, size)
 
 
+def plan_groups(
+    images: Sequence[ImageInput],
+    groups: Sequence[str],
+    plan: Callable[[list[ImageInput]], SetPlan],
+) -> SetPlan:
+    """One plan for images in groups: ``plan`` splits each group on its own (groups in name
+    order), its subsets numbered on from the previous group's, so no subset mixes groups."""
+    if len(groups) != len(images):
+        raise ZsadError(f"{len(groups)} groups for {len(images)} images: give one per image")
+    keys: list[str] = [""] * len(images)
+    names: list[str | None] = [None] * len(images)
+    subsets = [0] * len(images)
+    count, sizes = 0, []
+    for group in sorted(set(groups)):
+        members = [i for i, g in enumerate(groups) if g == group]
+        part = plan([images[i] for i in members])
+        for k, i in enumerate(members):
+            keys[i], names[i], subsets[i] = part.keys[k], part.names[k], count + part.subsets[k]
+        count += part.count
+        sizes += [] if part.size is None else [part.size]
+    return SetPlan(tuple(keys), tuple(names), tuple(subsets), count, max(sizes, default=None))
+
+
 def _fitted_size(
     footprint: Footprint, canonical: np.ndarray, memory_gb: float | None, n: int
 ) -> int | None:

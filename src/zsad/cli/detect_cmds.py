@@ -18,10 +18,12 @@ from zsad.cli.options import (
     OutOpt,
     OverlaysOpt,
     ProgressOpt,
+    ScaleFlags,
     SeedOpt,
     ThresholdOpt,
     encoder_options,
     headclip_options,
+    scale_options,
     scoring_options,
     subset_options,
 )
@@ -77,18 +79,67 @@ def detector(
     return det
 
 
-def _check_inputs(images: list[str] | None, stream: bool, subsets: Any) -> None:
-    """Refuse IMAGES with --stream, neither, and subsets on a stream."""
+def _check_inputs(images: list[str] | None, stream: bool, subsets: Any, sets: bool) -> None:
+    """Refuse IMAGES with --stream, neither, and subsets, groups or Ray on a stream."""
     if stream and images:
         raise ZsadError("--stream reads image paths from stdin; give no IMAGES arguments")
     if not stream and not images:
         raise ZsadError("infer: give IMAGES to score (or --stream to read paths from stdin)")
-    if stream and any((subsets.size, subsets.divide, subsets.memory_gb)):
+    if stream and (sets or any((subsets.size, subsets.divide, subsets.memory_gb))):
         raise ZsadError(
-            "--stream scores against a rolling --bank: no --subset-size/--divide/--memory-gb"
+            "--stream scores against a rolling --bank: no --subset-size/--divide/--memory-gb, "
+            "--group-by, --ray or --parquet"
         )
 
 
+def _infer_set(
+    paths: list[Any],
+    out: Path,
+    scale: ScaleFlags,
+    recipe: tuple[Any, str | None, HeadclipFlags, Any, float | None, bool],
+    **kw: Any,
+) -> dict[str, Any]:
+    """Score ``paths`` into OUT here, or on Ray with --ray, with the detector ``recipe``
+    describes (encoder, method, headclip, scoring, threshold, progress); then
+    OUT/results.parquet if asked."""
+    from zsad.data.groups import image_groups
+
+    encoder, method, headclip, scoring, threshold, progress = recipe
+    groups = None if scale.group_by is None else image_groups(paths, scale.group_by)
+    if scale.ray is None:
+        from zsad.api.infer import infer_to_folder
+
+        with detector(
+            encoder, method, headclip, scoring, threshold=threshold, progress=progress
+        ) as det:
+            summary = infer_to_folder(det, paths, out, groups=groups, echo=echo_err, **kw)
+    else:
+        import functools
+
+        from zsad.api.detector import Detector
+        from zsad.api.ray_infer import RayCluster, infer_on_ray
+
+        # Picklable: each Ray actor opens its own detector with it.
+        opener = functools.partial(
+            Detector.from_spec,
+            encoder,
+            method,
+            calibration=headclip.calibration,
+            options=headclip.options(scoring),
+            threshold=threshold,
+        )
+        cluster = RayCluster(scale.ray, scale.ray_workers)
+        summary = infer_on_ray(
+            opener, paths, out, cluster=cluster, groups=groups, echo=echo_err, **kw
+        )
+    if scale.parquet:
+        from zsad.api.parquet import results_to_parquet
+
+        results_to_parquet(out)
+    return summary
+
+
+@scale_options()
 @subset_options()
 @scoring_options()
 @headclip_options()
@@ -110,6 +161,7 @@ def infer(
     headclip: HeadclipFlags,
     scoring: Any,
     subsets: Any,
+    scale: ScaleFlags,
 ) -> None:
     """Score images for anomalies, zero-shot.
 
@@ -120,9 +172,10 @@ def infer(
     folder. Large sets are scored in subsets (--subset-size, --divide, --memory-gb); a killed
     run started again with the same command resumes after its last complete subset.
     With --stream, paths come from stdin and results are appended as in `zsad watch`.
+    --ray scores the subsets on a Ray cluster, with the same results.
     Exit status: 0 all scored, 3 done but some images could not be read, 2 a usage error.
     """
-    _check_inputs(images, stream, subsets)
+    _check_inputs(images, stream, subsets, scale.given)
     with writable_folder(out):
         if stream:
             from zsad.station.run import open_when_available, stream_paths
@@ -133,22 +186,13 @@ def infer(
             with opened as det:
                 stream_paths(det, sys.stdin, out, bank=bank, threshold=threshold, overlays=overlays)
             return
-        from zsad.api.infer import infer_to_folder
         from zsad.data.datasets import read_folder
 
         paths = [s.path for s in read_folder(images, recursive=recursive, out=out)]
-        with detector(
-            encoder, method, headclip, scoring, threshold=threshold, progress=progress
-        ) as det:
-            summary = infer_to_folder(
-                det,
-                paths,
-                out,
-                batch_size=batch_size,
-                overlays=overlays,
-                subsets=subsets,
-                echo=echo_err,
-            )
+        recipe = (encoder, method, headclip, scoring, threshold, progress)
+        summary = _infer_set(
+            paths, out, scale, recipe, batch_size=batch_size, overlays=overlays, subsets=subsets
+        )
         typer.echo(f"scored {summary['scored']} of {len(paths)} images -> {out / 'results.jsonl'}")
         if summary["failed"]:
             # Done, with failures: a script can tell this apart from 0 (all scored) and 2 (usage).

@@ -28,6 +28,7 @@ from zsad.station.line.config import HttpConfig, LineConfig, MqttConfig, OpcuaCo
 SCORING_PANEL = "Training-free scoring (staps / musc)"
 HEADCLIP_PANEL = "HeadCLIP"
 STATION_PANEL = "Station"
+SCALE_PANEL = "Groups and clusters"
 ENCODER_PANEL = "Encoder"
 _SIZE_LIMIT = f"at most {MAX_GRID} patches a side: {MAX_GRID * 14} px at 14 px patches"
 
@@ -659,6 +660,83 @@ def headclip_options(
         return HeadclipFlags(**flags, local_path=_local_path_values(values, "hc_"))
 
     return option_group("headclip", parameters, build)
+
+
+_RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Score the subsets on Ray (the ray extra): local (a new instance on this machine, "
+        "on 127.0.0.1 only, with 2 CPUs or --ray-workers), auto (the cluster this machine is "
+        "in), ray://HOST:PORT or HOST:PORT. Needs --bundle or --engine; the bundle and the "
+        "images must be at the same paths on every node. Same results as without --ray.",
+        rich_help_panel=SCALE_PANEL,
+    ),
+]
+_RayWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ray-workers",
+        min=1,
+        help="With --ray: how many encoder actors (default: one per GPU of the cluster, else "
+        "one per CPU).",
+        rich_help_panel=SCALE_PANEL,
+    ),
+]
+_GroupByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--group-by",
+        help="Score each group of images on its own, a product or a lot (no subset mixes "
+        "groups): folder (each image's folder) or CSV:COLUMN (a CSV with a file column, path "
+        "or filename, and COLUMN naming each image's group).",
+        rich_help_panel=SCALE_PANEL,
+    ),
+]
+_ParquetOpt = Annotated[
+    bool,
+    typer.Option(
+        "--parquet",
+        help="Also write OUT/results.parquet: the rows of results.jsonl (needs pyarrow).",
+        rich_help_panel=SCALE_PANEL,
+    ),
+]
+
+_SCALE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "group_by": (_GroupByOpt, None),
+    "ray": (_RayOpt, None),
+    "ray_workers": (_RayWorkersOpt, None),
+    "parquet": (_ParquetOpt, False),
+}
+
+
+@dataclass(frozen=True)
+class ScaleFlags:
+    """--group-by, --ray, --ray-workers and --parquet as given."""
+
+    group_by: str | None = None
+    ray: str | None = None
+    ray_workers: int | None = None
+    parquet: bool = False
+
+    @property
+    def given(self) -> bool:
+        """Whether any of them was given."""
+        return self != ScaleFlags()
+
+
+def scale_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--group-by, --ray, --ray-workers and --parquet, given as ``scale`` (ScaleFlags)."""
+    parameters = [option_parameter(f"sc_{n}", *spec) for n, spec in _SCALE_OPTIONS.items()]
+
+    def build(values: dict[str, Any]) -> ScaleFlags:
+        flags = ScaleFlags(**{n: values[f"sc_{n}"] for n in _SCALE_OPTIONS})
+        if flags.ray_workers is not None and flags.ray is None:
+            raise ZsadError("--ray-workers: only with --ray")
+        return flags
+
+    return option_group("scale", parameters, build)
 
 
 LINE_PANEL = "Line interfaces (MQTT, OPC UA, HTTP)"
