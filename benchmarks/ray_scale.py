@@ -1,28 +1,30 @@
-"""Images per second of `zsad infer` in one process and on a local Ray instance with 1 and 2
-workers: the same run, the same records.
+"""Images per second of `zsad infer` in one process and with `--ray local` at 1 and 2 workers:
+the same run, the same records.
 
     python benchmarks/ray_scale.py OUT [--images 200] [--image-size 224] [--subset-size 50]
         [--workers 1,2] [--repeats 1]
 
 Generates IMAGES wood parts (128 px, a defect every 20th) and exports a zsad-tiny STAPS bundle
-in a temporary folder, then per repeat scores the images with MuSc (overlays on) in this
-process (`infer_to_folder`, what `zsad infer` runs) and with `infer_on_ray` on a local Ray
-instance of W CPUs for each worker count W. Each run is timed from the call to its return:
-planning, scoring and writing maps, overlays and records; the Ray instance is started before
-the clock (its start-up is reported apart), the actors' start-up and each opening the bundle are
-inside it. Every Ray run's records must equal the local run's (all but their write time).
-Writes OUT/ray_scale.json and OUT/ray_scale.md; each row has the load average (1, 5, 15 min)
-at its start and end, since the machine may be shared.
+in a temporary folder, then per repeat runs `zsad infer` on them (MuSc, overlays on, subsets of
+SUBSET_SIZE) as a command of its own: without Ray, without Ray with OMP_NUM_THREADS=1 (what Ray
+gives an actor of one CPU, so NumPy's BLAS runs one thread), and with `--ray local --ray-workers
+W` for each W (a local instance of W CPUs). Each is timed from start to exit, so the Ray rows
+include starting Ray, its actors and each actor opening the bundle; summary.json's encode and
+score seconds (summed over the subsets, in whichever process scored them) are kept beside.
+Every run's records must equal the first's (all but their write time). Writes OUT/ray_scale.json
+and OUT/ray_scale.md; each row has the load average (1, 5, 15 min) at its start and end, since
+the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -31,14 +33,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from typer.testing import CliRunner
 
 import zsad
-from zsad.api.detector import Detector
-from zsad.api.infer import infer_to_folder
-from zsad.api.ray_infer import RayCluster, infer_on_ray, ray_session
-from zsad.api.subsets import SubsetRequest
-from zsad.cli.app import app
 from zsad.data.synthetic import render_sample
 
 
@@ -55,13 +51,13 @@ def make_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def export_bundle(out: Path, image_size: int) -> Path:
-    """A zsad-tiny STAPS bundle at ``image_size``."""
-    args = ["export", "--model", "zsad-tiny", "--method", "staps"]
-    args += ["--image-size", str(image_size), "--out", str(out)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return out
+def zsad_command(*args: str, env: dict[str, str] | None = None) -> None:
+    """Run `zsad ARGS` in a fresh interpreter; fail with its stderr."""
+    command = [sys.executable, "-m", "zsad", *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def records(out: Path) -> list[dict[str, Any]]:
@@ -70,18 +66,20 @@ def records(out: Path) -> list[dict[str, Any]]:
     return [{**json.loads(line), "time": None} for line in lines]
 
 
-def timed(run: Any, out: Path, images: int, name: str) -> dict[str, Any]:
-    """Run ``run(out)`` into a fresh OUT; its row."""
+def timed(out: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> dict:
+    """`zsad infer ARGS --out OUT` into a fresh OUT: its row."""
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     load_start = os.getloadavg()
     start = time.perf_counter()
-    run(out)
+    zsad_command("infer", *args, "--out", str(out), env=env)
     seconds = time.perf_counter() - start
+    summary = json.loads((out / "summary.json").read_text())
     return {
         "run": name,
         "seconds": round(seconds, 2),
-        "images_per_s": round(images / seconds, 2),
+        "images_per_s": round(summary["scored"] / seconds, 2),
+        "encode_s": summary["timing"]["encode_s"],
+        "score_s": summary["timing"]["score_s"],
         "load_start": [round(v, 2) for v in load_start],
         "load_end": [round(v, 2) for v in os.getloadavg()],
     }
@@ -105,36 +103,30 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], list[dict]]:
-    """The rows of every run, and the local run's records."""
-    paths = make_images(work / "data", args.images)
-    bundle = export_bundle(work / "bundle", args.image_size)
-    opener = functools.partial(Detector.from_bundle, bundle, device="cpu")
-    kw: dict[str, Any] = {"subsets": SubsetRequest(size=args.subset_size), "echo": lambda _: None}
-    runs = work / "runs"
-
-    def here(out: Path) -> None:
-        with opener() as detector:
-            infer_to_folder(detector, paths, out, **kw)
-
-    rows = []
+    """The rows of every run, and the first run's records."""
+    make_images(work / "data", args.images)
+    bundle = work / "bundle"
+    zsad_command(
+        "export", "--model", "zsad-tiny", "--method", "staps",
+        "--image-size", str(args.image_size), "--out", str(bundle),
+    )  # fmt: skip
+    common = [str(work / "data"), "--bundle", str(bundle), "--device", "cpu", "--no-progress"]
+    common += ["--subset-size", str(args.subset_size)]
+    runs: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("one process", [], None),
+        ("one process, OMP_NUM_THREADS=1", [], {"OMP_NUM_THREADS": "1"}),
+    ]
+    for w in args.workers.split(","):
+        runs.append((f"--ray local, {w} workers", ["--ray", "local", "--ray-workers", w], None))
+    rows: list[dict[str, Any]] = []
+    expected: list[dict] = []
     for _ in range(args.repeats):
-        rows.append(timed(here, runs / "here", len(paths), "one process"))
-        expected = records(runs / "here")
-        for workers in [int(w) for w in args.workers.split(",")]:
-            started = time.perf_counter()
-            with ray_session("local", cpus=workers):
-                start_up = time.perf_counter() - started
-                cluster = RayCluster(workers=workers)
-
-                def on_ray(out: Path, cluster: RayCluster = cluster) -> None:
-                    infer_on_ray(opener, paths, out, cluster=cluster, **kw)
-
-                out = runs / f"ray-{workers}"
-                row = timed(on_ray, out, len(paths), f"ray, {workers} workers")
-            row["ray_start_s"] = round(start_up, 2)
-            row["same_records"] = records(out) == expected
-            assert row["same_records"], f"{out}: records differ from the local run's"
-            rows.append(row)
+        for name, extra, env in runs:
+            out = work / "runs" / name.replace(" ", "_")
+            rows.append(timed(out, name, [*common, *extra], env))
+            expected = expected or records(out)
+            rows[-1]["same_records"] = records(out) == expected
+            assert rows[-1]["same_records"], f"{name}: records differ from the first run's"
     return rows, expected
 
 
@@ -154,15 +146,14 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], expected: list[d
     }
     (args.out / "ray_scale.json").write_text(json.dumps(payload, indent=2) + "\n")
     table = [
-        "| run | s | images/s | Ray start s | load at start | load at end |",
-        "|---|---|---|---|---|---|",
+        "| run | s | images/s | encode s | score s | load at start | load at end |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         loads = [" / ".join(f"{v:.2f}" for v in row[k]) for k in ("load_start", "load_end")]
-        start = row.get("ray_start_s", "-")
         table.append(
-            f"| {row['run']} | {row['seconds']} | {row['images_per_s']} | {start} | "
-            f"{loads[0]} | {loads[1]} |"
+            f"| {row['run']} | {row['seconds']} | {row['images_per_s']} | {row['encode_s']} | "
+            f"{row['score_s']} | {loads[0]} | {loads[1]} |"
         )
     (args.out / "ray_scale.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

@@ -228,7 +228,10 @@ def test_the_command_line_starts_without_heavy_imports() -> None:
     import subprocess
     import sys
 
-    heavy = ("torch", "open_clip", "sklearn", "scipy", "onnxruntime", "tensorrt_rtx", "tqdm")
+    heavy = (
+        "torch", "open_clip", "sklearn", "scipy", "onnxruntime", "tensorrt_rtx", "tqdm", "ray",
+        "pyarrow",
+    )  # fmt: skip
     code = (
         "import sys\nfrom zsad.cli.app import main\nsys.argv = ['zsad', '--help']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"

@@ -195,6 +195,33 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(
     _assert_groups_kept_apart(tmp_path / "ray", groups, paths)
 
 
+@pytest.mark.slow
+def test_a_killed_driver_resumes_on_ray(
+    lots: Path, bundle: Path, cluster: str, tmp_path: Path
+) -> None:
+    from zsad.api.infer import infer_to_folder
+    from zsad.api.ray_infer import infer_on_ray
+    from zsad.api.subsets import SubsetRequest
+
+    paths = _paths(lots)
+    kw: dict[str, Any] = {"subsets": SubsetRequest(size=5), "groups": image_groups(paths, "folder")}
+    (tmp_path / "here").mkdir()
+    with Detector.from_bundle(bundle, device="cpu") as detector:
+        count = infer_to_folder(detector, paths, tmp_path / "here", echo=print, **kw)["subsets"]
+    # The driver was killed while writing its second subset: the first is in the journal, whole.
+    shutil.copytree(tmp_path / "here", tmp_path / "ray")
+    written = _records(tmp_path / "here")
+    first = [json.dumps(r) + "\n" for r in written if r["subset"] == 0]
+    second = json.dumps(next(r for r in written if r["subset"] == 1))
+    (tmp_path / "ray" / "results.jsonl").write_text("".join(first) + second[:40])
+    said: list[str] = []
+    opener = functools.partial(Detector.from_bundle, bundle, device="cpu")
+    infer_on_ray(opener, paths, tmp_path / "ray", echo=said.append, **kw)
+    assert any(f"1 of {count} subsets already scored" in line for line in said), said
+    assert any(f"scoring {count - 1} subsets on Ray" in line for line in said), said
+    _assert_same_results(tmp_path / "here", tmp_path / "ray")
+
+
 def _fails_off_the_driver(bundle: Path, driver: int) -> Detector:
     """A detector that opens on the driver and nowhere else: a node without the bundle."""
     if os.getpid() != driver:

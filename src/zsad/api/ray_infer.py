@@ -183,7 +183,8 @@ def _ray_scoring(
         rows = [
             {"subset": s, "members": plan.members(s, detector.time_is_input_order)} for s in todo
         ]
-        scored = ray.data.from_items(rows).map_batches(
+        # A block per subset: Ray Data hands out blocks, so each subset goes to a free actor.
+        scored = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             _SubsetScorer,
             fn_constructor_args=(open_detector, list(paths), batch_size),
             batch_size=1,  # one whole subset per call
