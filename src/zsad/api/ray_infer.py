@@ -46,7 +46,7 @@ OpenDetector = Callable[[], Detector]
 class RayCluster:
     """Where subsets are scored: ``address`` is local, auto, ray://HOST:PORT or HOST:PORT
     (None: the Ray this process has joined, else local); ``workers`` the encoder actors (None:
-    one per GPU of the cluster, else one per CPU)."""
+    one per GPU of the cluster, else one per CPU; never more than the subsets to score)."""
 
     address: str | None = None
     workers: int | None = None
@@ -177,7 +177,8 @@ def _ray_scoring(
         if not todo:
             return
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        size = workers or gpus or int(ray.cluster_resources().get("CPU", 1))
+        slots = workers or gpus or int(ray.cluster_resources().get("CPU", 1))
+        size = min(slots, len(todo))  # an actor without a subset would only open the bundle
         slot = "GPU" if gpus else "CPU"
         echo(f"zsad: scoring {len(todo)} subsets on Ray: {size} workers, one {slot} each")
         rows = [
