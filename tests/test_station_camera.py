@@ -45,15 +45,16 @@ class FakeCamera(GrabbingSource):
     def _fire(self) -> None:
         self.fired += 0 if self.mute else 1
 
-    def _grab(self, timeout_s: float) -> np.ndarray | None:
+    def _grab(self, timeout_s: float) -> None:
         gone = self.fail_after is not None and self.grabbed >= self.fail_after
         if gone or self.unplugged.is_set():
             raise OSError("device removed")
         if self.hub.camera_triggered and self.fired <= self.grabbed:
             time.sleep(0.01)
-            return None
+            return
         self.grabbed += 1
-        return np.full((8, 8, 3), self.grabbed % 256, np.uint8)
+        value = self.grabbed % 256
+        self.hub.put(lambda: np.full((8, 8, 3), value, np.uint8), time.monotonic())
 
     def _disconnect(self) -> None:
         pass

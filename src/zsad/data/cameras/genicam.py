@@ -12,6 +12,7 @@ refine them (``TriggerActivation``, ``TriggerDelay``)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,16 @@ def _harvester_class() -> Any:
     except ImportError as exc:
         raise ZsadError(f"genicam:// sources need harvesters and genicam ({INSTALL_HINT})") from exc
     return Harvester
+
+
+def _copy(component: Any) -> tuple[np.ndarray, int, int, str]:
+    """A GenTL buffer's image as (pixels copied out, width, height, pixel format)."""
+    return (
+        np.array(component.data, copy=True),
+        component.width,
+        component.height,
+        (component.data_format),
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -127,13 +138,16 @@ class GenicamSource(GrabbingSource):
         if self.hub.camera_triggered:
             self._device.remote_device.node_map.get_node("TriggerSoftware").execute()
 
-    def _grab(self, timeout_s: float) -> np.ndarray | None:
+    def _grab(self, timeout_s: float) -> None:
         buffer = self._device.try_fetch(timeout=timeout_s)
         if buffer is None:
-            return None
-        with buffer:
-            component = buffer.payload.components[0]
-            return to_rgb(component.data, component.width, component.height, component.data_format)
+            return
+        arrived = time.monotonic()
+        with buffer:  # requeued on exit: what the hub keeps must be a copy
+            self.hub.put(lambda: _copy(buffer.payload.components[0]), arrived)
+
+    def _convert(self, raw: tuple[np.ndarray, int, int, str]) -> np.ndarray:
+        return to_rgb(*raw)
 
     def _disconnect(self) -> None:
         self._release(self._harvester)

@@ -21,9 +21,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -100,22 +100,23 @@ class FrameHub:
         self.mode = mode
         self.camera_triggered = camera_triggered
         self.dropped = 0
-        self._ready: deque[tuple[np.ndarray, float, str | None]] = deque()
+        self._ready: deque[tuple[Any, float, str | None]] = deque()
         self._pending: deque[_Pending] = deque()
         self._error: BaseException | None = None
         self._changed = threading.Condition()
 
-    def put(self, image: np.ndarray, arrived: float) -> None:
-        """Offer a frame that reached the host at ``arrived`` (time.monotonic())."""
+    def put(self, take: Callable[[], Any], arrived: float) -> None:
+        """Offer a frame that reached the host at ``arrived`` (time.monotonic()); ``take()``
+        copies it out of the camera's buffer and is called only when the frame is kept."""
         with self._changed:
             if self.mode == "free":
                 self.dropped += len(self._ready)
                 self._ready.clear()
-                self._ready.append((image, time.time(), None))
+                self._ready.append((take(), time.time(), None))
             elif self.mode == "hardware":
-                self._ready.append((image, time.time(), None))
+                self._ready.append((take(), time.time(), None))
             elif self._pending and (self.camera_triggered or self._pending[0].at <= arrived):
-                self._ready.append((image, time.time(), self._pending.popleft().part_id))
+                self._ready.append((take(), time.time(), self._pending.popleft().part_id))
             else:
                 self.dropped += 1
                 return
@@ -148,8 +149,9 @@ class FrameHub:
             self._error = error
             self._changed.notify_all()
 
-    def get(self, timeout_s: float) -> tuple[np.ndarray, float, str | None] | None:
-        """(image, time.time(), part id) of the next frame, or None after ``timeout_s``."""
+    def get(self, timeout_s: float) -> tuple[Any, float, str | None] | None:
+        """(what ``take()`` gave, time.time(), part id) of the next frame, or None after
+        ``timeout_s``."""
         with self._changed:
             self._changed.wait_for(lambda: self._ready or self._error, timeout_s)
             if self._ready:
@@ -160,7 +162,8 @@ class FrameHub:
 
 
 class GrabbingSource:
-    """A source whose subclass grabs RGB images on a background thread (``_grab``)."""
+    """A source whose subclass grabs raw frames on a background thread (``_grab``) and converts
+    to RGB (``_convert``) only the frames ``read`` delivers."""
 
     name: str
 
@@ -191,8 +194,9 @@ class GrabbingSource:
         got = self.hub.get(timeout_s)
         if got is None:
             return None
-        image, timestamp, part_id = got
-        frame = CameraFrame(image, self.name, self._count, timestamp, part_id)
+        raw, timestamp, part_id = got
+        # Converted here, on the reader's thread: a frame dropped unread costs no conversion.
+        frame = CameraFrame(self._convert(raw), self.name, self._count, timestamp, part_id)
         self._count += 1
         return frame
 
@@ -233,17 +237,20 @@ class GrabbingSource:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                image = self._grab(0.1)
-                if image is not None:
-                    self.hub.put(image, time.monotonic())
+                self._grab(0.1)
         except BaseException as exc:  # the reader sees it on its next read
             self.hub.fail(exc)
 
     def _connect(self) -> None:
         raise NotImplementedError
 
-    def _grab(self, timeout_s: float) -> np.ndarray | None:
+    def _grab(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for one frame and offer it (``self.hub.put``)."""
         raise NotImplementedError
+
+    def _convert(self, raw: Any) -> np.ndarray:
+        """RGB uint8 (H, W, 3) of a frame as ``_grab`` took it; sources that take RGB keep it."""
+        return raw
 
     def _fire(self) -> None:
         """Tell the camera to expose now; sources without a camera-side trigger do nothing."""
