@@ -149,6 +149,18 @@ def test_triggers_given_up_are_answered_by_no_later_frame() -> None:
     assert hub.get(0)[2] == "P3"  # type: ignore[index]
 
 
+def test_stopping_gives_up_triggers_waiting_and_answers_not_read() -> None:
+    hub = FrameHub("software", camera_triggered=True)
+    for part in ("P1", "P2", "P3"):
+        hub.want(part)
+    hub.put(lambda: image(1), 0.0)  # answers P1, never read
+    assert hub.stop() == (["P2", "P3"], ["P1"])
+    assert hub.get(0) is None and hub.stop() == ([], [])
+    free = FrameHub("free")
+    free.put(lambda: image(1), 0.0)
+    assert free.stop() == ([], []) and free.get(0) is not None  # no trigger: nothing given up
+
+
 def test_only_frames_kept_are_copied_and_only_frames_read_are_converted() -> None:
     class Streaming(GrabbingSource):
         """Streams numbered raw frames; counts the copies and conversions it makes."""

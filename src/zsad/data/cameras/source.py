@@ -143,6 +143,18 @@ class FrameHub:
             self._pending.clear()
         return given_up
 
+    def stop(self) -> tuple[list[str | None], list[str | None]]:
+        """Give up every trigger not yet handed to the reader (the reader stops): the part ids
+        of those still waiting for a frame, and of those whose frame came but was not read."""
+        with self._changed:
+            waiting = [pending.part_id for pending in self._pending]
+            self._pending.clear()
+            unread: list[str | None] = []
+            if self.mode == "software":
+                unread = [part_id for _, _, part_id in self._ready]
+                self._ready.clear()
+        return waiting, unread
+
     def fail(self, error: BaseException) -> None:
         """Hand the grabbing thread's error to the reader."""
         with self._changed:
