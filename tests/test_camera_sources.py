@@ -29,6 +29,7 @@ def image(value: int) -> np.ndarray:
     ("uri", "needle"),
     [
         ("usb://cam0", "unknown scheme 'usb'"),
+        ("aravis://Basler-1234/stream?x=1", "expected aravis://DEVICE-ID, with no path or query"),
         ("/data/frames", "unknown scheme '(none)'"),
         (
             "genicam:///nowhere/producer.cti",
@@ -58,7 +59,7 @@ def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.Monke
     real = builtins.__import__
 
     def blocked(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.split(".")[0] in ("av", "harvesters"):
+        if name.split(".")[0] in ("av", "harvesters", "gi"):
             raise ImportError(name)
         return real(name, *args, **kwargs)
 
@@ -67,6 +68,10 @@ def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.Monke
         open_source("rtsp://127.0.0.1:1/x")
     with pytest.raises(ZsadError, match=r"harvesters and genicam \(pip install 'zsad\[camera\]'\)"):
         genicam.GenicamSource(Path("p.cti"))
+    with pytest.raises(
+        ZsadError, match=r"PyGObject and Aravis 0\.8 \(apt-get install gir1\.2-aravis"
+    ):
+        open_source("aravis://any")
 
 
 def test_trigger_modes_and_settings_parse_or_fail_in_one_line() -> None:
