@@ -105,6 +105,23 @@ def station_run(out: Path, bundle: Path) -> dict[str, Any]:
     return {"triggers": feed.triggers, "stopped_by": summary.get("stopped_by")}
 
 
+def loss_check(camera: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Kill the camera mid-stream: how long until ``read`` says so, and what it says."""
+    from zsad.data.cameras.uri import open_source
+    from zsad.errors import ZsadError
+
+    with open_source(URI, {"AcquisitionFrameRate": "20"}) as source:
+        source.read(5)
+        camera.kill()
+        killed = time.monotonic()
+        while time.monotonic() - killed < 20:
+            try:
+                source.read(1)
+            except ZsadError as exc:
+                return {"lost_after_s": time.monotonic() - killed, "lost": str(exc)}
+    return {"lost_after_s": None, "lost": None}
+
+
 def main() -> None:
     """Bring up lo, start the fake camera, run the checks, print what they saw."""
     out, bundle = Path(sys.argv[1]), Path(sys.argv[2])
@@ -123,6 +140,7 @@ def main() -> None:
             "integer": error_of(URI, {"Width": "abc"}),
             **source_checks(),
             **station_run(out, bundle),
+            **loss_check(camera),
         }
     finally:
         camera.kill()

@@ -83,3 +83,8 @@ def test_a_station_scores_one_frame_per_trigger_none_twice(seen) -> None:
     assert sorted(r["part_id"] for r in records) == parts  # each trigger once, none doubled
     assert all(r["index"] is not None and r["decision"] != "rejected" for r in records)
     assert len({r["frame"] for r in records}) == 6  # six frames kept, one per record
+
+
+def test_a_camera_that_stops_answering_is_reported_to_the_reader(seen) -> None:
+    assert seen["lost"] == "aravis://Aravis-Fake-GV01: the camera stopped answering (control lost)"
+    assert seen["lost_after_s"] < 15
