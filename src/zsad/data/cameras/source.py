@@ -1,8 +1,9 @@
 """What every camera source gives: frames with their metadata, a trigger, open/close.
 
 A source grabs on a thread of its own, so a camera is never left waiting on a slow reader, and
-hands frames to ``read`` by the rule its trigger mode sets. A frame the rule drops is never
-copied out of the camera's buffer, and only the frames ``read`` returns are converted to RGB:
+hands frames to ``read`` by the rule its trigger mode sets. A frame no waiting trigger wants is
+never copied out of the camera's buffer, and only the frames ``read`` returns are converted to
+RGB:
 
 - ``free``: free run. Only the newest frame waits; one the reader did not take before the next
   arrived is dropped (counted in ``dropped``), so a reader slower than the camera always gets the
