@@ -206,6 +206,47 @@ def test_only_frames_kept_are_copied_and_only_frames_read_are_converted() -> Non
     assert (source.copied, source.converted) == (3, 3)
 
 
+def test_a_camera_that_can_rest_is_not_read_between_triggers_and_drained_after() -> None:
+    class Resting(GrabbingSource):
+        """Streams when read; logs each drain and each frame grabbed."""
+
+        rests_between_triggers = True
+
+        def __init__(self) -> None:
+            super().__init__("cam", "software")
+            self.calls: list[str] = []
+
+        def _connect(self) -> None:
+            pass
+
+        def _drain(self) -> None:
+            self.calls.append("drain")
+
+        def _grab(self, timeout_s: float) -> None:
+            time.sleep(0.002)
+            self.calls.append("grab")
+            self.hub.put(lambda: image(len(self.calls) % 256), time.monotonic())
+
+        def _disconnect(self) -> None:
+            pass
+
+    with Resting() as source:
+        time.sleep(0.3)
+        assert source.calls == []  # no trigger waits: the camera is not read at all
+        answers = []
+        for part in ("A", "B"):
+            source.trigger(part)
+            answers.append(source.read(5))
+            time.sleep(0.3)
+            assert source.calls[-1] == "grab" and source.read(0) is None
+        resting = len(source.calls)
+        time.sleep(0.3)
+        assert len(source.calls) == resting
+    assert [a and a.part_id for a in answers] == ["A", "B"]
+    # What the camera held when a trigger came is older than it: drained before each answer.
+    assert source.calls == ["drain", "grab", "drain", "grab"]
+
+
 def test_a_grabbing_error_reaches_the_reader_and_a_wait_times_out() -> None:
     class Broken(GrabbingSource):
         def _connect(self) -> None:

@@ -46,6 +46,8 @@ def _aravis() -> tuple[Any, Any]:
 class AravisSource(GrabbingSource):
     """Frames of one camera Aravis finds, by device id or address (the first one without)."""
 
+    rests_between_triggers = True
+
     def __init__(
         self,
         device_id: str | None = None,
@@ -131,6 +133,15 @@ class AravisSource(GrabbingSource):
                     f"{self.name}: the software trigger failed ({_reason(exc)})"
                 ) from exc
 
+    def _drain(self) -> None:
+        # Bounded by the buffers the stream holds: a fast camera refills them as they go back.
+        for _ in range(BUFFERS):
+            buffer = self._stream.try_pop_buffer()
+            if buffer is None:
+                return
+            self._stream.push_buffer(buffer)
+            self.hub.skipped()
+
     def _grab(self, timeout_s: float) -> None:
         if self._control_lost.is_set():
             raise ZsadError(f"{self.name}: the camera stopped answering (control lost)")
@@ -143,7 +154,7 @@ class AravisSource(GrabbingSource):
             if buffer.get_status() == self._lib.BufferStatus.SUCCESS:
                 self.hub.put(lambda: _copy(buffer, self._pixel_format), arrived)
             else:
-                self.hub.dropped += 1
+                self.hub.skipped()
         finally:
             self._stream.push_buffer(buffer)
 

@@ -51,6 +51,8 @@ def _reason(exc: BaseException) -> str:
 class GenicamSource(GrabbingSource):
     """Frames from one device of a GenTL producer, chosen by serial number or index."""
 
+    rests_between_triggers = True
+
     def __init__(
         self,
         producer: Path,
@@ -137,6 +139,15 @@ class GenicamSource(GrabbingSource):
     def _fire(self) -> None:
         if self.hub.camera_triggered:
             self._device.remote_device.node_map.get_node("TriggerSoftware").execute()
+
+    def _drain(self) -> None:
+        # Bounded by the buffers the camera can hold: a fast camera refills them as they go back.
+        for _ in range(self._device.num_buffers):
+            buffer = self._device.try_fetch(timeout=0.001)  # 0 would wait without end
+            if buffer is None:
+                return
+            buffer.queue()
+            self.hub.skipped()
 
     def _grab(self, timeout_s: float) -> None:
         buffer = self._device.try_fetch(timeout=timeout_s)

@@ -128,6 +128,17 @@ class FrameHub:
         """Note a software trigger; the frame that answers it will carry ``part_id``."""
         with self._changed:
             self._pending.append(_Pending(part_id, time.monotonic()))
+            self._changed.notify_all()  # a grabbing thread may be waiting for a trigger
+
+    def wanted(self, timeout_s: float) -> bool:
+        """Whether a trigger waits for a frame, waiting up to ``timeout_s`` for one."""
+        with self._changed:
+            return self._changed.wait_for(lambda: bool(self._pending), timeout_s)
+
+    def skipped(self, count: int = 1) -> None:
+        """Count frames the grabbing thread dropped without offering them."""
+        with self._changed:
+            self.dropped += count
 
     def overdue(self, timeout_s: float) -> list[str | None]:
         """Give up the triggers waiting longer than ``timeout_s``: their part ids, oldest first."""
@@ -178,6 +189,12 @@ class FrameHub:
 class GrabbingSource:
     """A source whose subclass grabs raw frames on a background thread (``_grab``) and converts
     to RGB (``_convert``) only the frames ``read`` delivers."""
+
+    # A camera that keeps the frames it sends in buffers of its own can be left unread while no
+    # trigger waits: a streaming camera answering host-side triggers then costs nothing between
+    # them. Its frames left waiting are older than the trigger, so they are drained (``_drain``)
+    # before it is read again. A source that must keep reading (an RTSP stream) says False.
+    rests_between_triggers = False
 
     name: str
 
@@ -250,7 +267,15 @@ class GrabbingSource:
 
     def _run(self) -> None:
         try:
+            resting = True  # frames the camera sent before the first trigger are stale too
             while not self._stop.is_set():
+                if self._may_rest():
+                    if not self.hub.wanted(0.1):
+                        resting = True
+                        continue
+                    if resting:
+                        self._drain()
+                        resting = False
                 self._grab(0.1)
         except BaseException as exc:  # the reader sees it on its next read
             self.hub.fail(exc)
@@ -258,8 +283,16 @@ class GrabbingSource:
     def _connect(self) -> None:
         raise NotImplementedError
 
+    def _may_rest(self) -> bool:
+        host_triggered = self.trigger_mode == "software" and not self.hub.camera_triggered
+        return host_triggered and self.rests_between_triggers
+
     def _grab(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for one frame and offer it (``self.hub.put``)."""
+        raise NotImplementedError
+
+    def _drain(self) -> None:
+        """Give back, unread, every frame the camera holds now (sources that rest only)."""
         raise NotImplementedError
 
     def _convert(self, raw: Any) -> np.ndarray:
