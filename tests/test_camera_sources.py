@@ -208,13 +208,18 @@ def test_only_frames_kept_are_copied_and_only_frames_read_are_converted() -> Non
 
 def test_a_camera_that_can_rest_is_not_read_between_triggers_and_drained_after() -> None:
     class Resting(GrabbingSource):
-        """Streams when read; logs each drain and each frame grabbed."""
+        """Streams when read; logs each drain and each frame grabbed; ``gone`` once unplugged."""
 
         rests_between_triggers = True
 
         def __init__(self) -> None:
             super().__init__("cam", "software")
             self.calls: list[str] = []
+            self.gone = False
+
+        def _check_alive(self) -> None:
+            if self.gone:
+                raise ZsadError("cam: control lost")
 
         def _connect(self) -> None:
             pass
@@ -242,6 +247,9 @@ def test_a_camera_that_can_rest_is_not_read_between_triggers_and_drained_after()
         resting = len(source.calls)
         time.sleep(0.3)
         assert len(source.calls) == resting
+        source.gone = True  # unplugged while resting: said without waiting for a trigger
+        with pytest.raises(ZsadError, match="control lost"):
+            source.read(1)
     assert [a and a.part_id for a in answers] == ["A", "B"]
     # What the camera held when a trigger came is older than it: drained before each answer.
     assert source.calls == ["drain", "grab", "drain", "grab"]

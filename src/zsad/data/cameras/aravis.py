@@ -142,9 +142,12 @@ class AravisSource(GrabbingSource):
             self._stream.push_buffer(buffer)
             self.hub.skipped()
 
-    def _grab(self, timeout_s: float) -> None:
+    def _check_alive(self) -> None:
         if self._control_lost.is_set():
             raise ZsadError(f"{self.name}: the camera stopped answering (control lost)")
+
+    def _grab(self, timeout_s: float) -> None:
+        self._check_alive()
         buffer = self._stream.timeout_pop_buffer(int(timeout_s * 1e6))
         if buffer is None:
             return

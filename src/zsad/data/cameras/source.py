@@ -271,6 +271,7 @@ class GrabbingSource:
             while not self._stop.is_set():
                 if self._may_rest():
                     if not self.hub.wanted(0.1):
+                        self._check_alive()  # a camera gone is said now, not at the next trigger
                         resting = True
                         continue
                     if resting:
@@ -294,6 +295,9 @@ class GrabbingSource:
     def _drain(self) -> None:
         """Give back, unread, every frame the camera holds now (sources that rest only)."""
         raise NotImplementedError
+
+    def _check_alive(self) -> None:
+        """Raise if the camera is known to be gone; sources that cannot tell do nothing."""
 
     def _convert(self, raw: Any) -> np.ndarray:
         """RGB uint8 (H, W, 3) of a frame as ``_grab`` took it; sources that take RGB keep it."""
