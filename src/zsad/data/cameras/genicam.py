@@ -35,12 +35,8 @@ def _harvester_class() -> Any:
 
 def _copy(component: Any) -> tuple[np.ndarray, int, int, str]:
     """A GenTL buffer's image as (pixels copied out, width, height, pixel format)."""
-    return (
-        np.array(component.data, copy=True),
-        component.width,
-        component.height,
-        (component.data_format),
-    )
+    pixels = np.array(component.data, copy=True)
+    return pixels, component.width, component.height, component.data_format
 
 
 def _reason(exc: BaseException) -> str:
