@@ -242,8 +242,9 @@ def station(
         str | None,
         typer.Option(
             "--source",
-            help="A camera URI (genicam://, rtsp://): compare a station fed by it with one fed by "
-            "a hot folder, overlays on and off (frames/s, trigger-to-record latency).",
+            help="A camera URI (genicam://, aravis://, rtsp://): compare a station fed by it "
+            "with one fed by a hot folder, overlays on and off (frames/s, trigger-to-record "
+            "latency).",
         ),
     ] = None,
     camera_set: Annotated[
