@@ -371,3 +371,54 @@ def test_instruction_set_is_read_from_cpuinfo(tmp_path: Path) -> None:
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16\n")
     assert bm.cpu_instruction_set(arm) == "asimd sve bf16"
     assert bm.cpu_instruction_set(tmp_path / "missing").startswith("unknown")
+
+
+def _fake_infer(command: list[str], log: Path, results: Path) -> Any:
+    """Stands in for one `zsad infer` process: a summary.json, 2 ms and 100 MB (+1 KB) per image."""
+    from zsad.bench.scale import ChildRun
+
+    n = len(Path(command[command.index("infer") + 1]).read_text().splitlines())
+    out = Path(command[command.index("--out") + 1])
+    log.write_text(" ".join(command))
+    timing = {"encode_s": 0.001 * n, "score_s": 0.001 * n}
+    summary = {"images": n, "subsets": -(-n // 5), "timing": timing}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return ChildRun(0, 0.002 * n + 0.5, 100 + n / 1024, [(0.5, 0, 100.0), (1.0, n, 100.0)])
+
+
+def test_bench_scale_tabulates_each_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsad.bench import scale
+
+    monkeypatch.setattr(scale, "measure_child", _fake_infer)
+    pool = tmp_path / "pool"
+    args = ["scale", "--n", "10,20", "--subset-size", "5", "--image-size", "28"]
+    plots = ["memory_vs_n.png", "time_vs_n.png", "rss_over_run.png"]
+    data = _bench(tmp_path / "a", *args, "--data", str(pool), "--config", "x=--method staps",
+                  plots=plots)  # fmt: skip
+    assert [(r["config"], r["n"], r["subsets"]) for r in data["rows"]] == [
+        ("x", 10, 2),
+        ("x", 20, 4),
+    ]
+    assert data["verdict"]["x"]["peak_rss_spread"] == round(
+        (100 + 20 / 1024) / (100 + 10 / 1024), 3
+    )
+    assert data["rows"][1]["images_per_s"] == round(20 / 0.54, 2)
+    command = (tmp_path / "a" / "runs" / "x-20" / "infer.log").read_text()
+    assert "--subset-size 5 --no-overlays" in command and command.endswith("--method staps")
+    assert "--image-size 28" in command
+    # The pool of the largest N serves the smaller as its prefix, and is kept for the next run.
+    assert sorted(p.name for p in pool.glob("*.png")) == [f"{i:06d}.png" for i in range(20)]
+    md = (tmp_path / "a" / "bench.md").read_text()
+    assert "| x | 20 | 4 |" in md and "- x: peak RSS max/min over N" in md
+    bad = runner.invoke(app, ["bench", *args, "--out", str(tmp_path / "b"), "--config", "=-x"])
+    assert bad.exit_code != 0 and "NAME=ARGS" in str(bad.exception)
+
+
+@pytest.mark.slow
+def test_bench_scale_peak_memory_is_flat(tmp_path: Path, bundle: Path) -> None:
+    args = ["scale", "--n", "60,240", "--subset-size", "20", "--bundle", str(bundle)]
+    plots = ["memory_vs_n.png", "time_vs_n.png", "rss_over_run.png"]
+    data = _bench(tmp_path, *args, "--device", "cpu", plots=plots)
+    assert [(r["n"], r["subsets"]) for r in data["rows"]] == [(60, 3), (240, 12)]
+    # About 180 MB each: 5 % would be 9 MB, far more than 180 more images' metadata.
+    assert data["verdict"]["local"]["peak_rss_spread"] < 1.05

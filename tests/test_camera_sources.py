@@ -29,6 +29,7 @@ def image(value: int) -> np.ndarray:
     ("uri", "needle"),
     [
         ("usb://cam0", "unknown scheme 'usb'"),
+        ("aravis://Basler-1234/stream?x=1", "expected aravis://DEVICE-ID, with no path or query"),
         ("/data/frames", "unknown scheme '(none)'"),
         (
             "genicam:///nowhere/producer.cti",
@@ -58,7 +59,7 @@ def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.Monke
     real = builtins.__import__
 
     def blocked(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.split(".")[0] in ("av", "harvesters"):
+        if name.split(".")[0] in ("av", "harvesters", "gi"):
             raise ImportError(name)
         return real(name, *args, **kwargs)
 
@@ -67,6 +68,10 @@ def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.Monke
         open_source("rtsp://127.0.0.1:1/x")
     with pytest.raises(ZsadError, match=r"harvesters and genicam \(pip install 'zsad\[camera\]'\)"):
         genicam.GenicamSource(Path("p.cti"))
+    with pytest.raises(
+        ZsadError, match=r"PyGObject and Aravis 0\.8 \(apt-get install gir1\.2-aravis"
+    ):
+        open_source("aravis://any")
 
 
 def test_trigger_modes_and_settings_parse_or_fail_in_one_line() -> None:
@@ -101,7 +106,7 @@ def test_an_rtsp_password_never_reaches_a_name() -> None:
 def test_free_run_hands_over_only_the_newest_frame() -> None:
     hub = FrameHub("free")
     for value in range(3):
-        hub.put(image(value), time.monotonic())
+        hub.put(lambda value=value: image(value), time.monotonic())
     got = hub.get(0)
     assert got is not None and got[0][0, 0, 0] == 2 and got[2] is None
     assert hub.dropped == 2 and hub.get(0) is None
@@ -109,14 +114,14 @@ def test_free_run_hands_over_only_the_newest_frame() -> None:
 
 def test_a_host_side_trigger_takes_the_first_frame_after_it_one_frame_each() -> None:
     hub = FrameHub("software")
-    hub.put(image(1), time.monotonic())  # nobody asked: dropped
+    hub.put(lambda: image(1), time.monotonic())  # nobody asked: dropped
     hub.want("A")
     hub.want("B")
     before = time.monotonic() - 1
-    hub.put(image(2), before)  # reached the host before the triggers: not an answer
-    hub.put(image(3), time.monotonic())
-    hub.put(image(4), time.monotonic())
-    hub.put(image(5), time.monotonic())  # both triggers answered: dropped
+    hub.put(lambda: image(2), before)  # reached the host before the triggers: not an answer
+    hub.put(lambda: image(3), time.monotonic())
+    hub.put(lambda: image(4), time.monotonic())
+    hub.put(lambda: image(5), time.monotonic())  # both triggers answered: dropped
     answers = [hub.get(0), hub.get(0), hub.get(0)]
     assert [(a[0][0, 0, 0], a[2]) for a in answers[:2]] == [(3, "A"), (4, "B")]
     assert answers[2] is None and hub.dropped == 3
@@ -126,12 +131,12 @@ def test_camera_and_hardware_triggered_frames_are_all_kept_in_order() -> None:
     hub = FrameHub("software", camera_triggered=True)
     hub.want("P1")
     hub.want("P2")
-    hub.put(image(1), 0.0)
-    hub.put(image(2), 0.0)
+    hub.put(lambda: image(1), 0.0)
+    hub.put(lambda: image(2), 0.0)
     assert [hub.get(0)[2], hub.get(0)[2]] == ["P1", "P2"]  # type: ignore[index]
     wired = FrameHub("hardware")
     for value in range(3):
-        wired.put(image(value), 0.0)
+        wired.put(lambda value=value: image(value), 0.0)
     assert [wired.get(0)[0][0, 0, 0] for _ in range(3)] == [0, 1, 2]  # type: ignore[index]
 
 
@@ -142,11 +147,112 @@ def test_triggers_given_up_are_answered_by_no_later_frame() -> None:
     hub.want("P2")
     assert hub.overdue(0.05) == ["P1"]  # P2 is younger than the timeout
     assert hub.abandon() == ["P2"] and hub.overdue(0.0) == []
-    hub.put(image(1), 0.0)  # the late answer to P1 or P2: given to no one
+    hub.put(lambda: image(1), 0.0)  # the late answer to P1 or P2: given to no one
     assert hub.get(0) is None and hub.dropped == 1
     hub.want("P3")
-    hub.put(image(3), 0.0)
+    hub.put(lambda: image(3), 0.0)
     assert hub.get(0)[2] == "P3"  # type: ignore[index]
+
+
+def test_stopping_gives_up_triggers_waiting_and_answers_not_read() -> None:
+    hub = FrameHub("software", camera_triggered=True)
+    for part in ("P1", "P2", "P3"):
+        hub.want(part)
+    hub.put(lambda: image(1), 0.0)  # answers P1, never read
+    assert hub.stop() == (["P2", "P3"], ["P1"])
+    assert hub.get(0) is None and hub.stop() == ([], [])
+    free = FrameHub("free")
+    free.put(lambda: image(1), 0.0)
+    assert free.stop() == ([], []) and free.get(0) is not None  # no trigger: nothing given up
+
+
+def test_only_frames_kept_are_copied_and_only_frames_read_are_converted() -> None:
+    class Streaming(GrabbingSource):
+        """Streams numbered raw frames; counts the copies and conversions it makes."""
+
+        def __init__(self) -> None:
+            super().__init__("cam", "software")
+            self.grabbed = self.copied = self.converted = 0
+
+        def _connect(self) -> None:
+            pass
+
+        def _grab(self, timeout_s: float) -> None:
+            time.sleep(0.002)
+            self.grabbed += 1
+            self.hub.put(self._copy, time.monotonic())
+
+        def _copy(self) -> int:
+            self.copied += 1
+            return self.grabbed
+
+        def _convert(self, raw: int) -> np.ndarray:
+            self.converted += 1
+            return image(raw % 256)
+
+        def _disconnect(self) -> None:
+            pass
+
+    with Streaming() as source:
+        time.sleep(0.2)
+        for part in ("A", "B", "C"):
+            source.trigger(part)
+            frame = source.read(5)
+            assert frame is not None and frame.part_id == part
+        time.sleep(0.2)
+    # The camera streamed all along, but only the three answers left its buffers or were
+    # converted: the rest were dropped untouched.
+    assert source.grabbed > 20 and source.dropped == source.grabbed - 3
+    assert (source.copied, source.converted) == (3, 3)
+
+
+def test_a_camera_that_can_rest_is_not_read_between_triggers_and_drained_after() -> None:
+    class Resting(GrabbingSource):
+        """Streams when read; logs each drain and each frame grabbed; ``gone`` once unplugged."""
+
+        rests_between_triggers = True
+
+        def __init__(self) -> None:
+            super().__init__("cam", "software")
+            self.calls: list[str] = []
+            self.gone = False
+
+        def _check_alive(self) -> None:
+            if self.gone:
+                raise ZsadError("cam: control lost")
+
+        def _connect(self) -> None:
+            pass
+
+        def _drain(self) -> None:
+            self.calls.append("drain")
+
+        def _grab(self, timeout_s: float) -> None:
+            time.sleep(0.002)
+            self.calls.append("grab")
+            self.hub.put(lambda: image(len(self.calls) % 256), time.monotonic())
+
+        def _disconnect(self) -> None:
+            pass
+
+    with Resting() as source:
+        time.sleep(0.3)
+        assert source.calls == []  # no trigger waits: the camera is not read at all
+        answers = []
+        for part in ("A", "B"):
+            source.trigger(part)
+            answers.append(source.read(5))
+            time.sleep(0.3)
+            assert source.calls[-1] == "grab" and source.read(0) is None
+        resting = len(source.calls)
+        time.sleep(0.3)
+        assert len(source.calls) == resting
+        source.gone = True  # unplugged while resting: said without waiting for a trigger
+        with pytest.raises(ZsadError, match="control lost"):
+            source.read(1)
+    assert [a and a.part_id for a in answers] == ["A", "B"]
+    # What the camera held when a trigger came is older than it: drained before each answer.
+    assert source.calls == ["drain", "grab", "drain", "grab"]
 
 
 def test_a_grabbing_error_reaches_the_reader_and_a_wait_times_out() -> None:
@@ -154,7 +260,7 @@ def test_a_grabbing_error_reaches_the_reader_and_a_wait_times_out() -> None:
         def _connect(self) -> None:
             pass
 
-        def _grab(self, timeout_s: float) -> np.ndarray | None:
+        def _grab(self, timeout_s: float) -> None:
             raise ZsadError("cam: unplugged")
 
         def _disconnect(self) -> None:

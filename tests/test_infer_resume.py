@@ -31,10 +31,10 @@ def test_a_cut_subset_is_dropped_and_the_complete_ones_kept(tmp_path: Path) -> N
         handle.write(json.dumps(_record(1, 2)).encode() + b'\n{"id": 3, "sch')
     with SetJournal(tmp_path, run, [1, 1, 0, 0]) as journal:
         assert journal.done == {0} and journal.subsets == [0, 0, 1, 1]
-        assert [r["id"] for r in journal.records] == [0, 1]
+        assert journal.count == 2 and [r["id"] for r in journal.records()] == [0, 1]
     assert (tmp_path / "results.jsonl").read_bytes() == whole
     with SetJournal(tmp_path, {"paths": ["e"]}, [0]) as journal:
-        assert journal.done == set() and journal.records == []
+        assert journal.done == set() and journal.count == 0 and list(journal.records()) == []
         # Another run keeps the earlier results until it has its own first subset.
         assert (tmp_path / "results.jsonl").read_bytes() == whole
         journal.append([_record(0, 0)])

@@ -45,15 +45,16 @@ class FakeCamera(GrabbingSource):
     def _fire(self) -> None:
         self.fired += 0 if self.mute else 1
 
-    def _grab(self, timeout_s: float) -> np.ndarray | None:
+    def _grab(self, timeout_s: float) -> None:
         gone = self.fail_after is not None and self.grabbed >= self.fail_after
         if gone or self.unplugged.is_set():
             raise OSError("device removed")
         if self.hub.camera_triggered and self.fired <= self.grabbed:
             time.sleep(0.01)
-            return None
+            return
         self.grabbed += 1
-        return np.full((8, 8, 3), self.grabbed % 256, np.uint8)
+        value = self.grabbed % 256
+        self.hub.put(lambda: np.full((8, 8, 3), value, np.uint8), time.monotonic())
 
     def _disconnect(self) -> None:
         pass
@@ -252,40 +253,72 @@ def test_camera_options_are_checked_in_one_line(tmp_path: Path) -> None:
     one_line_error(result, "IN_DIR", "--source")
 
 
+def _run_station(
+    out: Path,
+    detector: Detector,
+    camera: FakeCamera,
+    lines: list[str],
+    triggers: tuple[str, ...] = (),
+    trigger_timeout_s: float = 0.2,
+) -> tuple[dict, CameraFeed]:
+    """A station on ``camera`` until idle for 1 s, ``triggers`` fired once it is open: its
+    summary and its feed (closed)."""
+    feed = _feed(out, lambda: camera, trigger="software", trigger_timeout_s=trigger_timeout_s)
+    options = StationOptions(out=out, poll_s=0.05, idle_exit_s=1.0, echo=lines.append)
+    station = Station(detector.stream(3), feed.start, options)
+    summary: dict = {}
+    worker = threading.Thread(target=lambda: summary.update(station.run()))
+    worker.start()
+    try:
+        if triggers:
+            wait_until(lambda: feed.camera is not None, "the camera to open", timeout=30)
+        for part_id in triggers:
+            feed.trigger(part_id)
+        worker.join(60)
+    finally:
+        feed.close()
+    assert not worker.is_alive()
+    return summary, feed
+
+
 def test_a_station_journals_a_trigger_given_up_and_resumes_past_it(
     bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
-
-    def run(camera: FakeCamera, lines: list[str], trigger: str | None) -> dict:
-        feed = _feed(out, lambda: camera, trigger="software", trigger_timeout_s=0.2)
-        options = StationOptions(out=out, poll_s=0.05, idle_exit_s=1.0, echo=lines.append)
-        station = Station(detector.stream(3), feed.start, options)
-        summary: dict = {}
-        worker = threading.Thread(target=lambda: summary.update(station.run()))
-        worker.start()
-        try:
-            if trigger is not None:
-                wait_until(lambda: feed.camera is not None, "the camera to open", timeout=30)
-                feed.trigger(trigger)
-            worker.join(60)
-        finally:
-            feed.close()
-        assert not worker.is_alive()
-        return summary
-
     lines: list[str] = []
-    first = run(FakeCamera("software", mute=True), lines, "P-9")
+    first, _ = _run_station(out, detector, FakeCamera("software", mute=True), lines, ("P-9",))
     (record,) = station_records(out)
     assert (record["decision"], record["part_id"], record["index"]) == ("rejected", "P-9", None)
     assert "no frame came within 0.2 s" in record["error"]
     assert record["path"] is None and record["rejected_to"] is None and record["frame"] is None
     assert first["this_run"]["rejected"] == 1
     assert any("trigger for part P-9 not answered" in line for line in lines)
-    again = run(FakeCamera("software"), [], None)
+    again, _ = _run_station(out, detector, FakeCamera("software"), [])
     assert again["journal"]["rejected"] == 1 and again["this_run"]["rejected"] == 0
     assert not (out / "rejected").exists()  # no file was rejected: nothing to move
+
+
+def test_a_trigger_still_waiting_when_the_station_stops_gets_a_record(
+    bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+    lines: list[str] = []
+    camera = FakeCamera("software", mute=True)
+    # The timeout is far off: the station stops (idle) while both triggers still wait.
+    summary, feed = _run_station(out, detector, camera, lines, ("P-1", "P-2"), 60.0)
+    records = station_records(out)
+    assert [(r["decision"], r["part_id"]) for r in records] == [
+        ("rejected", "P-1"),
+        ("rejected", "P-2"),
+    ]
+    assert all(r["error"] == "station stopped before a frame" for r in records)
+    assert summary["this_run"]["rejected"] == 2 and summary["stopped_by"].startswith("idle")
+    assert any("trigger for part P-2 not answered" in line for line in lines)
+    with pytest.raises(TriggerRefused, match="stopping") as refused:
+        feed.trigger("P-3")  # taken now, it would get no record
+    assert refused.value.busy
 
 
 def test_a_restart_refills_the_bank_from_the_frames_kept_in_one_line(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -98,19 +99,18 @@ def infer_to_folder(
                     paths,
                     overlays=overlays,
                     progress=detector.progress,
-                    first_id=len(journal.records),
+                    first_id=journal.count,
                 )
             )
             infos.append(part.info)
             timing = {k: round(v + part.timing[k], 3) for k, v in timing.items()}
-        records = journal.records
+        scored, failed, top = _ranking(journal.records())
     for note in detector.notes:
         echo(f"zsad: {note}")
-    ranked = sorted((r for r in records if r["error"] is None), key=lambda r: -r["score"])
     summary = {
         "images": len(paths),
-        "scored": len(ranked),
-        "failed": len(records) - len(ranked),
+        "scored": scored,
+        "failed": failed,
         "subsets": plan.count,
         "subset_size": plan.size,
         "encoder": detector.source,
@@ -118,12 +118,30 @@ def infer_to_folder(
         "image_size": detector.image_size,
         "settings": detector.settings,
         "timing": timing,
-        "most_anomalous": [{"path": r["path"], "score": r["score"]} for r in ranked[:10]],
+        "most_anomalous": [{"path": r["path"], "score": r["score"]} for r in top],
         "info": infos[0] if len(infos) == 1 else {"parts": infos},
         **({} if groups is None else {"groups": _group_subsets(groups, plan)}),
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _ranking(records: Iterable[dict[str, Any]]) -> tuple[int, int, list[dict[str, Any]]]:
+    """(scored, failed, the ten highest-scored, ties in record order) of records read once:
+    a summary of a set of any size holds ten records, never all of them."""
+    scored = failed = 0
+    top: list[tuple[float, int, dict[str, Any]]] = []  # a min-heap of the ten highest so far
+    for number, record in enumerate(records):
+        if record["error"] is not None:
+            failed += 1
+            continue
+        scored += 1
+        entry = (record["score"], -number, record)
+        if len(top) < 10:
+            heapq.heappush(top, entry)
+        else:
+            heapq.heappushpop(top, entry)
+    return scored, failed, [record for *_, record in sorted(top, reverse=True)]
 
 
 def _group_subsets(groups: Sequence[str], plan: SetPlan) -> dict[str, list[int]]:

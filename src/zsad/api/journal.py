@@ -13,9 +13,11 @@ writes its first subset. One process at a time: an exclusive lock on OUT.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,8 @@ PLAN_FILE = ".infer-plan.json"
 
 class SetJournal:
     """Append-only results.jsonl in ``out`` for ``run``: ``subsets`` is the split to score
-    (the stored one when resuming), ``done`` the subsets already there."""
+    (the stored one when resuming), ``done`` the subsets already there, ``count`` their
+    records."""
 
     def __init__(self, out: Path, run: dict[str, Any], subsets: list[int]) -> None:
         self.path = out / "results.jsonl"
@@ -44,12 +47,13 @@ class SetJournal:
         self._run = json.loads(json.dumps(run))  # as it reads back: tuples become lists
         same_run = isinstance(stored, dict) and stored.get("run") == self._run
         self.subsets: list[int] = stored["subsets"] if same_run else list(subsets)
-        self.records: list[dict[str, Any]] = []
+        # The records themselves stay on disk: a journal of any length costs no memory here.
+        self.count = 0  # records in the journal: the next record's id
+        self.done: set[int] = set()
         self._fd: int | None = None
         if same_run:
             self._fd = open_output(self.path, os.O_RDWR | os.O_APPEND)
-            self.records = self._complete_subsets(Counter(self.subsets))
-        self.done = {record["subset"] for record in self.records}
+            self.count, self.done = self._complete_subsets(Counter(self.subsets))
 
     def _start(self) -> int:
         """A new run's journal, made on its first subset: earlier results stay until then. The
@@ -61,33 +65,47 @@ class SetJournal:
         write_json(self._plan_file, {"run": self._run, "subsets": self.subsets})
         return fd
 
-    def _complete_subsets(self, sizes: Counter[int]) -> list[dict[str, Any]]:
-        """The records of the complete subsets; the file is cut back to end with them."""
+    def _complete_subsets(self, sizes: Counter[int]) -> tuple[int, set[int]]:
+        """How many records the complete subsets hold, and which subsets they are; the file is
+        cut back to end with them."""
         assert self._fd is not None
-        size = os.fstat(self._fd).st_size
-        text = os.pread(self._fd, size, 0)
-        lines = text.split(b"\n")[:-1]  # a last line without its newline was cut short
-        records = [read_record(json.loads(line), str(self.path)) for line in lines]
-        counts = Counter(record["subset"] for record in records)
-        keep, kept_bytes = 0, 0
-        for line, record in zip(lines, records, strict=True):
-            if counts[record["subset"]] != sizes.get(record["subset"]):
+        counts = Counter(subset for subset, _ in self._lines())
+        keep, kept_bytes, done = 0, 0, set()
+        for subset, length in self._lines():
+            if counts[subset] != sizes.get(subset):
                 break
-            keep, kept_bytes = keep + 1, kept_bytes + len(line) + 1
-        if kept_bytes < size:
+            keep, kept_bytes = keep + 1, kept_bytes + length
+            done.add(subset)
+        if kept_bytes < os.fstat(self._fd).st_size:
             os.ftruncate(self._fd, kept_bytes)
             os.fsync(self._fd)
-        return records[:keep]
+        return keep, done
+
+    def _lines(self) -> Iterator[tuple[int, int]]:
+        """The subset and the length in bytes of each whole line, read one line at a time."""
+        with self.path.open("rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    return  # a last line without its newline was cut short
+                yield read_record(json.loads(line), str(self.path))["subset"], len(line)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """This run's records, read back one at a time (none before its first subset)."""
+        if self._fd is None:
+            return  # the file, if any, holds another run's records
+        with self.path.open("rb") as handle:
+            for line in itertools.islice(handle, self.count):
+                yield read_record(json.loads(line), str(self.path))
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Write one subset's records, whose ``id`` numbers on from ``len(records)``, at once."""
+        """Write one subset's records, whose ``id`` numbers on from ``count``, at once."""
         if self._fd is None:
             self._fd = self._start()
         data = memoryview("".join(json.dumps(r) + "\n" for r in records).encode())
         while data:
             data = data[os.write(self._fd, data) :]
         os.fsync(self._fd)
-        self.records += records
+        self.count += len(records)
 
     def close(self) -> None:
         """Release the file and the lock."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,23 @@ class SetPlan:
 
     def members(self, subset: int, in_input_order: bool = False) -> list[int]:
         """The input positions of a subset's images, in content order (or input order)."""
-        order = range(len(self.keys)) if in_input_order else self.canonical()
-        return [int(i) for i in order if self.subsets[i] == subset]
+        return (self._input_groups if in_input_order else self._content_groups)[subset]
+
+    # Grouped once per plan: a scan of the whole set per subset made a run quadratic in N.
+    @cached_property
+    def _content_groups(self) -> list[list[int]]:
+        return self._group(self.canonical())
+
+    @cached_property
+    def _input_groups(self) -> list[list[int]]:
+        return self._group(np.arange(len(self.keys)))
+
+    def _group(self, order: np.ndarray) -> list[list[int]]:
+        """Each subset's input positions, in ``order``."""
+        groups: list[list[int]] = [[] for _ in range(self.count)]
+        for i in order.tolist():
+            groups[self.subsets[i]].append(i)
+        return groups
 
     def canonical(self) -> np.ndarray:
         """Every input position in content order."""

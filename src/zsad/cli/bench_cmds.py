@@ -1,5 +1,5 @@
-"""`zsad bench`: encoder latency, scoring cost versus N and bank size, end-to-end pipeline and a
-sustained station run; the benchmarks themselves live in zsad.bench."""
+"""`zsad bench`: encoder latency, scoring cost versus N and bank size, end-to-end pipeline, a
+sustained station run and `zsad infer` against N; the benchmarks themselves live in zsad.bench."""
 
 from __future__ import annotations
 
@@ -242,8 +242,9 @@ def station(
         str | None,
         typer.Option(
             "--source",
-            help="A camera URI (genicam://, rtsp://): compare a station fed by it with one fed by "
-            "a hot folder, overlays on and off (frames/s, trigger-to-record latency).",
+            help="A camera URI (genicam://, aravis://, rtsp://): compare a station fed by it "
+            "with one fed by a hot folder, overlays on and off (frames/s, trigger-to-record "
+            "latency).",
         ),
     ] = None,
     camera_set: Annotated[
@@ -400,6 +401,74 @@ def line(
     )  # fmt: skip
 
 
+def scale(
+    out: OutOpt,
+    n: Annotated[
+        str, typer.Option("--n", help="Comma-separated numbers of images N.")
+    ] = "100,1000,10000",
+    subset_size: Annotated[
+        int, typer.Option("--subset-size", min=5, help="Subset size K of every run (fixed).")
+    ] = 100,
+    model: ModelOpt = "zsad-tiny",
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", help="Encoder input size (default: the model's own)."),
+    ] = None,
+    bundle: BundleOpt = None,
+    device: DeviceOpt = "auto",
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            help="NAME=ARGS (repeatable): a set of rows run with these extra `zsad infer` "
+            "arguments, e.g. 'staps=--method staps'. Default: one set, 'local', with none.",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Keep the generated images here and reuse them on the next run (default: a "
+            "temporary folder, removed at the end).",
+        ),
+    ] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Peak RSS and time of `zsad infer` against N at a fixed subset size, each run a process
+    of its own on the first N of one pool of generated images (overlays off).
+
+    At a fixed K, peak memory should not depend on N and time should grow linearly in N;
+    bench.md ends with the spread (max / min over N) of both.
+    """
+    from zsad.bench.scale import bench_scale
+
+    encoder = ["--bundle", str(bundle)] if bundle else ["--model", model, "--pretrained", "random"]
+    if image_size is not None:
+        encoder += ["--image-size", str(image_size)]
+    bench_scale(
+        out,
+        ns=_ints(n, "--n"),
+        subset_size=subset_size,
+        encoder_args=[*encoder, "--device", device],
+        configs=_configs(config or []),
+        data=data,
+        seed=seed,
+    )
+
+
+def _configs(specs: list[str]) -> dict[str, list[str]] | None:
+    """``NAME=ARGS`` options as {name: infer arguments}; None when none is given."""
+    import shlex
+
+    configs: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, args = spec.partition("=")
+        if not sep or not name.strip() or name.strip() in configs:
+            raise ZsadError(f"--config {spec!r}: expected NAME=ARGS with a new NAME")
+        configs[name.strip()] = shlex.split(args)
+    return configs or None
+
+
 def register(app: typer.Typer) -> None:
     """Attach the bench sub-commands (station included) to the app."""
     if not bench_app.registered_commands:
@@ -410,6 +479,7 @@ def register(app: typer.Typer) -> None:
             ("pipeline", pipeline),
             ("triton", triton),
             ("line", line),
+            ("scale", scale),
         ):
             bench_app.command(name)(command)
     app.add_typer(bench_app, name="bench")

@@ -881,7 +881,7 @@ def line_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return option_group("line", parameters, build)
 
 
-CAMERA_PANEL = "Camera (--source genicam:// or rtsp://)"
+CAMERA_PANEL = "Camera (--source genicam://, aravis:// or rtsp://)"
 
 
 def _camera_option(flag: str, annotation: Any, help: str, **extra: Any) -> Any:
@@ -896,8 +896,9 @@ _CAMERA_OPTIONS: dict[str, tuple[Any, Any]] = {
             "--source",
             str | None,
             "Where frames come from: a hot folder (as IN_DIR), genicam://PRODUCER.cti "
-            "[?serial=S|index=N] (GigE Vision / USB3 Vision through the vendor's GenTL producer) "
-            "or rtsp://HOST[:PORT]/PATH. Camera frames are kept under OUT/frames.",
+            "[?serial=S|index=N] (GigE Vision / USB3 Vision through the vendor's GenTL producer), "
+            "aravis://[DEVICE-ID] (GigE Vision / USB3 Vision through Aravis) or "
+            "rtsp://HOST[:PORT]/PATH. Camera frames are kept under OUT/frames.",
         ),
         None,
     ),
@@ -984,7 +985,9 @@ def camera_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             if v["trigger_timeout"] != CameraConfig.trigger_timeout_s:
                 given.append("--trigger-timeout")
             if given:
-                raise ZsadError(f"{given[0]}: only with a camera --source (genicam:// or rtsp://)")
+                raise ZsadError(
+                    f"{given[0]}: only with a camera --source (genicam://, aravis:// or rtsp://)"
+                )
             return None if source is None else Path(source)
         budget = v["frames_budget_gb"]
         config = CameraConfig(

@@ -131,7 +131,8 @@ def watch(
     Writers should write to a dot-file or *.tmp and rename; such names are ignored, and so
     are files not named like images (notes.txt, Thumbs.db). OUT may sit inside the hot folder
     (it is not scanned) but may not be the hot folder itself.
-    --source genicam://... or rtsp://... reads a camera instead, frames kept in OUT/frames.
+    --source genicam://..., aravis://... or rtsp://... reads a camera instead, frames kept in
+    OUT/frames.
     """
     from zsad.station.line.sinks import build_sinks
     from zsad.station.run import open_when_available, watch_camera, watch_folder
@@ -165,7 +166,10 @@ def _watched(in_dir: Path | None, source: Any, out: Path) -> Any:
     if in_dir is not None and source is not None:
         raise ZsadError(f"{in_dir}: give the hot folder as IN_DIR or --source, not both")
     if in_dir is None and source is None:
-        raise ZsadError("watch: give a hot folder (IN_DIR) or --source genicam://... or rtsp://...")
+        raise ZsadError(
+            "watch: give a hot folder (IN_DIR) or --source genicam://..., aravis://... or "
+            "rtsp://..."
+        )
     chosen = in_dir or source
     if isinstance(chosen, Path):
         check_watch_folders(chosen, out)

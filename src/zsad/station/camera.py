@@ -7,10 +7,10 @@ record) are filed as their record says. Triggers from the line reach the camera 
 ``trigger``; a camera that is not there at start or goes away later is reopened with backoff,
 said once when lost and once when back, and shown in the status as ``camera-unreachable``. A
 wrong URI, a missing producer or a setting the camera refuses stops the station instead: no
-wait mends those. A trigger taken but not answered
-(the camera went away, or no frame came within ``trigger_timeout_s``) comes out as
-``Unanswered``, which the station journals as a rejected record with the trigger's part id: the
-PLC matching results to parts never waits for one that will not come.
+wait mends those. A trigger taken but not answered (the camera went away, no frame came within
+``trigger_timeout_s``, or the station stopped first) comes out as ``Unanswered``, which the
+station journals as a rejected record with the trigger's part id: the PLC matching results to
+parts never waits for one that will not come.
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class CameraFeed:
         self._again: deque[Path] = deque()  # pending frames of an earlier run, to score
         self._unanswered: deque[Unanswered] = deque()  # triggers given up, to journal
         self._notices: list[str] = []
+        self._stopping = False  # set once the station stops: triggers are refused from then on
         self._lock = threading.Lock()  # the camera, as the sinks' threads trigger it
 
     # ------------------------------------------------------------------ station side
@@ -206,6 +207,21 @@ class CameraFeed:
             "frames_kept_bytes": self.store.used_bytes,
         }
 
+    def stop_triggers(self) -> list[Unanswered]:
+        """Take no more triggers and give up those not answered yet (the station stops): each
+        with its part id, for the journal, so the PLC waits for no result that will not come."""
+        with self._lock:
+            self._stopping = True
+            camera = self.camera
+            waiting, unread = camera.hub.stop() if camera is not None else ([], [])
+        given_up = list(self._unanswered)
+        self._unanswered.clear()
+        given_up += [Unanswered(part_id, "station stopped before a frame") for part_id in waiting]
+        given_up += [
+            Unanswered(part_id, "station stopped before its frame was scored") for part_id in unread
+        ]
+        return given_up
+
     def close(self) -> None:
         """Release the camera."""
         with self._lock:
@@ -224,6 +240,10 @@ class CameraFeed:
                 "software"
             )
         with self._lock:
+            if self._stopping:
+                raise TriggerRefused(
+                    "the station is stopping; the trigger was not taken", busy=True
+                )
             if self.camera is None or self.down_since is not None:
                 raise TriggerRefused(
                     f"camera unreachable since {iso_time(self.down_since)} ({self.down_error}); "

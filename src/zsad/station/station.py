@@ -175,6 +175,9 @@ class Station:
             raise
         finally:
             self._restore_signals(handlers)
+        # Before the journal closes: every trigger taken gets a record, even one the stop cut off.
+        for item in getattr(self.source, "stop_triggers", list)():
+            self._reject_trigger(item)
         if stopped_by != "signal":
             self._flush_held()
         summary = self._status("stopped", stopped_by=stopped_by)

@@ -12,6 +12,7 @@ refine them (``TriggerActivation``, ``TriggerDelay``)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ def _harvester_class() -> Any:
     return Harvester
 
 
+def _copy(component: Any) -> tuple[np.ndarray, int, int, str]:
+    """A GenTL buffer's image as (pixels copied out, width, height, pixel format)."""
+    pixels = np.array(component.data, copy=True)
+    return pixels, component.width, component.height, component.data_format
+
+
 def _reason(exc: BaseException) -> str:
     # GenApi appends " : XException thrown in node ... (file ..., line ...)" to its message.
     return " ".join(str(exc).split(" : ")[0].split()) or type(exc).__name__
@@ -39,6 +46,8 @@ def _reason(exc: BaseException) -> str:
 
 class GenicamSource(GrabbingSource):
     """Frames from one device of a GenTL producer, chosen by serial number or index."""
+
+    rests_between_triggers = True
 
     def __init__(
         self,
@@ -127,13 +136,25 @@ class GenicamSource(GrabbingSource):
         if self.hub.camera_triggered:
             self._device.remote_device.node_map.get_node("TriggerSoftware").execute()
 
-    def _grab(self, timeout_s: float) -> np.ndarray | None:
+    def _drain(self) -> None:
+        # Bounded by the buffers the camera can hold: a fast camera refills them as they go back.
+        for _ in range(self._device.num_buffers):
+            buffer = self._device.try_fetch(timeout=0.001)  # 0 would wait without end
+            if buffer is None:
+                return
+            buffer.queue()
+            self.hub.skipped()
+
+    def _grab(self, timeout_s: float) -> None:
         buffer = self._device.try_fetch(timeout=timeout_s)
         if buffer is None:
-            return None
-        with buffer:
-            component = buffer.payload.components[0]
-            return to_rgb(component.data, component.width, component.height, component.data_format)
+            return
+        arrived = time.monotonic()
+        with buffer:  # requeued on exit: what the hub keeps must be a copy
+            self.hub.put(lambda: _copy(buffer.payload.components[0]), arrived)
+
+    def _convert(self, raw: tuple[np.ndarray, int, int, str]) -> np.ndarray:
+        return to_rgb(*raw)
 
     def _disconnect(self) -> None:
         self._release(self._harvester)

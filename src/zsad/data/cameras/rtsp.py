@@ -62,7 +62,7 @@ class RtspSource(GrabbingSource):
             raise ZsadError(f"{self.name}: the stream has no video")
         self._frames = self._container.decode(self._container.streams.video[0])
 
-    def _grab(self, timeout_s: float) -> np.ndarray | None:
+    def _grab(self, timeout_s: float) -> None:
         # A decode blocks until a frame comes; the container's read timeout bounds the wait.
         try:
             frame = next(self._frames)
@@ -70,7 +70,11 @@ class RtspSource(GrabbingSource):
             raise ZsadError(f"{self.name}: the stream ended") from None
         except Exception as exc:  # FFmpeg's timeout or a broken connection
             raise ZsadError(f"{self.name}: the stream stopped ({self._reason(exc)})") from exc
-        return frame.to_ndarray(format="rgb24")
+        # Every packet must be decoded; the decoded frame owns its planes, so it is kept as it is.
+        self.hub.put(lambda: frame, time.monotonic())
+
+    def _convert(self, raw: Any) -> np.ndarray:
+        return raw.to_ndarray(format="rgb24")
 
     def _reason(self, exc: BaseException) -> str:
         # FFmpeg's messages quote the URL, password included.

@@ -1,7 +1,9 @@
 """What every camera source gives: frames with their metadata, a trigger, open/close.
 
 A source grabs on a thread of its own, so a camera is never left waiting on a slow reader, and
-hands frames to ``read`` by the rule its trigger mode sets:
+hands frames to ``read`` by the rule its trigger mode sets. A frame no waiting trigger wants is
+never copied out of the camera's buffer, and only the frames ``read`` returns are converted to
+RGB:
 
 - ``free``: free run. Only the newest frame waits; one the reader did not take before the next
   arrived is dropped (counted in ``dropped``), so a reader slower than the camera always gets the
@@ -21,9 +23,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -100,22 +102,23 @@ class FrameHub:
         self.mode = mode
         self.camera_triggered = camera_triggered
         self.dropped = 0
-        self._ready: deque[tuple[np.ndarray, float, str | None]] = deque()
+        self._ready: deque[tuple[Any, float, str | None]] = deque()
         self._pending: deque[_Pending] = deque()
         self._error: BaseException | None = None
         self._changed = threading.Condition()
 
-    def put(self, image: np.ndarray, arrived: float) -> None:
-        """Offer a frame that reached the host at ``arrived`` (time.monotonic())."""
+    def put(self, take: Callable[[], Any], arrived: float) -> None:
+        """Offer a frame that reached the host at ``arrived`` (time.monotonic()); ``take()``
+        copies it out of the camera's buffer and is called only when the frame is kept."""
         with self._changed:
             if self.mode == "free":
                 self.dropped += len(self._ready)
                 self._ready.clear()
-                self._ready.append((image, time.time(), None))
+                self._ready.append((take(), time.time(), None))
             elif self.mode == "hardware":
-                self._ready.append((image, time.time(), None))
+                self._ready.append((take(), time.time(), None))
             elif self._pending and (self.camera_triggered or self._pending[0].at <= arrived):
-                self._ready.append((image, time.time(), self._pending.popleft().part_id))
+                self._ready.append((take(), time.time(), self._pending.popleft().part_id))
             else:
                 self.dropped += 1
                 return
@@ -125,6 +128,17 @@ class FrameHub:
         """Note a software trigger; the frame that answers it will carry ``part_id``."""
         with self._changed:
             self._pending.append(_Pending(part_id, time.monotonic()))
+            self._changed.notify_all()  # a grabbing thread may be waiting for a trigger
+
+    def wanted(self, timeout_s: float) -> bool:
+        """Whether a trigger waits for a frame, waiting up to ``timeout_s`` for one."""
+        with self._changed:
+            return self._changed.wait_for(lambda: bool(self._pending), timeout_s)
+
+    def skipped(self, count: int = 1) -> None:
+        """Count frames the grabbing thread dropped without offering them."""
+        with self._changed:
+            self.dropped += count
 
     def overdue(self, timeout_s: float) -> list[str | None]:
         """Give up the triggers waiting longer than ``timeout_s``: their part ids, oldest first."""
@@ -142,14 +156,27 @@ class FrameHub:
             self._pending.clear()
         return given_up
 
+    def stop(self) -> tuple[list[str | None], list[str | None]]:
+        """Give up every trigger not yet handed to the reader (the reader stops): the part ids
+        of those still waiting for a frame, and of those whose frame came but was not read."""
+        with self._changed:
+            waiting = [pending.part_id for pending in self._pending]
+            self._pending.clear()
+            unread: list[str | None] = []
+            if self.mode == "software":
+                unread = [part_id for _, _, part_id in self._ready]
+                self._ready.clear()
+        return waiting, unread
+
     def fail(self, error: BaseException) -> None:
         """Hand the grabbing thread's error to the reader."""
         with self._changed:
             self._error = error
             self._changed.notify_all()
 
-    def get(self, timeout_s: float) -> tuple[np.ndarray, float, str | None] | None:
-        """(image, time.time(), part id) of the next frame, or None after ``timeout_s``."""
+    def get(self, timeout_s: float) -> tuple[Any, float, str | None] | None:
+        """(what ``take()`` gave, time.time(), part id) of the next frame, or None after
+        ``timeout_s``."""
         with self._changed:
             self._changed.wait_for(lambda: self._ready or self._error, timeout_s)
             if self._ready:
@@ -160,7 +187,14 @@ class FrameHub:
 
 
 class GrabbingSource:
-    """A source whose subclass grabs RGB images on a background thread (``_grab``)."""
+    """A source whose subclass grabs raw frames on a background thread (``_grab``) and converts
+    to RGB (``_convert``) only the frames ``read`` delivers."""
+
+    # A camera that keeps the frames it sends in buffers of its own can be left unread while no
+    # trigger waits: a streaming camera answering host-side triggers then costs nothing between
+    # them. Its frames left waiting are older than the trigger, so they are drained (``_drain``)
+    # before it is read again. A source that must keep reading (an RTSP stream) says False.
+    rests_between_triggers = False
 
     name: str
 
@@ -191,8 +225,9 @@ class GrabbingSource:
         got = self.hub.get(timeout_s)
         if got is None:
             return None
-        image, timestamp, part_id = got
-        frame = CameraFrame(image, self.name, self._count, timestamp, part_id)
+        raw, timestamp, part_id = got
+        # Converted here, on the reader's thread: a frame dropped unread costs no conversion.
+        frame = CameraFrame(self._convert(raw), self.name, self._count, timestamp, part_id)
         self._count += 1
         return frame
 
@@ -232,18 +267,41 @@ class GrabbingSource:
 
     def _run(self) -> None:
         try:
+            resting = True  # frames the camera sent before the first trigger are stale too
             while not self._stop.is_set():
-                image = self._grab(0.1)
-                if image is not None:
-                    self.hub.put(image, time.monotonic())
+                if self._may_rest():
+                    if not self.hub.wanted(0.1):
+                        self._check_alive()  # a camera gone is said now, not at the next trigger
+                        resting = True
+                        continue
+                    if resting:
+                        self._drain()
+                        resting = False
+                self._grab(0.1)
         except BaseException as exc:  # the reader sees it on its next read
             self.hub.fail(exc)
 
     def _connect(self) -> None:
         raise NotImplementedError
 
-    def _grab(self, timeout_s: float) -> np.ndarray | None:
+    def _may_rest(self) -> bool:
+        host_triggered = self.trigger_mode == "software" and not self.hub.camera_triggered
+        return host_triggered and self.rests_between_triggers
+
+    def _grab(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for one frame and offer it (``self.hub.put``)."""
         raise NotImplementedError
+
+    def _drain(self) -> None:
+        """Give back, unread, every frame the camera holds now (sources that rest only)."""
+        raise NotImplementedError
+
+    def _check_alive(self) -> None:
+        """Raise if the camera is known to be gone; sources that cannot tell do nothing."""
+
+    def _convert(self, raw: Any) -> np.ndarray:
+        """RGB uint8 (H, W, 3) of a frame as ``_grab`` took it; sources that take RGB keep it."""
+        return raw
 
     def _fire(self) -> None:
         """Tell the camera to expose now; sources without a camera-side trigger do nothing."""

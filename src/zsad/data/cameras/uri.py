@@ -2,20 +2,23 @@
 
 - ``genicam://PRODUCER.cti`` (the first device), ``?serial=SERIAL`` or ``?index=N``; an absolute
   path takes three slashes: ``genicam:///opt/vendor/producer.cti``;
+- ``aravis://[DEVICE-ID]``: a GigE Vision or USB3 Vision camera through Aravis, by the id
+  ``arv-tool-0.8`` lists or its IP address (the first camera found without);
 - ``rtsp://HOST[:PORT]/PATH`` (``rtsps://`` too)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
+from zsad.data.cameras.aravis import AravisSource
 from zsad.data.cameras.genicam import GenicamSource
 from zsad.data.cameras.rtsp import RtspSource
 from zsad.data.cameras.source import GrabbingSource, parse_trigger
 from zsad.errors import ZsadError
 
-SCHEMES = ("genicam", "rtsp", "rtsps")
+SCHEMES = ("genicam", "aravis", "rtsp", "rtsps")
 
 
 def check_uri(uri: str) -> None:
@@ -25,10 +28,12 @@ def check_uri(uri: str) -> None:
     if parts.scheme not in SCHEMES:
         raise ZsadError(
             f"source {uri}: unknown scheme {parts.scheme or '(none)'!r}; expected "
-            "genicam://PRODUCER.cti[?serial=S|index=N] or rtsp://HOST/PATH"
+            "genicam://PRODUCER.cti[?serial=S|index=N], aravis://[DEVICE-ID] or rtsp://HOST/PATH"
         )
     if parts.scheme == "genicam":
         _genicam_target(uri)
+    if parts.scheme == "aravis":
+        _aravis_device(uri)
 
 
 def open_source(
@@ -42,6 +47,8 @@ def open_source(
     check_uri(uri)
     if uri.startswith("genicam:"):
         return GenicamSource(*_genicam_target(uri), settings, trigger)
+    if uri.startswith("aravis:"):
+        return AravisSource(_aravis_device(uri), settings, trigger)
     if settings:
         raise ZsadError(f"source {uri}: an RTSP stream takes no camera settings")
     return RtspSource(uri, trigger=trigger, timeout_s=timeout_s)
@@ -66,6 +73,14 @@ def _genicam_target(uri: str) -> tuple[Path, str | None, int]:
         raise ZsadError(f"source {uri}: index={index} is not a device number")
     serial = fields["serial"][0] if "serial" in fields else None
     return producer, serial, int(index)
+
+
+def _aravis_device(uri: str) -> str | None:
+    """The device id (or address) of an aravis:// URI; None for the first camera found."""
+    parts = urlsplit(uri)
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ZsadError(f"source {uri}: expected aravis://DEVICE-ID, with no path or query")
+    return unquote(parts.netloc) or None
 
 
 def parse_settings(pairs: list[str]) -> dict[str, str]:
