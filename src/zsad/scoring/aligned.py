@@ -3,11 +3,14 @@ position in the other images (fixtured parts), and a check of whether the parts 
 
 Design. The work is organised as GEMMs over spatial tiles with halos. A tile is a run of T
 patches of one grid row in the images of side A; its halo is the same columns widened by w on
-each side, over the rows the window reaches, in the images of side B. Side B is copied once per
-column block into a band (rows, U, N_B, C), so any row's halo is one contiguous matrix and the
-tile costs one GEMM (T*K_A, C) @ (C, R*U*N_B). It yields every cosine the tile needs plus the
-band's corners outside the window ((T + 2w) / (2w + 1) as many per row as needed); those are set
-to -inf by an additive mask, and two max-reductions of the product give
+each side, over the rows the window reaches, in the images of side B. Side B is copied into
+bands (rows, columns, N_B, C), as wide as the grid where memory allows, so that a halo's part of
+any grid row is one contiguous matrix, and the tile costs one stacked GEMM
+(R, U*N_B, C) @ (C, T*K_A) over its R halo rows. The tile is the narrow operand on the right:
+at these shapes OpenBLAS multiplies about 1.4x faster this way than with the tile on the left (its
+packing of a wide transposed operand costs more than the product). The product holds every cosine the tile needs
+plus the halo's corners outside the window ((T + 2w) / (2w + 1) as many per row as needed);
+those are set to -inf by an additive mask, and two max-reductions of the product give
 
 - the row reduction: each A patch's best cosine per B image within its window;
 - the scatter reduction: each B patch's best cosine per A image, a running max, since a B
@@ -29,12 +32,13 @@ threads spend their time synchronising); alternate chunks run in two phases, so 
 never write the same rows of the shared table, with several chunks per thread and phase so that
 none waits long for the others. The reductions run along contiguous rows of the product (a max
 over a middle axis by halves, the mask repeated over the images): numpy's reductions whose
-inner loop is only N_B long take several times longer. ``memory_budget_mb`` bounds the bands
+inner loop is only K_A long take several times longer. ``memory_budget_mb`` bounds the bands
 and product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
 
-Speed at ViT-L shapes (P = 1369, C = 1024) on 2 CPU cores: the tiles' GEMMs run at about 75%
-of the BLAS peak; with the band copies and reductions, aligned MSM at w = 3 takes about a tenth
-of global MSM's time at N = 10 and less at larger sets and banks (docs/benchmarks.md).
+Speed at ViT-L shapes (P = 1369, C = 1024) on 2 CPU cores: aligned MSM at w = 3 takes about
+a tenth of global MSM's time at N = 10 and less at larger sets and banks; the tiles' GEMMs reach
+75-80% of the BLAS peak, the FLOPs beyond the window cost the rest (docs/benchmarks.md, per CPU
+family).
 """
 
 from __future__ import annotations
@@ -76,16 +80,6 @@ def grid_side(n_patches: int) -> int:
     return side
 
 
-def _window_mask(
-    xp: ModuleType, x0: int, x1: int, c0: int, c1: int, w: int, n_b: int, dtype: Any
-) -> Any:
-    """(T, 1, 1, U, N_B) additive mask: 0 where band column c0+u is within w of tile column
-    x0+t, else -inf; repeated over the N_B images so that the add runs along contiguous rows."""
-    offset = np.arange(c0, c1)[None, :] - np.arange(x0, x1)[:, None]
-    mask = np.where(np.abs(offset) <= w, 0.0, -np.inf)[:, None, None, :, None]
-    return xp.asarray(np.repeat(mask, n_b, axis=4), dtype=dtype)
-
-
 def _max_over_middle(xp: ModuleType, x: Any) -> Any:
     """(A, R, K) -> (A, K), the maximum over R by halves: each step runs along contiguous
     (R/2, K) rows, several times faster than a reduction whose inner loop is K long."""
@@ -108,7 +102,20 @@ class _Tiling:
     up: int  # halo rows above a tile's row: 0 in a symmetric set, else the window
     symmetric: bool
     tile: int  # columns per tile
+    block: int  # columns per band: a multiple of the tile, the whole grid where memory allows
     rows_per_band: int
+
+
+def _window_mask(xp: ModuleType, x0: int, plan: _Tiling, k_a: int) -> Any:
+    """(U, 1, T, K_A) additive mask of the tile at column x0: 0 where its halo's column u is
+    within the window of its column t, else -inf; repeated over the K_A images so that the add
+    runs along contiguous rows."""
+    side = plan.a_grid.shape[1]
+    w = plan.window
+    x1 = min(side, x0 + plan.tile)
+    offset = np.arange(max(0, x0 - w), min(side, x1 + w))[:, None] - np.arange(x0, x1)[None, :]
+    mask = np.where(np.abs(offset) <= w, 0.0, -np.inf)[:, None, :, None]
+    return xp.asarray(np.repeat(mask, k_a, axis=3), dtype=plan.a_grid.dtype)
 
 
 def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
@@ -116,46 +123,73 @@ def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
     ``rows.start - plan.up`` to ``rows.stop + plan.window - 1`` of it, no others."""
     k_a, side, _, c = plan.a_grid.shape
     n_b, w, up = plan.b_grid.shape[0], plan.window, plan.up
-    dtype = plan.a_grid.dtype
-    on_cpu = xp is np
-    band_width = min(side, plan.tile + 2 * w)
-    buffer = xp.empty(plan.tile * k_a * min(side, up + w + 1) * band_width * n_b, dtype=dtype)
-    for x0 in range(0, side, plan.tile):
-        x1 = min(side, x0 + plan.tile)
-        c0, c1 = max(0, x0 - w), min(side, x1 + w)
-        t, u = x1 - x0, c1 - c0
-        mask = _window_mask(xp, x0, x1, c0, c1, w, n_b, dtype)
+    width = min(side, plan.tile + 2 * w)
+    buffer = xp.empty(
+        min(side, up + w + 1) * width * n_b * plan.tile * k_a, dtype=plan.a_grid.dtype
+    )
+    masks: dict[int, Any] = {}
+    for b0 in range(0, side, plan.block):
+        c0, c1 = max(0, b0 - w), min(side, b0 + plan.block + w)
         for y0 in range(rows.start, rows.stop, plan.rows_per_band):
             y1 = min(rows.stop, y0 + plan.rows_per_band)
             r0, r1 = max(0, y0 - up), min(side, y1 + w)
-            # (rows, U, N_B, C): a halo of consecutive rows is one contiguous matrix.
+            # (rows, columns, N_B, C): a halo's part of one grid row is one contiguous matrix,
+            # and the band serves every tile of its columns.
             band = xp.ascontiguousarray(plan.b_grid[:, r0:r1, c0:c1].transpose(1, 2, 0, 3))
             for y in range(y0, y1):
-                h0, h1 = max(0, y - up), min(side, y + w + 1)
-                height = h1 - h0
-                skip = 0
-                if plan.symmetric:
-                    a_tile = band[y - r0, x0 - c0 : x1 - c0]  # the tile is part of the band
-                    if on_cpu:
-                        # In the tile's own row only the pairs to its right are needed: those to
-                        # the left were met from the tile on the left. (The product then goes
-                        # to a strided block of the buffer, which BLAS writes in place.)
-                        skip = (x0 - c0) * n_b
-                else:
-                    a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
-                halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)[skip:]
-                cos = buffer[: t * k_a * height * u * n_b].reshape(t * k_a, height * u * n_b)
-                xp.matmul(a_tile.reshape(t * k_a, c), halo.T, out=cos[:, skip:])
-                cos[:, :skip] = -np.inf
-                cos = cos.reshape(t, k_a, height, u, n_b)
-                cos += mask
-                if plan.symmetric:
-                    seen = best[y, x0:x1]
-                    near = _max_over_middle(xp, cos.reshape(t * k_a, height * u, n_b))
-                    xp.maximum(seen, near.reshape(t, k_a, n_b), out=seen)
-                seen = best[h0:h1, c0:c1]
-                xp.maximum(seen, cos.max(axis=0).transpose(1, 2, 3, 0), out=seen)
+                for x0 in range(b0, min(side, b0 + plan.block), plan.tile):
+                    if x0 not in masks:
+                        masks[x0] = _window_mask(xp, x0, plan, k_a)
+                    _tile(xp, plan, band, (r0, c0), (y, x0), buffer, masks[x0], best)
     del buffer
+
+
+def _tile(
+    xp: ModuleType,
+    plan: _Tiling,
+    band: Any,
+    origin: tuple[int, int],
+    at: tuple[int, int],
+    buffer: Any,
+    mask: Any,
+    best: Any,
+) -> None:
+    """One tile: the GEMMs of its halo's rows against it, then both reductions into ``best``."""
+    k_a, side, _, c = plan.a_grid.shape
+    n_b, w = plan.b_grid.shape[0], plan.window
+    (r0, c0), (y, x0) = origin, at
+    x1 = min(side, x0 + plan.tile)
+    h0, h1 = max(0, y - plan.up), min(side, y + w + 1)
+    u0, u1 = max(0, x0 - w), min(side, x1 + w)
+    t, u, height = x1 - x0, u1 - u0, h1 - h0
+    # The product is (halo, tile): BLAS runs these small products near 1.4x faster with the
+    # narrow operand (the tile) on the right than with the wide one there.
+    if plan.symmetric:
+        a_tile = band[y - r0, x0 - c0 : x1 - c0]
+    else:
+        a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
+    a_tile = a_tile.reshape(t * k_a, c).T
+    halo = band[h0 - r0 : h1 - r0, u0 - c0 : u1 - c0].reshape(height, u * n_b, c)
+    cos = buffer[: height * u * n_b * t * k_a].reshape(height, u * n_b, t * k_a)
+    if plan.symmetric and xp is np:
+        # In the tile's own row only the pairs to its right are needed: those to the left
+        # were met from the tile on the left.
+        skip = (x0 - u0) * n_b
+        xp.matmul(halo[0, skip:], a_tile, out=cos[0, skip:])
+        cos[0, :skip] = -np.inf
+        if height > 1:
+            xp.matmul(halo[1:], a_tile, out=cos[1:])
+    else:
+        xp.matmul(halo, a_tile, out=cos)
+    cos = cos.reshape(height, u, n_b, t, k_a)
+    cos += mask
+    if plan.symmetric:
+        seen = best[y, x0:x1]
+        near = cos.reshape(height * u, n_b * t * k_a).max(axis=0)
+        xp.maximum(seen, near.reshape(n_b, t, k_a).transpose(1, 2, 0), out=seen)
+    seen = best[h0:h1, u0:u1]
+    far = _max_over_middle(xp, cos.reshape(height * u * n_b, t, k_a))
+    xp.maximum(seen, far.reshape(height, u, n_b, k_a), out=seen)
 
 
 def _row_chunks(side: int, reach: int, workers: int) -> list[range]:
@@ -200,17 +234,26 @@ def aligned_nearest_cosines(
     on_cpu = xp is np
     tile = min(side, max(1, -(-_CPU_TILE_ROWS // k_a))) if on_cpu else side
     workers = _cpu_workers(side) if on_cpu else 1
-    # Each worker holds a product buffer and a band.
-    share = budget // workers
+    chunks = _row_chunks(side, up + window, workers)
+    # Each worker holds a product buffer and a band, half its share each.
+    half = budget // workers // 2
     itemsize = query.dtype.itemsize
     halo_rows = min(side, up + window + 1)
 
     def product_bytes(columns: int) -> int:
-        return columns * k_a * halo_rows * min(side, columns + 2 * window) * n_b * itemsize
+        return halo_rows * min(side, columns + 2 * window) * n_b * columns * k_a * itemsize
 
-    while tile > 1 and product_bytes(tile) > share // 2:
+    while tile > 1 and product_bytes(tile) > half:
         tile = max(1, tile // 2)
-    row_bytes = min(side, tile + 2 * window) * n_b * c * itemsize
+
+    def column_bytes(columns: int) -> int:
+        return min(side, columns + 2 * window) * n_b * c * itemsize
+
+    # Bands as wide as the grid where they fit: every column block copies its halo columns.
+    block = side
+    tallest = max(len(rows) for rows in chunks) + up + window
+    while block > tile and tallest * column_bytes(block) > half:
+        block = max(tile, block // 2 // tile * tile)
     plan = _Tiling(
         a_side.reshape(k_a, side, side, c),
         b_side.reshape(n_b, side, side, c),
@@ -218,10 +261,10 @@ def aligned_nearest_cosines(
         up,
         symmetric,
         tile,
-        max(1, (share // 2) // row_bytes - up - window),
+        block,
+        max(1, half // column_bytes(block) - up - window),
     )
     best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
-    chunks = _row_chunks(side, up + window, workers)
     with _one_blas_thread(on_cpu):
         if workers == 1 or len(chunks) < 2:
             _fill(xp, plan, range(side), best)
