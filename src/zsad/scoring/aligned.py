@@ -7,10 +7,11 @@ each side, over the rows the window reaches, in the images of side B. Side B is 
 bands (rows, columns, N_B, C), as wide as the grid where memory allows, so that a halo's part of
 any grid row is one contiguous matrix, and the tile costs one stacked GEMM
 (R, U*N_B, C) @ (C, T*K_A) over its R halo rows. The tile is the narrow operand on the right:
-at these shapes OpenBLAS multiplies about 1.4x faster this way than with the tile on the left (its
-packing of a wide transposed operand costs more than the product). The product holds every cosine the tile needs
-plus the halo's corners outside the window ((T + 2w) / (2w + 1) as many per row as needed);
-those are set to -inf by an additive mask, and two max-reductions of the product give
+at these shapes OpenBLAS multiplies about 1.4x faster this way than with the tile on the left,
+where packing the wide transposed halo costs about as much as the product. The product holds
+every cosine the tile needs plus the halo's corners outside the window ((T + 2w) / (2w + 1)
+as many per row as needed); those are set to -inf by an additive mask, and two max-reductions
+of the product give
 
 - the row reduction: each A patch's best cosine per B image within its window;
 - the scatter reduction: each B patch's best cosine per A image, a running max, since a B
