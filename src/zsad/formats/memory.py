@@ -25,6 +25,10 @@ HEAD_WIDTH = 64
 # MSM's default memory_budget_mb (zsad.scoring.msm.mutual_scores), and in bytes.
 MSM_BUDGET_MB = 64.0
 MSM_BUDGET = int(MSM_BUDGET_MB * 2**20)
+# LNAMD on the GPU takes images in chunks of at most this much float32 input per launch; its
+# temporaries take about 4x the chunk. On the CPU it takes one image at a time, whose float32
+# copy and float64 deviations from the mean are its largest temporaries.
+LNAMD_GPU_CHUNK = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,14 @@ def msm_buffers(n: int, k: int, shape: ScoringShape, itemsize: int) -> int:
     return n * p * k * FP32 + tile + top_k + n * p * FP32
 
 
+def lnamd_temporaries(n: int, shape: ScoringShape, gpu: bool) -> int:
+    """LNAMD's largest temporaries while it makes the features of N images."""
+    image = shape.patches * shape.channels
+    if gpu:
+        return 4 * min(n * image * FP32, LNAMD_GPU_CHUNK)
+    return image * (FP32 + 2 * FP32)
+
+
 def set_footprint(n: int, shape: ScoringShape, gpu: bool) -> Footprint:
     """Scoring a set of N (one expert at a time): every image's taps and maps on the host, and
     where scoring runs the larger of two moments: an expert's float32 LNAMD features made while
@@ -98,11 +110,12 @@ def set_footprint(n: int, shape: ScoringShape, gpu: bool) -> Footprint:
     and its MSM call."""
     features = n * shape.patches * shape.channels * FP32
     kept = n * kept_per_image(shape)
+    making = 2 * features + lnamd_temporaries(n, shape, gpu)
     if not gpu:
-        return Footprint(kept + max(2 * features, features + msm_buffers(n, n, shape, FP32)), 0)
+        return Footprint(kept + max(making, features + msm_buffers(n, n, shape, FP32)), 0)
     tap = n * shape.tokens * shape.channels * FP16
     msm = features + features // 2 + msm_buffers(n, n, shape, FP16)
-    return Footprint(kept, tap + max(2 * features, msm))
+    return Footprint(kept, tap + max(making, msm))
 
 
 def bank_footprint(k: int, shape: ScoringShape, gpu: bool) -> Footprint:
