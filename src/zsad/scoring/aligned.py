@@ -3,15 +3,15 @@ position in the other images (fixtured parts), and a check of whether the parts 
 
 Design. The work is organised as GEMMs over spatial tiles with halos. A tile is a run of T
 patches of one grid row in the images of side A; its halo is the same columns widened by w on
-each side, over the rows the window reaches, in the images of side B. Side B is copied into
-bands (rows, columns, N_B, C), as wide as the grid where memory allows, so that a halo's part of
-any grid row is one contiguous matrix, and the tile costs one stacked GEMM
-(R, U*N_B, C) @ (C, T*K_A) over its R halo rows. The tile is the narrow operand on the right:
-at these shapes OpenBLAS multiplies about 1.4x faster this way than with the tile on the left,
-where packing the wide transposed halo costs about as much as the product. The product holds
-every cosine the tile needs plus the halo's corners outside the window ((T + 2w) / (2w + 1)
-as many per row as needed); those are set to -inf by an additive mask, and two max-reductions
-of the product give
+each side, over the rows the window reaches, in the images of side B. Side B is copied once per
+column block into a band (rows, U, N_B, C), so any row's halo is one contiguous matrix and the
+tile costs one GEMM (R*U*N_B, C) @ (C, T*K_A). The tile is the narrow operand on the right: at
+these shapes OpenBLAS multiplies about 1.4x faster this way than with the tile on the left,
+where packing the wide transposed halo costs about as much as the product. (Bands as wide as
+the grid, shared by every tile of a row, copy less but cost a GEMM per halo row, no faster in
+all.) The product holds every cosine the tile needs plus the band's corners outside the window
+((T + 2w) / (2w + 1) as many per row as needed); those are set to -inf by an additive mask, and
+two max-reductions of the product give
 
 - the row reduction: each A patch's best cosine per B image within its window;
 - the scatter reduction: each B patch's best cosine per A image, a running max, since a B
@@ -36,9 +36,11 @@ over a middle axis by halves, the mask repeated over the images): numpy's reduct
 inner loop is only K_A long take several times longer. ``memory_budget_mb`` bounds the bands
 and product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
 
-Speed at ViT-L shapes (P = 1369, C = 1024) on 2 CPU cores: aligned MSM at w = 3 takes about
-a tenth of global MSM's time at N = 10 and less at larger sets and banks; the tiles' GEMMs reach
-75-80% of the BLAS peak, the FLOPs beyond the window cost the rest (docs/benchmarks.md, per CPU
+Speed at ViT-L shapes (P = 1369, C = 1024): aligned MSM at w = 3 takes about a tenth of global
+MSM's time at N = 10 and less at larger sets and banks. The tiles' GEMMs run at about 75% of
+the BLAS peak; what they multiply beyond the window (the corners, each image against itself:
+1.65x the useful work of a set of 10) holds the useful work to about a third of a large
+matmul's rate in a set of 10 and two thirds against a bank of 32 (docs/benchmarks.md, per CPU
 family).
 """
 
@@ -103,7 +105,6 @@ class _Tiling:
     up: int  # halo rows above a tile's row: 0 in a symmetric set, else the window
     symmetric: bool
     tile: int  # columns per tile
-    block: int  # columns per band: a multiple of the tile, the whole grid where memory allows
     rows_per_band: int
 
 
@@ -122,26 +123,22 @@ def _window_mask(xp: ModuleType, x0: int, plan: _Tiling, k_a: int) -> Any:
 def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
     """Run the tiles of grid rows ``rows`` into ``best`` (running maxima). They write rows
     ``rows.start - plan.up`` to ``rows.stop + plan.window - 1`` of it, no others."""
-    k_a, side, _, c = plan.a_grid.shape
+    k_a, side, _, _ = plan.a_grid.shape
     n_b, w, up = plan.b_grid.shape[0], plan.window, plan.up
     width = min(side, plan.tile + 2 * w)
     buffer = xp.empty(
         min(side, up + w + 1) * width * n_b * plan.tile * k_a, dtype=plan.a_grid.dtype
     )
-    masks: dict[int, Any] = {}
-    for b0 in range(0, side, plan.block):
-        c0, c1 = max(0, b0 - w), min(side, b0 + plan.block + w)
+    for x0 in range(0, side, plan.tile):
+        c0, c1 = max(0, x0 - w), min(side, x0 + plan.tile + w)
+        mask = _window_mask(xp, x0, plan, k_a)
         for y0 in range(rows.start, rows.stop, plan.rows_per_band):
             y1 = min(rows.stop, y0 + plan.rows_per_band)
             r0, r1 = max(0, y0 - up), min(side, y1 + w)
-            # (rows, columns, N_B, C): a halo's part of one grid row is one contiguous matrix,
-            # and the band serves every tile of its columns.
+            # (rows, U, N_B, C): a halo of consecutive rows is one contiguous matrix.
             band = xp.ascontiguousarray(plan.b_grid[:, r0:r1, c0:c1].transpose(1, 2, 0, 3))
             for y in range(y0, y1):
-                for x0 in range(b0, min(side, b0 + plan.block), plan.tile):
-                    if x0 not in masks:
-                        masks[x0] = _window_mask(xp, x0, plan, k_a)
-                    _tile(xp, plan, band, (r0, c0), (y, x0), buffer, masks[x0], best)
+                _tile(xp, plan, band, r0, (y, x0), buffer, mask, best)
     del buffer
 
 
@@ -149,46 +146,42 @@ def _tile(
     xp: ModuleType,
     plan: _Tiling,
     band: Any,
-    origin: tuple[int, int],
+    r0: int,
     at: tuple[int, int],
     buffer: Any,
     mask: Any,
     best: Any,
 ) -> None:
-    """One tile: the GEMMs of its halo's rows against it, then both reductions into ``best``."""
+    """One tile: the GEMM of its halo against it, then both reductions into ``best``."""
     k_a, side, _, c = plan.a_grid.shape
     n_b, w = plan.b_grid.shape[0], plan.window
-    (r0, c0), (y, x0) = origin, at
+    y, x0 = at
     x1 = min(side, x0 + plan.tile)
     h0, h1 = max(0, y - plan.up), min(side, y + w + 1)
-    u0, u1 = max(0, x0 - w), min(side, x1 + w)
-    t, u, height = x1 - x0, u1 - u0, h1 - h0
-    # The product is (halo, tile): BLAS runs these small products near 1.4x faster with the
+    c0 = max(0, x0 - w)
+    t, u, height = x1 - x0, band.shape[1], h1 - h0
+    # The product is (halo, tile): BLAS runs these small products about 1.4x faster with the
     # narrow operand (the tile) on the right than with the wide one there.
     if plan.symmetric:
-        a_tile = band[y - r0, x0 - c0 : x1 - c0]
+        a_tile = band[y - r0, x0 - c0 : x1 - c0]  # the tile is part of the band
     else:
         a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
-    a_tile = a_tile.reshape(t * k_a, c).T
-    halo = band[h0 - r0 : h1 - r0, u0 - c0 : u1 - c0].reshape(height, u * n_b, c)
-    cos = buffer[: height * u * n_b * t * k_a].reshape(height, u * n_b, t * k_a)
+    halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)
+    cos = buffer[: height * u * n_b * t * k_a].reshape(height * u * n_b, t * k_a)
+    skip = 0
     if plan.symmetric and xp is np:
-        # In the tile's own row only the pairs to its right are needed: those to the left
-        # were met from the tile on the left.
-        skip = (x0 - u0) * n_b
-        xp.matmul(halo[0, skip:], a_tile, out=cos[0, skip:])
-        cos[0, :skip] = -np.inf
-        if height > 1:
-            xp.matmul(halo[1:], a_tile, out=cos[1:])
-    else:
-        xp.matmul(halo, a_tile, out=cos)
+        # In the tile's own row only the pairs to its right are needed: those to the left were
+        # met from the tile on the left.
+        skip = (x0 - c0) * n_b
+        cos[:skip] = -np.inf
+    xp.matmul(halo[skip:], a_tile.reshape(t * k_a, c).T, out=cos[skip:])
     cos = cos.reshape(height, u, n_b, t, k_a)
     cos += mask
     if plan.symmetric:
         seen = best[y, x0:x1]
         near = cos.reshape(height * u, n_b * t * k_a).max(axis=0)
         xp.maximum(seen, near.reshape(n_b, t, k_a).transpose(1, 2, 0), out=seen)
-    seen = best[h0:h1, u0:u1]
+    seen = best[h0:h1, c0 : c0 + u]
     far = _max_over_middle(xp, cos.reshape(height * u * n_b, t, k_a))
     xp.maximum(seen, far.reshape(height, u, n_b, k_a), out=seen)
 
@@ -247,14 +240,7 @@ def aligned_nearest_cosines(
     while tile > 1 and product_bytes(tile) > half:
         tile = max(1, tile // 2)
 
-    def column_bytes(columns: int) -> int:
-        return min(side, columns + 2 * window) * n_b * c * itemsize
-
-    # Bands as wide as the grid where they fit: every column block copies its halo columns.
-    block = side
-    tallest = max(len(rows) for rows in chunks) + up + window
-    while block > tile and tallest * column_bytes(block) > half:
-        block = max(tile, block // 2 // tile * tile)
+    row_bytes = min(side, tile + 2 * window) * n_b * c * itemsize
     plan = _Tiling(
         a_side.reshape(k_a, side, side, c),
         b_side.reshape(n_b, side, side, c),
@@ -262,8 +248,7 @@ def aligned_nearest_cosines(
         up,
         symmetric,
         tile,
-        block,
-        max(1, half // column_bytes(block) - up - window),
+        max(1, half // row_bytes - up - window),
     )
     best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
     with _one_blas_thread(on_cpu):
