@@ -36,12 +36,12 @@ over a middle axis by halves, the mask repeated over the images): numpy's reduct
 inner loop is only K_A long take several times longer. ``memory_budget_mb`` bounds the bands
 and product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
 
-Speed at ViT-L shapes (P = 1369, C = 1024): aligned MSM at w = 3 takes about a tenth of global
-MSM's time at N = 10 and less at larger sets and banks. The tiles' GEMMs run at about 75% of
-the BLAS peak; what they multiply beyond the window (the corners, each image against itself:
-1.65x the useful work of a set of 10) holds the useful work to about a third of a large
-matmul's rate in a set of 10 and two thirds against a bank of 32 (docs/benchmarks.md, per CPU
-family).
+Speed at ViT-L shapes (P = 1369, C = 1024) on 2 cores: aligned MSM at w = 3 takes 8-11x less
+time than global MSM at N = 10, 12x less at N = 20, 18x against a bank of 32. The tiles' GEMMs
+run at about 75% of the BLAS peak; what they multiply beyond the window (the corners, each image
+against itself: 1.65x the useful work of a set of 10) and the copies and reductions hold the
+useful work to about a quarter of a large matmul's rate in a set of 10 and half against a bank
+of 32 (docs/benchmarks.md, per OpenBLAS kernel family).
 """
 
 from __future__ import annotations
