@@ -165,3 +165,24 @@ def test_an_engine_mismatch_is_listed_while_the_onnx_file_still_runs(
     assert [m.split(" (rebuild")[0] for m in report["mismatches"]] == [
         "engine built for compute 9.0, this GPU (Stand-in RTX 3090) is 8.6"
     ]
+
+
+def test_the_memory_of_a_bank_is_a_line_and_too_large_a_bank_a_mismatch(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = _doctor(monkeypatch, capsys, str(bundle), "--bank", "16")
+    memory = next(line for line in out.splitlines() if line.startswith("  memory"))
+    assert "a bank of 16 (--bank): " in memory and memory.endswith(" RAM, fits"), out
+    assert code == 0
+    report = diagnose(bundle, bank=16)["bundle"]["memory"]
+    assert report["fits"] and report["largest_bank"] == 16 and report["gpu_bytes"] == 0
+    # On a machine with 1/1000 of this RAM: the bank still runs smaller, named in the line.
+    ram = report["ram_bytes"] // 1000
+    monkeypatch.setattr("os.sysconf", lambda name: ram if name == "SC_PHYS_PAGES" else 1)
+    small = diagnose(bundle, bank=100_000)
+    memory = small["bundle"]["memory"]
+    assert not memory["fits"] and 2 <= memory["largest_bank"] < 100_000
+    (line,) = small["mismatches"]
+    assert line.startswith("a bank of 100000 needs ") and "of host memory, this machine has" in line
+    assert line.endswith(f": use --bank {memory['largest_bank']} or less")
+    assert small["runs"]

@@ -103,7 +103,7 @@ def test_gpu_code_path_on_numpy(monkeypatch, numpy_as_gpu, r):
     module = sys.modules["zsad.scoring.lnamd"]
     monkeypatch.setattr(module, "module_of", lambda array: numpy_as_gpu)
     # Two images per chunk, so the last chunk is a partial one.
-    monkeypatch.setattr(module, "_GPU_CHUNK_BYTES", 2 * 12 * 6 * 4)
+    monkeypatch.setattr(module, "LNAMD_GPU_CHUNK", 2 * 12 * 6 * 4)
     np.testing.assert_allclose(lnamd(tokens, r, grid=(3, 4)), expected, rtol=0, atol=1e-6)
 
 

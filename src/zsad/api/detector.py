@@ -29,6 +29,7 @@ from zsad.errors import ZsadError
 from zsad.formats.artifact import load_artifact, parse_artifact
 from zsad.formats.backbones import get_arch
 from zsad.formats.bundle import ENGINE_SUFFIXES
+from zsad.formats.memory import ScoringShape, kept_per_image, pair_bytes
 from zsad.formats.methods import (
     DEFAULT_BANK,
     DEFAULT_METHOD,
@@ -440,16 +441,14 @@ class Detector:
                 outputs = self.encode_one(images[i])
             except ZsadError:
                 continue
-            per_image = sum(
-                int(v.size) * (2 if name in HALF_OUTPUTS else v.itemsize)
-                for name, v in outputs.items()
-            )
             if "taps" not in outputs:
+                per_image = sum(int(v.size) * v.itemsize for v in outputs.values())
                 return per_image, 0
-            _, n_taps, tokens, _ = outputs["taps"].shape
+            _, n_taps, tokens, channels = outputs["taps"].shape
             experts = n_taps * len(self.options.scoring.r_list)
-            # Float32 expert maps per image, and the float32 MSM table per pair of images.
-            return per_image + experts * (tokens - 1) * 4, (tokens - 1) * 4
+            cls = int(outputs["cls"].size) if "cls" in outputs else 0
+            shape = ScoringShape(n_taps, tokens, channels, experts, cls)
+            return kept_per_image(shape), pair_bytes(shape)
         return None
 
     def predict(self, image: ImageInput) -> Result:

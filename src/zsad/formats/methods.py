@@ -66,6 +66,8 @@ DEFAULT_METHOD = "musc"
 # Images in a rolling bank: a stream holds the first this many (warm-up), then scores each image
 # against the last this many.
 DEFAULT_BANK = 32
+# LNAMD's aggregation degrees: each tap makes one expert map per r (MuSc's r = 1, 3, 5).
+DEFAULT_R_LIST = (1, 3, 5)
 
 
 def default_method(exported_for: str | None = None) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from zsad.errors import ZsadError
 from zsad.formats.bundle import FP16_ONNX, FP32_ONNX, Bundle, EngineInfo
+from zsad.formats.memory import ScoringShape, bank_footprint, encoder_footprint, total
+from zsad.formats.methods import DEFAULT_BANK, DEFAULT_R_LIST
 from zsad.runtime.choose import choose_backend
 from zsad.runtime.onnx_backend import CUDA
 from zsad.runtime.tensorrt_backend import FLAVOURS, gpu_details, import_tensorrt
@@ -178,9 +181,76 @@ def bundle_needs(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def diagnose(root: str | Path | None = None) -> dict[str, Any]:
+def bank_memory(
+    bundle: Bundle, bank: int, offers: dict[str, Any], choice: dict[str, str]
+) -> dict[str, Any] | None:
+    """Host and GPU bytes of a stream with a bank of ``bank`` at the bundle's size, the encoder
+    and scoring where `--device auto` runs them, against this machine's RAM and GPU memory, and
+    the largest bank that fits; None for a bundle without taps."""
+    shapes = bundle.meta.get("output_shapes", {})
+    if "taps" not in shapes:
+        return None
+    n_taps, tokens, channels = (int(d) for d in shapes["taps"][1:])
+    shape = ScoringShape(
+        n_taps, tokens, channels, n_taps * len(DEFAULT_R_LIST), int(shapes.get("cls", [0])[-1])
+    )
+    files = bundle.meta["files"]
+    weights = files[choice["file"]]["bytes"] if choice["file"] in files else 0
+    encoder = encoder_footprint(
+        weights, channels, tokens, 1, choice["backend"] == "onnxruntime-cuda"
+    )
+    on_gpu = bool(offers["cupy"] and offers["cupy"]["devices"])
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    gpu = offers["gpu"].get("memory_mib", 0) * 2**20
+
+    def fits(k: int) -> bool:
+        need = total(encoder, bank_footprint(k, shape, on_gpu))
+        return need.host <= ram and need.gpu <= gpu
+
+    need = total(encoder, bank_footprint(bank, shape, on_gpu))
+    largest = 0
+    step = 1 << max(bank, 2).bit_length()
+    while step:  # the largest K that fits, bit by bit: the need grows with K
+        if largest + step <= bank and fits(largest + step):
+            largest += step
+        step >>= 1
+    return {
+        "bank": bank,
+        "host_bytes": need.host,
+        "gpu_bytes": need.gpu,
+        "ram_bytes": ram,
+        "gpu_memory_bytes": gpu,
+        "fits": fits(bank),
+        "largest_bank": largest,
+    }
+
+
+def _memory_problem(memory: dict[str, Any]) -> list[str]:
+    if memory["fits"]:
+        return []
+    where = (
+        f"{_gb(memory['host_bytes'])} of host memory, this machine has {_gb(memory['ram_bytes'])}"
+        if memory["host_bytes"] > memory["ram_bytes"]
+        else f"{_gb(memory['gpu_bytes'])} of GPU memory, the GPU has "
+        f"{_gb(memory['gpu_memory_bytes'])}"
+    )
+    instead = (
+        f"use --bank {memory['largest_bank']} or less"
+        if memory["largest_bank"] >= 2
+        else "no bank fits"
+    )
+    return [f"a bank of {memory['bank']} needs {where}: {instead}"]
+
+
+def _gb(count: int) -> str:
+    """Bytes as GB to a tenth, or as whole MB below 1 GB."""
+    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
+
+
+def diagnose(root: str | Path | None = None, bank: int = DEFAULT_BANK) -> dict[str, Any]:
     """The whole report: machine, bundle (with ``root``), the auto choice, mismatches and
-    whether the bundle runs here (some encoder of it loads, and its files are intact)."""
+    whether the bundle runs here (some encoder of it loads, and its files are intact); the
+    bundle's needs include the memory of a stream with a bank of ``bank``."""
     offers = machine()
     choice = auto_choice(offers)
     report: dict[str, Any] = {"machine": offers, "auto": choice, "bundle": None}
@@ -193,6 +263,8 @@ def diagnose(root: str | Path | None = None) -> dict[str, Any]:
         report |= {"mismatches": [str(exc)], "runs": False}
         return report
     report["bundle"] = bundle_needs(bundle)
+    memory = bank_memory(bundle, bank, offers, choice)
+    report["bundle"]["memory"] = memory
     broken = {}
     for name in bundle.meta["files"]:
         try:
@@ -210,6 +282,8 @@ def diagnose(root: str | Path | None = None) -> dict[str, Any]:
     mismatches = [p for problems in paths.values() for p in problems] + list(broken.values())
     if not paths:
         mismatches.append(f"no encoder here runs: neither {choice['file']} nor an engine")
+    # A bank too large for this machine is worth a line, yet a smaller one runs.
+    mismatches += _memory_problem(memory) if memory is not None else []
     runs = not broken and any(not problems for problems in paths.values())
     report |= {"mismatches": mismatches, "runs": runs}
     return report
@@ -253,6 +327,15 @@ def render(report: dict[str, Any]) -> str:
             f"outputs {', '.join(needs['outputs'])}",
             "  files        " + ", ".join(f"{n} ({b:,} B)" for n, b in needs["files"].items()),
         ]
+        memory = needs.get("memory")
+        if memory is not None:
+            used = f"{_gb(memory['host_bytes'])} of {_gb(memory['ram_bytes'])} RAM"
+            if memory["gpu_bytes"]:
+                used += f", {_gb(memory['gpu_bytes'])} of {_gb(memory['gpu_memory_bytes'])} GPU"
+            lines.append(
+                f"  memory       a bank of {memory['bank']} (--bank): {used}, "
+                + ("fits" if memory["fits"] else "does not fit")
+            )
         engine = needs["engine"]
         if engine is not None:
             lines.append(

@@ -5,9 +5,13 @@ Design. The work is organised as GEMMs over spatial tiles with halos. A tile is 
 patches of one grid row in the images of side A; its halo is the same columns widened by w on
 each side, over the rows the window reaches, in the images of side B. Side B is copied once per
 column block into a band (rows, U, N_B, C), so any row's halo is one contiguous matrix and the
-tile costs one GEMM (T*K_A, C) @ (C, R*U*N_B). It yields every cosine the tile needs plus the
-band's corners outside the window ((T + 2w) / (2w + 1) as many per row as needed); those are set
-to -inf by an additive mask, and two max-reductions of the product give
+tile costs one GEMM (R*U*N_B, C) @ (C, T*K_A). The tile is the narrow operand on the right: at
+these shapes OpenBLAS multiplies about 1.4x faster this way than with the tile on the left,
+where packing the wide transposed halo costs about as much as the product. (Bands as wide as
+the grid, shared by every tile of a row, copy less but cost a GEMM per halo row, no faster in
+all.) The product holds every cosine the tile needs plus the band's corners outside the window
+((T + 2w) / (2w + 1) as many per row as needed); those are set to -inf by an additive mask, and
+two max-reductions of the product give
 
 - the row reduction: each A patch's best cosine per B image within its window;
 - the scatter reduction: each B patch's best cosine per A image, a running max, since a B
@@ -29,12 +33,15 @@ threads spend their time synchronising); alternate chunks run in two phases, so 
 never write the same rows of the shared table, with several chunks per thread and phase so that
 none waits long for the others. The reductions run along contiguous rows of the product (a max
 over a middle axis by halves, the mask repeated over the images): numpy's reductions whose
-inner loop is only N_B long take several times longer. ``memory_budget_mb`` bounds the bands
+inner loop is only K_A long take several times longer. ``memory_budget_mb`` bounds the bands
 and product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
 
-Speed at ViT-L shapes (P = 1369, C = 1024) on 2 CPU cores: the tiles' GEMMs run at about 75%
-of the BLAS peak; with the band copies and reductions, aligned MSM at w = 3 takes about a tenth
-of global MSM's time at N = 10 and less at larger sets and banks (docs/benchmarks.md).
+Speed at ViT-L shapes (P = 1369, C = 1024) on 2 cores: aligned MSM at w = 3 takes 8-11x less
+time than global MSM at N = 10, 12x less at N = 20, 18x against a bank of 32. The tiles' GEMMs
+run at about 75% of the BLAS peak; what they multiply beyond the window (the corners, each image
+against itself: 1.65x the useful work of a set of 10) and the copies and reductions hold the
+useful work to about a quarter of a large matmul's rate in a set of 10 and half against a bank
+of 32 (docs/benchmarks.md, per OpenBLAS kernel family).
 """
 
 from __future__ import annotations
@@ -76,16 +83,6 @@ def grid_side(n_patches: int) -> int:
     return side
 
 
-def _window_mask(
-    xp: ModuleType, x0: int, x1: int, c0: int, c1: int, w: int, n_b: int, dtype: Any
-) -> Any:
-    """(T, 1, 1, U, N_B) additive mask: 0 where band column c0+u is within w of tile column
-    x0+t, else -inf; repeated over the N_B images so that the add runs along contiguous rows."""
-    offset = np.arange(c0, c1)[None, :] - np.arange(x0, x1)[:, None]
-    mask = np.where(np.abs(offset) <= w, 0.0, -np.inf)[:, None, None, :, None]
-    return xp.asarray(np.repeat(mask, n_b, axis=4), dtype=dtype)
-
-
 def _max_over_middle(xp: ModuleType, x: Any) -> Any:
     """(A, R, K) -> (A, K), the maximum over R by halves: each step runs along contiguous
     (R/2, K) rows, several times faster than a reduction whose inner loop is K long."""
@@ -111,51 +108,82 @@ class _Tiling:
     rows_per_band: int
 
 
+def _window_mask(xp: ModuleType, x0: int, plan: _Tiling, k_a: int) -> Any:
+    """(U, 1, T, K_A) additive mask of the tile at column x0: 0 where its halo's column u is
+    within the window of its column t, else -inf; repeated over the K_A images so that the add
+    runs along contiguous rows."""
+    side = plan.a_grid.shape[1]
+    w = plan.window
+    x1 = min(side, x0 + plan.tile)
+    offset = np.arange(max(0, x0 - w), min(side, x1 + w))[:, None] - np.arange(x0, x1)[None, :]
+    mask = np.where(np.abs(offset) <= w, 0.0, -np.inf)[:, None, :, None]
+    return xp.asarray(np.repeat(mask, k_a, axis=3), dtype=plan.a_grid.dtype)
+
+
 def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
     """Run the tiles of grid rows ``rows`` into ``best`` (running maxima). They write rows
     ``rows.start - plan.up`` to ``rows.stop + plan.window - 1`` of it, no others."""
-    k_a, side, _, c = plan.a_grid.shape
+    k_a, side, _, _ = plan.a_grid.shape
     n_b, w, up = plan.b_grid.shape[0], plan.window, plan.up
-    dtype = plan.a_grid.dtype
-    on_cpu = xp is np
-    band_width = min(side, plan.tile + 2 * w)
-    buffer = xp.empty(plan.tile * k_a * min(side, up + w + 1) * band_width * n_b, dtype=dtype)
+    width = min(side, plan.tile + 2 * w)
+    buffer = xp.empty(
+        min(side, up + w + 1) * width * n_b * plan.tile * k_a, dtype=plan.a_grid.dtype
+    )
     for x0 in range(0, side, plan.tile):
-        x1 = min(side, x0 + plan.tile)
-        c0, c1 = max(0, x0 - w), min(side, x1 + w)
-        t, u = x1 - x0, c1 - c0
-        mask = _window_mask(xp, x0, x1, c0, c1, w, n_b, dtype)
+        c0, c1 = max(0, x0 - w), min(side, x0 + plan.tile + w)
+        mask = _window_mask(xp, x0, plan, k_a)
         for y0 in range(rows.start, rows.stop, plan.rows_per_band):
             y1 = min(rows.stop, y0 + plan.rows_per_band)
             r0, r1 = max(0, y0 - up), min(side, y1 + w)
             # (rows, U, N_B, C): a halo of consecutive rows is one contiguous matrix.
             band = xp.ascontiguousarray(plan.b_grid[:, r0:r1, c0:c1].transpose(1, 2, 0, 3))
             for y in range(y0, y1):
-                h0, h1 = max(0, y - up), min(side, y + w + 1)
-                height = h1 - h0
-                skip = 0
-                if plan.symmetric:
-                    a_tile = band[y - r0, x0 - c0 : x1 - c0]  # the tile is part of the band
-                    if on_cpu:
-                        # In the tile's own row only the pairs to its right are needed: those to
-                        # the left were met from the tile on the left. (The product then goes
-                        # to a strided block of the buffer, which BLAS writes in place.)
-                        skip = (x0 - c0) * n_b
-                else:
-                    a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
-                halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)[skip:]
-                cos = buffer[: t * k_a * height * u * n_b].reshape(t * k_a, height * u * n_b)
-                xp.matmul(a_tile.reshape(t * k_a, c), halo.T, out=cos[:, skip:])
-                cos[:, :skip] = -np.inf
-                cos = cos.reshape(t, k_a, height, u, n_b)
-                cos += mask
-                if plan.symmetric:
-                    seen = best[y, x0:x1]
-                    near = _max_over_middle(xp, cos.reshape(t * k_a, height * u, n_b))
-                    xp.maximum(seen, near.reshape(t, k_a, n_b), out=seen)
-                seen = best[h0:h1, c0:c1]
-                xp.maximum(seen, cos.max(axis=0).transpose(1, 2, 3, 0), out=seen)
+                _tile(xp, plan, band, r0, (y, x0), buffer, mask, best)
     del buffer
+
+
+def _tile(
+    xp: ModuleType,
+    plan: _Tiling,
+    band: Any,
+    r0: int,
+    at: tuple[int, int],
+    buffer: Any,
+    mask: Any,
+    best: Any,
+) -> None:
+    """One tile: the GEMM of its halo against it, then both reductions into ``best``."""
+    k_a, side, _, c = plan.a_grid.shape
+    n_b, w = plan.b_grid.shape[0], plan.window
+    y, x0 = at
+    x1 = min(side, x0 + plan.tile)
+    h0, h1 = max(0, y - plan.up), min(side, y + w + 1)
+    c0 = max(0, x0 - w)
+    t, u, height = x1 - x0, band.shape[1], h1 - h0
+    # The product is (halo, tile): BLAS runs these small products about 1.4x faster with the
+    # narrow operand (the tile) on the right than with the wide one there.
+    if plan.symmetric:
+        a_tile = band[y - r0, x0 - c0 : x1 - c0]  # the tile is part of the band
+    else:
+        a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
+    halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)
+    cos = buffer[: height * u * n_b * t * k_a].reshape(height * u * n_b, t * k_a)
+    skip = 0
+    if plan.symmetric and xp is np:
+        # In the tile's own row only the pairs to its right are needed: those to the left were
+        # met from the tile on the left.
+        skip = (x0 - c0) * n_b
+        cos[:skip] = -np.inf
+    xp.matmul(halo[skip:], a_tile.reshape(t * k_a, c).T, out=cos[skip:])
+    cos = cos.reshape(height, u, n_b, t, k_a)
+    cos += mask
+    if plan.symmetric:
+        seen = best[y, x0:x1]
+        near = cos.reshape(height * u, n_b * t * k_a).max(axis=0)
+        xp.maximum(seen, near.reshape(n_b, t, k_a).transpose(1, 2, 0), out=seen)
+    seen = best[h0:h1, c0 : c0 + u]
+    far = _max_over_middle(xp, cos.reshape(height * u * n_b, t, k_a))
+    xp.maximum(seen, far.reshape(height, u, n_b, k_a), out=seen)
 
 
 def _row_chunks(side: int, reach: int, workers: int) -> list[range]:
@@ -200,16 +228,18 @@ def aligned_nearest_cosines(
     on_cpu = xp is np
     tile = min(side, max(1, -(-_CPU_TILE_ROWS // k_a))) if on_cpu else side
     workers = _cpu_workers(side) if on_cpu else 1
-    # Each worker holds a product buffer and a band.
-    share = budget // workers
+    chunks = _row_chunks(side, up + window, workers)
+    # Each worker holds a product buffer and a band, half its share each.
+    half = budget // workers // 2
     itemsize = query.dtype.itemsize
     halo_rows = min(side, up + window + 1)
 
     def product_bytes(columns: int) -> int:
-        return columns * k_a * halo_rows * min(side, columns + 2 * window) * n_b * itemsize
+        return halo_rows * min(side, columns + 2 * window) * n_b * columns * k_a * itemsize
 
-    while tile > 1 and product_bytes(tile) > share // 2:
+    while tile > 1 and product_bytes(tile) > half:
         tile = max(1, tile // 2)
+
     row_bytes = min(side, tile + 2 * window) * n_b * c * itemsize
     plan = _Tiling(
         a_side.reshape(k_a, side, side, c),
@@ -218,10 +248,9 @@ def aligned_nearest_cosines(
         up,
         symmetric,
         tile,
-        max(1, (share // 2) // row_bytes - up - window),
+        max(1, half // row_bytes - up - window),
     )
     best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
-    chunks = _row_chunks(side, up + window, workers)
     with _one_blas_thread(on_cpu):
         if workers == 1 or len(chunks) < 2:
             _fill(xp, plan, range(side), best)

@@ -10,9 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from zsad.arrays import module_of
-
-# Images per GPU launch are bounded by this much float32 input (temporaries take ~4x).
-_GPU_CHUNK_BYTES = 256 * 2**20
+from zsad.formats.memory import LNAMD_GPU_CHUNK
 
 
 def _grid_shape(n_patches: int, grid: tuple[int, int] | None) -> tuple[int, int]:
@@ -72,7 +70,7 @@ def lnamd(
     out = xp.empty((n, n_patches, c), dtype=xp.float32)
     # On the CPU one image at a time keeps the temporaries cache-sized; on the GPU a chunk of
     # images per launch keeps it busy.
-    step = 1 if xp is np else max(1, _GPU_CHUNK_BYTES // (n_patches * c * 4))
+    step = 1 if xp is np else max(1, LNAMD_GPU_CHUNK // (n_patches * c * 4))
     for i0 in range(0, n, step):
         x = tokens[i0 : i0 + step, 1:].astype(xp.float32, copy=True)
         m = len(x)

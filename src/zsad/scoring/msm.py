@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from zsad.arrays import array_module, to_numpy
+from zsad.formats.memory import MSM_BUDGET_MB
 from zsad.scoring.aligned import aligned_nearest_cosines, grid_side
 
 
@@ -108,7 +109,7 @@ def mutual_scores(
     topmin_max: float = 0.3,
     *,
     bank: ArrayLike | None = None,
-    memory_budget_mb: float = 64.0,
+    memory_budget_mb: float = MSM_BUDGET_MB,
     device: str = "auto",
     half: bool = True,
     align_window: int | None = None,

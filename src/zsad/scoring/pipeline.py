@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from zsad.arrays import array_module, to_numpy
-from zsad.formats.methods import DEFAULT_METHOD
+from zsad.formats.methods import DEFAULT_METHOD, DEFAULT_R_LIST
 from zsad.formats.methods import METHODS as REGISTRY
 from zsad.scoring.aligned import alignment_check
 from zsad.scoring.bgmps import bgmps
@@ -36,7 +36,7 @@ class SetScoringConfig:
     """Every choice of the training-free path; the STAPS-only ones are ignored by 'musc'."""
 
     method: str = DEFAULT_METHOD
-    r_list: tuple[int, ...] = (1, 3, 5)
+    r_list: tuple[int, ...] = DEFAULT_R_LIST
     topmin_max: float = _default(mutual_scores, "topmin_max")
     memory_budget_mb: float = _default(mutual_scores, "memory_budget_mb")
     device: str = _default(mutual_scores, "device")
