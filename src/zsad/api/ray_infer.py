@@ -135,7 +135,7 @@ def _import_ray(loopback: bool) -> ModuleType:
     """Ray and Ray Data, or a one-line error naming the extra."""
     if loopback:
         # Ray reads this when imported: with it, a local instance takes 127.0.0.1 as its node
-        # address and listens there only, instead of on every interface of a shared machine;
+        # address and listens there only, instead of on every interface of the machine;
         # and a driver joining an instance on 127.0.0.1 looks for it there, not on this
         # machine's network address.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
