@@ -386,6 +386,15 @@ def install(monkeypatch: pytest.MonkeyPatch, driver: FakeDriver, *trts: types.Mo
         monkeypatch.setitem(sys.modules, trt.__name__, trt)
 
 
+def install_gpu(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
+    """A compute 8.6 GPU with TensorRT-RTX 1.7.1 and TensorRT 10.3.0 installed."""
+    driver = FakeDriver()
+    rtx = fake_tensorrt("tensorrt_rtx", "1.7.1", driver)
+    trt = fake_tensorrt("tensorrt", "10.3.0", driver)
+    install(monkeypatch, driver, rtx, trt)
+    return types.SimpleNamespace(driver=driver, rtx=rtx, trt=trt)
+
+
 def write_engine_bundle(
     root: Path,
     *,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from stand_ins import FakeDriver, fake_tensorrt, install, write_engine_bundle
+from stand_ins import FakeDriver, fake_tensorrt, install, install_gpu, write_engine_bundle
 from zsad.cli.app import main
 from zsad.runtime import choose
 from zsad.runtime.doctor import cpu, diagnose
@@ -27,12 +27,7 @@ def _doctor(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arg
 
 @pytest.fixture
 def gpu(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    """A compute 8.6 GPU with TensorRT-RTX 1.7.1 and TensorRT 10.3.0 installed."""
-    driver = FakeDriver()
-    rtx = fake_tensorrt("tensorrt_rtx", "1.7.1", driver)
-    trt = fake_tensorrt("tensorrt", "10.3.0", driver)
-    install(monkeypatch, driver, rtx, trt)
-    return SimpleNamespace(driver=driver, rtx=rtx, trt=trt)
+    return install_gpu(monkeypatch)
 
 
 def test_vector_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:

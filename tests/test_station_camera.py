@@ -147,17 +147,23 @@ def test_a_camera_lost_is_said_once_reopened_with_backoff_and_said_back(tmp_path
         assert refused.value.busy
         lost = feed.notices()
         assert len(lost) == 1 and "device removed" in lost[0]
-        for _ in range(200):  # reopened after 0.5 s, 1 s: two failures, then back
-            feed.next()
-            if feed.down_since is None:
-                break
-        assert feed.describe()["camera"] == "ok" and feed.outages == 1 and not cameras
-        back = feed.notices()
-        assert len(back) == 1 and "is back" in back[0]
-        feed.trigger("after")
-        assert _next_frame(feed).part_id == "after"
+        _until_back(feed, 200)  # reopened after 0.5 s, 1 s: two failures, then back
+        assert not cameras
     finally:
         feed.close()
+
+
+def _until_back(feed: CameraFeed, polls: int) -> None:
+    """Poll ``feed`` until its camera is back after one outage: said once, and triggers work."""
+    for _ in range(polls):
+        feed.next()
+        if feed.down_since is None:
+            break
+    assert feed.describe()["camera"] == "ok" and feed.outages == 1
+    back = feed.notices()
+    assert len(back) == 1 and "is back" in back[0]
+    feed.trigger("after")
+    assert _next_frame(feed).part_id == "after"
 
 
 def _next_unanswered(feed: CameraFeed) -> Unanswered:
@@ -204,15 +210,8 @@ def test_a_camera_missing_at_start_is_waited_for_and_said_back(tmp_path: Path) -
             feed.trigger("too-early")
         lost = feed.notices()
         assert len(lost) == 1 and lost[0].startswith("camera unreachable, reopening it")
-        for _ in range(100):  # reopened after 0.5 s (absent again), then 1 s: back
-            feed.next()
-            if feed.down_since is None:
-                break
-        assert not cameras and feed.describe()["camera"] == "ok" and feed.outages == 1
-        back = feed.notices()
-        assert len(back) == 1 and "is back" in back[0]
-        feed.trigger("P-1")
-        assert _next_frame(feed).part_id == "P-1"
+        _until_back(feed, 100)  # reopened after 0.5 s (absent again), then 1 s: back
+        assert not cameras
     finally:
         feed.close()
 

@@ -17,8 +17,7 @@ from stand_ins import (
     CUresult,
     FakeDriver,
     engine_reference,
-    fake_tensorrt,
-    install,
+    install_gpu,
     write_engine_bundle,
 )
 from zsad.errors import ZsadError
@@ -30,11 +29,7 @@ PIXEL_BYTES = 3 * IMAGE_SIZE * IMAGE_SIZE * 4  # one float32 image
 
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    driver = FakeDriver()
-    rtx = fake_tensorrt("tensorrt_rtx", "1.7.1", driver)
-    trt = fake_tensorrt("tensorrt", "10.3.0", driver)
-    install(monkeypatch, driver, rtx, trt)
-    return SimpleNamespace(driver=driver, rtx=rtx, trt=trt)
+    return install_gpu(monkeypatch)
 
 
 @pytest.fixture
