@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -129,19 +130,16 @@ def infer_to_folder(
 def _ranking(records: Iterable[dict[str, Any]]) -> tuple[int, int, list[dict[str, Any]]]:
     """(scored, failed, the ten highest-scored, ties in record order) of records read once:
     a summary of a set of any size holds ten records, never all of them."""
-    scored = failed = 0
-    top: list[tuple[float, int, dict[str, Any]]] = []  # a min-heap of the ten highest so far
-    for number, record in enumerate(records):
-        if record["error"] is not None:
-            failed += 1
-            continue
-        scored += 1
-        entry = (record["score"], -number, record)
-        if len(top) < 10:
-            heapq.heappush(top, entry)
-        else:
-            heapq.heappushpop(top, entry)
-    return scored, failed, [record for *_, record in sorted(top, reverse=True)]
+    counts = Counter[bool]()
+
+    def scored() -> Iterator[dict[str, Any]]:
+        for record in records:
+            counts[record["error"] is None] += 1
+            if record["error"] is None:
+                yield record
+
+    top = heapq.nlargest(10, scored(), key=lambda record: record["score"])
+    return counts[True], counts[False], top
 
 
 def _group_subsets(groups: Sequence[str], plan: SetPlan) -> dict[str, list[int]]:
