@@ -127,8 +127,10 @@ def plan_groups(
     names: list[str | None] = [None] * len(images)
     subsets = [0] * len(images)
     count, sizes = 0, []
-    for group in sorted(set(groups)):
-        members = [i for i, g in enumerate(groups) if g == group]
+    by_group: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        by_group.setdefault(group, []).append(i)
+    for _, members in sorted(by_group.items()):
         part = plan([images[i] for i in members])
         for k, i in enumerate(members):
             keys[i], names[i], subsets[i] = part.keys[k], part.names[k], count + part.subsets[k]
