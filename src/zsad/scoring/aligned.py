@@ -36,7 +36,7 @@ over a middle axis by halves, the mask repeated over the images): numpy's reduct
 inner loop is only K_A long take several times longer. ``memory_budget_mb`` bounds the bands
 and product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
 
-Speed at ViT-L shapes (P = 1369, C = 1024) on 2 cores: aligned MSM at w = 3 takes 8-11x less
+Speed at ViT-L shapes (P = 1369, C = 1024) on 2 cores: aligned MSM at w = 3 takes 8-10x less
 time than global MSM at N = 10, 12x less at N = 20, 18x against a bank of 32. The tiles' GEMMs
 run at about 75% of the BLAS peak; what they multiply beyond the window (the corners, each image
 against itself: 1.65x the useful work of a set of 10) and the copies and reductions hold the
