@@ -74,6 +74,7 @@ def test_tiles_of_any_width_on_odd_grids_match_the_definition(
     # Tiles of 1 to several columns, a last tile cut by the grid's edge, tiles that start past
     # the first column (where a set's own row is multiplied from the tile's first column on).
     monkeypatch.setattr("zsad.scoring.aligned._CPU_TILE_ROWS", tile_rows)
+    monkeypatch.setattr("zsad.scoring.aligned._small_gemm_limit", lambda: 0)
     rng = np.random.default_rng(side)
     features = _unit(rng.normal(size=(n, side * side, 8)))
     bank = _unit(rng.normal(size=(4, side * side, 8)))
@@ -86,19 +87,34 @@ def test_tiles_of_any_width_on_odd_grids_match_the_definition(
             np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("side", "reach", "workers"), [(37, 3, 2), (37, 6, 2), (37, 10, 2), (37, 1, 3), (5, 3, 2)]
-)
-def test_row_chunks_leave_a_reach_between_the_chunks_of_a_phase(side, reach, workers) -> None:
-    chunks = _row_chunks(side, reach, workers)
+@pytest.mark.parametrize("group", [1, 2, 3])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_patch_tiles_against_groups_of_halo_columns_match_the_definition(
+    monkeypatch, group, workers
+) -> None:
+    # Where BLAS multiplies small GEMMs without packing, a set's tiles are single patches and
+    # each halo row is cut into groups of columns small enough for that, the last one padded.
+    n, side, c = 4, 9, 8
+    monkeypatch.setattr("zsad.scoring.aligned._small_gemm_limit", lambda: group * n * n * c)
+    monkeypatch.setattr("zsad.scoring.aligned._cpu_workers", lambda rows: workers)
+    rng = np.random.default_rng(group)
+    features = _unit(rng.normal(size=(n, side * side, c)))
+    for window in (1, 2, 4):
+        got = aligned_nearest_cosines(np, features, features, window, True, 256 * MB)
+        expected = _windowed_brute_force(features, features, window, True)
+        finite = np.isfinite(expected)
+        assert (np.isfinite(got) == finite).all()
+        np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+
+
+@pytest.mark.parametrize(("side", "workers"), [(37, 2), (37, 3), (5, 4), (3, 1), (2, 8)])
+def test_row_chunks_cover_the_grid_in_nearly_equal_parts(side, workers) -> None:
+    chunks = _row_chunks(side, workers)
     assert [y for rows in chunks for y in rows] == list(range(side))
-    # Two phases of alternate chunks: a chunk between two of the other phase is as tall as a
-    # tile writes beyond its row.
-    assert all(len(rows) >= reach for rows in chunks[1:-1])
-    # Both phases keep every worker busy where the grid is tall enough.
-    assert len(chunks[0::2]) >= min(workers, -(-side // (2 * reach)))
-    if side >= 2 * workers * reach:
-        assert len(chunks) % (2 * workers) == 0
+    sizes = [len(rows) for rows in chunks]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    # A chunk per worker at least where the grid is tall enough, one without threads.
+    assert len(chunks) == (1 if workers == 1 else min(side, 2 * workers))
 
 
 def test_a_window_over_the_whole_grid_is_global_msm() -> None:

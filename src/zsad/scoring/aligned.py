@@ -3,45 +3,43 @@ position in the other images (fixtured parts), and a check of whether the parts 
 
 Design. The work is organised as GEMMs over spatial tiles with halos. A tile is a run of T
 patches of one grid row in the images of side A; its halo is the same columns widened by w on
-each side, over the rows the window reaches, in the images of side B. Side B is copied once per
-column block into a band (rows, U, N_B, C), so any row's halo is one contiguous matrix and the
-tile costs one GEMM (R*U*N_B, C) @ (C, T*K_A). The tile is the narrow operand on the right: at
-these shapes OpenBLAS multiplies about 1.4x faster this way than with the tile on the left,
-where packing the wide transposed halo costs about as much as the product. (Bands as wide as
-the grid, shared by every tile of a row, copy less but cost a GEMM per halo row, no faster in
-all.) The product holds every cosine the tile needs plus the band's corners outside the window
-((T + 2w) / (2w + 1) as many per row as needed); those are set to -inf by an additive mask, and
-two max-reductions of the product give
+each side, over the rows the window reaches, in the images of side B. A step copies the rows of
+side B its tiles' halos reach once, position-major (row, column, image, C), so that every halo
+row of every tile is a (U * N_B, C) matrix in place; one stacked ``matmul`` call then multiplies
+all the step's tiles with all their halo rows (NumPy loops over the BLAS calls in C: no Python
+per tile). The product holds every cosine the tiles need plus the halos' corners outside the
+window ((T + 2w) / (2w + 1) as many per row as needed); those and the columns off the grid are
+set to -inf by an additive mask, and two max-reductions of the product give
 
 - the row reduction: each A patch's best cosine per B image within its window;
 - the scatter reduction: each B patch's best cosine per A image, a running max, since a B
   patch lies in the halos of several tiles.
 
-Set scoring (A = B = the set) multiplies only the halo rows y..y+w: a pair of patches whose
-offset points down (or sideways) is found in the tile of the upper one, and the two reductions
-give both directions from that one product. The tile is then part of the band (no copy), and on
-the CPU its own row is multiplied only from the tile's first column on: a pair in one row is met
-from the tile of its left patch, so every unordered pair within the window is multiplied once
-(those inside one tile's row twice: max is idempotent). Bank scoring takes A = the bank, B = the
-queries and the full halo rows y-w..y+w, and uses the scatter reduction only.
+Set scoring (A = B = the set) multiplies the halo rows below the tile's and its own row from the
+tile on: a pair of patches whose offset points down (or right) is found in the tile of the upper
+(left) one, and the two reductions give both directions from that one product, so every
+unordered pair within the window is multiplied once (pairs inside one tile twice: max is
+idempotent). The tiles are part of the copied rows. Bank scoring takes A = the bank, B = the
+queries and the full halo rows y-w..y+w, and uses the scatter reduction only; a tile of one
+column of the bank is a view of it (no copy), and with a few queries side B is copied per column
+block (bands) so that a tile's whole halo is one matrix instead of short ones per row.
 
-Cost: (N-1) * P * (2w+1)^2 * C multiply-adds instead of (N-1) * P^2 * C, times the band's corner
-overhead. On the GPU a tile is a whole grid row (few large launches). On the CPU T is chosen so
-the GEMM stays a good BLAS shape while the overhead stays small, and chunks of rows run on as
-many threads as BLAS would use, each with one BLAS thread (small GEMMs split across BLAS
-threads spend their time synchronising); alternate chunks run in two phases, so that threads
-never write the same rows of the shared table, with several chunks per thread and phase so that
-none waits long for the others. The reductions run along contiguous rows of the product (a max
-over a middle axis by halves, the mask repeated over the images): numpy's reductions whose
-inner loop is only K_A long take several times longer. ``memory_budget_mb`` bounds the bands
-and product buffers; the (P, N_B, K_A) float32 table is extra, as in global MSM.
+Shapes. OpenBLAS's AVX-512 kernels multiply a GEMM of at most 100^3 multiply-adds without
+packing its operands, 1.5-2x faster than packed at these sizes; there a set's tile is one patch
+(T = 1: no corners) and a halo row is cut into groups of columns small enough for that. Other
+BLAS builds get tiles of about _CPU_TILE_ROWS GEMM columns. On the GPU a tile is a whole grid
+row, one step per row (few large launches). The grid rows are cut into chunks, two per thread
+(as many threads as BLAS would use, each with one BLAS thread: small GEMMs split across BLAS
+threads spend their time synchronising); each chunk fills a table part of its own, merged at the
+end where neighbouring parts overlap. The reductions run along contiguous rows of the product
+(a max over a middle axis by halves, the mask repeated over the images): numpy's reductions
+whose inner loop is only K_A long take several times longer. ``memory_budget_mb`` bounds the
+copied rows, products and their reductions; the (P, N_B, K_A) float32 table is extra, as in
+global MSM (here up to about twice: the parts and the padded table).
 
-Speed at ViT-L shapes (P = 1369, C = 1024) on 2 cores: aligned MSM at w = 3 takes 8-10x less
-time than global MSM at N = 10, 12x less at N = 20, 18x against a bank of 32. The tiles' GEMMs
-run at about 75% of the BLAS peak; what they multiply beyond the window (the corners, each image
-against itself: 1.65x the useful work of a set of 10) and the copies and reductions hold the
-useful work to about a quarter of a large matmul's rate in a set of 10 and half against a bank
-of 32 (docs/benchmarks.md, per OpenBLAS kernel family).
+Cost: (N-1) * P * (2w+1)^2 * C multiply-adds instead of (N-1) * P^2 * C, times the corner
+overhead. Speed at ViT-L shapes (P = 1369, C = 1024) on 2 cores: see docs/benchmarks.md (per
+OpenBLAS kernel family).
 """
 
 from __future__ import annotations
@@ -59,11 +57,16 @@ import numpy as np
 
 from zsad.arrays import to_numpy
 
-# CPU tiles hold about this many GEMM rows (T * K_A): enough for BLAS to run near its peak
-# while the band's corners stay a small overhead at the usual windows.
-_CPU_TILE_ROWS = 40
-# Row chunks per worker and phase at most (see _row_chunks).
-_CHUNKS_PER_PHASE = 4
+# CPU tiles hold about this many GEMM columns (T * K_A): enough for BLAS to run near its peak
+# while the halos' corners stay a small overhead at the usual windows.
+_CPU_TILE_ROWS = 20
+# OpenBLAS's AVX-512 kernels (SkylakeX and later) multiply a GEMM of at most 100^3
+# multiply-adds without packing its operands: 1.5-2x faster at a tile's shapes.
+_SMALL_GEMM = 100**3
+_SMALL_GEMM_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+# Row chunks per worker: taller chunks copy fewer halo rows twice, more chunks keep the
+# workers busy to the end.
+_CHUNKS_PER_WORKER = 2
 # The check compares this many image pairs and this many patches of each pair.
 _CHECK_PAIRS = 8
 _CHECK_PATCHES = 256
@@ -95,110 +98,12 @@ def _max_over_middle(xp: ModuleType, x: Any) -> Any:
     return x[:, 0]
 
 
-@dataclass(frozen=True)
-class _Tiling:
-    """The shapes of one aligned search: sides A (tiles) and B (bands) on a square grid."""
-
-    a_grid: Any  # (K_A, side, side, C)
-    b_grid: Any  # (N_B, side, side, C)
-    window: int
-    up: int  # halo rows above a tile's row: 0 in a symmetric set, else the window
-    symmetric: bool
-    tile: int  # columns per tile
-    rows_per_band: int
-
-
-def _window_mask(xp: ModuleType, x0: int, plan: _Tiling, k_a: int) -> Any:
-    """(U, 1, T, K_A) additive mask of the tile at column x0: 0 where its halo's column u is
-    within the window of its column t, else -inf; repeated over the K_A images so that the add
-    runs along contiguous rows."""
-    side = plan.a_grid.shape[1]
-    w = plan.window
-    x1 = min(side, x0 + plan.tile)
-    offset = np.arange(max(0, x0 - w), min(side, x1 + w))[:, None] - np.arange(x0, x1)[None, :]
-    mask = np.where(np.abs(offset) <= w, 0.0, -np.inf)[:, None, :, None]
-    return xp.asarray(np.repeat(mask, k_a, axis=3), dtype=plan.a_grid.dtype)
-
-
-def _fill(xp: ModuleType, plan: _Tiling, rows: range, best: Any) -> None:
-    """Run the tiles of grid rows ``rows`` into ``best`` (running maxima). They write rows
-    ``rows.start - plan.up`` to ``rows.stop + plan.window - 1`` of it, no others."""
-    k_a, side, _, _ = plan.a_grid.shape
-    n_b, w, up = plan.b_grid.shape[0], plan.window, plan.up
-    width = min(side, plan.tile + 2 * w)
-    buffer = xp.empty(
-        min(side, up + w + 1) * width * n_b * plan.tile * k_a, dtype=plan.a_grid.dtype
-    )
-    for x0 in range(0, side, plan.tile):
-        c0, c1 = max(0, x0 - w), min(side, x0 + plan.tile + w)
-        mask = _window_mask(xp, x0, plan, k_a)
-        for y0 in range(rows.start, rows.stop, plan.rows_per_band):
-            y1 = min(rows.stop, y0 + plan.rows_per_band)
-            r0, r1 = max(0, y0 - up), min(side, y1 + w)
-            # (rows, U, N_B, C): a halo of consecutive rows is one contiguous matrix.
-            band = xp.ascontiguousarray(plan.b_grid[:, r0:r1, c0:c1].transpose(1, 2, 0, 3))
-            for y in range(y0, y1):
-                _tile(xp, plan, band, r0, (y, x0), buffer, mask, best)
-    del buffer
-
-
-def _tile(
-    xp: ModuleType,
-    plan: _Tiling,
-    band: Any,
-    r0: int,
-    at: tuple[int, int],
-    buffer: Any,
-    mask: Any,
-    best: Any,
-) -> None:
-    """One tile: the GEMM of its halo against it, then both reductions into ``best``."""
-    k_a, side, _, c = plan.a_grid.shape
-    n_b, w = plan.b_grid.shape[0], plan.window
-    y, x0 = at
-    x1 = min(side, x0 + plan.tile)
-    h0, h1 = max(0, y - plan.up), min(side, y + w + 1)
-    c0 = max(0, x0 - w)
-    t, u, height = x1 - x0, band.shape[1], h1 - h0
-    # The product is (halo, tile): BLAS runs these small products about 1.4x faster with the
-    # narrow operand (the tile) on the right than with the wide one there.
-    if plan.symmetric:
-        a_tile = band[y - r0, x0 - c0 : x1 - c0]  # the tile is part of the band
-    else:
-        a_tile = xp.ascontiguousarray(plan.a_grid[:, y, x0:x1].transpose(1, 0, 2))
-    halo = band[h0 - r0 : h1 - r0].reshape(height * u * n_b, c)
-    cos = buffer[: height * u * n_b * t * k_a].reshape(height * u * n_b, t * k_a)
-    skip = 0
-    if plan.symmetric and xp is np:
-        # In the tile's own row only the pairs to its right are needed: those to the left were
-        # met from the tile on the left.
-        skip = (x0 - c0) * n_b
-        cos[:skip] = -np.inf
-    xp.matmul(halo[skip:], a_tile.reshape(t * k_a, c).T, out=cos[skip:])
-    cos = cos.reshape(height, u, n_b, t, k_a)
-    cos += mask
-    if plan.symmetric:
-        seen = best[y, x0:x1]
-        near = cos.reshape(height * u, n_b * t * k_a).max(axis=0)
-        xp.maximum(seen, near.reshape(n_b, t, k_a).transpose(1, 2, 0), out=seen)
-    seen = best[h0:h1, c0 : c0 + u]
-    far = _max_over_middle(xp, cos.reshape(height * u * n_b, t, k_a))
-    xp.maximum(seen, far.reshape(height, u, n_b, k_a), out=seen)
-
-
-def _row_chunks(side: int, reach: int, workers: int) -> list[range]:
-    """The grid rows cut into chunks for two phases of alternate chunks: every chunk between
-    two others at least ``reach`` rows tall (how far a tile writes beyond its row), so that
-    the chunks of one phase write disjoint rows and the workers share one table without
-    locks. Where the grid allows, nearly equal chunks, a multiple of the workers per phase,
-    so that no worker waits long for the others at the end of a phase."""
-    reach = max(reach, 1)
-    # Up to _CHUNKS_PER_PHASE per worker: finer chunks copy their halo rows more often.
-    count = 2 * workers * max(1, min(_CHUNKS_PER_PHASE, side // (2 * workers * reach)))
-    if side // count >= reach:
-        bounds = np.linspace(0, side, count + 1).round().astype(int)
-        return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return [range(y, min(side, y + reach)) for y in range(0, side, reach)]
+def _row_chunks(side: int, workers: int) -> list[range]:
+    """The grid rows in nearly equal chunks, _CHUNKS_PER_WORKER per worker where the grid is
+    tall enough: a worker that finishes early takes the next one."""
+    count = max(1, min(side, workers * _CHUNKS_PER_WORKER if workers > 1 else 1))
+    bounds = np.linspace(0, side, count + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _cpu_workers(n_rows: int) -> int:
@@ -214,6 +119,297 @@ def _cpu_workers(n_rows: int) -> int:
     return max(1, min(n_rows, cpus))
 
 
+def _small_gemm_limit() -> int:
+    """The multiply-adds up to which NumPy's BLAS runs a GEMM without packing its operands
+    (OpenBLAS's AVX-512 kernels), else 0."""
+    controller = _blas_controller()
+    for lib in controller.select(user_api="blas").lib_controllers if controller else []:
+        core = str(getattr(lib, "architecture", "")).lower()
+        if lib.internal_api == "openblas" and core in _SMALL_GEMM_CORES:
+            return _SMALL_GEMM
+    return 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One aligned search: tiles of T patches of a grid row in side A (K_A images), each
+    multiplied with its halo in side B (N_B images); a step takes ``columns`` tiles of ``rows``
+    grid rows."""
+
+    a: Any  # (K_A, side, side, C)
+    b: Any  # (N_B, side, side, C)
+    window: int
+    symmetric: bool
+    tile: int
+    banded: bool
+    rows: int
+    columns: int
+    group: int = 0  # halo columns per GEMM at most (0: a halo row's all)
+
+    @property
+    def side(self) -> int:
+        return int(self.a.shape[1])
+
+    @property
+    def up(self) -> int:
+        """Halo rows above a tile's row: none in a set (pairs pointing up are met from above)."""
+        return 0 if self.symmetric else self.window
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per grid row."""
+        return -(-self.side // self.tile)
+
+    @property
+    def span(self) -> int:
+        """U: the columns of a tile's halo."""
+        return self.tile + 2 * self.window
+
+    def split(self, columns: int) -> tuple[int, int]:
+        """``columns`` halo columns as (GEMMs, columns each): nearly equal groups of at most
+        ``group``, the last padded with masked columns."""
+        if not self.group or self.banded:
+            return 1, columns
+        count = -(-columns // self.group)
+        return count, -(-columns // count)
+
+    def cover(self, columns: int) -> int:
+        """``columns`` padded to whole groups."""
+        count, size = self.split(columns)
+        return count * size
+
+    @property
+    def width(self) -> int:
+        """The columns of side B a step copies: its tiles' halos, padded to whole groups."""
+        own = self.window + self.cover(self.tile + self.window) if self.symmetric else 0
+        return (self.columns - 1) * self.tile + max(self.cover(self.span), own)
+
+    @property
+    def halo_rows(self) -> int:
+        """The halo rows multiplied whole: in a set those below the tile's (its own row is
+        multiplied from the tile on)."""
+        return self.window if self.symmetric else 2 * self.window + 1
+
+    def held(self) -> int:
+        """The bytes a worker holds for a step: side B's padded rows (and their bands), side
+        A's tile rows against a bank, the products and their reductions' temporaries."""
+        (k_a, _, _, c), n_b = self.a.shape, self.b.shape[0]
+        t, w, g = self.tile, self.window, self.columns
+        rows_b = self.rows + self.up + w
+        copy = rows_b * (self.width + (g * self.span if self.banded and g > 1 else 0)) * n_b
+        if not self.symmetric:
+            copy += self.rows * g * t * k_a
+        own = self.cover(t + w) if self.symmetric else 0
+        products = self.rows * g * (self.halo_rows * self.cover(self.span) + own) * n_b * t * k_a
+        return (copy * c + 2 * products) * self.a.dtype.itemsize
+
+
+def _plan(xp: ModuleType, a: Any, b: Any, window: int, symmetric: bool, share: int) -> _Plan:
+    """Tile width, rows and tiles per step for side A (K_A, side, side, C) against side B within
+    ``share`` bytes: whole grid rows on the GPU; on the CPU, where BLAS skips packing small
+    GEMMs, tiles of one patch against groups of halo columns small enough for that (no
+    corners), else tiles of about _CPU_TILE_ROWS GEMM columns."""
+    k_a, side, _, c = a.shape
+    n_b = b.shape[0]
+    on_cpu = xp is np
+    group = _small_gemm_limit() // (n_b * k_a * c) if on_cpu and symmetric else 0
+    if not on_cpu:
+        tile = side
+    elif group:
+        tile = 1
+    else:
+        tile = min(side, max(1, -(-_CPU_TILE_ROWS // k_a)))
+
+    def plan(tile: int, rows: int, columns: int) -> _Plan:
+        # Side B per column block, so that a tile's whole halo is one matrix: on the GPU (one
+        # tile per step: no copy), and where one halo row alone is a short GEMM (a few query
+        # images against a bank).
+        short = n_b * (tile + 2 * window) < _CPU_TILE_ROWS
+        banded = not on_cpu or (not symmetric and short)
+        return _Plan(a, b, window, symmetric, tile, banded, rows, columns, group)
+
+    chosen = plan(tile, 1, -(-side // tile) if on_cpu else 1)
+    # Over the budget: fewer tiles per step, then narrower tiles.
+    while chosen.held() > share and (chosen.columns > 1 or chosen.tile > 1):
+        if chosen.columns > 1:
+            chosen = plan(chosen.tile, 1, -(-chosen.columns // 2))
+        else:
+            chosen = plan(max(1, chosen.tile // 2), 1, 1)
+    while on_cpu and chosen.rows < side:
+        taller = plan(chosen.tile, chosen.rows + 1, chosen.columns)
+        if taller.held() > share:
+            break
+        chosen = taller
+    return chosen
+
+
+def _masks(xp: ModuleType, plan: _Plan) -> tuple[Any, Any]:
+    """Additive masks, 0 where a tile patch and a halo patch are within the window and both on
+    the grid, else -inf: (1, tiles, 1, U, 1, T * K_A) for the whole halo rows, the same with
+    T + w columns for a set's own row (each padded to whole groups). Repeated over the K_A
+    images so that the add runs along contiguous rows."""
+    side, t, w, k_a = plan.side, plan.tile, plan.window, plan.a.shape[0]
+    start = np.arange(plan.tiles) * t
+    tile_col = start[:, None, None] + np.arange(t)[None, None, :]
+
+    def mask(first: int, columns: int) -> Any:
+        col = (start + first)[:, None, None] + np.arange(columns)[None, :, None]
+        ok = (abs(col - tile_col) <= w) & (col >= 0) & (col < side) & (tile_col < side)
+        values = np.repeat(np.where(ok, 0.0, -np.inf)[:, :, None, :, None], k_a, axis=4)
+        shape = (1, plan.tiles, 1, columns, 1, t * k_a)
+        return xp.asarray(values.reshape(shape), dtype=plan.a.dtype)
+
+    return mask(-w, plan.cover(plan.span)), mask(0, plan.cover(t + w))
+
+
+class _Buffers:
+    """One worker's buffers for its steps: side B's rows position-major (columns off the grid
+    finite, masked), its bands, side A's tile rows against a bank, the products."""
+
+    def __init__(self, xp: ModuleType, plan: _Plan) -> None:
+        (k_a, _, _, c), n_b, dtype = plan.a.shape, plan.b.shape[0], plan.a.dtype
+        t, w, g = plan.tile, plan.window, plan.columns
+        rows_b = plan.rows + plan.up + w
+        self.plain = xp.zeros((rows_b, plan.width, n_b, c), dtype=dtype)
+        copy_band = plan.banded and g > 1
+        self.band = xp.empty((g, rows_b, plan.span, n_b, c), dtype=dtype) if copy_band else None
+        self.tiles = None if plan.symmetric else xp.zeros((plan.rows, g * t, k_a, c), dtype)
+        per_row = g * n_b * t * k_a
+        whole = plan.rows * plan.halo_rows * plan.cover(plan.span) * per_row
+        self.whole = xp.empty(whole, dtype=dtype)
+        own = plan.rows * plan.cover(t + w) * per_row
+        self.own = xp.empty(own, dtype=dtype) if plan.symmetric else None
+
+
+def _fill(xp: ModuleType, plan: _Plan, rows: range, masks: tuple[Any, Any], width: int) -> Any:
+    """The running maxima of the tiles of grid rows ``rows``: padded rows ``rows.start`` to
+    ``rows.stop + plan.up + plan.window - 1`` of the table, in a part of their own."""
+    (k_a, *_), n_b = plan.a.shape, plan.b.shape[0]
+    part = xp.full((len(rows) + plan.up + plan.window, width, n_b, k_a), -np.inf, xp.float32)
+    buffers = _Buffers(xp, plan)
+    for y0 in range(rows.start, rows.stop, plan.rows):
+        step_rows = range(y0, min(rows.stop, y0 + plan.rows))
+        for first in range(0, plan.tiles, plan.columns):
+            tiles = range(first, min(plan.tiles, first + plan.columns))
+            _step(xp, plan, (rows.start, step_rows), tiles, buffers, masks, part)
+    return part
+
+
+def _step(
+    xp: ModuleType,
+    plan: _Plan,
+    at: tuple[int, range],
+    tiles: range,
+    buf: _Buffers,
+    masks: tuple[Any, Any],
+    part: Any,
+) -> None:
+    """Tiles ``tiles`` of grid rows ``rows`` (``at`` = (the part's first grid row, rows)): one
+    copy of side B's rows their halos reach, one stacked GEMM call for the whole halo rows (and
+    one for a set's own row), the reductions into ``part``."""
+    base, rows = at
+    as_strided = xp.lib.stride_tricks.as_strided
+    side, w, up, t, u = plan.side, plan.window, plan.up, plan.tile, plan.span
+    (k_a, _, _, c), n_b = plan.a.shape, plan.b.shape[0]
+    r, g, k = len(rows), len(tiles), t * k_a
+    # Side B's rows g0..g1 and columns c0.. (grid coordinates) into the plain buffer.
+    g0, g1, c0 = rows.start - up, rows.stop + w, tiles.start * t - w
+    y_lo, y_hi = max(g0, 0), min(g1, side)
+    x_lo, x_hi = max(c0, 0), min(c0 + g * t + 2 * w, side)
+    plain = buf.plain[: g1 - g0]
+    block = plan.b[:, y_lo:y_hi, x_lo:x_hi].transpose(1, 2, 0, 3)
+    plain[y_lo - g0 : y_hi - g0, x_lo - c0 : x_hi - c0] = block
+    sp = plain.strides
+    if plan.symmetric:
+        # The tiles are part of side B's rows.
+        st, first = sp, (0, w)
+        source = plain
+    elif t == 1:
+        # A tile of one patch of every bank image is a view of the bank: no copy.
+        sa = plan.a.strides
+        st, first = (sa[1], sa[2], sa[0], sa[3]), (rows.start, tiles.start)
+        source = plan.a[0]
+    else:
+        source, first = buf.tiles[:r], (0, 0)
+        x_hi = min(side, tiles.stop * t)
+        block = plan.a[:, rows.start : rows.stop, c0 + w : x_hi].transpose(1, 2, 0, 3)
+        source[:, : x_hi - c0 - w] = block
+        st = source.strides
+    # (r, g, 1, 1, C, T * K_A): the tiles' patches of all images, a view.
+    shape, strides = (r, g, 1, 1, c, k), (st[0], t * st[1], 0, 0, st[3], st[2])
+    tile = as_strided(source[first], shape, strides)
+    height = plan.halo_rows
+    below = 1 if plan.symmetric else 0  # the first whole halo row, relative to the tile's row
+    whole = None
+    if height:
+        if plan.banded:
+            # Side B per tile: a tile's whole halo is one (height * U * N_B, C) matrix.
+            if buf.band is None:
+                band = plain[None]
+            else:
+                band = buf.band[:g, : g1 - g0]
+                strides = (t * sp[1], sp[0], sp[1], sp[2], sp[3])
+                band[...] = as_strided(plain, (g, g1 - g0, u, n_b, c), strides)
+            sb = band.strides
+            shape = (r, g, 1, 1, height * u * n_b, c)
+            halo = as_strided(band[0, below], shape, (sb[1], sb[0], 0, 0, sb[3], sb[4]))
+        else:
+            # (r, g, height, groups, columns * N_B, C): one GEMM per group of halo columns.
+            count, size = plan.split(u)
+            shape = (r, g, height, count, size * n_b, c)
+            strides = (sp[0], t * sp[1], sp[0], size * sp[1], sp[2], sp[3])
+            halo = as_strided(plain[below], shape, strides)
+            u = count * size
+        whole = buf.whole[: r * g * height * u * n_b * k].reshape(halo.shape[:-1] + (k,))
+        xp.matmul(halo, tile, out=whole)
+        whole = whole.reshape(r, g, height, u, n_b, k)
+        whole += masks[0][:, tiles.start : tiles.stop]
+        for j, y in enumerate(rows):
+            for h in range(height):
+                if not 0 <= y - up + below + h < side:
+                    whole[j, :, h] = -np.inf
+        _scatter(xp, plan, whole, rows.start - base + below, tiles.start * t, part)
+    if plan.symmetric:
+        count, size = plan.split(t + w)
+        shape = (r, g, 1, count, size * n_b, c)
+        strides = (sp[0], t * sp[1], 0, size * sp[1], sp[2], sp[3])
+        own = buf.own[: r * g * count * size * n_b * k].reshape(shape[:-1] + (k,))
+        xp.matmul(as_strided(plain[0, w:], shape, strides), tile, out=own)
+        own = own.reshape(r, g, 1, count * size, n_b, k)
+        own += masks[1][:, tiles.start : tiles.stop]
+        _scatter(xp, plan, own, rows.start - base, tiles.start * t + w, part)
+        # Each tile patch's best per other image over its half window: the row reduction.
+        near = _max_over_middle(xp, own.reshape(r * g, count * size, n_b * k))
+        if whole is not None:
+            near = xp.maximum(near, _max_over_middle(xp, whole.reshape(r * g, -1, n_b * k)))
+        x0 = w + tiles.start * t
+        seen = part[rows.start - base : rows.stop - base, x0 : x0 + g * t].reshape(
+            r, g, t, k_a, n_b
+        )
+        xp.maximum(seen, near.reshape(r, g, n_b, t, k_a).transpose(0, 1, 3, 4, 2), out=seen)
+
+
+def _scatter(xp: ModuleType, plan: _Plan, cos: Any, row: int, col: int, best: Any) -> None:
+    """Each halo patch's best per tile image into ``best``: the scatter reduction of products
+    (r, tiles, height, U', N_B, T * K_A) whose first tile's halo row 0, column 0 of the step's
+    first row sits at ``best[row, col]``."""
+    r, g, height, span, n_b, _ = cos.shape
+    t, k_a = plan.tile, plan.a.shape[0]
+    cos = cos.reshape(r, g, height, span, n_b, t, k_a)
+    far = cos[..., 0, :]
+    if t > 1:
+        far = far.copy()
+        for i in range(1, t):
+            xp.maximum(far, cos[..., i, :], out=far)
+    # T columns of every tile's halo land on distinct columns of best: one call each.
+    for h in range(height):
+        for a in range(0, span, t):
+            b = min(t, span - a)
+            seen = best[row + h : row + h + r, col + a : col + a + g * t]
+            seen = seen.reshape(r, g, t, n_b, k_a)[:, :, :b]
+            xp.maximum(seen, far[:, :, h, a : a + b], out=seen)
+
+
 def aligned_nearest_cosines(
     xp: ModuleType, query: Any, ref: Any, window: int, symmetric: bool, budget: int
 ) -> Any:
@@ -224,45 +420,35 @@ def aligned_nearest_cosines(
     k_a, n_patches, c = a_side.shape
     n_b = b_side.shape[0]
     side = grid_side(n_patches)
-    up = 0 if symmetric else window
     on_cpu = xp is np
-    tile = min(side, max(1, -(-_CPU_TILE_ROWS // k_a))) if on_cpu else side
     workers = _cpu_workers(side) if on_cpu else 1
-    chunks = _row_chunks(side, up + window, workers)
-    # Each worker holds a product buffer and a band, half its share each.
-    half = budget // workers // 2
-    itemsize = query.dtype.itemsize
-    halo_rows = min(side, up + window + 1)
-
-    def product_bytes(columns: int) -> int:
-        return halo_rows * min(side, columns + 2 * window) * n_b * columns * k_a * itemsize
-
-    while tile > 1 and product_bytes(tile) > half:
-        tile = max(1, tile // 2)
-
-    row_bytes = min(side, tile + 2 * window) * n_b * c * itemsize
-    plan = _Tiling(
-        a_side.reshape(k_a, side, side, c),
-        b_side.reshape(n_b, side, side, c),
-        window,
-        up,
-        symmetric,
-        tile,
-        max(1, half // row_bytes - up - window),
-    )
-    best = xp.full((side, side, n_b, k_a), -np.inf, dtype=xp.float32)
+    a_grid = a_side.reshape(k_a, side, side, c)
+    b_grid = b_side.reshape(n_b, side, side, c)
+    plan = _plan(xp, a_grid, b_grid, window, symmetric, max(1, budget // workers))
+    # Padded coordinates: up + w rows above and w below the grid, w columns to its left, and
+    # room on its right for the last tiles' halos (whole groups).
+    width = (plan.tiles + 1) * plan.tile + plan.cover(plan.span) + plan.cover(plan.tile + window)
+    masks = _masks(xp, plan)
+    chunks = _row_chunks(side, workers)
     with _one_blas_thread(on_cpu):
-        if workers == 1 or len(chunks) < 2:
-            _fill(xp, plan, range(side), best)
+        if len(chunks) == 1:
+            best = _fill(xp, plan, range(side), masks, width)
         else:
+            best = xp.full((side + plan.up + window, width, n_b, k_a), -np.inf, xp.float32)
             # One BLAS thread per worker: small GEMMs on several BLAS threads spend their time
-            # synchronising.
-            from concurrent.futures import ThreadPoolExecutor
+            # synchronising. Each chunk fills a part of its own; neighbouring parts overlap by
+            # the rows a tile's halo reaches below its chunk, merged here.
+            from concurrent.futures import ThreadPoolExecutor, as_completed
 
             with ThreadPoolExecutor(workers) as pool:
-                for phase in (chunks[0::2], chunks[1::2]):
-                    for job in [pool.submit(_fill, xp, plan, rows, best) for rows in phase]:
-                        job.result()
+                jobs = {pool.submit(_fill, xp, plan, rows, masks, width): rows for rows in chunks}
+                for job in as_completed(jobs):
+                    # Merged as they come, so that few parts are held at once.
+                    start, part = jobs.pop(job).start, job.result()
+                    seen = best[start : start + part.shape[0]]
+                    xp.maximum(seen, part, out=seen)
+                    del job, part
+    best = xp.ascontiguousarray(best[plan.up : plan.up + side, window : window + side])
     best = best.reshape(n_patches, n_b, k_a)
     if symmetric:
         # An image is never its own reference; its self-pairs were multiplied along the way.
