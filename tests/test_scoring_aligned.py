@@ -92,19 +92,22 @@ def test_tiles_of_any_width_on_odd_grids_match_the_definition(
 def test_one_patch_tiles_against_groups_of_halo_columns_match_the_definition(
     monkeypatch, group, workers
 ) -> None:
-    # Where BLAS multiplies small GEMMs without packing, a set's tiles are single patches and
-    # each halo row is cut into groups of columns small enough for that, the last one padded.
+    # Where BLAS multiplies small GEMMs without packing, tiles are single patches and each halo
+    # row is cut into groups of columns small enough for that, the last one padded.
     n, side, c = 4, 9, 8
     monkeypatch.setattr("zsad.scoring.aligned._small_gemm_limit", lambda: group * n * n * c)
     monkeypatch.setattr("zsad.scoring.aligned._cpu_workers", lambda rows: workers)
     rng = np.random.default_rng(group)
     features = _unit(rng.normal(size=(n, side * side, c)))
+    # A bank of as many images: a tile of one bank column is a view of the bank.
+    bank = _unit(rng.normal(size=(n, side * side, c)))
     for window in (1, 2, 4):
-        got = aligned_nearest_cosines(np, features, features, window, True, 256 * MB)
-        expected = _windowed_brute_force(features, features, window, True)
-        finite = np.isfinite(expected)
-        assert (np.isfinite(got) == finite).all()
-        np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+        for ref, symmetric in ((features, True), (bank, False)):
+            got = aligned_nearest_cosines(np, features, ref, window, symmetric, 256 * MB)
+            expected = _windowed_brute_force(features, ref, window, symmetric)
+            finite = np.isfinite(expected)
+            assert (np.isfinite(got) == finite).all()
+            np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
 
 
 @pytest.mark.parametrize(("side", "workers"), [(37, 2), (37, 3), (5, 4), (3, 1), (2, 8)])

@@ -57,8 +57,10 @@ import numpy as np
 
 from zsad.arrays import to_numpy
 
-# CPU tiles hold about this many GEMM columns (T * K_A): enough for BLAS to run near its peak
-# while the halos' corners stay a small overhead at the usual windows.
+# Where BLAS packs every GEMM, CPU tiles hold about this many GEMM columns (T * K_A): enough
+# for BLAS to run near its peak while the halos' corners stay a small overhead at the usual
+# windows. Against a bank twice as many: there a few queries are copied per column block, T + 2w
+# columns for every T.
 _CPU_TILE_ROWS = 20
 # OpenBLAS's AVX-512 kernels (SkylakeX and later) multiply a GEMM of at most 100^3
 # multiply-adds without packing its operands: 1.5-2x faster at a tile's shapes.
@@ -208,24 +210,25 @@ def _plan(xp: ModuleType, a: Any, b: Any, window: int, symmetric: bool, share: i
     """Tile width, rows and tiles per step for side A (K_A, side, side, C) against side B within
     ``share`` bytes: whole grid rows on the GPU; on the CPU, where BLAS skips packing small
     GEMMs, tiles of one patch against groups of halo columns small enough for that (no
-    corners), else tiles of about _CPU_TILE_ROWS GEMM columns."""
+    corners), else tiles of about _CPU_TILE_ROWS GEMM columns (twice that against a bank)."""
     k_a, side, _, c = a.shape
     n_b = b.shape[0]
     on_cpu = xp is np
-    group = _small_gemm_limit() // (n_b * k_a * c) if on_cpu and symmetric else 0
+    group = _small_gemm_limit() // (n_b * k_a * c) if on_cpu else 0
     if not on_cpu:
         tile = side
     elif group:
         tile = 1
     else:
-        tile = min(side, max(1, -(-_CPU_TILE_ROWS // k_a)))
+        columns = _CPU_TILE_ROWS if symmetric else 2 * _CPU_TILE_ROWS
+        tile = min(side, max(1, -(-columns // k_a)))
 
     def plan(tile: int, rows: int, columns: int) -> _Plan:
         # Side B per column block, so that a tile's whole halo is one matrix: on the GPU (one
         # tile per step: no copy), and where one halo row alone is a short GEMM (a few query
-        # images against a bank).
-        short = n_b * (tile + 2 * window) < _CPU_TILE_ROWS
-        banded = not on_cpu or (not symmetric and short)
+        # images against a bank) that BLAS would pack.
+        short = n_b * (tile + 2 * window) < 2 * _CPU_TILE_ROWS
+        banded = not on_cpu or (not symmetric and not group and short)
         return _Plan(a, b, window, symmetric, tile, banded, rows, columns, group)
 
     chosen = plan(tile, 1, -(-side // tile) if on_cpu else 1)
