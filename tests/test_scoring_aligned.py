@@ -66,14 +66,14 @@ def test_window_search_matches_its_definition(monkeypatch, window, budget, worke
         np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
 
 
-@pytest.mark.parametrize("tile_rows", [1, 6, 40])
+@pytest.mark.parametrize("tile_columns", [1, 6, 40])
 @pytest.mark.parametrize(("n", "side"), [(2, 9), (3, 6), (6, 11)])
 def test_tiles_of_any_width_on_odd_grids_match_the_definition(
-    monkeypatch, tile_rows, n, side
+    monkeypatch, tile_columns, n, side
 ) -> None:
     # Tiles of 1 to several columns, a last tile cut by the grid's edge, tiles that start past
     # the first column (where a set's own row is multiplied from the tile's first column on).
-    monkeypatch.setattr("zsad.scoring.aligned._CPU_TILE_ROWS", tile_rows)
+    monkeypatch.setattr("zsad.scoring.aligned._CPU_TILE_COLUMNS", tile_columns)
     monkeypatch.setattr("zsad.scoring.aligned._small_gemm_limit", lambda: 0)
     rng = np.random.default_rng(side)
     features = _unit(rng.normal(size=(n, side * side, 8)))

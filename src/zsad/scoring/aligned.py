@@ -27,7 +27,7 @@ block (bands) so that a tile's whole halo is one matrix instead of short ones pe
 Shapes. OpenBLAS's AVX-512 kernels multiply a GEMM of at most 100^3 multiply-adds without
 packing its operands, 1.5-2x faster than packed at these sizes; there a set's tile is one patch
 (T = 1: no corners) and a halo row is cut into groups of columns small enough for that. Other
-BLAS builds get tiles of about _CPU_TILE_ROWS GEMM columns. On the GPU a tile is a whole grid
+BLAS builds get tiles of about _CPU_TILE_COLUMNS GEMM columns. On the GPU a tile is a whole grid
 row, one step per row (few large launches). The grid rows are cut into chunks, two per thread
 (as many threads as BLAS would use, each with one BLAS thread: small GEMMs split across BLAS
 threads spend their time synchronising); each chunk fills a table part of its own, merged at the
@@ -61,7 +61,7 @@ from zsad.arrays import to_numpy
 # for BLAS to run near its peak while the halos' corners stay a small overhead at the usual
 # windows. Against a bank twice as many: there a few queries are copied per column block, T + 2w
 # columns for every T.
-_CPU_TILE_ROWS = 20
+_CPU_TILE_COLUMNS = 20
 # OpenBLAS's AVX-512 kernels (SkylakeX and later) multiply a GEMM of at most 100^3
 # multiply-adds without packing its operands: 1.5-2x faster at a tile's shapes.
 _SMALL_GEMM = 100**3
@@ -199,7 +199,7 @@ class _Plan:
         t, w, g = self.tile, self.window, self.columns
         rows_b = self.rows + self.up + w
         copy = rows_b * (self.width + (g * self.span if self.banded and g > 1 else 0)) * n_b
-        if not self.symmetric:
+        if not self.symmetric and t > 1:
             copy += self.rows * g * t * k_a
         own = self.cover(t + w) if self.symmetric else 0
         products = self.rows * g * (self.halo_rows * self.cover(self.span) + own) * n_b * t * k_a
@@ -210,7 +210,7 @@ def _plan(xp: ModuleType, a: Any, b: Any, window: int, symmetric: bool, share: i
     """Tile width, rows and tiles per step for side A (K_A, side, side, C) against side B within
     ``share`` bytes: whole grid rows on the GPU; on the CPU, where BLAS skips packing small
     GEMMs, tiles of one patch against groups of halo columns small enough for that (no
-    corners), else tiles of about _CPU_TILE_ROWS GEMM columns (twice that against a bank)."""
+    corners), else tiles of about _CPU_TILE_COLUMNS GEMM columns (twice that against a bank)."""
     k_a, side, _, c = a.shape
     n_b = b.shape[0]
     on_cpu = xp is np
@@ -220,14 +220,14 @@ def _plan(xp: ModuleType, a: Any, b: Any, window: int, symmetric: bool, share: i
     elif group:
         tile = 1
     else:
-        columns = _CPU_TILE_ROWS if symmetric else 2 * _CPU_TILE_ROWS
+        columns = _CPU_TILE_COLUMNS if symmetric else 2 * _CPU_TILE_COLUMNS
         tile = min(side, max(1, -(-columns // k_a)))
 
     def plan(tile: int, rows: int, columns: int) -> _Plan:
         # Side B per column block, so that a tile's whole halo is one matrix: on the GPU (one
         # tile per step: no copy), and where one halo row alone is a short GEMM (a few query
         # images against a bank) that BLAS would pack.
-        short = n_b * (tile + 2 * window) < 2 * _CPU_TILE_ROWS
+        short = n_b * (tile + 2 * window) < 2 * _CPU_TILE_COLUMNS
         banded = not on_cpu or (not symmetric and not group and short)
         return _Plan(a, b, window, symmetric, tile, banded, rows, columns, group)
 
@@ -276,7 +276,8 @@ class _Buffers:
         self.plain = xp.zeros((rows_b, plan.width, n_b, c), dtype=dtype)
         copy_band = plan.banded and g > 1
         self.band = xp.empty((g, rows_b, plan.span, n_b, c), dtype=dtype) if copy_band else None
-        self.tiles = None if plan.symmetric else xp.zeros((plan.rows, g * t, k_a, c), dtype)
+        copy_tiles = not plan.symmetric and t > 1  # a one-column tile of a bank is a view
+        self.tiles = xp.zeros((plan.rows, g * t, k_a, c), dtype) if copy_tiles else None
         per_row = g * n_b * t * k_a
         whole = plan.rows * plan.halo_rows * plan.cover(plan.span) * per_row
         self.whole = xp.empty(whole, dtype=dtype)
