@@ -47,23 +47,27 @@ def _windowed_brute_force(query: np.ndarray, ref: np.ndarray, window: int, symme
     return best
 
 
+def _assert_matches_definition(features, ref, window: int, symmetric: bool, budget: int) -> None:
+    got = aligned_nearest_cosines(np, features, ref, window, symmetric, budget)
+    expected = _windowed_brute_force(features, ref, window, symmetric)
+    assert got.shape == expected.shape
+    finite = np.isfinite(expected)
+    assert (np.isfinite(got) == finite).all()
+    np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+
+
 @pytest.mark.parametrize("window", [0, 1, 2, 4])
 @pytest.mark.parametrize("budget", [3000, 256 * MB])
 @pytest.mark.parametrize("workers", [1, 3])
 def test_window_search_matches_its_definition(monkeypatch, window, budget, workers) -> None:
-    # Threads share one table, alternate chunks of rows in two phases: no lost maximum.
+    # Chunks of rows on threads fill table parts of their own, merged: no lost maximum.
     monkeypatch.setattr("zsad.scoring.aligned._cpu_workers", lambda rows: workers)
     rng = np.random.default_rng(window)
     features = _unit(rng.normal(size=(5, 49, 8)))
     bank = _unit(rng.normal(size=(3, 49, 8)))
-    # A tiny budget forces narrow tiles and many bands: every edge case of the halos.
+    # A tiny budget forces steps of one row and few tiles: every edge case of the halos.
     for ref, symmetric in ((features, True), (bank, False)):
-        got = aligned_nearest_cosines(np, features, ref, window, symmetric, budget)
-        expected = _windowed_brute_force(features, ref, window, symmetric)
-        assert got.shape == expected.shape
-        finite = np.isfinite(expected)
-        assert (np.isfinite(got) == finite).all()
-        np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+        _assert_matches_definition(features, ref, window, symmetric, budget)
 
 
 @pytest.mark.parametrize("tile_columns", [1, 6, 40])
@@ -80,11 +84,7 @@ def test_tiles_of_any_width_on_odd_grids_match_the_definition(
     bank = _unit(rng.normal(size=(4, side * side, 8)))
     for window in (1, 2, 3):
         for ref, symmetric in ((features, True), (bank, False)):
-            got = aligned_nearest_cosines(np, features, ref, window, symmetric, 256 * MB)
-            expected = _windowed_brute_force(features, ref, window, symmetric)
-            finite = np.isfinite(expected)
-            assert (np.isfinite(got) == finite).all()
-            np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+            _assert_matches_definition(features, ref, window, symmetric, 256 * MB)
 
 
 @pytest.mark.parametrize("group", [1, 2, 3])
@@ -103,11 +103,7 @@ def test_one_patch_tiles_against_groups_of_halo_columns_match_the_definition(
     bank = _unit(rng.normal(size=(n, side * side, c)))
     for window in (1, 2, 4):
         for ref, symmetric in ((features, True), (bank, False)):
-            got = aligned_nearest_cosines(np, features, ref, window, symmetric, 256 * MB)
-            expected = _windowed_brute_force(features, ref, window, symmetric)
-            finite = np.isfinite(expected)
-            assert (np.isfinite(got) == finite).all()
-            np.testing.assert_allclose(got[finite], expected[finite], atol=1e-6)
+            _assert_matches_definition(features, ref, window, symmetric, 256 * MB)
 
 
 @pytest.mark.parametrize(("side", "workers"), [(37, 2), (37, 3), (5, 4), (3, 1), (2, 8)])
