@@ -202,10 +202,14 @@ def test_gpu_code_path_on_numpy(monkeypatch, numpy_as_gpu) -> None:
     cpu = [mutual_scores(features, device="cpu", align_window=2, **kwargs) for kwargs in cases]
     monkeypatch.setattr("zsad.scoring.msm.array_module", lambda device: numpy_as_gpu)
     for kwargs, expected in zip(cases, cpu, strict=True):
-        # Whole grid rows per tile on the GPU, float32 and float16 products.
+        # Whole grid rows per tile on the GPU, float32 and float16 products; a tiny budget
+        # halves the tiles until a row's product fits.
         for half, tolerance in ((False, 1e-5), (True, 2e-3)):
-            gpu = mutual_scores(features, align_window=2, half=half, **kwargs)
-            np.testing.assert_allclose(gpu, expected, rtol=tolerance, atol=tolerance)
+            for budget_mb in (256, 0.004):
+                gpu = mutual_scores(
+                    features, align_window=2, half=half, memory_budget_mb=budget_mb, **kwargs
+                )
+                np.testing.assert_allclose(gpu, expected, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.gpu
