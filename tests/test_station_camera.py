@@ -280,11 +280,16 @@ def _run_station(
     return summary, feed
 
 
+def _cpu_detector(bundle: Path) -> Detector:
+    """The bundle's detector with encoding and scoring on the CPU."""
+    return Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+
+
 def test_a_station_journals_a_trigger_given_up_and_resumes_past_it(
     bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+    detector = _cpu_detector(bundle)
     lines: list[str] = []
     first, _ = _run_station(out, detector, FakeCamera("software", mute=True), lines, ("P-9",))
     (record,) = station_records(out)
@@ -302,7 +307,7 @@ def test_a_trigger_still_waiting_when_the_station_stops_gets_a_record(
     bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+    detector = _cpu_detector(bundle)
     lines: list[str] = []
     camera = FakeCamera("software", mute=True)
     # The timeout is far off: the station stops (idle) while both triggers still wait.
@@ -324,7 +329,7 @@ def test_a_restart_refills_the_bank_from_the_frames_kept_in_one_line(
     bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    detector = Detector.from_bundle(bundle, device="cpu", scoring=SetScoringConfig(device="cpu"))
+    detector = _cpu_detector(bundle)
 
     def run(frames: int, keep: str) -> list[str]:
         """Score ``frames`` frames (every one: hardware-triggered) from a camera that then goes

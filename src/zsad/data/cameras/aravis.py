@@ -77,7 +77,11 @@ class AravisSource(GrabbingSource):
             device = self._camera.get_device()
             self._control_lost.clear()
             device.connect("control-lost", lambda *_: self._control_lost.set())
-            self._configure(device)
+            self._program(
+                lambda name: device.get_feature(name) is not None,
+                lambda name, value: self._set(device, name, value),
+                self.settings,
+            )
             self._pixel_format = device.get_string_feature_value("PixelFormat")
             if self._pixel_format not in supported_formats():
                 raise CameraSettingError(
@@ -95,20 +99,6 @@ class AravisSource(GrabbingSource):
         except BaseException:
             self._release()
             raise
-
-    def _configure(self, device: Any) -> None:
-        if self.trigger_mode == "free":
-            if device.get_feature("TriggerMode") is not None:
-                self._set(device, "TriggerMode", "Off")
-        elif self.trigger_mode == "hardware" or device.get_feature("TriggerSoftware"):
-            if device.get_feature("TriggerSelector") is not None:
-                self._set(device, "TriggerSelector", "FrameStart")
-            self._set(device, "TriggerMode", "On")
-            source = "Software" if self.trigger_mode == "software" else self.trigger_line
-            self._set(device, "TriggerSource", source)
-            self.hub.camera_triggered = self.trigger_mode == "software"
-        for name, value in self.settings.items():
-            self._set(device, name, value)
 
     def _set(self, device: Any, name: str, value: Any) -> None:
         node = device.get_feature(name)

@@ -76,7 +76,12 @@ class GenicamSource(GrabbingSource):
             harvester.update()
             self._device = self._create(harvester)
             self._harvester = harvester
-            self._configure()
+            nodes = self._device.remote_device.node_map
+            self._program(
+                lambda name: self._has(nodes, name),
+                lambda name, value: self._set(nodes, name, value),
+                self.settings,
+            )
             self._device.start()
         except BaseException:
             self._release(harvester)
@@ -92,21 +97,6 @@ class GenicamSource(GrabbingSource):
         if not 0 <= self.index < len(found):
             raise ZsadError(f"{self.name}: no device at that index ({len(found)} found)")
         return harvester.create(self.index)
-
-    def _configure(self) -> None:
-        nodes = self._device.remote_device.node_map
-        if self.trigger_mode == "free":
-            if self._has(nodes, "TriggerMode"):
-                self._set(nodes, "TriggerMode", "Off")
-        elif self.trigger_mode == "hardware" or self._has(nodes, "TriggerSoftware"):
-            if self._has(nodes, "TriggerSelector"):
-                self._set(nodes, "TriggerSelector", "FrameStart")
-            self._set(nodes, "TriggerMode", "On")
-            source = "Software" if self.trigger_mode == "software" else self.trigger_line
-            self._set(nodes, "TriggerSource", source)
-            self.hub.camera_triggered = self.trigger_mode == "software"
-        for name, value in self.settings.items():
-            self._set(nodes, name, value)
 
     @staticmethod
     def _has(nodes: Any, name: str) -> bool:

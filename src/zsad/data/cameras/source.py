@@ -211,6 +211,28 @@ class GrabbingSource:
         """Frames that arrived but no reader or trigger took."""
         return self.hub.dropped
 
+    def _program(
+        self,
+        has: Callable[[str], bool],
+        set_feature: Callable[[str, Any], None],
+        settings: dict[str, Any],
+    ) -> None:
+        """Set the trigger, then ``settings``, by the GenICam standard feature names
+        (TriggerSelector, TriggerMode, TriggerSource), through a camera API's own ``has`` and
+        ``set_feature``. A camera without TriggerSoftware is triggered on the host."""
+        if self.trigger_mode == "free":
+            if has("TriggerMode"):
+                set_feature("TriggerMode", "Off")
+        elif self.trigger_mode == "hardware" or has("TriggerSoftware"):
+            if has("TriggerSelector"):
+                set_feature("TriggerSelector", "FrameStart")
+            set_feature("TriggerMode", "On")
+            software = self.trigger_mode == "software"
+            set_feature("TriggerSource", "Software" if software else self.trigger_line)
+            self.hub.camera_triggered = software
+        for name, value in settings.items():
+            set_feature(name, value)
+
     def open(self) -> None:
         """Connect (``_connect``) and start the grabbing thread."""
         self._connect()
